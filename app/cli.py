@@ -1,0 +1,81 @@
+"""The `pacs` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from app.main import build_app, open_index
+from app.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pacs", description="DICOMweb archive")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the archive (HTTP DICOMweb)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 8080)")
+    serve.add_argument("--data", type=Path, help="data folder (default ./data)")
+    serve.add_argument("--database", help="index URL (default: SQLite in the data folder)")
+    serve.add_argument("--storage", help="blob store (default: <data>/blobs)")
+    serve.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="replace a stored instance when different content arrives with its SOP UID",
+    )
+    serve.add_argument("--log-level", help="debug, info, warning (default info)")
+    migrate = sub.add_parser("migrate", help="apply pending index migrations and exit")
+    migrate.add_argument("--data", type=Path)
+    migrate.add_argument("--database")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        settings = Settings.from_env(**overrides)
+    except ValueError as exc:
+        print(f"pacs: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
+    return _serve(settings)
+
+
+async def _migrate(settings: Settings) -> int:
+    index = await open_index(settings)
+    await index.close()
+    logging.getLogger("pacs").info("index schema is up to date")
+    return 0
+
+
+def _serve(settings: Settings) -> int:
+    logging.getLogger("pacs").info(
+        "DICOMweb at http://%s:%d/dicomweb, data in %s",
+        settings.host,
+        settings.port,
+        settings.data.resolve(),
+    )
+    uvicorn.run(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=settings.log_level.lower() == "debug",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

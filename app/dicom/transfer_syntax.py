@@ -1,0 +1,45 @@
+"""Transfer syntaxes and the media types their frames are served as (PS3.18 Table 8.7.3-5)."""
+
+from __future__ import annotations
+
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+
+# Native (uncompressed) little-endian syntaxes: frame bytes are identical in all of them.
+NATIVE_LITTLE_ENDIAN = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN})
+
+_FRAME_MEDIA_TYPES: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51": "image/jpeg",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57": "image/jpeg",  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70": "image/jpeg",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80": "image/jls",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": "image/jls",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90": "image/jp2",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": "image/jp2",  # JPEG 2000
+    "1.2.840.10008.1.2.4.92": "image/jpx",  # JPEG 2000 Part 2 Lossless
+    "1.2.840.10008.1.2.4.93": "image/jpx",  # JPEG 2000 Part 2
+    "1.2.840.10008.1.2.4.201": "image/jphc",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202": "image/jphc",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203": "image/jphc",  # HTJ2K
+    "1.2.840.10008.1.2.4.110": "image/jxl",  # JPEG XL Lossless
+    "1.2.840.10008.1.2.4.111": "image/jxl",  # JPEG XL JPEG Recompression
+    "1.2.840.10008.1.2.4.112": "image/jxl",  # JPEG XL
+    "1.2.840.10008.1.2.5": "image/x-dicom-rle",  # RLE Lossless
+    "1.2.840.10008.1.2.4.100": "video/mpeg",
+    "1.2.840.10008.1.2.4.101": "video/mpeg",
+    "1.2.840.10008.1.2.4.102": "video/mp4",
+    "1.2.840.10008.1.2.4.103": "video/mp4",
+    "1.2.840.10008.1.2.4.104": "video/mp4",
+    "1.2.840.10008.1.2.4.105": "video/mp4",
+    "1.2.840.10008.1.2.4.106": "video/mp4",
+    "1.2.840.10008.1.2.4.107": "video/H265",
+    "1.2.840.10008.1.2.4.108": "video/H265",
+}
+
+
+def frame_media_type(transfer_syntax_uid: str) -> str:
+    """Media type of a frame stored in this syntax (octet-stream for native data)."""
+    return _FRAME_MEDIA_TYPES.get(transfer_syntax_uid, "application/octet-stream")

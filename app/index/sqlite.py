@@ -1,0 +1,433 @@
+"""The SQLite index: the embedded default.
+
+One writer connection (SQLite has a single writer; an asyncio lock keeps our own writes
+in order and each runs in a `BEGIN IMMEDIATE` transaction, so counts stay exact) and one
+reader connection, which WAL mode lets run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from app.dicom.instance import BulkRange, FrameRanges
+from app.dicom.levels import (
+    MODALITIES_IN_STUDY,
+    NUMBER_OF_PATIENT_RELATED_STUDIES,
+    NUMBER_OF_SERIES_RELATED_INSTANCES,
+    NUMBER_OF_STUDY_RELATED_INSTANCES,
+    NUMBER_OF_STUDY_RELATED_SERIES,
+    PATIENT_TAGS,
+    SERIES_TAGS,
+    SHARED_TAGS,
+    STUDY_TAGS,
+    Level,
+)
+from app.index.migrations import SchemaError, latest_version, migrations
+from app.query.columns import column_values
+from app.query.model import Query
+from app.query.sql import SQLITE, compile_search
+from app.services.ports import (
+    AddResult,
+    InstanceRecord,
+    Json,
+    Outcome,
+    SearchHit,
+    StoredInstance,
+    StoredMetadata,
+)
+
+log = logging.getLogger(__name__)
+
+_INSTANCE_COLUMNS = """
+    study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
+    instance.sop_class_uid, instance.transfer_syntax_uid, instance.blob_key, instance.size,
+    instance.sha256, instance.encapsulated, instance.frames, instance.bulk
+"""
+_ORDER = "series.series_number, series.pk, instance.instance_number, instance.pk"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _subset(metadata: Json, tags: frozenset[int]) -> Json:
+    wanted = tags | SHARED_TAGS
+    return {k: v for k, v in metadata.items() if int(k, 16) in wanted}
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _modalities_text(modalities: Sequence[str]) -> str:
+    return "\\" + "\\".join(sorted(set(modalities))) + "\\" if modalities else ""
+
+
+def _modalities_list(text: str | None) -> list[str]:
+    return [m for m in (text or "").split("\\") if m]
+
+
+class SqliteIndex:
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteIndex:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        try:
+            await _migrate(writer)
+            reader = await _connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(writer, reader)
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def add_instance(self, record: InstanceRecord, *, overwrite: bool) -> AddResult:
+        async with self._write_lock:
+            db = self._writer
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                result = await self._add(db, record, overwrite)
+            except BaseException:
+                await db.rollback()
+                raise
+            if result.outcome in (Outcome.IDENTICAL, Outcome.CONFLICT):
+                await db.rollback()
+            else:
+                await db.commit()
+            return result
+
+    async def _add(
+        self, db: aiosqlite.Connection, record: InstanceRecord, overwrite: bool
+    ) -> AddResult:
+        orphan: str | None = None
+        async with db.execute(
+            "SELECT pk, sha256, blob_key FROM instance WHERE sop_instance_uid = ?",
+            (record.sop_instance_uid,),
+        ) as cur:
+            existing = await cur.fetchone()
+        if existing is not None:
+            if existing["sha256"] == record.sha256:
+                return AddResult(Outcome.IDENTICAL)
+            if not overwrite:
+                return AddResult(Outcome.CONFLICT)
+            orphan = existing["blob_key"]
+            await _delete_instance(db, existing["pk"])
+
+        now = _now()
+        meta = record.metadata
+        patient_fk = await _upsert_patient(db, meta)
+        study_fk, new_study = await _ensure_study(db, record, patient_fk, now)
+        series_fk, new_series = await _ensure_series(db, record, study_fk)
+        inst = column_values("instance", meta)
+        await db.execute(
+            """INSERT INTO instance (series_fk, study_fk, sop_instance_uid, sop_class_uid,
+                   instance_number, transfer_syntax_uid, blob_key, size, sha256,
+                   encapsulated, frames, bulk, metadata, created_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                series_fk,
+                study_fk,
+                record.sop_instance_uid,
+                record.sop_class_uid,
+                inst["instance_number"],
+                record.transfer_syntax_uid,
+                record.blob_key,
+                record.size,
+                record.sha256,
+                int(record.encapsulated),
+                _dumps(record.frames),
+                _dumps({k: [b.offset, b.length, b.vr] for k, b in record.bulk.items()}),
+                _dumps(meta),
+                now,
+            ),
+        )
+        await db.execute(
+            "UPDATE series SET num_instances = num_instances + 1 WHERE pk = ?", (series_fk,)
+        )
+        await db.execute(
+            """UPDATE study SET num_instances = num_instances + 1,
+                   num_series = num_series + ?, updated_at = ? WHERE pk = ?""",
+            (int(new_series), now, study_fk),
+        )
+        if new_series:
+            await _refresh_modalities(db, study_fk)
+        if new_study:
+            await db.execute(
+                "UPDATE patient SET num_studies = num_studies + 1 WHERE pk = ?", (patient_fk,)
+            )
+        outcome = Outcome.REPLACED if orphan else Outcome.STORED
+        return AddResult(outcome, orphan)
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def search(self, query: Query) -> list[SearchHit]:
+        compiled = compile_search(query, SQLITE)
+        async with self._reader.execute(compiled.sql, compiled.params) as cur:
+            rows = await cur.fetchall()
+        return [_hit(query.level, row) for row in rows]
+
+    async def instances(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[StoredInstance]:
+        where, params = _scope(study_instance_uid, series_instance_uid, sop_instance_uid)
+        sql = f"""SELECT {_INSTANCE_COLUMNS} FROM instance
+                  JOIN series ON series.pk = instance.series_fk
+                  JOIN study ON study.pk = instance.study_fk
+                  WHERE {where} ORDER BY {_ORDER}"""
+        async with self._reader.execute(sql, params) as cur:
+            rows = await cur.fetchall()
+        return [_stored(row) for row in rows]
+
+    async def metadata(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[StoredMetadata]:
+        where, params = _scope(study_instance_uid, series_instance_uid, sop_instance_uid)
+        sql = f"""SELECT study.study_instance_uid, series.series_instance_uid,
+                         instance.sop_instance_uid, instance.metadata FROM instance
+                  JOIN series ON series.pk = instance.series_fk
+                  JOIN study ON study.pk = instance.study_fk
+                  WHERE {where} ORDER BY {_ORDER}"""
+        async with self._reader.execute(sql, params) as cur:
+            rows = await cur.fetchall()
+        return [StoredMetadata(r[0], r[1], r[2], r[3].encode()) for r in rows]
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    # WAL lets readers run beside the writer; synchronous=FULL because an acknowledged
+    # instance must survive a power cut, not only a crash.
+    for pragma in (
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = FULL",
+        "PRAGMA foreign_keys = ON",
+        "PRAGMA busy_timeout = 30000",
+    ):
+        await db.execute(pragma)
+    return db
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    async with db.execute("SELECT max(version) FROM schema_version") as cur:
+        row = await cur.fetchone()
+    current = (row[0] if row else None) or 0
+    latest = latest_version("sqlite")
+    if current > latest:
+        raise SchemaError(
+            f"index schema version {current} is newer than this code supports ({latest})"
+        )
+    for migration in migrations("sqlite")[current:]:
+        log.info("applying index migration %s", migration.path.name)
+        # One transaction per file: a failed migration leaves the previous version intact.
+        script = (
+            f"BEGIN IMMEDIATE;\n{migration.sql}\n"
+            f"INSERT INTO schema_version (version) VALUES ({migration.version:d});\nCOMMIT;"
+        )
+        try:
+            await db.executescript(script)
+        except BaseException:
+            if db.in_transaction:
+                await db.rollback()
+            raise
+
+
+async def _upsert_patient(db: aiosqlite.Connection, meta: Json) -> int:
+    cols = column_values("patient", meta)
+    attrs = _dumps(_subset(meta, PATIENT_TAGS))
+    async with db.execute(
+        """INSERT INTO patient (patient_id, issuer_of_patient_id, patient_name,
+               patient_birth_date, patient_sex, attrs)
+           VALUES (?, ?, ?, ?, ?, ?)
+           ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET
+               patient_name = excluded.patient_name,
+               patient_birth_date = excluded.patient_birth_date,
+               patient_sex = excluded.patient_sex, attrs = excluded.attrs
+           RETURNING pk""",
+        (
+            cols["patient_id"] or "",
+            cols["issuer_of_patient_id"] or "",
+            cols["patient_name"],
+            cols["patient_birth_date"],
+            cols["patient_sex"],
+            attrs,
+        ),
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _ensure_study(
+    db: aiosqlite.Connection, record: InstanceRecord, patient_fk: int, now: str
+) -> tuple[int, bool]:
+    async with db.execute(
+        "SELECT pk FROM study WHERE study_instance_uid = ?", (record.study_instance_uid,)
+    ) as cur:
+        row = await cur.fetchone()
+    if row is not None:
+        return int(row[0]), False
+    cols = column_values("study", record.metadata)
+    cols.pop("modalities_in_study", None)
+    attrs = _subset(record.metadata, PATIENT_TAGS | STUDY_TAGS)
+    names = ["patient_fk", *cols, "attrs", "created_at", "updated_at"]
+    values = [patient_fk, *cols.values(), _dumps(attrs), now, now]
+    async with db.execute(
+        f"INSERT INTO study ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        " RETURNING pk",
+        values,
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0]), True
+
+
+async def _ensure_series(
+    db: aiosqlite.Connection, record: InstanceRecord, study_fk: int
+) -> tuple[int, bool]:
+    async with db.execute(
+        "SELECT pk, study_fk FROM series WHERE series_instance_uid = ?",
+        (record.series_instance_uid,),
+    ) as cur:
+        row = await cur.fetchone()
+    if row is not None:
+        return int(row[0]), False
+    cols = column_values("series", record.metadata)
+    attrs = _subset(record.metadata, SERIES_TAGS)
+    names = ["study_fk", *cols, "attrs"]
+    values = [study_fk, *cols.values(), _dumps(attrs)]
+    async with db.execute(
+        f"INSERT INTO series ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        " RETURNING pk",
+        values,
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0]), True
+
+
+async def _refresh_modalities(db: aiosqlite.Connection, study_fk: int) -> None:
+    async with db.execute(
+        "SELECT DISTINCT modality FROM series WHERE study_fk = ? AND modality IS NOT NULL",
+        (study_fk,),
+    ) as cur:
+        modalities = [r[0] for r in await cur.fetchall()]
+    await db.execute(
+        "UPDATE study SET modalities_in_study = ? WHERE pk = ?",
+        (_modalities_text(modalities), study_fk),
+    )
+
+
+async def _delete_instance(db: aiosqlite.Connection, instance_pk: int) -> None:
+    """Remove an instance row, keeping counts exact and dropping emptied parents."""
+    async with db.execute(
+        "SELECT series_fk, study_fk FROM instance WHERE pk = ?", (instance_pk,)
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    series_fk, study_fk = row["series_fk"], row["study_fk"]
+    await db.execute("DELETE FROM instance WHERE pk = ?", (instance_pk,))
+    await db.execute(
+        "UPDATE series SET num_instances = num_instances - 1 WHERE pk = ?", (series_fk,)
+    )
+    await db.execute("UPDATE study SET num_instances = num_instances - 1 WHERE pk = ?", (study_fk,))
+    async with db.execute("SELECT num_instances FROM series WHERE pk = ?", (series_fk,)) as cur:
+        left = await cur.fetchone()
+    if left is not None and left[0] == 0:
+        await db.execute("DELETE FROM series WHERE pk = ?", (series_fk,))
+        await db.execute("UPDATE study SET num_series = num_series - 1 WHERE pk = ?", (study_fk,))
+        await _refresh_modalities(db, study_fk)
+    async with db.execute(
+        "SELECT num_instances, patient_fk FROM study WHERE pk = ?", (study_fk,)
+    ) as cur:
+        study = await cur.fetchone()
+    if study is not None and study[0] == 0:
+        await db.execute("DELETE FROM study WHERE pk = ?", (study_fk,))
+        await db.execute(
+            "UPDATE patient SET num_studies = num_studies - 1 WHERE pk = ?", (study[1],)
+        )
+        await db.execute("DELETE FROM patient WHERE pk = ? AND num_studies = 0", (study[1],))
+
+
+def _scope(
+    study_uid: str, series_uid: str | None, sop_uid: str | None
+) -> tuple[str, tuple[str, ...]]:
+    clauses, params = ["study.study_instance_uid = ?"], [study_uid]
+    if series_uid is not None:
+        clauses.append("series.series_instance_uid = ?")
+        params.append(series_uid)
+    if sop_uid is not None:
+        clauses.append("instance.sop_instance_uid = ?")
+        params.append(sop_uid)
+    return " AND ".join(clauses), tuple(params)
+
+
+def _frames(text: str) -> tuple[FrameRanges, ...]:
+    return tuple(tuple((int(o), int(n)) for o, n in frame) for frame in orjson.loads(text))
+
+
+def _stored(row: sqlite3.Row) -> StoredInstance:
+    return StoredInstance(
+        study_instance_uid=row["study_instance_uid"],
+        series_instance_uid=row["series_instance_uid"],
+        sop_instance_uid=row["sop_instance_uid"],
+        sop_class_uid=row["sop_class_uid"],
+        transfer_syntax_uid=row["transfer_syntax_uid"],
+        blob_key=row["blob_key"],
+        size=row["size"],
+        sha256=row["sha256"],
+        encapsulated=bool(row["encapsulated"]),
+        frames=_frames(row["frames"]),
+        bulk={k: BulkRange(o, n, vr) for k, (o, n, vr) in orjson.loads(row["bulk"]).items()},
+    )
+
+
+def _hit(level: Level, row: sqlite3.Row) -> SearchHit:
+    keys = row.keys()
+    if level is Level.PATIENT:
+        return SearchHit(
+            patient=orjson.loads(row["patient_attrs"]),
+            computed={NUMBER_OF_PATIENT_RELATED_STUDIES: row["num_studies"]},
+        )
+    computed: dict[int, Any] = {
+        MODALITIES_IN_STUDY: _modalities_list(row["modalities_in_study"]),
+        NUMBER_OF_STUDY_RELATED_SERIES: row["num_series"],
+        NUMBER_OF_STUDY_RELATED_INSTANCES: row["num_instances"],
+    }
+    series = instance = None
+    if "series_attrs" in keys:
+        series = orjson.loads(row["series_attrs"])
+        computed[NUMBER_OF_SERIES_RELATED_INSTANCES] = row["series_num_instances"]
+    if "instance_attrs" in keys:
+        instance = orjson.loads(row["instance_attrs"])
+    return SearchHit(
+        study=orjson.loads(row["study_attrs"]),
+        series=series,
+        instance=instance,
+        computed=computed,
+    )

@@ -1,0 +1,161 @@
+"""The whitelist of indexed attributes: which tag is matched against which column.
+
+Each level's row keeps real columns for the standard QIDO matching keys (PS3.18 Table
+10.6.1-5) in a normalized form, so matching and sorting need no JSON. Values are written
+by the index at ingest with `column_values` and compared in SQL in the same form, which
+`normalize` produces for query values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from app.dicom.levels import Level
+
+
+class Kind(StrEnum):
+    UID = "uid"
+    TEXT = "text"  # SH, LO, CS, AE...: case-sensitive
+    PN = "pn"  # stored case-folded; matched case-insensitively
+    DATE = "date"  # YYYYMMDD
+    TIME = "time"  # HHMMSS.FFFFFF, zero-padded
+    INT = "int"  # IS, US
+    MULTI = "multi"  # a computed multi-valued CS list stored as "\CT\MR\"
+
+
+@dataclass(frozen=True)
+class Column:
+    table: str  # "patient", "study", "series", "instance"
+    name: str
+    path: tuple[int, ...]  # tag path inside the instance's DICOM JSON
+    kind: Kind
+
+    @property
+    def level(self) -> Level:
+        return TABLE_LEVEL[self.table]
+
+
+TABLE_LEVEL: dict[str, Level] = {
+    "patient": Level.PATIENT,
+    "study": Level.STUDY,
+    "series": Level.SERIES,
+    "instance": Level.INSTANCE,
+}
+
+_COLUMNS: tuple[Column, ...] = (
+    Column("patient", "patient_id", (0x00100020,), Kind.TEXT),
+    Column("patient", "issuer_of_patient_id", (0x00100021,), Kind.TEXT),
+    Column("patient", "patient_name", (0x00100010,), Kind.PN),
+    Column("patient", "patient_birth_date", (0x00100030,), Kind.DATE),
+    Column("patient", "patient_sex", (0x00100040,), Kind.TEXT),
+    Column("study", "study_instance_uid", (0x0020000D,), Kind.UID),
+    Column("study", "study_date", (0x00080020,), Kind.DATE),
+    Column("study", "study_time", (0x00080030,), Kind.TIME),
+    Column("study", "accession_number", (0x00080050,), Kind.TEXT),
+    Column("study", "study_id", (0x00200010,), Kind.TEXT),
+    Column("study", "referring_physician_name", (0x00080090,), Kind.PN),
+    Column("study", "study_description", (0x00081030,), Kind.TEXT),
+    Column("study", "modalities_in_study", (0x00080061,), Kind.MULTI),
+    Column("series", "series_instance_uid", (0x0020000E,), Kind.UID),
+    Column("series", "modality", (0x00080060,), Kind.TEXT),
+    Column("series", "series_number", (0x00200011,), Kind.INT),
+    Column("series", "series_description", (0x0008103E,), Kind.TEXT),
+    Column("series", "body_part_examined", (0x00180015,), Kind.TEXT),
+    Column("series", "performed_procedure_step_start_date", (0x00400244,), Kind.DATE),
+    Column("series", "performed_procedure_step_start_time", (0x00400245,), Kind.TIME),
+    Column("series", "scheduled_procedure_step_id", (0x00400275, 0x00400009), Kind.TEXT),
+    Column("series", "requested_procedure_id", (0x00400275, 0x00401001), Kind.TEXT),
+    Column("instance", "sop_instance_uid", (0x00080018,), Kind.UID),
+    Column("instance", "sop_class_uid", (0x00080016,), Kind.UID),
+    Column("instance", "instance_number", (0x00200013,), Kind.INT),
+)
+
+# Patient attributes are also matched on the study row (denormalized), so that study and
+# lower-level queries need no join to the patient table.
+_STUDY_PATIENT_COLUMNS: tuple[Column, ...] = (
+    Column("study", "patient_id", (0x00100020,), Kind.TEXT),
+    Column("study", "patient_name", (0x00100010,), Kind.PN),
+    Column("study", "patient_birth_date", (0x00100030,), Kind.DATE),
+    Column("study", "patient_sex", (0x00100040,), Kind.TEXT),
+)
+
+
+def columns_of(table: str) -> tuple[Column, ...]:
+    cols = tuple(c for c in _COLUMNS if c.table == table)
+    return cols + _STUDY_PATIENT_COLUMNS if table == "study" else cols
+
+
+def column_for(path: tuple[int, ...], level: Level) -> Column | None:
+    """The column that matches `path` in a query at `level`, or None if not indexed.
+
+    Patient attributes in study, series and instance queries use the study row's copy.
+    """
+    if level is not Level.PATIENT:
+        for col in _STUDY_PATIENT_COLUMNS:
+            if col.path == path:
+                return col
+    for col in _COLUMNS:
+        if col.path == path:
+            return col
+    return None
+
+
+def normalize(kind: Kind, value: str) -> str | int | None:
+    """A DICOM string value in the stored column form (None when it cannot be stored)."""
+    value = value.strip()
+    if value == "":
+        return None
+    if kind is Kind.PN:
+        return value.casefold()
+    if kind is Kind.DATE:
+        digits = value.replace(".", "").replace("-", "")  # tolerate ACR-NEMA YYYY.MM.DD
+        return digits if len(digits) == 8 and digits.isdigit() else None
+    if kind is Kind.TIME:
+        return normalize_time(value, upper=False)
+    if kind is Kind.INT:
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return value
+
+
+def normalize_time(value: str, *, upper: bool) -> str | None:
+    """TM value as HHMMSS.FFFFFF; missing parts are 0 (or their maximum for an upper bound)."""
+    value = value.replace(":", "").strip()
+    whole, _, fraction = value.partition(".")
+    if not whole.isdigit() or len(whole) not in (2, 4, 6) or (fraction and not fraction.isdigit()):
+        return None
+    pad = "995959"[len(whole) :] if upper else "000000"[len(whole) :]
+    if upper and len(whole) == 2:
+        pad = "5959"
+    frac = fraction[:6].ljust(6, "9" if upper else "0")
+    return f"{whole}{pad}.{frac}"
+
+
+def _json_value(attrs: dict[str, Any], path: tuple[int, ...]) -> Any:
+    node: Any = attrs
+    for i, tag in enumerate(path):
+        element = node.get(f"{tag:08X}") if isinstance(node, dict) else None
+        values = element.get("Value") if isinstance(element, dict) else None
+        if not values:
+            return None
+        node = values[0]
+        if i < len(path) - 1 and not isinstance(node, dict):
+            return None
+    if isinstance(node, dict):  # PN: {"Alphabetic": ...}
+        return node.get("Alphabetic")
+    return node
+
+
+def column_values(table: str, attrs: dict[str, Any]) -> dict[str, str | int | None]:
+    """Column values of `table` taken from an instance's DICOM JSON (computed ones excluded)."""
+    out: dict[str, str | int | None] = {}
+    for col in columns_of(table):
+        if col.kind is Kind.MULTI:
+            continue
+        raw = _json_value(attrs, col.path)
+        out[col.name] = None if raw is None else normalize(col.kind, str(raw))
+    return out

@@ -1,0 +1,36 @@
+"""The archive's services bundled for the protocol layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.services.ports import BlobStore, Index
+from app.services.retrieve import RetrieveService
+from app.services.search import SearchService
+from app.services.store import StoreService
+from app.settings import Settings
+
+
+@dataclass
+class Archive:
+    settings: Settings
+    index: Index
+    blobs: BlobStore
+    store: StoreService
+    search: SearchService
+    retrieve: RetrieveService
+
+    @classmethod
+    def build(cls, settings: Settings, index: Index, blobs: BlobStore) -> Archive:
+        return cls(
+            settings=settings,
+            index=index,
+            blobs=blobs,
+            store=StoreService(index, blobs, settings.spool_dir, overwrite=settings.overwrite),
+            search=SearchService(index),
+            retrieve=RetrieveService(index, blobs),
+        )
+
+    async def close(self) -> None:
+        await self.index.close()
+        await self.blobs.close()

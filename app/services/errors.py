@@ -1,0 +1,23 @@
+"""Domain errors raised by services; the protocol layers map them to statuses."""
+
+from __future__ import annotations
+
+
+class ArchiveError(Exception):
+    """Base class: the message is safe and meant for the caller."""
+
+
+class NotFound(ArchiveError):
+    pass
+
+
+class NotAcceptable(ArchiveError):
+    """The caller accepts no representation we can produce (HTTP 406)."""
+
+
+class Unsupported(ArchiveError):
+    """A valid request for something not implemented for this object (HTTP 501)."""
+
+
+class BadRequest(ArchiveError):
+    pass

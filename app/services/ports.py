@@ -1,0 +1,136 @@
+"""The two ports of the archive: the index (metadata, queries) and the blob store (files).
+
+Services depend on these protocols only; `app/index/` and `app/storage/` implement them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from app.dicom.instance import BulkRange, FrameRanges
+from app.query.model import Query
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """Everything the index keeps about one instance, as prepared by the store service."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    sha256: str
+    encapsulated: bool
+    frames: tuple[FrameRanges, ...]
+    bulk: dict[str, BulkRange]
+    # Full DICOM JSON of the instance, bulk data as BulkDataURI placeholders.
+    metadata: Json
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """An indexed instance as retrieval needs it."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    sha256: str
+    encapsulated: bool
+    frames: tuple[FrameRanges, ...]
+    bulk: dict[str, BulkRange]
+
+
+@dataclass(frozen=True)
+class StoredMetadata:
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    # DICOM JSON as stored (UTF-8), BulkDataURI placeholders unresolved.
+    json: bytes
+
+
+class Outcome(StrEnum):
+    STORED = "stored"  # new instance
+    IDENTICAL = "identical"  # same SOP Instance UID and same bytes were already stored
+    CONFLICT = "conflict"  # same SOP Instance UID with other content; nothing changed
+    REPLACED = "replaced"  # same SOP Instance UID with other content, overwritten
+
+
+@dataclass(frozen=True)
+class AddResult:
+    outcome: Outcome
+    # Blob that is no longer referenced and may be deleted (the replaced one).
+    orphan_blob_key: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One QIDO/C-FIND result row: the stored attributes of each level it spans."""
+
+    patient: Json | None = None
+    study: Json | None = None
+    series: Json | None = None
+    instance: Json | None = None
+    # Attributes the index computes (ModalitiesInStudy, NumberOf*Related*), keyed by tag.
+    computed: dict[int, Any] = field(default_factory=dict)
+
+
+class Index(Protocol):
+    async def add_instance(self, record: InstanceRecord, *, overwrite: bool) -> AddResult:
+        """Index an instance whose blob is already stored, atomically with its counts."""
+        ...
+
+    async def search(self, query: Query) -> list[SearchHit]: ...
+
+    async def instances(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[StoredInstance]:
+        """Instances in a study, series or one instance, ordered by series and number."""
+        ...
+
+    async def metadata(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[StoredMetadata]:
+        """Stored DICOM JSON of the instances in scope, in retrieval order."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    async def put(self, key: str, source: Path) -> None:
+        """Store the complete local file `source` under `key`; `source` is consumed.
+
+        Ingest always spools to a local file first (it must be parsed), so the store
+        takes the file: the folder store renames it into place, S3 uploads it.
+        """
+        ...
+
+    def read(self, key: str, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream bytes [start, start + length) of a blob (to its end if length is None)."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def close(self) -> None: ...

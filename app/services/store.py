@@ -1,0 +1,206 @@
+"""Store use case: spool an incoming object, parse it, put its blob, index it.
+
+Shared by STOW-RS and (later) C-STORE. The order makes partial writes invisible: the
+blob is stored under a fresh key first and only then indexed in one transaction; any
+failure before the commit deletes the blob, so no query ever sees a half-stored object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import BinaryIO
+
+from app.dicom.instance import ParsedInstance
+from app.dicom.parse import DicomParseError, parse_instance
+from app.services.ports import BlobStore, Index, InstanceRecord, Outcome
+
+log = logging.getLogger(__name__)
+
+
+class FailureReason(IntEnum):
+    """Status codes used as STOW-RS FailureReason / WarningReason (PS3.4 Annex B, GG)."""
+
+    PROCESSING_FAILURE = 0x0110
+    DUPLICATE_SOP_INSTANCE = 0x0111
+    OUT_OF_RESOURCES = 0xA700
+    CANNOT_UNDERSTAND = 0xC000
+    STUDY_UID_MISMATCH = 0xC409
+    # Warnings
+    COERCION_OF_DATA_ELEMENTS = 0xB000
+    ELEMENTS_DISCARDED = 0xB006
+
+
+@dataclass
+class StoreResult:
+    ok: bool
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    reason: FailureReason | None = None
+    message: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Spooled:
+    path: Path
+    size: int
+    sha256: str
+
+
+class StoreService:
+    def __init__(
+        self, index: Index, blobs: BlobStore, spool_dir: Path, *, overwrite: bool = False
+    ) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.spool_dir = spool_dir
+        self.overwrite = overwrite
+        spool_dir.mkdir(parents=True, exist_ok=True)
+
+    async def spool(self, chunks: AsyncIterable[bytes]) -> Spooled:
+        """Write a stream to a local file, hashing it on the way; the caller owns the file.
+
+        If the stream fails (truncated upload), the partial file is removed and the error
+        propagates.
+        """
+        path = self.spool_dir / f"{uuid.uuid4().hex}.part"
+        digest = hashlib.sha256()
+        size = 0
+        handle = await asyncio.to_thread(path.open, "wb")
+        try:
+            pending: list[bytes] = []
+            pending_size = 0
+            async for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= 1 << 20:  # write in ~1 MiB batches, off the event loop
+                    await asyncio.to_thread(handle.writelines, pending)
+                    pending, pending_size = [], 0
+            if pending:
+                await asyncio.to_thread(handle.writelines, pending)
+            # An acknowledged instance must survive a power cut.
+            await asyncio.to_thread(_flush_and_sync, handle)
+        except BaseException:
+            handle.close()
+            path.unlink(missing_ok=True)
+            raise
+        handle.close()
+        return Spooled(path, size, digest.hexdigest())
+
+    async def store_stream(
+        self, chunks: AsyncIterable[bytes], *, study_instance_uid: str | None = None
+    ) -> StoreResult:
+        try:
+            spooled = await self.spool(chunks)
+        except OSError as exc:
+            return _resource_failure(exc)
+        return await self.store_file(spooled, study_instance_uid=study_instance_uid)
+
+    async def store_file(
+        self, spooled: Spooled, *, study_instance_uid: str | None = None
+    ) -> StoreResult:
+        """Store a spooled Part 10 file; the file is consumed whatever the outcome."""
+        moved = False
+        try:
+            try:
+                parsed = await asyncio.to_thread(parse_instance, spooled.path)
+            except DicomParseError as exc:
+                return StoreResult(False, reason=FailureReason.CANNOT_UNDERSTAND, message=str(exc))
+            result = _result_for(parsed)
+            if study_instance_uid is not None and parsed.study_instance_uid != study_instance_uid:
+                result.ok = False
+                result.reason = FailureReason.STUDY_UID_MISMATCH
+                result.message = (
+                    f"StudyInstanceUID {parsed.study_instance_uid} does not match "
+                    f"the study {study_instance_uid} of the request URL"
+                )
+                return result
+            key = uuid.uuid4().hex
+            try:
+                await self.blobs.put(key, spooled.path)
+            except OSError as exc:
+                return _resource_failure(exc, result)
+            moved = True
+            await self._index(parsed, spooled, key, result)
+            return result
+        finally:
+            if not moved:
+                await asyncio.to_thread(spooled.path.unlink, True)
+
+    async def _index(
+        self, parsed: ParsedInstance, spooled: Spooled, key: str, result: StoreResult
+    ) -> None:
+        record = InstanceRecord(
+            study_instance_uid=parsed.study_instance_uid,
+            series_instance_uid=parsed.series_instance_uid,
+            sop_instance_uid=parsed.sop_instance_uid,
+            sop_class_uid=parsed.sop_class_uid,
+            transfer_syntax_uid=parsed.transfer_syntax_uid,
+            blob_key=key,
+            size=spooled.size,
+            sha256=spooled.sha256,
+            encapsulated=parsed.encapsulated,
+            frames=parsed.frames,
+            bulk=parsed.bulk,
+            metadata=parsed.metadata,
+        )
+        try:
+            added = await self.index.add_instance(record, overwrite=self.overwrite)
+        except BaseException:
+            await self.blobs.delete(key)
+            raise
+        if added.outcome in (Outcome.IDENTICAL, Outcome.CONFLICT):
+            await self.blobs.delete(key)
+        if added.orphan_blob_key:
+            await self.blobs.delete(added.orphan_blob_key)
+        if added.outcome is Outcome.CONFLICT:
+            result.ok = False
+            result.reason = FailureReason.DUPLICATE_SOP_INSTANCE
+            result.message = (
+                f"an instance with SOPInstanceUID {parsed.sop_instance_uid} and different "
+                "content is already stored"
+            )
+        elif added.outcome is Outcome.REPLACED:
+            result.warnings.append("replaced the instance stored with this SOPInstanceUID")
+        log.debug("store %s: %s", parsed.sop_instance_uid, added.outcome)
+
+
+def _flush_and_sync(handle: BinaryIO) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _result_for(parsed: ParsedInstance) -> StoreResult:
+    return StoreResult(
+        True,
+        sop_class_uid=parsed.sop_class_uid,
+        sop_instance_uid=parsed.sop_instance_uid,
+        study_instance_uid=parsed.study_instance_uid,
+        series_instance_uid=parsed.series_instance_uid,
+        warnings=list(parsed.warnings),
+    )
+
+
+def _resource_failure(exc: OSError, result: StoreResult | None = None) -> StoreResult:
+    result = result or StoreResult(False)
+    result.ok = False
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        result.reason, result.message = FailureReason.OUT_OF_RESOURCES, "storage is full"
+    else:
+        log.error("storage failure: %s", exc)
+        result.reason = FailureReason.PROCESSING_FAILURE
+        result.message = "the storage backend failed; nothing was stored"
+    return result

@@ -1,0 +1,81 @@
+"""The HTTP application: one route table for every DICOMweb transaction."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
+
+from app.services.archive import Archive
+from app.web import qido, stow, wado
+from app.web.errors import EXCEPTION_HANDLERS
+from app.web.urls import DICOMWEB_PREFIX
+
+_STUDY = "/studies/{study}"
+_SERIES = _STUDY + "/series/{series}"
+_INSTANCE = _SERIES + "/instances/{instance}"
+
+DICOMWEB_ROUTES = [
+    Route("/studies", qido.search_studies, methods=["GET"]),
+    Route("/studies", stow.store_instances, methods=["POST"]),
+    Route("/series", qido.search_series, methods=["GET"]),
+    Route("/instances", qido.search_instances, methods=["GET"]),
+    Route(_STUDY, wado.retrieve_instances, methods=["GET"]),
+    Route(_STUDY, stow.store_instances, methods=["POST"]),
+    Route(_STUDY + "/metadata", wado.retrieve_metadata, methods=["GET"]),
+    Route(_STUDY + "/series", qido.search_series, methods=["GET"]),
+    Route(_STUDY + "/instances", qido.search_instances, methods=["GET"]),
+    Route(_SERIES, wado.retrieve_instances, methods=["GET"]),
+    Route(_SERIES + "/metadata", wado.retrieve_metadata, methods=["GET"]),
+    Route(_SERIES + "/instances", qido.search_instances, methods=["GET"]),
+    Route(_INSTANCE, wado.retrieve_instances, methods=["GET"]),
+    Route(_INSTANCE + "/metadata", wado.retrieve_metadata, methods=["GET"]),
+    Route(_INSTANCE + "/frames/{frames}", wado.retrieve_frames, methods=["GET"]),
+    Route(_INSTANCE + "/bulkdata/{path:path}", wado.retrieve_bulkdata, methods=["GET"]),
+]
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(
+    open_archive: Callable[[], AbstractAsyncContextManager[Archive]],
+    *,
+    cors_origins: str = "*",
+) -> ASGIApp:
+    """The ASGI app; `open_archive` opens the backends for the app's lifetime."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_archive() as archive:
+            app.state.archive = archive
+            yield
+
+    inner = Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Mount(DICOMWEB_PREFIX, routes=DICOMWEB_ROUTES),
+        ],
+        exception_handlers=dict(EXCEPTION_HANDLERS),
+        lifespan=lifespan,
+    )
+    origins = [o.strip() for o in cors_origins.split(",") if o.strip()]
+    # CORS wraps the whole app, outside Starlette's error middleware, so that even an
+    # unexpected 500 carries the headers a browser needs to show the error.
+    cors: Any = CORSMiddleware(
+        inner,
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+        allow_headers=["*"],
+        expose_headers=["Content-Type", "Content-Length", "Warning", "Content-Location"],
+        max_age=3600,
+    )
+    return cors  # type: ignore[no-any-return]

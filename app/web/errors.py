@@ -1,0 +1,85 @@
+"""Error mapping: domain errors and bad requests become statuses with a clear message."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from app.dicom.multipart import MultipartError
+from app.dicom.uid import is_valid_uid
+from app.query.qido import QueryError
+from app.services.errors import ArchiveError, BadRequest, NotAcceptable, NotFound, Unsupported
+
+log = logging.getLogger(__name__)
+
+_STATUS: dict[type[Exception], int] = {
+    NotFound: 404,
+    NotAcceptable: 406,
+    Unsupported: 501,
+    BadRequest: 400,
+    QueryError: 400,
+    MultipartError: 400,
+}
+
+
+class UnsupportedMediaType(ArchiveError):
+    pass
+
+
+class PayloadTooLarge(ArchiveError):
+    pass
+
+
+_STATUS[UnsupportedMediaType] = 415
+_STATUS[PayloadTooLarge] = 413
+
+
+def error_response(status: int, message: str) -> Response:
+    return JSONResponse({"status": status, "error": message}, status_code=status)
+
+
+async def handle_known(request: Request, exc: Exception) -> Response:
+    for kind, status in _STATUS.items():
+        if isinstance(exc, kind):
+            return error_response(status, str(exc))
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal error; see the server log")
+
+
+async def handle_http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = exc.detail or "error"
+    if exc.status_code == 404:
+        message = f"no such resource: {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    return error_response(exc.status_code, message)
+
+
+EXCEPTION_HANDLERS = {
+    HTTPException: handle_http,
+    ArchiveError: handle_known,
+    QueryError: handle_known,
+    MultipartError: handle_known,
+    Exception: handle_known,
+}
+
+_UID_NAMES = {
+    "study": "StudyInstanceUID",
+    "series": "SeriesInstanceUID",
+    "instance": "SOPInstanceUID",
+}
+
+
+def path_uids(request: Request) -> tuple[str | None, str | None, str | None]:
+    """Study, series and instance UIDs of the path, validated (400 when malformed)."""
+    found: list[str | None] = []
+    for name in ("study", "series", "instance"):
+        value = request.path_params.get(name)
+        if value is not None and not is_valid_uid(value):
+            raise BadRequest(f"invalid {_UID_NAMES[name]} in the URL: {value!r}")
+        found.append(value)
+    return found[0], found[1], found[2]

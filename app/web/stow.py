@@ -1,0 +1,141 @@
+"""STOW-RS: Store Instances (PS3.18 10.5)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.dicom.multipart import MultipartError, iter_parts, parse_media_type
+from app.services.archive import Archive
+from app.services.store import FailureReason, StoreResult
+from app.web.errors import PayloadTooLarge, UnsupportedMediaType, path_uids
+from app.web.urls import base_url, instance_url, study_url
+
+log = logging.getLogger(__name__)
+
+DICOM_JSON = "application/dicom+json"
+
+
+async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if limit and received > limit:
+            raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+        if chunk:
+            yield chunk
+
+
+async def store_instances(request: Request) -> Response:
+    archive: Archive = request.app.state.archive
+    study, _, _ = path_uids(request)
+    limit = archive.settings.max_request_bytes
+    length = request.headers.get("content-length", "")
+    if limit and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
+    media_type, params = parse_media_type(request.headers.get("content-type", ""))
+    body = _limited(request, limit)
+    results: list[StoreResult] = []
+    if media_type == "application/dicom":
+        results.append(await archive.store.store_stream(body, study_instance_uid=study))
+    elif media_type == "multipart/related":
+        part_type = params.get("type", "application/dicom").lower()
+        if part_type != "application/dicom":
+            raise UnsupportedMediaType(
+                f'multipart/related; type="{part_type}" is not supported: send '
+                'type="application/dicom" (PS3.10 files)'
+            )
+        boundary = params.get("boundary")
+        if not boundary:
+            raise MultipartError("the Content-Type has no boundary parameter")
+        await _store_parts(archive, body, boundary, study, results)
+    else:
+        raise UnsupportedMediaType(
+            f"Content-Type {media_type or '(none)'!r} is not supported: send "
+            'multipart/related; type="application/dicom" or application/dicom'
+        )
+    return _response(request, study, results)
+
+
+async def _store_parts(
+    archive: Archive,
+    body: AsyncIterator[bytes],
+    boundary: str,
+    study: str | None,
+    results: list[StoreResult],
+) -> None:
+    number = 0
+    try:
+        async for part in iter_parts(body, boundary):
+            number += 1
+            if part.content_type not in ("application/dicom", ""):
+                results.append(
+                    StoreResult(
+                        False,
+                        reason=FailureReason.CANNOT_UNDERSTAND,
+                        message=f"part {number} has Content-Type {part.content_type!r}; "
+                        "expected application/dicom",
+                    )
+                )
+                continue
+            result = await archive.store.store_stream(part, study_instance_uid=study)
+            if not result.ok and not result.sop_instance_uid:
+                result.message = f"part {number}: {result.message}"
+            results.append(result)
+    except MultipartError as exc:
+        if not results:
+            raise  # nothing processed: the request as a whole is malformed (400)
+        # Parts already stored stay stored; report the broken remainder as a failure.
+        results.append(StoreResult(False, reason=FailureReason.CANNOT_UNDERSTAND, message=str(exc)))
+    if not results:
+        raise MultipartError("the multipart body contains no parts")
+
+
+def _item(result: StoreResult, base: str) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    if result.sop_class_uid:
+        item["00081150"] = {"vr": "UI", "Value": [result.sop_class_uid]}
+    if result.sop_instance_uid:
+        item["00081155"] = {"vr": "UI", "Value": [result.sop_instance_uid]}
+    if result.ok:
+        assert result.study_instance_uid and result.series_instance_uid
+        assert result.sop_instance_uid
+        url = instance_url(
+            base,
+            result.study_instance_uid,
+            result.series_instance_uid,
+            result.sop_instance_uid,
+        )
+        item["00081190"] = {"vr": "UR", "Value": [url]}
+        if result.warnings:
+            item["00081196"] = {"vr": "US", "Value": [FailureReason.COERCION_OF_DATA_ELEMENTS]}
+            item["00000902"] = {"vr": "LO", "Value": ["; ".join(result.warnings)]}
+    else:
+        assert result.reason is not None
+        item["00081197"] = {"vr": "US", "Value": [int(result.reason)]}
+        # Error Comment: the reason in words, for people reading the response.
+        item["00000902"] = {"vr": "LO", "Value": [result.message]}
+    return item
+
+
+def _response(request: Request, study: str | None, results: list[StoreResult]) -> Response:
+    base = base_url(request)
+    stored = [r for r in results if r.ok]
+    failed = [r for r in results if not r.ok]
+    body: dict[str, Any] = {}
+    studies = {r.study_instance_uid for r in stored}
+    target = study or (studies.pop() if len(studies) == 1 else None)
+    body["00081190"] = {"vr": "UR", "Value": [study_url(base, target)]} if target else {"vr": "UR"}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": [_item(r, base) for r in failed]}
+    if stored:
+        body["00081199"] = {"vr": "SQ", "Value": [_item(r, base) for r in stored]}
+    status = 200 if not failed else (202 if stored else 409)
+    for r in failed:
+        log.info("STOW failure: %s", r.message)
+    return Response(orjson.dumps(body), status_code=status, media_type=DICOM_JSON)

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.server import running_server
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of one archive shared by the session's HTTP tests (use fresh UIDs)."""
+    with running_server(tmp_path_factory.mktemp("archive")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def dicomweb(server: str) -> str:
+    return f"{server}/dicomweb"
+
+
+@pytest.fixture
+def http(server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"{server}/dicomweb", timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
