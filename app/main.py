@@ -47,6 +47,8 @@ async def open_archive(settings: Settings) -> AsyncIterator[Archive]:
         await index.close()
         raise
     archive = Archive.build(settings, index, blobs)
+    if stale := archive.store.discard_stale_spool():
+        log.warning("removed %d unfinished uploads left in %s", stale, settings.spool_dir)
     log.info("index: SQLite at %s", settings.sqlite_path.resolve())
     log.info("blobs: folder %s", settings.blob_root.resolve())
     try:

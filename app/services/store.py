@@ -68,6 +68,17 @@ class StoreService:
         self.overwrite = overwrite
         spool_dir.mkdir(parents=True, exist_ok=True)
 
+    def discard_stale_spool(self) -> int:
+        """Remove spool files left by a previous process that stopped mid-upload.
+
+        They were never acknowledged, so removing them loses nothing. Call at start only:
+        the spool folder belongs to this process.
+        """
+        stale = list(self.spool_dir.glob("*.part"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
     async def spool(self, chunks: AsyncIterable[bytes]) -> Spooled:
         """Write a stream to a local file, hashing it on the way; the caller owns the file.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -22,13 +22,31 @@ _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
 _INSTANCE = _SERIES + "/instances/{instance}"
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _get_or_post(get: Endpoint, post: Endpoint) -> Endpoint:
+    """One route for both methods, so that a 405 lists them both in Allow."""
+
+    async def endpoint(request: Request) -> Response:
+        return await (post if request.method == "POST" else get)(request)
+
+    return endpoint
+
+
 DICOMWEB_ROUTES = [
-    Route("/studies", qido.search_studies, methods=["GET"]),
-    Route("/studies", stow.store_instances, methods=["POST"]),
+    Route(
+        "/studies",
+        _get_or_post(qido.search_studies, stow.store_instances),
+        methods=["GET", "POST"],
+    ),
     Route("/series", qido.search_series, methods=["GET"]),
     Route("/instances", qido.search_instances, methods=["GET"]),
-    Route(_STUDY, wado.retrieve_instances, methods=["GET"]),
-    Route(_STUDY, stow.store_instances, methods=["POST"]),
+    Route(
+        _STUDY,
+        _get_or_post(wado.retrieve_instances, stow.store_instances),
+        methods=["GET", "POST"],
+    ),
     Route(_STUDY + "/metadata", wado.retrieve_metadata, methods=["GET"]),
     Route(_STUDY + "/series", qido.search_series, methods=["GET"]),
     Route(_STUDY + "/instances", qido.search_instances, methods=["GET"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -37,8 +38,10 @@ _STATUS[UnsupportedMediaType] = 415
 _STATUS[PayloadTooLarge] = 413
 
 
-def error_response(status: int, message: str) -> Response:
-    return JSONResponse({"status": status, "error": message}, status_code=status)
+def error_response(
+    status: int, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    return JSONResponse({"status": status, "error": message}, status_code=status, headers=headers)
 
 
 async def handle_known(request: Request, exc: Exception) -> Response:
@@ -56,7 +59,7 @@ async def handle_http(request: Request, exc: Exception) -> Response:
         message = f"no such resource: {request.url.path}"
     elif exc.status_code == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
-    return error_response(exc.status_code, message)
+    return error_response(exc.status_code, message, exc.headers)  # keeps Allow on 405
 
 
 EXCEPTION_HANDLERS = {

@@ -26,9 +26,12 @@ def _uid(attrs: dict[str, Any], tag: str) -> str | None:
     return str(values[0]) if values else None
 
 
-def _retrieve_url(attrs: dict[str, Any], level: Level, base: str) -> str | None:
-    study = _uid(attrs, "0020000D")
-    series = _uid(attrs, "0020000E")
+def _retrieve_url(
+    attrs: dict[str, Any], level: Level, base: str, scope: dict[int, str]
+) -> str | None:
+    # UIDs fixed by the URL are not repeated in the results, so take them from the path.
+    study = _uid(attrs, "0020000D") or scope.get(0x0020000D)
+    series = _uid(attrs, "0020000E") or scope.get(0x0020000E)
     sop = _uid(attrs, "00080018")
     if level is Level.STUDY and study:
         return study_url(base, study)
@@ -65,7 +68,7 @@ def _search(level: Level) -> Callable[[Request], Awaitable[Response]]:
         base = base_url(request)
         key = f"{RETRIEVE_URL:08X}"
         for attrs in results:
-            url = _retrieve_url(attrs, level, base)
+            url = _retrieve_url(attrs, level, base, scope)
             if url:
                 attrs[key] = {"vr": "UR", "Value": [url]}
         headers = {}

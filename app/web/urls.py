@@ -33,7 +33,11 @@ def base_url(request: Request) -> str:
         if fwd_host := headers.get("x-forwarded-host"):
             host = fwd_host.split(",", 1)[0].strip()
     prefix = headers.get("x-forwarded-prefix", "").split(",", 1)[0].strip().rstrip("/")
-    return f"{scheme}://{host}{prefix}{request.scope.get('root_path', '')}{DICOMWEB_PREFIX}"
+    # Inside the DICOMweb mount, root_path already ends with the prefix.
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    if not root.endswith(DICOMWEB_PREFIX):
+        root += DICOMWEB_PREFIX
+    return f"{scheme}://{host}{prefix}{root}"
 
 
 def study_url(base: str, study: str) -> str:

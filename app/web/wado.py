@@ -151,8 +151,8 @@ async def retrieve_bulkdata(request: Request) -> Response:
     path = request.path_params["path"].strip("/").upper()
     instance = await _instance(request)
     accept = parse_accept(request.headers.get("accept"))
-    if path == _PIXEL_DATA_PATH and instance.frames:
-        # Pixel data is served frame by frame, as the frames resource does.
+    if path == _PIXEL_DATA_PATH and instance.encapsulated and instance.frames:
+        # Encapsulated pixel data has no single value: it is served frame by frame.
         rep = choose_frames(accept, instance.transfer_syntax_uid, instance.encapsulated)
         frames = archive.retrieve.frame_ranges(instance, range(1, len(instance.frames) + 1))
         return _send_frames(archive, instance, frames, rep)
