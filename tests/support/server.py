@@ -14,6 +14,17 @@ from pathlib import Path
 import httpx
 
 
+# Process id of each running server, by base URL (for memory measurements).
+PIDS: dict[str, int] = {}
+
+
+def peak_rss_bytes(url: str) -> int:
+    """Peak resident memory of the server process at `url` (VmHWM)."""
+    status = Path(f"/proc/{PIDS[url]}/status").read_text()
+    line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -46,8 +57,10 @@ def running_server(data: Path, *args: str, env: dict[str, str] | None = None) ->
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not start in 30 s")
             time.sleep(0.05)
+        PIDS[url] = process.pid
         yield url
     finally:
+        PIDS.pop(url, None)
         process.terminate()
         try:
             process.wait(timeout=10)
