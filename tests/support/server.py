@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 
-
 # Process id of each running server, by base URL (for memory measurements).
 PIDS: dict[str, int] = {}
 
