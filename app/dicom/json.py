@@ -19,10 +19,11 @@ import struct
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, cast
 
 from pydicom.charset import default_encoding
-from pydicom.datadict import DicomDictionary, dictionary_VR
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filewriter import correct_ambiguous_vr_element
@@ -100,8 +101,7 @@ def describe_path(path: str) -> str:
     """'00081140/0/00081150' -> '(0008,1140)[0](0008,1150)', for messages."""
     parts = path.split("/")
     return "".join(
-        f"[{part}]" if index % 2 else f"({part[:4]},{part[4:]})"
-        for index, part in enumerate(parts)
+        f"[{part}]" if index % 2 else f"({part[:4]},{part[4:]})" for index, part in enumerate(parts)
     )
 
 
@@ -116,7 +116,7 @@ def _encode_element(
             return fast
         elem = _decode(ds, stored, path, warn)
         if elem is None:  # kept as the octets of the file (PS3.5 6.2.2: UN)
-            return _binary(stored, "UN", stored.value or b"", path, bulk, little=True)
+            return _binary(stored, "UN", stored.value or b"", path=path, bulk=bulk, little=True)
         little = stored.is_little_endian
     else:
         elem = stored
@@ -136,7 +136,7 @@ def _fast_path(raw: RawDataElement) -> dict[str, Any] | None:
     numbers and well-formed IS/DS, about half of a typical image's elements. The result
     equals pydicom's decoding; anything unusual (and so any value pydicom would warn
     about) returns None and takes the general path."""
-    vr = raw.VR or _public_vr(raw.tag)
+    vr = raw.VR or _public_vr(int(raw.tag))  # int(): BaseTag's == is slow in the cache
     value = raw.value
     if not value or vr is None or raw.tag in _LUT_DESCRIPTORS:
         return None
@@ -150,9 +150,14 @@ def _fast_path(raw: RawDataElement) -> dict[str, Any] | None:
     return None
 
 
+@lru_cache(maxsize=4096)
 def _public_vr(tag: int) -> str | None:
-    entry = DicomDictionary.get(tag)
-    return entry[0] if entry is not None and " or " not in entry[0] else None
+    """The dictionary VR of an implicit VR element, if unambiguous (not private)."""
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return None if " or " in vr else vr
 
 
 def _binary_numbers(vr: str, code: str, value: bytes, little: bool) -> dict[str, Any] | None:
@@ -221,13 +226,13 @@ def _encode_value(
     if elem.is_empty:
         return {"vr": vr}
     if vr in BINARY_VRS:
-        return _binary(elem, vr, bytes(elem.value), path, bulk, little)
-    convert = _VALUE_CONVERTERS.get(vr, _text)
+        return _binary(elem, vr, bytes(elem.value), path=path, bulk=bulk, little=little)
+    convert: Callable[[Any], Any] = _VALUE_CONVERTERS.get(vr, _text)
     return {"vr": vr, "Value": [convert(value) for value in _values(elem.value)]}
 
 
 def _binary(
-    elem: Element, vr: str, data: bytes, path: str, bulk: BulkHandler | None, little: bool
+    elem: Element, vr: str, data: bytes, *, path: str, bulk: BulkHandler | None, little: bool
 ) -> dict[str, Any]:
     uri = bulk(path, elem) if bulk is not None else None
     if uri is not None:

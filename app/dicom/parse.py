@@ -25,12 +25,14 @@ import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from pydicom.charset import convert_encodings, default_encoding
-from pydicom.datadict import DicomDictionary
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator, read_dataset
@@ -48,6 +50,7 @@ DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00009
 PIXEL_TAGS = frozenset({PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_FLOAT_PIXEL_DATA})
 EXTENDED_OFFSET_TABLE = 0x7FE00001
 EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
+MAX_INFLATED_SIZE = 1 << 28  # 256 MiB
 
 _SPECIFIC_CHARACTER_SET = frozenset({0x00080005})  # a set: BaseTag's == is slow
 _SOP_CLASS_UID = 0x00080016
@@ -74,6 +77,9 @@ _DEFAULT_BITS = {FLOAT_PIXEL_DATA: 32, DOUBLE_FLOAT_PIXEL_DATA: 64}
 _CODESTREAM_STARTS = (b"\xff\xd8\xff", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  \r\n\x87\n")
 
 _INVALID_VALUE = re.compile(r"Invalid value for VR (\w+): (.*?)\. Please see", re.DOTALL)
+_TOO_LONG = re.compile(
+    r"The value length \((\d+)\) exceeds the maximum length of (\d+) allowed for VR (\w+)"
+)
 # pydicom repeats the invalid IS message in a second wording.
 _REPEATED = re.compile(r'Value ".*" is not valid for elements with a VR of IS')
 
@@ -112,11 +118,12 @@ def _parse(fp: BinaryIO, bulk_threshold: int, notes: list[str]) -> ParsedInstanc
         reader = _Reader(io.BytesIO(data), len(data), None, notes)
     else:
         reader = _Reader(fp, size, bulk_threshold, notes)
-    ds = reader.read_dataset(implicit, little, end=None, prefix="", encoding=default_encoding)
+    ds = reader.read_dataset(implicit, little)
     reader.propagate_pixel_representation()
-    for tag in [tag for tag in ds.keys() if tag >> 16 == 0x0002]:
+    for tag in [tag for tag in ds.keys() if tag >> 16 == 0x0002]:  # noqa: SIM118 (no decoding)
         del ds[tag]  # the file meta group is not part of the dataset's metadata
 
+    identity = _uids(ds, meta, notes)  # first: the commonest reason to reject a file
     frames: tuple[FrameRanges, ...] = ()
     pixel = reader.pixel
     if pixel is not None and deflated:
@@ -128,7 +135,7 @@ def _parse(fp: BinaryIO, bulk_threshold: int, notes: list[str]) -> ParsedInstanc
 
     bulk = reader.bulk
     metadata = encode_dataset(ds, lambda p, _e: _bulk_uri(p, bulk), warn=notes.append)
-    study, series, sop_instance, sop_class = _uids(ds, meta, notes)
+    study, series, sop_instance, sop_class = identity
     return ParsedInstance(
         study_instance_uid=study,
         series_instance_uid=series,
@@ -154,16 +161,22 @@ def _read_meta(fp: BinaryIO, size: int) -> Dataset:
     head = fp.read(132)
     if len(head) < 132 or head[128:] != b"DICM":
         raise DicomParseError("not a DICOM Part 10 file: no 'DICM' prefix")
-    meta = read_dataset(
-        fp, False, True, stop_when=lambda tag, _vr, _length: tag >> 16 != 0x0002, defer_size=1024
-    )
+    try:
+        # Stop at an undefined length too: pydicom would read such a value whole, and no
+        # meta element has one; the dataset walk then rejects it.
+        meta = read_dataset(fp, False, True, stop_when=_end_of_meta, defer_size=1024)
+    except struct.error as exc:  # a header cut short by the end of the file
+        raise DicomParseError("truncated: file ends inside the file meta information") from exc
     if not meta:
         raise DicomParseError("not a DICOM Part 10 file: no file meta information")
-    for tag in meta.keys():
-        raw = meta.get_item(tag, keep_deferred=True)
+    for tag, raw in meta.items():
         if isinstance(raw, RawDataElement) and raw.value_tell + raw.length > size:
             raise DicomParseError(f"truncated: file ends inside element {_label(tag)}")
     return meta
+
+
+def _end_of_meta(tag: BaseTag, _vr: str | None, length: int) -> bool:
+    return tag >> 16 != 0x0002 or length == _UNDEFINED
 
 
 def _transfer_syntax(meta: Dataset) -> str:
@@ -187,11 +200,15 @@ def _encoding_of(transfer_syntax: str) -> tuple[bool, bool, bool]:
 
 
 def _inflate(fp: BinaryIO) -> bytes:
+    """The inflated dataset, in memory: bounded so that a small file cannot expand to
+    gigabytes (deflate is used for small non-image objects in practice)."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, PS3.5 A.5
     try:
-        data = inflater.decompress(fp.read()) + inflater.flush()
+        data = inflater.decompress(fp.read(), MAX_INFLATED_SIZE + 1)
     except zlib.error as exc:
         raise DicomParseError(f"invalid deflated dataset: {exc}") from exc
+    if len(data) > MAX_INFLATED_SIZE:
+        raise DicomParseError(f"deflated dataset larger than {MAX_INFLATED_SIZE} bytes")
     if not inflater.eof:
         raise DicomParseError("truncated: deflated dataset ends early")
     return data
@@ -210,17 +227,32 @@ class _PixelData:
     items: list[tuple[int, int]] = field(default_factory=list)
 
 
-# (tag, VR, length, value offset) of the element pydicom's generator stopped at.
-_Stop = tuple[BaseTag, str | None, int, int]
+@dataclass(frozen=True, slots=True)
+class _Header:
+    """An element pydicom's generator stopped at; the file is positioned at its value."""
+
+    tag: BaseTag
+    vr: str | None  # None in implicit VR
+    length: int
+    value_tell: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Level:
+    """How the dataset being read is encoded and where it is in the tree."""
+
+    implicit: bool
+    little: bool
+    prefix: str  # path of the enclosing item, "" or ending in "/"
+    encoding: str | list[str]
+    nested: bool
 
 
 class _Reader:
     """Reads one dataset tree with pydicom's element generator, taking over at sequences,
     undefined-length values and the top-level pixel data (see the module docstring)."""
 
-    def __init__(
-        self, fp: BinaryIO, size: int, defer_size: int | None, notes: list[str]
-    ) -> None:
+    def __init__(self, fp: BinaryIO, size: int, defer_size: int | None, notes: list[str]) -> None:
         self.fp = fp
         self.size = size
         self.defer_size = defer_size  # None: read every value (inflated data in memory)
@@ -246,39 +278,40 @@ class _Reader:
         implicit: bool,
         little: bool,
         *,
-        end: int | None,
-        prefix: str,
-        encoding: str | list[str],
+        end: int | None = None,
+        prefix: str = "",
+        encoding: str | list[str] = default_encoding,
         nested: bool = False,
     ) -> Dataset:
         """The dataset from the current position up to `end`, an item delimiter (nested,
         `end` None) or the end of the file."""
         implicit = self._detect_implicit(implicit, nested)
+        level = _Level(implicit, little, prefix, encoding, nested)
         elements: dict[BaseTag, RawDataElement | DataElement] = {}
         sequences: list[DataElement] = []
         last_end = self.fp.tell()
         while True:
-            stops: list[_Stop] = []
-            for raw in self._run(implicit, little, end, stops, top=not nested):
-                raw = self._accept(raw, prefix)
+            stops: list[_Header] = []
+            for element in self._run(level, end, stops):
+                if element.tag >> 16 == 0xFFFE:  # a stray item or delimiter: no attribute
+                    self.notes.append(f"ignored {_label(element.tag)} at {element.value_tell}")
+                    continue
+                raw = self._accept(element, prefix)
                 elements[raw.tag] = raw
                 last_end = raw.value_tell + raw.length
                 if raw.tag in _SPECIFIC_CHARACTER_SET:
-                    encoding = _encodings(raw)
+                    level = replace(level, encoding=_encodings(raw))
             if not stops:
                 break
-            tag, vr, length, value_tell = stops[0]
-            self.fp.seek(value_tell)
-            elem = self._take_over(
-                tag, vr, length, value_tell, implicit, little, prefix, encoding, nested
-            )
-            elements[tag] = elem
+            self.fp.seek(stops[0].value_tell)
+            elem = self._take_over(stops[0], level)
+            elements[elem.tag] = elem
             if isinstance(elem, DataElement):
                 sequences.append(elem)
             last_end = self.fp.tell()
         self._check_end(last_end, end, nested)
-        ds = Dataset(elements, parent_encoding=encoding)
-        ds.set_original_encoding(implicit, little, encoding)
+        ds = Dataset(elements, parent_encoding=level.encoding)
+        ds.set_original_encoding(implicit, little, level.encoding)
         self.sequences.extend((ds, sequence) for sequence in sequences)
         return ds
 
@@ -289,22 +322,29 @@ class _Reader:
             ds._set_pixel_representation(sequence)
 
     def _run(
-        self, implicit: bool, little: bool, end: int | None, stops: list[_Stop], top: bool
+        self, level: _Level, end: int | None, stops: list[_Header]
     ) -> Iterator[RawDataElement]:
         """Ordinary elements until `end`, the end of the dataset, or an element that
-        `_stop_when` hands to `_take_over` (recorded in `stops`)."""
+        `_must_take_over` (recorded in `stops`)."""
         fp = self.fp
+        top = not level.nested
 
         def stop_when(tag: BaseTag, vr: str | None, length: int) -> bool:
             if self._must_take_over(tag, vr, length, top):
-                stops.append((tag, vr, length, fp.tell()))
+                stops.append(_Header(tag, vr, length, fp.tell()))
                 return True
             return False
 
         elements = data_element_generator(
-            fp, implicit, little, stop_when=stop_when, defer_size=self.defer_size
+            fp,
+            level.implicit,
+            level.little,
+            stop_when=stop_when,
+            defer_size=self.defer_size,
+            encoding=level.encoding,
         )
         try:
+            # Like pydicom's read_dataset: test the end before reading the next element.
             while end is None or fp.tell() < end:
                 raw = next(elements, None)
                 if raw is None:
@@ -312,7 +352,8 @@ class _Reader:
                 assert isinstance(raw, RawDataElement)  # undefined lengths stop the run
                 yield raw
         except struct.error as exc:  # an element header cut short by the end of the file
-            raise DicomParseError(f"truncated: file ends inside the element at {fp.tell()}") from exc
+            position = fp.tell()
+            raise DicomParseError(f"truncated: file ends inside the element at {position}") from exc
 
     def _must_take_over(self, tag: BaseTag, vr: str | None, length: int, top: bool) -> bool:
         if length == _UNDEFINED or vr == "SQ":
@@ -336,74 +377,54 @@ class _Reader:
         # PS3.18 F.2.2 allows no BulkDataURI for this VR (UI, CS, PN, ...): it is metadata.
         return raw._replace(value=self.pread(raw.value_tell, raw.length))
 
-    def _take_over(
-        self,
-        tag: BaseTag,
-        vr: str | None,
-        length: int,
-        value_tell: int,
-        implicit: bool,
-        little: bool,
-        prefix: str,
-        encoding: str | list[str],
-        nested: bool,
-    ) -> RawDataElement | DataElement:
-        if not nested and tag in PIXEL_TAGS and self.pixel is None:
-            return self._pixel_data(tag, vr, length, value_tell, implicit, little)
-        if self._is_sequence(tag, vr, length, little):
-            return self._sequence(tag, length, value_tell, implicit, little, prefix, encoding)
-        return self._undefined_length_value(tag, vr, value_tell, implicit, little, prefix)
+    def _take_over(self, header: _Header, level: _Level) -> RawDataElement | DataElement:
+        if not level.nested and header.tag in PIXEL_TAGS and self.pixel is None:
+            return self._pixel_data(header, level)
+        if self._is_sequence(header, level.little):
+            return self._sequence(header, level)
+        return self._undefined_length_value(header, level)
 
-    def _is_sequence(self, tag: BaseTag, vr: str | None, length: int, little: bool) -> bool:
+    def _is_sequence(self, header: _Header, little: bool) -> bool:
+        vr, length = header.vr, header.length
         if vr == "SQ" or (vr == "UN" and length == _UNDEFINED):  # UN: PS3.5 6.2.2
             return True
-        if vr in (None, "UN") and _is_public_sequence(tag):
+        if vr in (None, "UN") and _is_public_sequence(header.tag):
             return True
-        if vr is None and length == _UNDEFINED and tag not in DicomDictionary:
-            # A private element: a sequence if its value starts with an item, as pydicom does
-            start = self.pread(self.fp.tell(), 4)
+        if vr is None and length == _UNDEFINED and _dictionary_vr(header.tag) is None:
+            # Private: a sequence if the value starts with an item, as pydicom decides.
+            start = self.pread(header.value_tell, 4)
             return start == struct.pack("<HH" if little else ">HH", 0xFFFE, 0xE000)
         return False
 
-    def _sequence(
-        self,
-        tag: BaseTag,
-        length: int,
-        value_tell: int,
-        implicit: bool,
-        little: bool,
-        prefix: str,
-        encoding: str | list[str],
-    ) -> DataElement:
-        path = f"{prefix}{tag:08X}"
-        seq_end = None if length == _UNDEFINED else value_tell + length
+    def _sequence(self, header: _Header, level: _Level) -> DataElement:
+        tag = header.tag
+        path = f"{level.prefix}{tag:08X}"
+        undefined = header.length == _UNDEFINED
+        seq_end = None if undefined else header.value_tell + header.length
         if seq_end is not None and seq_end > self.size:
             raise DicomParseError(f"truncated: file ends inside element {_label(tag)}")
         items: list[Dataset] = []
         while seq_end is None or self.fp.tell() < seq_end:
-            item_tag, item_length = self._item_header(tag, little)
+            item_tag, item_length = self._item_header(tag, level.little)
             if item_tag == _SEQUENCE_DELIMITER:
                 break
             if item_tag != _ITEM:
-                raise DicomParseError(
-                    f"malformed sequence {_label(tag)}: no item at offset {self.fp.tell() - 8}"
-                )
+                position = self.fp.tell() - 8
+                raise DicomParseError(f"malformed sequence {_label(tag)}: no item at {position}")
             item_end = None if item_length == _UNDEFINED else self.fp.tell() + item_length
             if item_end is not None and item_end > self.size:
                 raise DicomParseError(f"truncated: file ends inside element {_label(tag)}")
             item = self.read_dataset(
-                implicit,
-                little,
+                level.implicit,
+                level.little,
                 end=item_end,
                 prefix=f"{path}/{len(items)}/",
-                encoding=encoding,
+                encoding=level.encoding,
                 nested=True,
             )
             item.is_undefined_length_sequence_item = item_end is None
             items.append(item)
-        return DataElement(
-            tag, "SQ", Sequence(items), value_tell, is_undefined_length=length == _UNDEFINED
-        )
+        return DataElement(tag, "SQ", Sequence(items), header.value_tell, undefined)
 
     def _item_header(self, owner: int, little: bool) -> tuple[int, int]:
         data = self.fp.read(8)
@@ -412,49 +433,38 @@ class _Reader:
         group, element, length = struct.unpack("<HHL" if little else ">HHL", data)
         return group << 16 | element, length
 
-    def _undefined_length_value(
-        self,
-        tag: BaseTag,
-        vr: str | None,
-        value_tell: int,
-        implicit: bool,
-        little: bool,
-        prefix: str,
-    ) -> RawDataElement:
+    def _undefined_length_value(self, header: _Header, level: _Level) -> RawDataElement:
         """An encapsulated value below the top level (an icon image, say): bulk data."""
-        vr = vr or "OB"
-        _, end = self._walk_items(tag, value_tell, little)
-        if self.defer_size is None:  # inline everything: the value as pydicom reads it
-            value = self.pread(value_tell, end - 8 - value_tell)
-            return RawDataElement(tag, vr, _UNDEFINED, value, value_tell, implicit, little)
-        self.bulk[f"{prefix}{tag:08X}"] = BulkRange(value_tell, end - value_tell, vr)
-        return RawDataElement(tag, vr, _UNDEFINED, None, value_tell, implicit, little)
-
-    def _pixel_data(
-        self,
-        tag: BaseTag,
-        vr: str | None,
-        length: int,
-        value_tell: int,
-        implicit: bool,
-        little: bool,
-    ) -> RawDataElement:
-        if length == _UNDEFINED:
-            items, end = self._walk_items(tag, value_tell, little)
-            vr = vr or "OB"
-            stored = end - value_tell  # up to and including the sequence delimiter
+        tag, start = header.tag, header.value_tell
+        vr = header.vr or "OB"
+        _, end = self._walk_items(tag, start, level.little)
+        if self.defer_size is None:  # everything inline: the value as pydicom reads it
+            value = self.pread(start, end - 8 - start)
         else:
-            items, end = [], value_tell + length
-            vr = vr or _IMPLICIT_PIXEL_VR[tag]
+            value = None
+            self.bulk[f"{level.prefix}{tag:08X}"] = BulkRange(start, end - start, vr)
+        return RawDataElement(tag, vr, _UNDEFINED, value, start, level.implicit, level.little)
+
+    def _pixel_data(self, header: _Header, level: _Level) -> RawDataElement:
+        tag, start, length = header.tag, header.value_tell, header.length
+        if length == _UNDEFINED:
+            items, end = self._walk_items(tag, start, level.little)
+            vr = header.vr or "OB"
+            stored = end - start  # up to and including the sequence delimiter
+        else:
+            items, end = [], start + length
+            vr = header.vr or _IMPLICIT_PIXEL_VR[tag]
             stored = length
             if end > self.size:
                 raise DicomParseError(f"truncated: file ends inside element {_label(tag)}")
             self.fp.seek(end)
-        self.pixel = _PixelData(tag, vr, value_tell, length, items)
-        if not length:
-            return RawDataElement(tag, vr, 0, b"", value_tell, implicit, little)
-        self.bulk[f"{tag:08X}"] = BulkRange(value_tell, stored, vr)
-        return RawDataElement(tag, vr, length, None, value_tell, implicit, little)
+        self.pixel = _PixelData(tag, vr, start, length, items)
+        value = None
+        if length:
+            self.bulk[f"{tag:08X}"] = BulkRange(start, stored, vr)
+        else:
+            value = b""
+        return RawDataElement(tag, vr, length, value, start, level.implicit, level.little)
 
     def _walk_items(self, tag: int, start: int, little: bool) -> tuple[list[tuple[int, int]], int]:
         """(offset, length) of each item value of an undefined-length value, and the
@@ -472,7 +482,7 @@ class _Reader:
                 break
             if group << 16 | element != _ITEM or length == _UNDEFINED:
                 raise DicomParseError(
-                    f"malformed encapsulated value {_label(tag)}: no item at offset {position - 8}"
+                    f"malformed encapsulated value {_label(tag)}: no item at {position - 8}"
                 )
             if position + length > self.size:
                 raise DicomParseError(f"truncated: file ends inside element {_label(tag)}")
@@ -510,12 +520,10 @@ class _Reader:
         if last_end < self.size:
             if self.size - last_end < 8:
                 raise DicomParseError(
-                    f"truncated: file ends inside the element header at offset {last_end}"
+                    f"truncated: file ends inside the element header at {last_end}"
                 )
-            self.notes.append(
-                f"ignored {self.size - last_end} bytes after an item delimiter at offset "
-                f"{last_end}"
-            )
+            ignored = self.size - last_end
+            self.notes.append(f"ignored {ignored} bytes after an item delimiter at {last_end}")
 
 
 def _fileno(fp: BinaryIO) -> int | None:
@@ -525,9 +533,16 @@ def _fileno(fp: BinaryIO) -> int | None:
         return None
 
 
+@lru_cache(maxsize=4096)
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
+
 def _is_public_sequence(tag: int) -> bool:
-    entry = DicomDictionary.get(tag)
-    return entry is not None and entry[0] == "SQ"
+    return _dictionary_vr(int(tag)) == "SQ"  # int(): BaseTag's == is slow in the cache
 
 
 def _encodings(raw: RawDataElement) -> str | list[str]:
@@ -550,7 +565,7 @@ def _frames(
 
 
 def _number_of_frames(ds: Dataset, notes: list[str]) -> int:
-    elem = ds.get(_NUMBER_OF_FRAMES)
+    elem = _get(ds, _NUMBER_OF_FRAMES)
     if elem is None or elem.value in (None, ""):
         return 1
     count = _as_int(elem.value)
@@ -566,17 +581,23 @@ def _native_frames(
     rows, columns = _int_attribute(ds, _ROWS), _int_attribute(ds, _COLUMNS)
     bits = _int_attribute(ds, _BITS_ALLOCATED) or _DEFAULT_BITS.get(pixel.tag)
     samples = _int_attribute(ds, _SAMPLES_PER_PIXEL) or 1
-    if not (rows and columns and bits) or not pixel.length:
-        notes.append("frames not indexed: no Rows, Columns, BitsAllocated or pixel data")
+    if not pixel.length:
+        notes.append("frames not indexed: empty pixel data")
+        return ()
+    if not (rows and columns and bits):
+        notes.append("frames not indexed: no Rows, Columns or BitsAllocated")
         return ()
     frame_bits = rows * columns * samples * bits
-    photometric = ds.get(_PHOTOMETRIC_INTERPRETATION)
+    photometric = _get(ds, _PHOTOMETRIC_INTERPRETATION)
     if photometric is not None and photometric.value == "YBR_FULL_422" and samples == 3:
         frame_bits = frame_bits // 3 * 2  # two chroma samples per two pixels
-    if frame_bits % 8:
+    if count == 1:
+        size = (frame_bits + 7) // 8  # the whole value, bit-packed or not
+    elif frame_bits % 8:
         notes.append(f"frames not indexed: a frame of {frame_bits} bits is not whole bytes")
         return ()
-    size = frame_bits // 8
+    else:
+        size = frame_bits // 8
     if size * count > pixel.length:
         raise DicomParseError(
             f"truncated: pixel data has {pixel.length} bytes, {count} frame(s) of {size} "
@@ -678,14 +699,12 @@ def _frames_from_offsets(
 ) -> tuple[FrameRanges, ...] | None:
     """Basic Offset Table: each frame runs from its fragment to the next frame's."""
     indices = [starts.get(offset) for offset in offsets]
-    if not indices or None in indices:
+    if not indices or indices[0] != 0 or None in indices:
         return None
     bounds = [index for index in indices if index is not None] + [len(fragments)]
-    if any(later <= earlier for earlier, later in zip(bounds, bounds[1:], strict=False)):
+    if any(later <= earlier for earlier, later in pairwise(bounds)):
         return None
-    return tuple(
-        tuple(fragments[begin:stop]) for begin, stop in zip(bounds, bounds[1:], strict=False)
-    )
+    return tuple(tuple(fragments[begin:stop]) for begin, stop in pairwise(bounds))
 
 
 def _frames_from_codestream_starts(
@@ -703,8 +722,17 @@ def _frames_from_codestream_starts(
     return tuple(frames)
 
 
+def _get(ds: Dataset, tag: int) -> DataElement | None:
+    """`ds.get(tag)`, with pydicom's warnings about the value naming the element."""
+    token = decoding_path.set(f"{tag:08X}")
+    try:
+        return ds.get(tag)
+    finally:
+        decoding_path.reset(token)
+
+
 def _int_attribute(ds: Dataset, tag: int) -> int | None:
-    elem = ds.get(tag)
+    elem = _get(ds, tag)
     return None if elem is None else _as_int(elem.value)
 
 
@@ -746,7 +774,7 @@ def _required_uid(ds: Dataset, tag: int, keyword: str) -> str:
 
 
 def _uid_value(ds: Dataset, tag: int) -> str | None:
-    elem = ds.get(tag)
+    elem = _get(ds, tag)
     if elem is None or elem.value in (None, ""):
         return None
     return str(elem.value) if isinstance(elem.value, str) else str(list(elem.value))
@@ -769,7 +797,7 @@ def _collect_warnings(sink: list[str]) -> Iterator[None]:
     with _WARNINGS_LOCK, warnings.catch_warnings():
         previous = warnings.showwarning
 
-        def show(
+        def show(  # noqa: PLR0917 (the signature of warnings.showwarning)
             message: Warning | str,
             category: type[Warning],
             filename: str,
@@ -792,8 +820,11 @@ def _collect_warnings(sink: list[str]) -> Iterator[None]:
 def _describe_warning(message: str) -> str | None:
     if _REPEATED.match(message):
         return None
-    match = _INVALID_VALUE.match(message)
-    text = f"invalid {match[1]} value {match[2]}" if match else message
+    text = message
+    if match := _INVALID_VALUE.match(message):
+        text = f"invalid {match[1]} value {match[2]}"
+    elif match := _TOO_LONG.match(message):
+        text = f"{match[3]} value of {match[1]} characters exceeds the maximum of {match[2]}"
     path = decoding_path.get()
     return f"{describe_path(path)} {text}" if path else text
 

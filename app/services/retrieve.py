@@ -7,10 +7,34 @@ ranges. No file is parsed again to answer a request.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import orjson
+
+from app.dicom.byteorder import swap_width, swapped
 from app.dicom.instance import BulkRange, FrameRanges
+from app.dicom.transfer_syntax import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+)
 from app.services.errors import NotFound, Unsupported
 from app.services.ports import BlobStore, Index, StoredInstance, StoredMetadata
+
+_PIXEL_PATHS = ("7FE00010", "7FE00008", "7FE00009")
+
+
+@dataclass(frozen=True)
+class Swap:
+    """Byte swap for big-endian native data: value width and where the value starts."""
+
+    width: int
+    value_offset: int
+
+
+def _first_value(attrs: dict[str, Any], tag: str) -> Any:
+    values = attrs.get(tag, {}).get("Value")
+    return values[0] if values else None
 
 
 def _describe(study: str, series: str | None, sop: str | None) -> str:
@@ -49,6 +73,12 @@ class RetrieveService:
     def frame_ranges(self, instance: StoredInstance, numbers: Sequence[int]) -> list[FrameRanges]:
         count = len(instance.frames)
         if count == 0:
+            if instance.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+                raise Unsupported(
+                    f"frames of instance {instance.sop_instance_uid} cannot be served: it is "
+                    "stored in the Deflated Explicit VR Little Endian transfer syntax; "
+                    "retrieve the whole instance instead"
+                )
             raise Unsupported(
                 f"instance {instance.sop_instance_uid} has no indexed frames "
                 "(no pixel data, or a layout frames cannot be served from)"
@@ -62,11 +92,51 @@ class RetrieveService:
         return [instance.frames[n - 1] for n in numbers]
 
     async def read_ranges(
-        self, instance: StoredInstance, ranges: FrameRanges
+        self, instance: StoredInstance, ranges: FrameRanges, swap: Swap | None = None
     ) -> AsyncIterator[bytes]:
+        """Bytes of the ranges, byte-swapped to little endian when `swap` says so."""
         for offset, length in ranges:
-            async for chunk in self.blobs.read(instance.blob_key, offset, length):
-                yield chunk
+            if swap is None or swap.width == 1:
+                async for chunk in self.blobs.read(instance.blob_key, offset, length):
+                    yield chunk
+                continue
+            # Values are swapped whole: read from the value boundary before `offset` to the
+            # one after the end, swap, then cut back to the range asked for.
+            width = swap.width
+            head = (offset - swap.value_offset) % width
+            start = offset - head
+            span = head + length
+            span += -span % width
+            swapped_chunks = swapped(self.blobs.read(instance.blob_key, start, span), width)
+            skip, left = head, length
+            async for chunk in swapped_chunks:
+                piece = chunk[skip:][:left]
+                skip = max(0, skip - len(chunk))
+                left -= len(piece)
+                if piece:
+                    yield piece
+
+    async def pixel_swap(self, instance: StoredInstance) -> Swap | None:
+        """How to turn stored native pixel data little endian (None: nothing to do)."""
+        if instance.encapsulated or instance.transfer_syntax_uid != EXPLICIT_VR_BIG_ENDIAN:
+            return None
+        pixel = next((instance.bulk[p] for p in _PIXEL_PATHS if p in instance.bulk), None)
+        if pixel is None:
+            return None
+        # Values are as wide as BitsAllocated; 8-bit data in OW is still swapped by word.
+        found = await self.index.metadata(
+            instance.study_instance_uid,
+            instance.series_instance_uid,
+            instance.sop_instance_uid,
+        )
+        bits = _first_value(orjson.loads(found[0].json), "00280100") if found else None
+        width = max(swap_width(pixel.vr), (int(bits) // 8) if bits else 1)
+        return Swap(width, pixel.offset)
+
+    def bulk_swap(self, instance: StoredInstance, found: BulkRange) -> Swap | None:
+        if instance.transfer_syntax_uid != EXPLICIT_VR_BIG_ENDIAN:
+            return None
+        return Swap(swap_width(found.vr), found.offset)
 
     def bulk_range(self, instance: StoredInstance, path: str) -> BulkRange:
         found = instance.bulk.get(path)

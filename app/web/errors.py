@@ -38,9 +38,7 @@ _STATUS[UnsupportedMediaType] = 415
 _STATUS[PayloadTooLarge] = 413
 
 
-def error_response(
-    status: int, message: str, headers: Mapping[str, str] | None = None
-) -> Response:
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     return JSONResponse({"status": status, "error": message}, status_code=status, headers=headers)
 
 

@@ -79,7 +79,7 @@ def choose_instance(accept: list[MediaRange], stored: str) -> Representation:
             return Representation(True, "application/dicom", stored)
         if (
             r.media_type == "multipart/related"
-            and r.type_param in ("", "application/dicom")
+            and r.type_param in ("", "*/*", "application/dicom")
             and _syntax_ok(r.transfer_syntax, stored)
         ):
             return Representation(True, "application/dicom", stored)
@@ -103,11 +103,12 @@ def choose_frames(accept: list[MediaRange], stored: str, encapsulated: bool) -> 
         if multipart and wanted == "":
             wanted = "application/octet-stream"
         syntax = r.transfer_syntax
+        if multipart and wanted == "*/*" and _syntax_ok(syntax, stored):
+            return Representation(True, stored_type, stored)
         if wanted == "application/octet-stream" and not encapsulated:
-            # Native little-endian frame bytes are the same in every native LE syntax.
-            if syntax in (None, ANY_SYNTAX) or (
-                stored in NATIVE_LITTLE_ENDIAN and syntax in NATIVE_LITTLE_ENDIAN
-            ):
+            # Native frames are sent little endian (big-endian data is swapped), which is
+            # the frame encoding of every native little-endian syntax.
+            if syntax in (None, ANY_SYNTAX) or syntax in NATIVE_LITTLE_ENDIAN:
                 return Representation(multipart, stored_type, stored)
         elif wanted == "application/octet-stream" and syntax == ANY_SYNTAX:
             # OHIF asks for octet-stream with transfer-syntax=*: it takes compressed frames.

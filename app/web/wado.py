@@ -13,6 +13,7 @@ from app.dicom.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable
 from app.services.ports import StoredInstance
+from app.services.retrieve import Swap
 from app.web.errors import path_uids
 from app.web.negotiation import Representation, choose_frames, choose_instance, parse_accept
 from app.web.urls import base_url, instance_url
@@ -115,10 +116,11 @@ def _send_frames(
     instance: StoredInstance,
     frames: Sequence[FrameRanges],
     rep: Representation,
+    swap: Swap | None,
 ) -> Response:
     if not rep.multipart and len(frames) == 1:
         return StreamingResponse(
-            archive.retrieve.read_ranges(instance, frames[0]),
+            archive.retrieve.read_ranges(instance, frames[0], swap),
             media_type=_part_type(rep),
             headers={"Content-Length": str(sum(n for _, n in frames[0]))},
         )
@@ -128,7 +130,7 @@ def _send_frames(
         for ranges in frames:
             size = sum(n for _, n in ranges)
             yield part_head(boundary, _part_type(rep), {"Content-Length": str(size)})
-            async for chunk in archive.retrieve.read_ranges(instance, ranges):
+            async for chunk in archive.retrieve.read_ranges(instance, ranges, swap):
                 yield chunk
             yield b"\r\n"
         yield closing(boundary)
@@ -143,7 +145,8 @@ async def retrieve_frames(request: Request) -> Response:
     accept = parse_accept(request.headers.get("accept"))
     rep = choose_frames(accept, instance.transfer_syntax_uid, instance.encapsulated)
     frames = archive.retrieve.frame_ranges(instance, numbers)
-    return _send_frames(archive, instance, frames, rep)
+    swap = await archive.retrieve.pixel_swap(instance)
+    return _send_frames(archive, instance, frames, rep, swap)
 
 
 async def retrieve_bulkdata(request: Request) -> Response:
@@ -155,7 +158,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
         # Encapsulated pixel data has no single value: it is served frame by frame.
         rep = choose_frames(accept, instance.transfer_syntax_uid, instance.encapsulated)
         frames = archive.retrieve.frame_ranges(instance, range(1, len(instance.frames) + 1))
-        return _send_frames(archive, instance, frames, rep)
+        return _send_frames(archive, instance, frames, rep, None)
     found = archive.retrieve.bulk_range(instance, path)
     octet = Representation(True, "application/octet-stream", instance.transfer_syntax_uid)
     if not any(
@@ -165,4 +168,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
         raise NotAcceptable("bulk data is available as application/octet-stream only")
     if accept[0].media_type == "application/octet-stream":
         octet = Representation(False, octet.media_type, octet.transfer_syntax)
-    return _send_frames(archive, instance, [((found.offset, found.length),)], octet)
+    swap = archive.retrieve.bulk_swap(instance, found)
+    if path == _PIXEL_DATA_PATH:
+        swap = await archive.retrieve.pixel_swap(instance)
+    return _send_frames(archive, instance, [((found.offset, found.length),)], octet, swap)

@@ -275,8 +275,13 @@ def observe(client: httpx.Client, f: CorpusFile, obs: Observation) -> None:
     """Everything WADO-RS says about a stored file."""
     path = instance_path(f)
     obs.instance = fetch(client, path, 'multipart/related; type="application/dicom"')
-    obs.metadata_fetch = fetch(client, path + "/metadata", "application/dicom+json")
     response = client.get(path + "/metadata", headers={"Accept": "application/dicom+json"})
+    obs.metadata_fetch = Fetched(
+        response.url.path,
+        response.status_code,
+        response.headers.get("content-type", ""),
+        text="" if response.status_code == 200 else response.text,
+    )
     if response.status_code == 200:
         obs.metadata = response.json()
         for uri in _bulk_uris(obs.metadata):
@@ -295,48 +300,43 @@ def observe(client: httpx.Client, f: CorpusFile, obs: Observation) -> None:
 
 @dataclass
 class Run:
-    observations: dict[str, Observation]
-    studies: Any  # QIDO /studies answer from "main"
-    studies_status: int
+    main: dict[str, Observation]  # every corpus file, stored in label order
+    overwrite: dict[str, Observation]  # the DUPLICATE files, on the --overwrite archive
+    studies_status: int  # QIDO /studies on "main"
+    studies: Any
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    observations: dict[str, Observation] = {}
+    main: dict[str, Observation] = {}
     with running_server(tmp_path_factory.mktemp("corpus-main")) as url:
         base = f"{url}/dicomweb"
         with httpx.Client(base_url=base, timeout=60) as client:
             for f in corpus():
-                obs = observations[f.label] = Observation(f.label, "main", base)
-                stow(client, f, obs)
+                stow(client, f, main.setdefault(f.label, Observation(f.label, "main", base)))
             for label, outcome in OUTCOMES.items():
                 if outcome is Outcome.STORED:
-                    observe(client, FILES[label], observations[label])
+                    observe(client, FILES[label], main[label])
             response = client.get("/studies", params={"limit": "1000"})
             studies = response.json() if response.status_code == 200 else response.text
             studies_status = response.status_code
-    shadowed = [label for label, o in OUTCOMES.items() if o is Outcome.DUPLICATE]
+    overwrite: dict[str, Observation] = {}
     with running_server(tmp_path_factory.mktemp("corpus-overwrite"), "--overwrite") as url:
         base = f"{url}/dicomweb"
         with httpx.Client(base_url=base, timeout=60) as client:
-            for label in shadowed:
-                # The record of the refused STOW on main stays in `observations[label]`'s
-                # place under a separate key so both can be checked.
-                observations[f"overwrite:{label}"] = observations[label]
-                obs = observations[label] = Observation(label, "overwrite", base)
-                stow(client, FILES[label], obs)
-                if obs.stow_status == 200:
-                    observe(client, FILES[label], obs)
-    return Run(observations, studies, studies_status)
-
-
-def main_stow(run: Run, label: str) -> Observation:
-    """The record of the STOW on "main" (duplicates were re-sent to the overwrite archive)."""
-    return run.observations.get(f"overwrite:{label}", run.observations[label])
+            for label, outcome in OUTCOMES.items():
+                if outcome is Outcome.DUPLICATE:
+                    # stored and checked before the next variant of its UID replaces it
+                    obs = overwrite[label] = Observation(label, "overwrite", base)
+                    stow(client, FILES[label], obs)
+                    if obs.stow_status == 200:
+                        observe(client, FILES[label], obs)
+    return Run(main, overwrite, studies_status, studies)
 
 
 def verified(run: Run, label: str) -> Observation:
-    obs = run.observations[label]
+    """The record of the archive a valid file was checked on; it must have been stored."""
+    obs = run.overwrite[label] if OUTCOMES[label] is Outcome.DUPLICATE else run.main[label]
     assert obs.stow_status == 200, (
         f"{label} was not stored on the {obs.archive} archive ({obs.stow_status}): {obs.stow_body}"
     )
@@ -387,7 +387,7 @@ def _value(item: dict[str, Any], tag: str) -> Any:
 def test_stow(run: Run, label: str) -> None:
     f = FILES[label]
     outcome = OUTCOMES[label]
-    obs = main_stow(run, label)
+    obs = run.main[label]
     failed = _items(obs.stow_body, "00081198")
     stored = _items(obs.stow_body, "00081199")
     if outcome in (Outcome.STORED, Outcome.IDENTICAL):
@@ -425,7 +425,7 @@ def test_stow_retrieve_url(run: Run, label: str) -> None:
 
 @pytest.mark.parametrize("label", [k for k, o in OUTCOMES.items() if o is Outcome.DUPLICATE])
 def test_overwrite_archive_stores_variant(run: Run, label: str) -> None:
-    obs = run.observations[label]
+    obs = run.overwrite[label]
     assert obs.stow_status == 200, obs.stow_body
     assert [_value(i, "00081155") for i in _items(obs.stow_body, "00081199")] == [
         FILES[label].sop_instance_uid

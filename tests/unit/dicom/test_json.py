@@ -41,7 +41,11 @@ def encode_one(elem: RawDataElement | DataElement, **kwargs: Any) -> dict[str, A
 CASES: list[tuple[str, RawDataElement, dict[str, Any]]] = [
     # Person names: component groups present only when non-empty; empty values are null.
     ("PN", raw(PATIENT_NAME, "PN", b"Doe^John"), {"Value": [{"Alphabetic": "Doe^John"}]}),
-    ("PN ideographic only", raw(PATIENT_NAME, "PN", b"=Yamada"), {"Value": [{"Ideographic": "Yamada"}]}),
+    (
+        "PN ideographic only",
+        raw(PATIENT_NAME, "PN", b"=Yamada"),
+        {"Value": [{"Ideographic": "Yamada"}]},
+    ),
     (
         "PN three groups",
         raw(PATIENT_NAME, "PN", b"A^B=C^D=E^F "),
@@ -71,7 +75,11 @@ CASES: list[tuple[str, RawDataElement, dict[str, Any]]] = [
     ("IS empty value in a list", raw(0x00200013, "IS", b"1\\\\3 "), {"Value": [1, None, 3]}),
     ("DS", raw(0x00281050, "DS", b"40.5\\-1e3 "), {"Value": [40.5, -1000.0]}),
     ("DS integer", raw(0x00281050, "DS", b"40"), {"Value": [40.0]}),
-    ("DS empty value in a list", raw(0x00280030, "DS", b"0.5\\\\0.7 "), {"Value": [0.5, None, 0.7]}),
+    (
+        "DS empty value in a list",
+        raw(0x00280030, "DS", b"0.5\\\\0.7 "),
+        {"Value": [0.5, None, 0.7]},
+    ),
     ("DS empty", raw(0x00281050, "DS", b""), {}),
     # Binary numbers, both byte orders.
     ("US", raw(0x00280010, "US", b"\x00\x02"), {"Value": [512]}),
@@ -83,10 +91,18 @@ CASES: list[tuple[str, RawDataElement, dict[str, Any]]] = [
     ("FL", raw(0x00189087, "FL", struct.pack("<f", 0.5)), {"Value": [0.5]}),
     ("FD", raw(0x00189087, "FD", struct.pack("<2d", 1.25, -2.0)), {"Value": [1.25, -2.0]}),
     ("FD NaN is null", raw(0x00189087, "FD", struct.pack("<d", float("nan"))), {"Value": [None]}),
-    ("FD infinity is null", raw(0x00189087, "FD", struct.pack("<d", float("inf"))), {"Value": [None]}),
+    (
+        "FD infinity is null",
+        raw(0x00189087, "FD", struct.pack("<d", float("inf"))),
+        {"Value": [None]},
+    ),
     ("UV", raw(0x00189087, "UV", struct.pack("<Q", 2**63)), {"Value": [2**63]}),
     ("US empty", raw(0x00280010, "US", b""), {}),
-    ("AT", raw(0x00209165, "AT", b"\x10\x00\x20\x00\x28\x00\x08\x00"), {"Value": ["00100020", "00280008"]}),
+    (
+        "AT",
+        raw(0x00209165, "AT", b"\x10\x00\x20\x00\x28\x00\x08\x00"),
+        {"Value": ["00100020", "00280008"]},
+    ),
     # Binary VRs: base64 of the value, little endian.
     ("OB", raw(0x00091010, "OB", b"\x01\x02\x03\x04"), {"InlineBinary": "AQIDBA=="}),
     ("UN", raw(0x00091010, "UN", b"\xff"), {"InlineBinary": "/w=="}),
