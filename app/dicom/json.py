@@ -246,9 +246,11 @@ def _concrete_vr(vr: str, value: Any) -> str:
     """A single VR for the ambiguous ones pydicom could not resolve ('OB or OW', ...)."""
     if " or " not in vr:
         return vr
-    if value is None or isinstance(value, bytes | bytearray):
-        return "OW" if "OW" in vr else "OB" if "OB" in vr else "US" if value is None else "UN"
-    numbers = _values(value)
+    if isinstance(value, bytes | bytearray) or (value is None and "O" in vr):
+        # Octets (or unknown values of a VR that allows them): OW is what implicit VR
+        # little endian, the only encoding that leaves these unresolved, means (PS3.5 A.1).
+        return "OW" if "OW" in vr else "OB" if "OB" in vr else "UN"
+    numbers = _values(value) if value is not None else ()
     return "SS" if "SS" in vr and any(n is not None and n < 0 for n in numbers) else "US"
 
 

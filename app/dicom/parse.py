@@ -10,6 +10,14 @@ value regardless of size:
   8-byte headers and seeking over the fragments;
 - the top-level Pixel Data, whose frames are located here.
 
+Bulk data: every value longer than the threshold whose VR PS3.18 F.2.2 allows as bulk data,
+every undefined-length value other than a sequence, and the top-level pixel data. Each gets
+a BulkDataURI in the metadata and a `BulkRange` under the same path. A range holds the value
+bytes as stored: in the file's byte order (big endian files are rare and retired), and for
+an undefined-length value from its first item tag to the end of its sequence delimiter, so
+that it can follow an undefined-length element header verbatim. Frames are ranges of
+fragment values, never of item headers.
+
 Warnings pydicom issues about bad values are collected as `ParsedInstance.warnings`;
 anything that makes the file unusable raises `DicomParseError` with a FailureReason text.
 """

@@ -543,6 +543,12 @@ def test_metadata_matches_pydicom(run: Run, label: str) -> None:
     assert isinstance(obs.metadata, list) and len(obs.metadata) == 1
     ds = f.read()
     expected = pydicom_json(ds, big_endian=not UID(f.transfer_syntax_uid).is_little_endian)
+    if UID(f.transfer_syntax_uid).is_deflated:
+        # Deflated objects have no byte offsets to serve pixel data from, so the archive
+        # leaves Pixel Data out of their metadata rather than give a URI it cannot serve
+        # (README, limitations).
+        assert _PIXEL_DATA not in obs.metadata[0]
+        expected.pop(_PIXEL_DATA, None)
     problems: list[str] = []
     bulk: set[str] = set()
     compare_json(obs.metadata[0], expected, "", problems, bulk)
