@@ -292,19 +292,14 @@ async def _ensure_study(
         row = await cur.fetchone()
     if row is not None:
         return int(row[0]), False
-    cols = column_values("study", record.metadata)
-    cols.pop("modalities_in_study", None)
-    attrs = _subset(record.metadata, PATIENT_TAGS | STUDY_TAGS)
-    names = ["patient_fk", *cols, "attrs", "created_at", "updated_at"]
-    values = [patient_fk, *cols.values(), _dumps(attrs), now, now]
-    async with db.execute(
-        f"INSERT INTO study ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-        " RETURNING pk",
-        values,
-    ) as cur:
-        row = await cur.fetchone()
-    assert row is not None
-    return int(row[0]), True
+    values: dict[str, Any] = {
+        "patient_fk": patient_fk,
+        **column_values("study", record.metadata),
+        "attrs": _dumps(_subset(record.metadata, PATIENT_TAGS | STUDY_TAGS)),
+        "created_at": now,
+        "updated_at": now,
+    }
+    return await _insert(db, "study", values), True
 
 
 async def _ensure_series(
@@ -317,18 +312,23 @@ async def _ensure_series(
         row = await cur.fetchone()
     if row is not None:
         return int(row[0]), False
-    cols = column_values("series", record.metadata)
-    attrs = _subset(record.metadata, SERIES_TAGS)
-    names = ["study_fk", *cols, "attrs"]
-    values = [study_fk, *cols.values(), _dumps(attrs)]
-    async with db.execute(
-        f"INSERT INTO series ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-        " RETURNING pk",
-        values,
-    ) as cur:
-        row = await cur.fetchone()
-    assert row is not None
-    return int(row[0]), True
+    values: dict[str, Any] = {
+        "study_fk": study_fk,
+        **column_values("series", record.metadata),
+        "attrs": _dumps(_subset(record.metadata, SERIES_TAGS)),
+    }
+    return await _insert(db, "series", values), True
+
+
+async def _insert(db: aiosqlite.Connection, table: str, row: dict[str, Any]) -> int:
+    """Insert a row and return its pk. Table and column names come from our own code."""
+    names = ", ".join(row)
+    marks = ", ".join("?" * len(row))
+    sql = f"INSERT INTO {table} ({names}) VALUES ({marks}) RETURNING pk"
+    async with db.execute(sql, tuple(row.values())) as cur:
+        found = await cur.fetchone()
+    assert found is not None
+    return int(found[0])
 
 
 async def _refresh_modalities(db: aiosqlite.Connection, study_fk: int) -> None:

@@ -18,25 +18,6 @@ Json = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class InstanceRecord:
-    """Everything the index keeps about one instance, as prepared by the store service."""
-
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    blob_key: str
-    size: int
-    sha256: str
-    encapsulated: bool
-    frames: tuple[FrameRanges, ...]
-    bulk: dict[str, BulkRange]
-    # Full DICOM JSON of the instance, bulk data as BulkDataURI placeholders.
-    metadata: Json
-
-
-@dataclass(frozen=True)
 class StoredInstance:
     """An indexed instance as retrieval needs it."""
 
@@ -51,6 +32,14 @@ class StoredInstance:
     encapsulated: bool
     frames: tuple[FrameRanges, ...]
     bulk: dict[str, BulkRange]
+
+
+@dataclass(frozen=True)
+class InstanceRecord(StoredInstance):
+    """Everything the index keeps about one instance, as prepared by the store service."""
+
+    # Full DICOM JSON of the instance, bulk data as BulkDataURI placeholders.
+    metadata: Json
 
 
 @dataclass(frozen=True)
