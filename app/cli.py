@@ -21,8 +21,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default 8080)")
     serve.add_argument("--data", type=Path, help="data folder (default ./data)")
-    serve.add_argument("--database", help="index URL (default: SQLite in the data folder)")
-    serve.add_argument("--storage", help="blob store (default: <data>/blobs)")
+    serve.add_argument(
+        "--database",
+        dest="database_url",
+        help="index: postgresql://user@host/db or sqlite:///path (default: SQLite in --data)",
+    )
+    serve.add_argument(
+        "--storage",
+        dest="storage_url",
+        help="blob store: s3://bucket/prefix, or a folder (default: <data>/blobs)",
+    )
     serve.add_argument(
         "--overwrite",
         action="store_true",
@@ -32,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", help="debug, info, warning (default info)")
     migrate = sub.add_parser("migrate", help="apply pending index migrations and exit")
     migrate.add_argument("--data", type=Path)
-    migrate.add_argument("--database")
+    migrate.add_argument("--database", dest="database_url")
     return parser
 
 

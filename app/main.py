@@ -23,18 +23,24 @@ class ConfigurationError(RuntimeError):
 
 
 async def open_index(settings: Settings) -> Index:
-    if settings.database.startswith(("postgres://", "postgresql://")):
+    if settings.uses_postgres:
         raise ConfigurationError("the PostgreSQL index is not available in this version")
-    if settings.database and not settings.database.startswith("sqlite:///"):
+    if settings.database_url and not settings.database_url.startswith("sqlite:///"):
         raise ConfigurationError(
-            f"unsupported database URL {settings.database!r}: use sqlite:///path"
+            f"unsupported database URL {settings.database_url!r}: "
+            "use sqlite:///path or postgresql://..."
         )
     return await SqliteIndex.open(settings.sqlite_path)
 
 
 def open_blobs(settings: Settings) -> BlobStore:
-    if settings.storage.startswith("s3://"):
+    if settings.uses_s3:
         raise ConfigurationError("S3 storage is not available in this version")
+    if "://" in settings.storage_url and not settings.storage_url.startswith("file://"):
+        raise ConfigurationError(
+            f"unsupported storage URL {settings.storage_url!r}: use a folder, file:///path "
+            "or s3://bucket/prefix"
+        )
     return FolderBlobStore(settings.blob_root)
 
 

@@ -14,10 +14,20 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     data: Path = Path("./data")
-    # Index: sqlite (default, in the data folder) or postgresql://... (later issue).
-    database: str = ""
-    # Blob store: a folder (default: <data>/blobs) or s3://bucket/prefix (later issue).
-    storage: str = ""
+    # Index: SQLite in the data folder (default), sqlite:///path or postgresql://...
+    database_url: str = ""
+    # Connections in the PostgreSQL pool of each server process.
+    database_pool_size: int = 10
+    # Blob store: a folder (default: <data>/blobs), file:///path or s3://bucket/prefix.
+    storage_url: str = ""
+    # S3: endpoint of an S3-compatible store (MinIO, Ceph, moto); empty for AWS. Region and
+    # credentials fall back to the standard AWS variables and credential chain.
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    # Objects larger than this are uploaded in parts of this size.
+    s3_part_size: int = 16 * 1024 * 1024
     # Replace a stored instance when a different object arrives with its SOP Instance UID.
     overwrite: bool = False
     qido_default_limit: int = 100
@@ -29,15 +39,23 @@ class Settings:
     log_level: str = "info"
 
     @property
+    def uses_postgres(self) -> bool:
+        return self.database_url.startswith(("postgres://", "postgresql://"))
+
+    @property
+    def uses_s3(self) -> bool:
+        return self.storage_url.startswith("s3://")
+
+    @property
     def sqlite_path(self) -> Path:
-        if self.database.startswith("sqlite:///"):
-            return Path(self.database.removeprefix("sqlite:///"))
+        if self.database_url.startswith("sqlite:///"):
+            return Path(self.database_url.removeprefix("sqlite:///"))
         return self.data / "index.sqlite"
 
     @property
     def blob_root(self) -> Path:
-        if self.storage:
-            return Path(self.storage.removeprefix("file://"))
+        if self.storage_url:
+            return Path(self.storage_url.removeprefix("file://"))
         return self.data / "blobs"
 
     @property

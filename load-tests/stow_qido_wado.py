@@ -4,9 +4,11 @@
 Generates N small CT instances (64x64, 16-bit, spread over a few studies and series), then:
 
 1. STOW-RS: stores them one instance per request, `--concurrency` requests in flight;
-2. QIDO-RS: `/studies?PatientName=*X*` (X unique to one study) and `/studies/{s}/series`;
+2. QIDO-RS: `/studies?PatientName=*X*` (X unique to one study, the answer must be exactly that
+   study) and `/studies/{s}/series` (the answer must list every series of the study);
 3. WADO-RS: retrieves every instance (multipart/related; type="application/dicom") with
-   `--concurrency` requests in flight, checking the bytes, then single frames.
+   `--concurrency` requests in flight, checking the bytes, then single frames (checking the
+   pixel bytes).
 
 Latency phases (QIDO, frames) run with `--latency-concurrency` requests in flight (default 1,
 so the figures are per-request latencies, not queueing). Only standard DICOMweb is used, so the
@@ -14,6 +16,10 @@ same run works against this archive and against Orthanc's DICOMweb plugin:
 
     python load-tests/stow_qido_wado.py --url http://127.0.0.1:8080/dicomweb
     python load-tests/stow_qido_wado.py --url http://127.0.0.1:8042/dicom-web
+
+Query strings are sent with a raw `*` and no `^` because Orthanc 1.10 with DICOMweb plugin 1.7
+does not percent-decode query values (`PatientName=%2AX%2A` matches nothing there).
+`compare_orthanc.py` runs this workload against a fresh `pacs serve` and a fresh Orthanc.
 
 Needs httpx, pydicom and numpy. Every run uses fresh UIDs and patient names, so it can be
 repeated against the same server.
@@ -56,6 +62,7 @@ class Corpus:
     tag: str  # unique to this run, part of every PatientName
     instances: list[Instance]
     studies: list[str]
+    series_per_study: int
     patient_keys: dict[str, str] = field(default_factory=dict)  # study -> unique name part
 
 
@@ -87,7 +94,7 @@ def make_instance(study: str, series: str, index: int, name: str, patient_id: st
 
 def make_corpus(count: int, studies: int, series_per_study: int) -> Corpus:
     tag = uuid.uuid4().hex[:8].upper()
-    corpus = Corpus(tag, [], [generate_uid() for _ in range(studies)])
+    corpus = Corpus(tag, [], [generate_uid() for _ in range(studies)], series_per_study)
     series = {s: [generate_uid() for _ in range(series_per_study)] for s in corpus.studies}
     for number, study in enumerate(corpus.studies):
         corpus.patient_keys[study] = f"{tag}S{number:03d}"
@@ -120,30 +127,45 @@ def multipart(data: bytes) -> tuple[str, bytes]:
 
 @dataclass
 class Phase:
+    key: str  # short name: stow, qido_name, qido_series, wado, frame
     name: str
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     bytes: int = 0
     unit: str = "req"
+    server_cpu: float | None = None  # server CPU seconds during the phase, when known
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies) - len(self.errors)
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def percentile(self, fraction: float) -> float:
+        """Latency in ms: the median for 0.5, else the value at rank `fraction`."""
+        lat = sorted(self.latencies)
+        if not lat:
+            return float("nan")
+        if fraction == 0.5:
+            return statistics.median(lat) * 1000
+        return lat[min(len(lat) - 1, int(fraction * len(lat)))] * 1000
 
     def row(self) -> list[str]:
-        done = len(self.latencies)
-        ok = done - len(self.errors)
-        lat = sorted(self.latencies)
-        p50 = statistics.median(lat) * 1000 if lat else float("nan")
-        p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] * 1000 if lat else float("nan")
-        rate = ok / self.seconds if self.seconds else 0.0
         mbps = self.bytes / self.seconds / 1e6 if self.seconds else 0.0
+        cpu = "" if self.server_cpu is None else f"{self.server_cpu:.2f}"
         return [
             self.name,
-            str(done),
-            str(ok),
+            str(len(self.latencies)),
+            str(self.ok),
             f"{self.seconds:.2f}",
-            f"{rate:.1f} {self.unit}/s",
+            f"{self.rate:.1f} {self.unit}/s",
             f"{mbps:.1f}",
-            f"{p50:.1f}",
-            f"{p95:.1f}",
+            f"{self.percentile(0.5):.1f}",
+            f"{self.percentile(0.95):.1f}",
+            cpu,
         ]
 
 
@@ -151,6 +173,7 @@ async def run_phase(
     phase: Phase,
     jobs: Sequence[Callable[[], Awaitable[int]]],
     concurrency: int,
+    server_cpu: Callable[[], float] | None = None,
 ) -> Phase:
     """Run `jobs` (each returns bytes moved, raises on failure) with `concurrency` workers."""
     queue: asyncio.Queue[Callable[[], Awaitable[int]]] = asyncio.Queue()
@@ -168,9 +191,12 @@ async def run_phase(
                 phase.errors.append(f"{type(exc).__name__}: {exc}")
             phase.latencies.append(time.perf_counter() - start)
 
+    cpu0 = server_cpu() if server_cpu else 0.0
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
     phase.seconds = time.perf_counter() - start
+    if server_cpu:
+        phase.server_cpu = server_cpu() - cpu0
     return phase
 
 
@@ -183,19 +209,38 @@ def check(response: httpx.Response, what: str) -> None:
         raise Failure(f"{what}: HTTP {response.status_code} {response.text[:200]!r}")
 
 
-async def benchmark(args: argparse.Namespace) -> int:
-    base = args.url.rstrip("/")
-    t0 = time.perf_counter()
-    corpus = make_corpus(args.instances, args.studies, args.series)
-    size = sum(len(i.data) for i in corpus.instances)
-    print(
-        f"generated {len(corpus.instances)} instances ({size / 1e6:.1f} MB, "
-        f"{args.studies} studies x {args.series} series, {ROWS}x{COLUMNS} 16-bit) "
-        f"in {time.perf_counter() - t0:.1f} s; run tag {corpus.tag}",
-        file=sys.stderr,
-    )
+@dataclass
+class Report:
+    url: str
+    phases: list[Phase]
+    studies_found: int
+    instances_counted: int
+    studies_expected: int
+    instances_expected: int
+
+    def phase(self, key: str) -> Phase:
+        return next(p for p in self.phases if p.key == key)
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.errors for p in self.phases) and (
+            self.studies_found == self.studies_expected
+            and self.instances_counted == self.instances_expected
+        )
+
+
+async def run_workload(
+    base: str,
+    corpus: Corpus,
+    args: argparse.Namespace,
+    server_cpu: Callable[[], float] | None = None,
+) -> Report:
+    """Run the five phases against the DICOMweb root `base`; `server_cpu` (optional) reads the
+    server's cumulative CPU seconds, to report what each phase cost the server."""
+    base = base.rstrip("/")
     limits = httpx.Limits(max_connections=max(args.concurrency, args.latency_concurrency))
     rng = random.Random(args.seed)
+    frame_size = ROWS * COLUMNS * 2
     async with httpx.AsyncClient(base_url=base, timeout=args.timeout, limits=limits) as client:
 
         def stow_job(inst: Instance) -> Callable[[], Awaitable[int]]:
@@ -212,62 +257,98 @@ async def benchmark(args: argparse.Namespace) -> int:
             return job
 
         def get_job(
-            path: str, accept: str, params: dict[str, str] | None = None, expect: bytes = b""
+            path: str,
+            accept: str,
+            expect: bytes = b"",
+            validate: Callable[[httpx.Response], None] | None = None,
         ) -> Callable[[], Awaitable[int]]:
             async def job() -> int:
-                response = await client.get(path, params=params, headers={"Accept": accept})
+                response = await client.get(path, headers={"Accept": accept})
                 check(response, f"GET {path}")
                 if expect and expect not in response.content:
                     raise Failure(f"GET {path}: the stored bytes are not in the response")
+                if validate:
+                    validate(response)
                 return len(response.content)
 
             return job
+
+        def one_study(study: str) -> Callable[[httpx.Response], None]:
+            def validate(response: httpx.Response) -> None:
+                found = [r.get("0020000D", {}).get("Value", [None])[0] for r in response.json()]
+                if found != [study]:
+                    raise Failure(f"QIDO: expected study {study}, got {found}")
+
+            return validate
+
+        def all_series(response: httpx.Response) -> None:
+            if len(response.json()) != corpus.series_per_study:
+                raise Failure(f"QIDO: {len(response.json())} series, not {corpus.series_per_study}")
 
         def instance_path(inst: Instance) -> str:
             return f"/studies/{inst.study}/series/{inst.series}/instances/{inst.sop}"
 
         phases = []
-        stow = Phase("STOW-RS 1 instance/request", unit="inst")
-        phases.append(
-            await run_phase(stow, [stow_job(i) for i in corpus.instances], args.concurrency)
-        )
+        stow = Phase("stow", "STOW-RS 1 instance/request", unit="inst")
+        stow_jobs = [stow_job(i) for i in corpus.instances]
+        phases.append(await run_phase(stow, stow_jobs, args.concurrency, server_cpu))
 
+        # Query strings are written out, not built from a dict: Orthanc 1.10 / DICOMweb 1.7 do not
+        # percent-decode them, and httpx would send `*` as %2A. `*` is legal raw in a query
+        # (RFC 3986 sub-delims); the keys are letters and digits only.
         studies = [rng.choice(corpus.studies) for _ in range(args.queries)]
-        by_name = Phase("QIDO /studies?PatientName=*X*")
+        by_name = Phase("qido_name", "QIDO /studies?PatientName=*X*")
         by_name_jobs = [
-            get_job("/studies", JSON_ACCEPT, {"PatientName": f"*{corpus.patient_keys[s]}*"})
+            get_job(
+                f"/studies?PatientName=*{corpus.patient_keys[s]}*",
+                JSON_ACCEPT,
+                validate=one_study(s),
+            )
             for s in studies
         ]
-        phases.append(await run_phase(by_name, by_name_jobs, args.latency_concurrency))
-        series = Phase("QIDO /studies/{s}/series")
-        series_jobs = [get_job(f"/studies/{s}/series", JSON_ACCEPT) for s in studies]
-        phases.append(await run_phase(series, series_jobs, args.latency_concurrency))
+        lc = args.latency_concurrency
+        phases.append(await run_phase(by_name, by_name_jobs, lc, server_cpu))
+        series = Phase("qido_series", "QIDO /studies/{s}/series")
+        series_jobs = [
+            get_job(f"/studies/{s}/series", JSON_ACCEPT, validate=all_series) for s in studies
+        ]
+        phases.append(await run_phase(series, series_jobs, lc, server_cpu))
 
-        wado = Phase("WADO-RS instance", unit="inst")
+        wado = Phase("wado", "WADO-RS instance", unit="inst")
         wado_jobs = [
             get_job(instance_path(i), INSTANCE_ACCEPT, expect=i.data) for i in corpus.instances
         ]
-        phases.append(await run_phase(wado, wado_jobs, args.concurrency))
+        phases.append(await run_phase(wado, wado_jobs, args.concurrency, server_cpu))
 
+        # Frame 1 of these single-frame native instances is the Pixel Data value, the last
+        # `frame_size` bytes of the file.
         sample = [rng.choice(corpus.instances) for _ in range(args.queries)]
-        frames = Phase("WADO-RS frame (latency)")
-        frame_jobs = [get_job(instance_path(i) + "/frames/1", args.frame_accept) for i in sample]
-        phases.append(await run_phase(frames, frame_jobs, args.latency_concurrency))
+        frames = Phase("frame", "WADO-RS frame (latency)")
+        frame_jobs = [
+            get_job(instance_path(i) + "/frames/1", args.frame_accept, expect=i.data[-frame_size:])
+            for i in sample
+        ]
+        phases.append(await run_phase(frames, frame_jobs, lc, server_cpu))
 
         # Correctness of what was measured: each study once, with every instance.
         response = await client.get(
-            "/studies",
-            params={"PatientName": f"LOADTEST^{corpus.tag}*", "limit": str(args.studies + 10)},
+            f"/studies?PatientID=LT-{corpus.tag}*&limit={len(corpus.studies) + 10}",
             headers={"Accept": JSON_ACCEPT},
         )
         found = response.json() if response.status_code == 200 else []
         counted = sum(int(s.get("00201208", {}).get("Value", [0])[0]) for s in found)
+    return Report(base, phases, len(found), counted, len(corpus.studies), len(corpus.instances))
 
+
+def print_report(report: Report, args: argparse.Namespace) -> None:
     header = ["phase", "requests", "ok", "seconds", "throughput", "MB/s", "p50 ms", "p95 ms"]
-    rows = [header] + [p.row() for p in phases]
+    with_cpu = any(p.server_cpu is not None for p in report.phases)
+    if with_cpu:
+        header.append("server CPU s")
+    rows = [header] + [p.row()[: len(header)] for p in report.phases]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     print(
-        f"\n{base}: {args.instances} instances, concurrency {args.concurrency}, "
+        f"\n{report.url}: {report.instances_expected} instances, concurrency {args.concurrency}, "
         f"latency phases at concurrency {args.latency_concurrency}, {args.queries} queries each"
     )
     for index, row in enumerate(rows):
@@ -280,22 +361,35 @@ async def benchmark(args: argparse.Namespace) -> int:
         if index == 0:
             print("  ".join("-" * w for w in widths))
     print(
-        f"check: {len(found)}/{args.studies} studies found by PatientName, "
-        f"{counted}/{args.instances} instances counted"
+        f"check: {report.studies_found}/{report.studies_expected} studies found by PatientID, "
+        f"{report.instances_counted}/{report.instances_expected} instances counted"
     )
-    failed = False
-    for phase in phases:
+    for phase in report.phases:
         if phase.errors:
-            failed = True
             print(f"{phase.name}: {len(phase.errors)} failures, first: {phase.errors[0]}")
-    if len(found) != args.studies or counted != args.instances:
-        failed = True
-    return 1 if failed else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", required=True, help="DICOMweb root, e.g. http://host/dicomweb")
+def generate(args: argparse.Namespace) -> Corpus:
+    t0 = time.perf_counter()
+    corpus = make_corpus(args.instances, args.studies, args.series)
+    size = sum(len(i.data) for i in corpus.instances)
+    print(
+        f"generated {len(corpus.instances)} instances ({size / 1e6:.1f} MB, "
+        f"{args.studies} studies x {args.series} series, {ROWS}x{COLUMNS} 16-bit) "
+        f"in {time.perf_counter() - t0:.1f} s; run tag {corpus.tag}",
+        file=sys.stderr,
+    )
+    return corpus
+
+
+async def benchmark(args: argparse.Namespace) -> int:
+    report = await run_workload(args.url, generate(args), args)
+    print_report(report, args)
+    return 0 if report.ok else 1
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by this script and compare_orthanc.py (everything but the server)."""
     parser.add_argument("--instances", type=int, default=2000, help="instances to store")
     parser.add_argument("--concurrency", type=int, default=8, help="STOW/WADO requests in flight")
     parser.add_argument(
@@ -307,11 +401,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frame-accept", default=FRAME_ACCEPT, help="Accept for frames")
     parser.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+
+
+def check_workload_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.instances < args.studies * args.series:
         parser.error("--instances must be at least --studies x --series")
-    return asyncio.run(benchmark(args))
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", required=True, help="DICOMweb root, e.g. http://host/dicomweb")
+    add_workload_arguments(parser)
+    args = parser.parse_args(argv)
+    check_workload_arguments(parser, args)
+    return asyncio.run(benchmark(args))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,22 +1,10 @@
 """Parse a stored DICOM Part 10 file into what ingest records (`ParsedInstance`).
 
-Bulk values are never read: a file may be gigabytes of pixel data. pydicom's element
-generator reads runs of ordinary elements with `defer_size`, so long values are skipped
-with only their position kept; this module takes over wherever pydicom would read a whole
-value regardless of size:
-
-- sequences, because pydicom reads nested datasets without `defer_size`;
-- undefined-length values (encapsulated pixel data), whose items are walked by reading
-  8-byte headers and seeking over the fragments;
-- the top-level Pixel Data, whose frames are located here.
-
-Bulk data: every value longer than the threshold whose VR PS3.18 F.2.2 allows as bulk data,
-every undefined-length value other than a sequence, and the top-level pixel data. Each gets
-a BulkDataURI in the metadata and a `BulkRange` under the same path. A range holds the value
-bytes as stored: in the file's byte order (big endian files are rare and retired), and for
-an undefined-length value from its first item tag to the end of its sequence delimiter, so
-that it can follow an undefined-length element header verbatim. Frames are ranges of
-fragment values, never of item headers.
+Bulk values are never read: a file may be gigabytes of pixel data. `reader.py` walks the
+dataset, locating bulk values rather than reading them, and `frames.py` locates the frames of
+the top-level pixel data; this module reads the file meta information, chooses the encoding
+from the transfer syntax and checks the UIDs that identify the instance. Each bulk value gets
+a BulkDataURI in the metadata and a `BulkRange` under the same path.
 
 Warnings pydicom issues about bad values are collected as `ParsedInstance.warnings`;
 anything that makes the file unusable raises `DicomParseError` with a FailureReason text.
@@ -31,36 +19,27 @@ import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from functools import lru_cache
-from itertools import pairwise
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import BinaryIO, TextIO
 
-from pydicom.charset import convert_encodings, default_encoding
-from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filereader import data_element_generator, read_dataset
-from pydicom.sequence import Sequence
+from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from app.dicom.frames import locate_frames
 from app.dicom.instance import BULK_BASE, BulkRange, FrameRanges, ParsedInstance
-from app.dicom.json import BULK_VRS, decoding_path, describe_path, element_vr, encode_dataset
+from app.dicom.json import decoding_path, describe_path, encode_dataset
+from app.dicom.reader import UNDEFINED_LENGTH, DicomParseError, Reader, get_decoded, label
 from app.dicom.uid import is_valid_uid
 
-PIXEL_DATA = 0x7FE00010
-FLOAT_PIXEL_DATA = 0x7FE00008
-DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00009
-PIXEL_TAGS = frozenset({PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_FLOAT_PIXEL_DATA})
-EXTENDED_OFFSET_TABLE = 0x7FE00001
-EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
+__all__ = ["DicomParseError", "parse_instance"]
+
 MAX_INFLATED_SIZE = 1 << 28  # 256 MiB
 
-_SPECIFIC_CHARACTER_SET = frozenset({0x00080005})  # a set: BaseTag's == is slow
 _SOP_CLASS_UID = 0x00080016
 _SOP_INSTANCE_UID = 0x00080018
 _STUDY_INSTANCE_UID = 0x0020000D
@@ -68,21 +47,6 @@ _SERIES_INSTANCE_UID = 0x0020000E
 _MEDIA_SOP_CLASS_UID = 0x00020002
 _MEDIA_SOP_INSTANCE_UID = 0x00020003
 _TRANSFER_SYNTAX_UID = 0x00020010
-_SAMPLES_PER_PIXEL = 0x00280002
-_PHOTOMETRIC_INTERPRETATION = 0x00280004
-_NUMBER_OF_FRAMES = 0x00280008
-_ROWS = 0x00280010
-_COLUMNS = 0x00280011
-_BITS_ALLOCATED = 0x00280100
-
-_UNDEFINED = 0xFFFFFFFF
-_ITEM = 0xFFFEE000
-_SEQUENCE_DELIMITER = 0xFFFEE0DD
-# Native pixel data in implicit VR has no VR of its own: PS3.5 A.1 says OW.
-_IMPLICIT_PIXEL_VR = {PIXEL_DATA: "OW", FLOAT_PIXEL_DATA: "OF", DOUBLE_FLOAT_PIXEL_DATA: "OD"}
-_DEFAULT_BITS = {FLOAT_PIXEL_DATA: 32, DOUBLE_FLOAT_PIXEL_DATA: 64}
-# First bytes of a fragment that starts a frame: JPEG/JPEG-LS SOI, JPEG 2000 SOC+SIZ, JP2.
-_CODESTREAM_STARTS = (b"\xff\xd8\xff", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  \r\n\x87\n")
 
 _INVALID_VALUE = re.compile(r"Invalid value for VR (\w+): (.*?)\. Please see", re.DOTALL)
 _TOO_LONG = re.compile(
@@ -90,10 +54,6 @@ _TOO_LONG = re.compile(
 )
 # pydicom repeats the invalid IS message in a second wording.
 _REPEATED = re.compile(r'Value ".*" is not valid for elements with a VR of IS')
-
-
-class DicomParseError(ValueError):
-    """The file cannot be stored; the message is a human-readable FailureReason."""
 
 
 def parse_instance(path: Path, *, bulk_threshold: int = 1024) -> ParsedInstance:
@@ -123,9 +83,9 @@ def _parse(fp: BinaryIO, bulk_threshold: int, notes: list[str]) -> ParsedInstanc
     if deflated:
         # Offsets into the file mean nothing once inflated: read everything inline.
         data = _inflate(fp)
-        reader = _Reader(io.BytesIO(data), len(data), None, notes)
+        reader = Reader(io.BytesIO(data), len(data), None, notes)
     else:
-        reader = _Reader(fp, size, bulk_threshold, notes)
+        reader = Reader(fp, size, bulk_threshold, notes)
     ds = reader.read_dataset(implicit, little)
     reader.propagate_pixel_representation()
     for tag in [tag for tag in ds.keys() if tag >> 16 == 0x0002]:  # noqa: SIM118 (no decoding)
@@ -139,7 +99,7 @@ def _parse(fp: BinaryIO, bulk_threshold: int, notes: list[str]) -> ParsedInstanc
         reader.bulk.pop(f"{pixel.tag:08X}", None)
         notes.append("deflated transfer syntax: frames not indexed")
     elif pixel is not None:
-        frames = _frames(ds, pixel, reader.pread, notes)
+        frames = locate_frames(ds, pixel, reader.pread, notes)
 
     bulk = reader.bulk
     metadata = encode_dataset(ds, lambda p, _e: _bulk_uri(p, bulk), warn=notes.append)
@@ -153,7 +113,7 @@ def _parse(fp: BinaryIO, bulk_threshold: int, notes: list[str]) -> ParsedInstanc
         metadata=metadata,
         bulk=bulk,
         frames=frames,
-        encapsulated=pixel is not None and not deflated and pixel.length == _UNDEFINED,
+        encapsulated=pixel is not None and not deflated and pixel.encapsulated,
         warnings=tuple(dict.fromkeys(notes)),
     )
 
@@ -179,12 +139,12 @@ def _read_meta(fp: BinaryIO, size: int) -> Dataset:
         raise DicomParseError("not a DICOM Part 10 file: no file meta information")
     for tag, raw in meta.items():
         if isinstance(raw, RawDataElement) and raw.value_tell + raw.length > size:
-            raise DicomParseError(f"truncated: file ends inside element {_label(tag)}")
+            raise DicomParseError(f"truncated: file ends inside element {label(tag)}")
     return meta
 
 
 def _end_of_meta(tag: BaseTag, _vr: str | None, length: int) -> bool:
-    return tag >> 16 != 0x0002 or length == _UNDEFINED
+    return tag >> 16 != 0x0002 or length == UNDEFINED_LENGTH
 
 
 def _transfer_syntax(meta: Dataset) -> str:
@@ -222,536 +182,6 @@ def _inflate(fp: BinaryIO) -> bytes:
     return data
 
 
-# -- the dataset walk ----------------------------------------------------------------------
-
-
-@dataclass
-class _PixelData:
-    tag: int
-    vr: str
-    offset: int  # first byte of the value
-    length: int  # value length, _UNDEFINED when encapsulated
-    # Encapsulated: (offset, length) of every item value, the Basic Offset Table first.
-    items: list[tuple[int, int]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class _Header:
-    """An element pydicom's generator stopped at; the file is positioned at its value."""
-
-    tag: BaseTag
-    vr: str | None  # None in implicit VR
-    length: int
-    value_tell: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Level:
-    """How the dataset being read is encoded and where it is in the tree."""
-
-    implicit: bool
-    little: bool
-    prefix: str  # path of the enclosing item, "" or ending in "/"
-    encoding: str | list[str]
-    nested: bool
-
-
-class _Reader:
-    """Reads one dataset tree with pydicom's element generator, taking over at sequences,
-    undefined-length values and the top-level pixel data (see the module docstring)."""
-
-    def __init__(self, fp: BinaryIO, size: int, defer_size: int | None, notes: list[str]) -> None:
-        self.fp = fp
-        self.size = size
-        self.defer_size = defer_size  # None: read every value (inflated data in memory)
-        self.notes = notes
-        self.bulk: dict[str, BulkRange] = {}
-        self.pixel: _PixelData | None = None
-        # (dataset, sequence element in it), innermost first
-        self.sequences: list[tuple[Dataset, DataElement]] = []
-        self._fd = _fileno(fp) if hasattr(os, "pread") else None
-
-    def pread(self, offset: int, length: int) -> bytes:
-        """Bytes at `offset` without moving the buffered position (no buffer refill)."""
-        if self._fd is not None:
-            return os.pread(self._fd, length, offset)
-        position = self.fp.tell()
-        self.fp.seek(offset)
-        data = self.fp.read(length)
-        self.fp.seek(position)
-        return data
-
-    def read_dataset(
-        self,
-        implicit: bool,
-        little: bool,
-        *,
-        end: int | None = None,
-        prefix: str = "",
-        encoding: str | list[str] = default_encoding,
-        nested: bool = False,
-    ) -> Dataset:
-        """The dataset from the current position up to `end`, an item delimiter (nested,
-        `end` None) or the end of the file."""
-        implicit = self._detect_implicit(implicit, nested)
-        level = _Level(implicit, little, prefix, encoding, nested)
-        elements: dict[BaseTag, RawDataElement | DataElement] = {}
-        sequences: list[DataElement] = []
-        last_end = self.fp.tell()
-        while True:
-            stops: list[_Header] = []
-            for element in self._run(level, end, stops):
-                if element.tag >> 16 == 0xFFFE:  # a stray item or delimiter: no attribute
-                    self.notes.append(f"ignored {_label(element.tag)} at {element.value_tell}")
-                    continue
-                raw = self._accept(element, prefix)
-                elements[raw.tag] = raw
-                last_end = raw.value_tell + raw.length
-                if raw.tag in _SPECIFIC_CHARACTER_SET:
-                    level = replace(level, encoding=_encodings(raw))
-            if not stops:
-                break
-            self.fp.seek(stops[0].value_tell)
-            elem = self._take_over(stops[0], level)
-            elements[elem.tag] = elem
-            if isinstance(elem, DataElement):
-                sequences.append(elem)
-            last_end = self.fp.tell()
-        self._check_end(last_end, end, nested)
-        ds = Dataset(elements, parent_encoding=level.encoding)
-        ds.set_original_encoding(implicit, little, level.encoding)
-        self.sequences.extend((ds, sequence) for sequence in sequences)
-        return ds
-
-    def propagate_pixel_representation(self) -> None:
-        """What pydicom does when it decodes a sequence itself: items learn the nearest
-        Pixel Representation, which decides their 'US or SS' values. Outermost first."""
-        for ds, sequence in reversed(self.sequences):
-            ds._set_pixel_representation(sequence)
-
-    def _run(
-        self, level: _Level, end: int | None, stops: list[_Header]
-    ) -> Iterator[RawDataElement]:
-        """Ordinary elements until `end`, the end of the dataset, or an element that
-        `_must_take_over` (recorded in `stops`)."""
-        fp = self.fp
-        top = not level.nested
-
-        def stop_when(tag: BaseTag, vr: str | None, length: int) -> bool:
-            if self._must_take_over(tag, vr, length, top):
-                stops.append(_Header(tag, vr, length, fp.tell()))
-                return True
-            return False
-
-        elements = data_element_generator(
-            fp,
-            level.implicit,
-            level.little,
-            stop_when=stop_when,
-            defer_size=self.defer_size,
-            encoding=level.encoding,
-        )
-        try:
-            # Like pydicom's read_dataset: test the end before reading the next element.
-            while end is None or fp.tell() < end:
-                raw = next(elements, None)
-                if raw is None:
-                    return
-                assert isinstance(raw, RawDataElement)  # undefined lengths stop the run
-                yield raw
-        except struct.error as exc:  # an element header cut short by the end of the file
-            position = fp.tell()
-            raise DicomParseError(f"truncated: file ends inside the element at {position}") from exc
-
-    def _must_take_over(self, tag: BaseTag, vr: str | None, length: int, top: bool) -> bool:
-        if length == _UNDEFINED or vr == "SQ":
-            return True
-        if top and tag in PIXEL_TAGS and self.pixel is None:
-            return True
-        # Implicit VR, or UN in explicit VR (which pydicom decodes as the dictionary's VR):
-        # sequences must not be read as a raw value, however long.
-        return (vr is None or (vr == "UN" and length < 0xFFFF)) and _is_public_sequence(tag)
-
-    def _accept(self, raw: RawDataElement, prefix: str) -> RawDataElement:
-        if raw.value_tell + raw.length > self.size:
-            raise DicomParseError(f"truncated: file ends inside element {_label(raw.tag)}")
-        if raw.value is not None or not raw.length:
-            return raw
-        # Deferred by pydicom (longer than defer_size).
-        vr = element_vr(raw)
-        if vr in BULK_VRS:
-            self.bulk[f"{prefix}{raw.tag:08X}"] = BulkRange(raw.value_tell, raw.length, vr)
-            return raw
-        # PS3.18 F.2.2 allows no BulkDataURI for this VR (UI, CS, PN, ...): it is metadata.
-        return raw._replace(value=self.pread(raw.value_tell, raw.length))
-
-    def _take_over(self, header: _Header, level: _Level) -> RawDataElement | DataElement:
-        if not level.nested and header.tag in PIXEL_TAGS and self.pixel is None:
-            return self._pixel_data(header, level)
-        if self._is_sequence(header, level.little):
-            return self._sequence(header, level)
-        return self._undefined_length_value(header, level)
-
-    def _is_sequence(self, header: _Header, little: bool) -> bool:
-        vr, length = header.vr, header.length
-        if vr == "SQ" or (vr == "UN" and length == _UNDEFINED):  # UN: PS3.5 6.2.2
-            return True
-        if vr in (None, "UN") and _is_public_sequence(header.tag):
-            return True
-        if vr is None and length == _UNDEFINED and _dictionary_vr(header.tag) is None:
-            # Private: a sequence if the value starts with an item, as pydicom decides.
-            start = self.pread(header.value_tell, 4)
-            return start == struct.pack("<HH" if little else ">HH", 0xFFFE, 0xE000)
-        return False
-
-    def _sequence(self, header: _Header, level: _Level) -> DataElement:
-        tag = header.tag
-        path = f"{level.prefix}{tag:08X}"
-        undefined = header.length == _UNDEFINED
-        seq_end = None if undefined else header.value_tell + header.length
-        if seq_end is not None and seq_end > self.size:
-            raise DicomParseError(f"truncated: file ends inside element {_label(tag)}")
-        items: list[Dataset] = []
-        while seq_end is None or self.fp.tell() < seq_end:
-            item_tag, item_length = self._item_header(tag, level.little)
-            if item_tag == _SEQUENCE_DELIMITER:
-                break
-            if item_tag != _ITEM:
-                position = self.fp.tell() - 8
-                raise DicomParseError(f"malformed sequence {_label(tag)}: no item at {position}")
-            item_end = None if item_length == _UNDEFINED else self.fp.tell() + item_length
-            if item_end is not None and item_end > self.size:
-                raise DicomParseError(f"truncated: file ends inside element {_label(tag)}")
-            item = self.read_dataset(
-                level.implicit,
-                level.little,
-                end=item_end,
-                prefix=f"{path}/{len(items)}/",
-                encoding=level.encoding,
-                nested=True,
-            )
-            item.is_undefined_length_sequence_item = item_end is None
-            items.append(item)
-        return DataElement(tag, "SQ", Sequence(items), header.value_tell, undefined)
-
-    def _item_header(self, owner: int, little: bool) -> tuple[int, int]:
-        data = self.fp.read(8)
-        if len(data) < 8:
-            raise DicomParseError(f"truncated: file ends inside element {_label(owner)}")
-        group, element, length = struct.unpack("<HHL" if little else ">HHL", data)
-        return group << 16 | element, length
-
-    def _undefined_length_value(self, header: _Header, level: _Level) -> RawDataElement:
-        """An encapsulated value below the top level (an icon image, say): bulk data."""
-        tag, start = header.tag, header.value_tell
-        vr = header.vr or "OB"
-        _, end = self._walk_items(tag, start, level.little)
-        if self.defer_size is None:  # everything inline: the value as pydicom reads it
-            value = self.pread(start, end - 8 - start)
-        else:
-            value = None
-            self.bulk[f"{level.prefix}{tag:08X}"] = BulkRange(start, end - start, vr)
-        return RawDataElement(tag, vr, _UNDEFINED, value, start, level.implicit, level.little)
-
-    def _pixel_data(self, header: _Header, level: _Level) -> RawDataElement:
-        tag, start, length = header.tag, header.value_tell, header.length
-        if length == _UNDEFINED:
-            items, end = self._walk_items(tag, start, level.little)
-            vr = header.vr or "OB"
-            stored = end - start  # up to and including the sequence delimiter
-        else:
-            items, end = [], start + length
-            vr = header.vr or _IMPLICIT_PIXEL_VR[tag]
-            stored = length
-            if end > self.size:
-                raise DicomParseError(f"truncated: file ends inside element {_label(tag)}")
-            self.fp.seek(end)
-        self.pixel = _PixelData(tag, vr, start, length, items)
-        value = None
-        if length:
-            self.bulk[f"{tag:08X}"] = BulkRange(start, stored, vr)
-        else:
-            value = b""
-        return RawDataElement(tag, vr, length, value, start, level.implicit, level.little)
-
-    def _walk_items(self, tag: int, start: int, little: bool) -> tuple[list[tuple[int, int]], int]:
-        """(offset, length) of each item value of an undefined-length value, and the
-        offset after its sequence delimiter; leaves the file there. Reads only headers."""
-        header = struct.Struct("<HHL" if little else ">HHL")
-        items: list[tuple[int, int]] = []
-        position = start
-        while True:
-            data = self.pread(position, 8)
-            if len(data) < 8:
-                raise DicomParseError(f"truncated: file ends inside element {_label(tag)}")
-            group, element, length = header.unpack(data)
-            position += 8
-            if group << 16 | element == _SEQUENCE_DELIMITER:
-                break
-            if group << 16 | element != _ITEM or length == _UNDEFINED:
-                raise DicomParseError(
-                    f"malformed encapsulated value {_label(tag)}: no item at {position - 8}"
-                )
-            if position + length > self.size:
-                raise DicomParseError(f"truncated: file ends inside element {_label(tag)}")
-            items.append((position, length))
-            position += length
-        self.fp.seek(position)
-        return items, position
-
-    def _detect_implicit(self, implicit: bool, nested: bool) -> bool:
-        """pydicom's check of the first element: a VR that is not two capital letters means
-        implicit VR. Items of an implicit VR dataset are implicit regardless."""
-        if nested and implicit:
-            return True
-        start = self.fp.tell()
-        head = self.fp.read(6)
-        self.fp.seek(start)
-        if len(head) < 6:
-            return implicit
-        found = not (0x40 < head[4] < 0x5B and 0x40 < head[5] < 0x5B)
-        if found != implicit and not nested:
-            kind = "implicit" if found else "explicit"
-            self.notes.append(f"dataset is encoded in {kind} VR, unlike its transfer syntax")
-        return found
-
-    def _check_end(self, last_end: int, end: int | None, nested: bool) -> None:
-        """Whatever stopped pydicom's generator early must be the end of the dataset."""
-        if end is not None:
-            if self.fp.tell() < end:  # an item delimiter inside a defined-length item
-                self.fp.seek(end)
-            return
-        if nested:  # an undefined-length item ends with an 8-byte item delimiter
-            if last_end + 8 > self.size:
-                raise DicomParseError("truncated: file ends inside a sequence item")
-            return
-        if last_end < self.size:
-            if self.size - last_end < 8:
-                raise DicomParseError(
-                    f"truncated: file ends inside the element header at {last_end}"
-                )
-            ignored = self.size - last_end
-            self.notes.append(f"ignored {ignored} bytes after an item delimiter at {last_end}")
-
-
-def _fileno(fp: BinaryIO) -> int | None:
-    try:
-        return fp.fileno()
-    except (AttributeError, OSError):  # io.BytesIO raises io.UnsupportedOperation
-        return None
-
-
-@lru_cache(maxsize=4096)
-def _dictionary_vr(tag: int) -> str | None:
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return None
-
-
-def _is_public_sequence(tag: int) -> bool:
-    return _dictionary_vr(int(tag)) == "SQ"  # int(): BaseTag's == is slow in the cache
-
-
-def _encodings(raw: RawDataElement) -> str | list[str]:
-    value = convert_raw_data_element(raw).value
-    return convert_encodings(value)
-
-
-# -- frames ---------------------------------------------------------------------------------
-
-Pread = Callable[[int, int], bytes]
-
-
-def _frames(
-    ds: Dataset, pixel: _PixelData, pread: Pread, notes: list[str]
-) -> tuple[FrameRanges, ...]:
-    count = _number_of_frames(ds, notes)
-    if pixel.length == _UNDEFINED:
-        return _encapsulated_frames(ds, pixel, count, pread, notes)
-    return _native_frames(ds, pixel, count, notes)
-
-
-def _number_of_frames(ds: Dataset, notes: list[str]) -> int:
-    elem = _get(ds, _NUMBER_OF_FRAMES)
-    if elem is None or elem.value in (None, ""):
-        return 1
-    count = _as_int(elem.value)
-    if count is None or count < 1:
-        notes.append(f"invalid NumberOfFrames {str(elem.value)!r}; assuming 1")
-        return 1
-    return count
-
-
-def _native_frames(
-    ds: Dataset, pixel: _PixelData, count: int, notes: list[str]
-) -> tuple[FrameRanges, ...]:
-    rows, columns = _int_attribute(ds, _ROWS), _int_attribute(ds, _COLUMNS)
-    bits = _int_attribute(ds, _BITS_ALLOCATED) or _DEFAULT_BITS.get(pixel.tag)
-    samples = _int_attribute(ds, _SAMPLES_PER_PIXEL) or 1
-    if not pixel.length:
-        notes.append("frames not indexed: empty pixel data")
-        return ()
-    if not (rows and columns and bits):
-        notes.append("frames not indexed: no Rows, Columns or BitsAllocated")
-        return ()
-    frame_bits = rows * columns * samples * bits
-    photometric = _get(ds, _PHOTOMETRIC_INTERPRETATION)
-    if photometric is not None and photometric.value == "YBR_FULL_422" and samples == 3:
-        frame_bits = frame_bits // 3 * 2  # two chroma samples per two pixels
-    if count == 1:
-        size = (frame_bits + 7) // 8  # the whole value, bit-packed or not
-    elif frame_bits % 8:
-        notes.append(f"frames not indexed: a frame of {frame_bits} bits is not whole bytes")
-        return ()
-    else:
-        size = frame_bits // 8
-    if size * count > pixel.length:
-        raise DicomParseError(
-            f"truncated: pixel data has {pixel.length} bytes, {count} frame(s) of {size} "
-            f"bytes need {size * count}"
-        )
-    return tuple(((pixel.offset + index * size, size),) for index in range(count))
-
-
-def _encapsulated_frames(
-    ds: Dataset, pixel: _PixelData, count: int, pread: Pread, notes: list[str]
-) -> tuple[FrameRanges, ...]:
-    """Frame boundaries, from the most to the least reliable source (PS3.5 A.4)."""
-    fragments = pixel.items[1:]  # the first item is the Basic Offset Table
-    if not fragments:
-        notes.append("frames not indexed: encapsulated pixel data has no fragments")
-        return ()
-    # Offset tables count from the first byte of the first fragment's item tag.
-    first = fragments[0][0] - 8
-    starts = {offset - 8 - first: index for index, (offset, _) in enumerate(fragments)}
-    extended = _extended_offsets(ds, pread)
-    if extended is not None:
-        frames = _frames_from_extended_table(*extended, starts, fragments)
-        if frames is not None:
-            return _checked_count(frames, count, notes)
-        notes.append("Extended Offset Table does not match the fragments; ignored")
-    table_offset, table_length = pixel.items[0]
-    if table_length:
-        basic = _unpack_offsets(pread(table_offset, table_length), "L")
-        frames = _frames_from_offsets(basic, starts, fragments)
-        if frames is not None:
-            return _checked_count(frames, count, notes)
-        notes.append("Basic Offset Table does not match the fragments; ignored")
-    if len(fragments) == count:
-        return tuple((fragment,) for fragment in fragments)
-    if count == 1:
-        return (tuple(fragments),)
-    frames = _frames_from_codestream_starts(fragments, pread)
-    if len(frames) == count:
-        return frames
-    notes.append(
-        f"frames not indexed: {len(fragments)} fragments for {count} frames and no offset table"
-    )
-    return ()
-
-
-def _checked_count(
-    frames: tuple[FrameRanges, ...], count: int, notes: list[str]
-) -> tuple[FrameRanges, ...]:
-    if len(frames) != count:
-        notes.append(f"offset table lists {len(frames)} frames but NumberOfFrames is {count}")
-    return frames
-
-
-def _extended_offsets(ds: Dataset, pread: Pread) -> tuple[list[int], list[int]] | None:
-    offsets = _binary_value(ds, EXTENDED_OFFSET_TABLE, pread)
-    lengths = _binary_value(ds, EXTENDED_OFFSET_TABLE_LENGTHS, pread)
-    if not offsets or not lengths:
-        return None
-    return _unpack_offsets(offsets, "Q"), _unpack_offsets(lengths, "Q")
-
-
-def _binary_value(ds: Dataset, tag: int, pread: Pread) -> bytes | None:
-    elem = ds.get_item(tag, keep_deferred=True)
-    if elem is None:
-        return None
-    if isinstance(elem, RawDataElement) and elem.value is None:
-        return pread(elem.value_tell, elem.length)
-    value = elem.value
-    return bytes(value) if isinstance(value, bytes | bytearray) else None
-
-
-def _unpack_offsets(data: bytes, code: str) -> list[int]:
-    # Offset tables of encapsulated pixel data are little endian (PS3.5 A.4).
-    size = struct.calcsize(f"<{code}")
-    count = len(data) // size
-    return list(struct.unpack(f"<{count}{code}", data[: count * size]))
-
-
-def _frames_from_extended_table(
-    offsets: list[int],
-    lengths: list[int],
-    starts: dict[int, int],
-    fragments: list[tuple[int, int]],
-) -> tuple[FrameRanges, ...] | None:
-    """One fragment per frame (PS3.3 C.7.6.3.1.8): the frame is the first `length` bytes."""
-    if len(offsets) != len(lengths):
-        return None
-    frames: list[FrameRanges] = []
-    for offset, length in zip(offsets, lengths, strict=True):
-        index = starts.get(offset)
-        if index is None or length > fragments[index][1]:
-            return None
-        frames.append(((fragments[index][0], length),))
-    return tuple(frames)
-
-
-def _frames_from_offsets(
-    offsets: list[int], starts: dict[int, int], fragments: list[tuple[int, int]]
-) -> tuple[FrameRanges, ...] | None:
-    """Basic Offset Table: each frame runs from its fragment to the next frame's."""
-    indices = [starts.get(offset) for offset in offsets]
-    if not indices or indices[0] != 0 or None in indices:
-        return None
-    bounds = [index for index in indices if index is not None] + [len(fragments)]
-    if any(later <= earlier for earlier, later in pairwise(bounds)):
-        return None
-    return tuple(tuple(fragments[begin:stop]) for begin, stop in pairwise(bounds))
-
-
-def _frames_from_codestream_starts(
-    fragments: list[tuple[int, int]], pread: Pread
-) -> tuple[FrameRanges, ...]:
-    """A new frame at each fragment that starts with a JPEG or JPEG 2000 codestream."""
-    frames: list[FrameRanges] = []
-    current: list[tuple[int, int]] = []
-    for offset, length in fragments:
-        if current and pread(offset, min(length, 12)).startswith(_CODESTREAM_STARTS):
-            frames.append(tuple(current))
-            current = []
-        current.append((offset, length))
-    frames.append(tuple(current))
-    return tuple(frames)
-
-
-def _get(ds: Dataset, tag: int) -> DataElement | None:
-    """`ds.get(tag)`, with pydicom's warnings about the value naming the element."""
-    token = decoding_path.set(f"{tag:08X}")
-    try:
-        return ds.get(tag)
-    finally:
-        decoding_path.reset(token)
-
-
-def _int_attribute(ds: Dataset, tag: int) -> int | None:
-    elem = _get(ds, tag)
-    return None if elem is None else _as_int(elem.value)
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
 # -- identity -------------------------------------------------------------------------------
 
 
@@ -782,7 +212,7 @@ def _required_uid(ds: Dataset, tag: int, keyword: str) -> str:
 
 
 def _uid_value(ds: Dataset, tag: int) -> str | None:
-    elem = _get(ds, tag)
+    elem = get_decoded(ds, tag)
     if elem is None or elem.value in (None, ""):
         return None
     return str(elem.value) if isinstance(elem.value, str) else str(list(elem.value))
@@ -835,10 +265,6 @@ def _describe_warning(message: str) -> str | None:
         text = f"{match[3]} value of {match[1]} characters exceeds the maximum of {match[2]}"
     path = decoding_path.get()
     return f"{describe_path(path)} {text}" if path else text
-
-
-def _label(tag: int) -> str:
-    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _summary(exc: Exception) -> str:
