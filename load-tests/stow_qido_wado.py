@@ -21,6 +21,10 @@ Query strings are sent with a raw `*` and no `^` because Orthanc 1.10 with DICOM
 does not percent-decode query values (`PatientName=%2AX%2A` matches nothing there).
 `compare_orthanc.py` runs this workload against a fresh `pacs serve` and a fresh Orthanc.
 
+Requests carry `Accept-Encoding: identity` unless `--accept-encoding` says otherwise: Orthanc
+gzips DICOM JSON and multipart answers (even of DICOM files) for clients that accept it, this
+archive does not compress, so by default both send the same bytes.
+
 Needs httpx, pydicom and numpy. Every run uses fresh UIDs and patient names, so it can be
 repeated against the same server.
 """
@@ -241,7 +245,10 @@ async def run_workload(
     limits = httpx.Limits(max_connections=max(args.concurrency, args.latency_concurrency))
     rng = random.Random(args.seed)
     frame_size = ROWS * COLUMNS * 2
-    async with httpx.AsyncClient(base_url=base, timeout=args.timeout, limits=limits) as client:
+    headers = {"Accept-Encoding": args.accept_encoding}
+    async with httpx.AsyncClient(
+        base_url=base, timeout=args.timeout, limits=limits, headers=headers
+    ) as client:
 
         def stow_job(inst: Instance) -> Callable[[], Awaitable[int]]:
             async def job() -> int:
@@ -400,6 +407,12 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries", type=int, default=200, help="requests per latency phase")
     parser.add_argument("--frame-accept", default=FRAME_ACCEPT, help="Accept for frames")
     parser.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
+    parser.add_argument(
+        "--accept-encoding",
+        default="identity",
+        help="Accept-Encoding of every request; Orthanc gzips JSON and multipart answers when "
+        "allowed, ours never does (default identity: both send the same bytes)",
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -415,6 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_workload_arguments(parser, args)
     return asyncio.run(benchmark(args))
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,7 +35,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from app.dicom.instance import BulkRange
-from app.dicom.json import BULK_VRS, decoding_path, element_vr
+from app.dicom.json import BULK_VRS, decoding_path, describe_path, element_vr
 
 PIXEL_DATA = 0x7FE00010
 FLOAT_PIXEL_DATA = 0x7FE00008
@@ -52,6 +52,20 @@ _IMPLICIT_PIXEL_VR = {PIXEL_DATA: "OW", FLOAT_PIXEL_DATA: "OF", DOUBLE_FLOAT_PIX
 
 class DicomParseError(ValueError):
     """The file cannot be stored; the message is a human-readable FailureReason."""
+
+
+def label(tag: int) -> str:
+    """'(gggg,eeee)', for messages."""
+    return describe_path(f"{tag:08X}")
+
+
+def get_decoded(ds: Dataset, tag: int) -> DataElement | None:
+    """`ds.get(tag)`, with pydicom's warnings about the value naming the element."""
+    token = decoding_path.set(f"{tag:08X}")
+    try:
+        return ds.get(tag)
+    finally:
+        decoding_path.reset(token)
 
 
 @dataclass
@@ -390,16 +404,3 @@ def _is_public_sequence(tag: int) -> bool:
 def _encodings(raw: RawDataElement) -> str | list[str]:
     value = convert_raw_data_element(raw).value
     return convert_encodings(value)
-
-
-def get_decoded(ds: Dataset, tag: int) -> DataElement | None:
-    """`ds.get(tag)`, with pydicom's warnings about the value naming the element."""
-    token = decoding_path.set(f"{tag:08X}")
-    try:
-        return ds.get(tag)
-    finally:
-        decoding_path.reset(token)
-
-
-def label(tag: int) -> str:
-    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"

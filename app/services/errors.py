@@ -21,3 +21,7 @@ class Unsupported(ArchiveError):
 
 class BadRequest(ArchiveError):
     pass
+
+
+class StorageInconsistent(ArchiveError):
+    """The index names a blob the store does not have (HTTP 500 with this message)."""

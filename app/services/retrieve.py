@@ -18,7 +18,7 @@ from app.dicom.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
 )
-from app.services.errors import NotFound, Unsupported
+from app.services.errors import NotFound, StorageInconsistent, Unsupported
 from app.services.ports import BlobStore, Index, StoredInstance, StoredMetadata
 
 _PIXEL_PATHS = ("7FE00010", "7FE00008", "7FE00009")
@@ -66,9 +66,22 @@ class RetrieveService:
             raise NotFound(f"no {_describe(study, series, sop)} is stored")
         return found
 
-    def content(self, instance: StoredInstance) -> AsyncIterator[bytes]:
+    async def content(self, instance: StoredInstance) -> AsyncIterator[bytes]:
         """The stored Part 10 file, byte for byte."""
-        return self.blobs.read(instance.blob_key)
+        async for chunk in self._read(instance, 0, None):
+            yield chunk
+
+    async def _read(
+        self, instance: StoredInstance, start: int, length: int | None
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.blobs.read(instance.blob_key, start, length):
+                yield chunk
+        except FileNotFoundError:
+            raise StorageInconsistent(
+                f"the stored file of instance {instance.sop_instance_uid} is missing from "
+                "storage; the archive needs a consistency check"
+            ) from None
 
     def frame_ranges(self, instance: StoredInstance, numbers: Sequence[int]) -> list[FrameRanges]:
         count = len(instance.frames)
@@ -97,7 +110,7 @@ class RetrieveService:
         """Bytes of the ranges, byte-swapped to little endian when `swap` says so."""
         for offset, length in ranges:
             if swap is None or swap.width == 1:
-                async for chunk in self.blobs.read(instance.blob_key, offset, length):
+                async for chunk in self._read(instance, offset, length):
                     yield chunk
                 continue
             # Values are swapped whole: read from the value boundary before `offset` to the
@@ -107,7 +120,7 @@ class RetrieveService:
             start = offset - head
             span = head + length
             span += -span % width
-            swapped_chunks = swapped(self.blobs.read(instance.blob_key, start, span), width)
+            swapped_chunks = swapped(self._read(instance, start, span), width)
             skip, left = head, length
             async for chunk in swapped_chunks:
                 piece = chunk[skip:][:left]

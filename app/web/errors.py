@@ -12,11 +12,19 @@ from starlette.responses import JSONResponse, Response
 from app.dicom.multipart import MultipartError
 from app.dicom.uid import is_valid_uid
 from app.query.qido import QueryError
-from app.services.errors import ArchiveError, BadRequest, NotAcceptable, NotFound, Unsupported
+from app.services.errors import (
+    ArchiveError,
+    BadRequest,
+    NotAcceptable,
+    NotFound,
+    StorageInconsistent,
+    Unsupported,
+)
 
 log = logging.getLogger(__name__)
 
 _STATUS: dict[type[Exception], int] = {
+    StorageInconsistent: 500,
     NotFound: 404,
     NotAcceptable: 406,
     Unsupported: 501,
@@ -45,6 +53,8 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
 async def handle_known(request: Request, exc: Exception) -> Response:
     for kind, status in _STATUS.items():
         if isinstance(exc, kind):
+            if status >= 500:
+                log.error("%s %s: %s", request.method, request.url.path, exc)
             return error_response(status, str(exc))
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal error; see the server log")

@@ -16,6 +16,7 @@ from app.services.ports import StoredInstance
 from app.services.retrieve import Swap
 from app.web.errors import path_uids
 from app.web.negotiation import Representation, choose_frames, choose_instance, parse_accept
+from app.web.streaming import opened
 from app.web.urls import base_url, instance_url
 
 DICOM_JSON = "application/dicom+json"
@@ -50,7 +51,7 @@ async def retrieve_instances(request: Request) -> Response:
                 'type="application/dicom" to retrieve a study or series'
             )
         return StreamingResponse(
-            archive.retrieve.content(instances[0]),
+            await opened(archive.retrieve.content(instances[0])),
             media_type=_part_type(reps[0]),
             headers={"Content-Length": str(instances[0].size)},
         )
@@ -58,14 +59,15 @@ async def retrieve_instances(request: Request) -> Response:
 
     async def body() -> AsyncIterator[bytes]:
         for inst, rep in zip(instances, reps, strict=True):
+            content = await opened(archive.retrieve.content(inst))
             yield part_head(boundary, _part_type(rep), {"Content-Length": str(inst.size)})
-            async for chunk in archive.retrieve.content(inst):
+            async for chunk in content:
                 yield chunk
             yield b"\r\n"
         yield closing(boundary)
 
     return StreamingResponse(
-        body(),
+        await opened(body()),
         media_type=content_type_header(boundary, "application/dicom"),
     )
 
@@ -111,7 +113,7 @@ async def _instance(request: Request) -> StoredInstance:
     return (await archive.retrieve.instances(study, series, sop))[0]
 
 
-def _send_frames(
+async def _send_frames(
     archive: Archive,
     instance: StoredInstance,
     frames: Sequence[FrameRanges],
@@ -120,7 +122,7 @@ def _send_frames(
 ) -> Response:
     if not rep.multipart and len(frames) == 1:
         return StreamingResponse(
-            archive.retrieve.read_ranges(instance, frames[0], swap),
+            await opened(archive.retrieve.read_ranges(instance, frames[0], swap)),
             media_type=_part_type(rep),
             headers={"Content-Length": str(sum(n for _, n in frames[0]))},
         )
@@ -129,13 +131,16 @@ def _send_frames(
     async def body() -> AsyncIterator[bytes]:
         for ranges in frames:
             size = sum(n for _, n in ranges)
+            content = await opened(archive.retrieve.read_ranges(instance, ranges, swap))
             yield part_head(boundary, _part_type(rep), {"Content-Length": str(size)})
-            async for chunk in archive.retrieve.read_ranges(instance, ranges, swap):
+            async for chunk in content:
                 yield chunk
             yield b"\r\n"
         yield closing(boundary)
 
-    return StreamingResponse(body(), media_type=content_type_header(boundary, rep.media_type))
+    return StreamingResponse(
+        await opened(body()), media_type=content_type_header(boundary, rep.media_type)
+    )
 
 
 async def retrieve_frames(request: Request) -> Response:
@@ -146,7 +151,7 @@ async def retrieve_frames(request: Request) -> Response:
     rep = choose_frames(accept, instance.transfer_syntax_uid, instance.encapsulated)
     frames = archive.retrieve.frame_ranges(instance, numbers)
     swap = await archive.retrieve.pixel_swap(instance)
-    return _send_frames(archive, instance, frames, rep, swap)
+    return await _send_frames(archive, instance, frames, rep, swap)
 
 
 async def retrieve_bulkdata(request: Request) -> Response:
@@ -158,7 +163,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
         # Encapsulated pixel data has no single value: it is served frame by frame.
         rep = choose_frames(accept, instance.transfer_syntax_uid, instance.encapsulated)
         frames = archive.retrieve.frame_ranges(instance, range(1, len(instance.frames) + 1))
-        return _send_frames(archive, instance, frames, rep, None)
+        return await _send_frames(archive, instance, frames, rep, None)
     found = archive.retrieve.bulk_range(instance, path)
     octet = Representation(True, "application/octet-stream", instance.transfer_syntax_uid)
     if not any(
@@ -171,4 +176,4 @@ async def retrieve_bulkdata(request: Request) -> Response:
     swap = archive.retrieve.bulk_swap(instance, found)
     if path == _PIXEL_DATA_PATH:
         swap = await archive.retrieve.pixel_swap(instance)
-    return _send_frames(archive, instance, [((found.offset, found.length),)], octet, swap)
+    return await _send_frames(archive, instance, [((found.offset, found.length),)], octet, swap)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from tests.conformance.helpers import (
     token,
 )
 from tests.support.dicom_factory import make_file
+from tests.support.server import running_server
 
 OHIF_FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
@@ -386,3 +388,25 @@ def test_compressed_frames_cannot_be_decompressed(
     response = http.get(f"{corpus.j2k.path}/frames/1", headers={"Accept": accept})
     assert response.status_code == 406, response.text
     error_message(response)
+
+
+def test_missing_blob_is_a_clear_error_not_a_cut_off_stream(tmp_path: Path) -> None:
+    """A blob lost behind the archive's back gives a 500 naming the instance, before any
+    body byte is sent (regression: the stream used to start and then break)."""
+    data = tmp_path / "data"
+    blob = make_file()
+    with running_server(data) as url, httpx.Client(base_url=f"{url}/dicomweb") as client:
+        stored = client.post(
+            "/studies", content=blob, headers={"Content-Type": "application/dicom"}
+        )
+        assert stored.status_code == 200
+        retrieve_url = stored.json()["00081199"]["Value"][0]["00081190"]["Value"][0]
+        for path in (data / "blobs").rglob("*"):
+            if path.is_file():
+                path.unlink()
+        for accept in ("application/dicom", 'multipart/related; type="application/dicom"'):
+            response = client.get(retrieve_url, headers={"Accept": accept})
+            assert response.status_code == 500
+            assert "missing from storage" in response.json()["error"]
+        frames = client.get(retrieve_url + "/frames/1")
+        assert frames.status_code == 500
