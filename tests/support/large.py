@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 from pydicom.uid import generate_uid
 
@@ -16,10 +17,10 @@ def frame_value(number: int) -> int:
 
 
 class LargeInstance:
-    def __init__(self, frames: int, rows: int = 512, columns: int = 512) -> None:
+    def __init__(self, frames: int, rows: int = 512, columns: int = 512, **attrs: Any) -> None:
         self.frames = frames
         self.frame_size = rows * columns * 2
-        ds = make_dataset(rows=rows, columns=columns, frames=1, sop=generate_uid())
+        ds = make_dataset(rows=rows, columns=columns, frames=1, sop=generate_uid(), **attrs)
         ds.NumberOfFrames = frames
         del ds.PixelData
         self.dataset = ds
