@@ -10,7 +10,7 @@ from pathlib import Path
 
 import uvicorn
 
-from app.main import build_app, open_index
+from app.main import STARTUP_ERRORS, build_app, open_archive
 from app.settings import Settings
 
 
@@ -56,16 +56,22 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        # Opening the backends applies pending migrations and checks that the database
+        # and the blob store answer, so a wrong setting is one clear line, not a traceback.
+        asyncio.run(_check_backends(settings))
+    except STARTUP_ERRORS as exc:
+        print(f"pacs: {exc}", file=sys.stderr)
+        return 1
     if args.command == "migrate":
-        return asyncio.run(_migrate(settings))
+        logging.getLogger("pacs").info("index schema is up to date")
+        return 0
     return _serve(settings)
 
 
-async def _migrate(settings: Settings) -> int:
-    index = await open_index(settings)
-    await index.close()
-    logging.getLogger("pacs").info("index schema is up to date")
-    return 0
+async def _check_backends(settings: Settings) -> None:
+    async with open_archive(settings):
+        pass
 
 
 def _serve(settings: Settings) -> int:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 from starlette.types import ASGIApp
 
+from app.index.migrations import SchemaError
 from app.index.sqlite import SqliteIndex
 from app.services.archive import Archive
 from app.services.ports import BlobStore, Index
 from app.settings import Settings
 from app.storage.filesystem import FolderBlobStore
+from app.storage.s3 import S3BlobStore, StorageUnavailable
 from app.web.app import create_app
 
 log = logging.getLogger("pacs")
@@ -20,6 +23,16 @@ log = logging.getLogger("pacs")
 
 class ConfigurationError(RuntimeError):
     pass
+
+
+# Errors at start whose message is all the operator needs.
+STARTUP_ERRORS: tuple[type[Exception], ...] = (
+    ConfigurationError,
+    SchemaError,
+    StorageUnavailable,
+    OSError,
+    ValueError,
+)
 
 
 async def open_index(settings: Settings) -> Index:
@@ -33,9 +46,16 @@ async def open_index(settings: Settings) -> Index:
     return await SqliteIndex.open(settings.sqlite_path)
 
 
-def open_blobs(settings: Settings) -> BlobStore:
+async def open_blobs(settings: Settings) -> BlobStore:
     if settings.uses_s3:
-        raise ConfigurationError("S3 storage is not available in this version")
+        return await S3BlobStore.open(
+            settings.storage_url,
+            endpoint_url=settings.s3_endpoint_url or None,
+            region=settings.s3_region or None,
+            access_key_id=settings.s3_access_key_id or None,
+            secret_access_key=settings.s3_secret_access_key or None,
+            part_size=settings.s3_part_size,
+        )
     if "://" in settings.storage_url and not settings.storage_url.startswith("file://"):
         raise ConfigurationError(
             f"unsupported storage URL {settings.storage_url!r}: use a folder, file:///path "
@@ -48,19 +68,34 @@ def open_blobs(settings: Settings) -> BlobStore:
 async def open_archive(settings: Settings) -> AsyncIterator[Archive]:
     index = await open_index(settings)
     try:
-        blobs = open_blobs(settings)
+        blobs = await open_blobs(settings)
     except BaseException:
         await index.close()
         raise
     archive = Archive.build(settings, index, blobs)
     if stale := archive.store.discard_stale_spool():
         log.warning("removed %d unfinished uploads left in %s", stale, settings.spool_dir)
-    log.info("index: SQLite at %s", settings.sqlite_path.resolve())
-    log.info("blobs: folder %s", settings.blob_root.resolve())
+    if settings.uses_postgres:
+        log.info("index: PostgreSQL at %s", _without_password(settings.database_url))
+    else:
+        log.info("index: SQLite at %s", settings.sqlite_path.resolve())
+    if settings.uses_s3:
+        endpoint = settings.s3_endpoint_url or "the default AWS endpoint"
+        log.info("blobs: %s on %s", settings.storage_url, endpoint)
+    else:
+        log.info("blobs: folder %s", settings.blob_root.resolve())
     try:
         yield archive
     finally:
         await archive.close()
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def build_app(settings: Settings) -> ASGIApp:

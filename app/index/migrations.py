@@ -28,6 +28,10 @@ class SchemaError(RuntimeError):
     """The database schema is not one this code can use."""
 
 
+class IndexUnavailable(RuntimeError):
+    """The index database cannot be reached; the message says where and why."""
+
+
 def migrations(dialect: str) -> list[Migration]:
     folder = MIGRATIONS_ROOT / dialect
     found = []

@@ -10,28 +10,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import orjson
 
-from app.dicom.instance import BulkRange, FrameRanges
-from app.dicom.levels import (
-    MODALITIES_IN_STUDY,
-    NUMBER_OF_PATIENT_RELATED_STUDIES,
-    NUMBER_OF_SERIES_RELATED_INSTANCES,
-    NUMBER_OF_STUDY_RELATED_INSTANCES,
-    NUMBER_OF_STUDY_RELATED_SERIES,
-    PATIENT_TAGS,
-    SERIES_TAGS,
-    SHARED_TAGS,
-    STUDY_TAGS,
-    Level,
-)
+from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
 from app.index.migrations import SchemaError, latest_version, migrations
+from app.index.rows import (
+    ORDER_COLUMNS,
+    bulk_text,
+    dumps,
+    frames_text,
+    modalities_text,
+    search_hit,
+    stored_instance,
+    subset,
+)
 from app.query.columns import column_values
 from app.query.model import Query
 from app.query.sql import SQLITE, compile_search
@@ -52,28 +48,12 @@ _INSTANCE_COLUMNS = """
     instance.sop_class_uid, instance.transfer_syntax_uid, instance.blob_key, instance.size,
     instance.sha256, instance.encapsulated, instance.frames, instance.bulk
 """
-_ORDER = "series.series_number, series.pk, instance.instance_number, instance.pk"
+# SQLite sorts NULL first: instances without a number come before the numbered ones.
+_ORDER = ", ".join(ORDER_COLUMNS)
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _subset(metadata: Json, tags: frozenset[int]) -> Json:
-    wanted = tags | SHARED_TAGS
-    return {k: v for k, v in metadata.items() if int(k, 16) in wanted}
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _modalities_text(modalities: Sequence[str]) -> str:
-    return "\\" + "\\".join(sorted(set(modalities))) + "\\" if modalities else ""
-
-
-def _modalities_list(text: str | None) -> list[str]:
-    return [m for m in (text or "").split("\\") if m]
 
 
 class SqliteIndex:
@@ -154,9 +134,9 @@ class SqliteIndex:
                 record.size,
                 record.sha256,
                 int(record.encapsulated),
-                _dumps(record.frames),
-                _dumps({k: [b.offset, b.length, b.vr] for k, b in record.bulk.items()}),
-                _dumps(meta),
+                frames_text(record),
+                bulk_text(record),
+                dumps(meta),
                 now,
             ),
         )
@@ -183,7 +163,7 @@ class SqliteIndex:
         compiled = compile_search(query, SQLITE)
         async with self._reader.execute(compiled.sql, compiled.params) as cur:
             rows = await cur.fetchall()
-        return [_hit(query.level, row) for row in rows]
+        return [search_hit(query.level, row) for row in rows]
 
     async def instances(
         self,
@@ -198,7 +178,7 @@ class SqliteIndex:
                   WHERE {where} ORDER BY {_ORDER}"""
         async with self._reader.execute(sql, params) as cur:
             rows = await cur.fetchall()
-        return [_stored(row) for row in rows]
+        return [stored_instance(row) for row in rows]
 
     async def metadata(
         self,
@@ -259,7 +239,7 @@ async def _migrate(db: aiosqlite.Connection) -> None:
 
 async def _upsert_patient(db: aiosqlite.Connection, meta: Json) -> int:
     cols = column_values("patient", meta)
-    attrs = _dumps(_subset(meta, PATIENT_TAGS))
+    attrs = dumps(subset(meta, PATIENT_TAGS))
     async with db.execute(
         """INSERT INTO patient (patient_id, issuer_of_patient_id, patient_name,
                patient_birth_date, patient_sex, attrs)
@@ -295,7 +275,7 @@ async def _ensure_study(
     values: dict[str, Any] = {
         "patient_fk": patient_fk,
         **column_values("study", record.metadata),
-        "attrs": _dumps(_subset(record.metadata, PATIENT_TAGS | STUDY_TAGS)),
+        "attrs": dumps(subset(record.metadata, PATIENT_TAGS | STUDY_TAGS)),
         "created_at": now,
         "updated_at": now,
     }
@@ -315,7 +295,7 @@ async def _ensure_series(
     values: dict[str, Any] = {
         "study_fk": study_fk,
         **column_values("series", record.metadata),
-        "attrs": _dumps(_subset(record.metadata, SERIES_TAGS)),
+        "attrs": dumps(subset(record.metadata, SERIES_TAGS)),
     }
     return await _insert(db, "series", values), True
 
@@ -339,7 +319,7 @@ async def _refresh_modalities(db: aiosqlite.Connection, study_fk: int) -> None:
         modalities = [r[0] for r in await cur.fetchall()]
     await db.execute(
         "UPDATE study SET modalities_in_study = ? WHERE pk = ?",
-        (_modalities_text(modalities), study_fk),
+        (modalities_text(modalities), study_fk),
     )
 
 
@@ -385,49 +365,3 @@ def _scope(
         clauses.append("instance.sop_instance_uid = ?")
         params.append(sop_uid)
     return " AND ".join(clauses), tuple(params)
-
-
-def _frames(text: str) -> tuple[FrameRanges, ...]:
-    return tuple(tuple((int(o), int(n)) for o, n in frame) for frame in orjson.loads(text))
-
-
-def _stored(row: sqlite3.Row) -> StoredInstance:
-    return StoredInstance(
-        study_instance_uid=row["study_instance_uid"],
-        series_instance_uid=row["series_instance_uid"],
-        sop_instance_uid=row["sop_instance_uid"],
-        sop_class_uid=row["sop_class_uid"],
-        transfer_syntax_uid=row["transfer_syntax_uid"],
-        blob_key=row["blob_key"],
-        size=row["size"],
-        sha256=row["sha256"],
-        encapsulated=bool(row["encapsulated"]),
-        frames=_frames(row["frames"]),
-        bulk={k: BulkRange(o, n, vr) for k, (o, n, vr) in orjson.loads(row["bulk"]).items()},
-    )
-
-
-def _hit(level: Level, row: sqlite3.Row) -> SearchHit:
-    keys = row.keys()
-    if level is Level.PATIENT:
-        return SearchHit(
-            patient=orjson.loads(row["patient_attrs"]),
-            computed={NUMBER_OF_PATIENT_RELATED_STUDIES: row["num_studies"]},
-        )
-    computed: dict[int, Any] = {
-        MODALITIES_IN_STUDY: _modalities_list(row["modalities_in_study"]),
-        NUMBER_OF_STUDY_RELATED_SERIES: row["num_series"],
-        NUMBER_OF_STUDY_RELATED_INSTANCES: row["num_instances"],
-    }
-    series = instance = None
-    if "series_attrs" in keys:
-        series = orjson.loads(row["series_attrs"])
-        computed[NUMBER_OF_SERIES_RELATED_INSTANCES] = row["series_num_instances"]
-    if "instance_attrs" in keys:
-        instance = orjson.loads(row["instance_attrs"])
-    return SearchHit(
-        study=orjson.loads(row["study_attrs"]),
-        series=series,
-        instance=instance,
-        computed=computed,
-    )

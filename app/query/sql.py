@@ -65,6 +65,14 @@ class Dialect:
         """`expr` compared in code-point order (date and time strings in JSON)."""
         return expr
 
+    def json_contains(
+        self, column: str, path: Sequence[int], operand: str, *, number: bool
+    ) -> str | None:
+        """A test that a JSON index can serve and that holds whenever the first value at
+        `path` equals `operand` (as `json_text`, or `json_number` if `number`, compare it);
+        None if this dialect has no such index."""
+        return None
+
 
 class _SQLite(Dialect):
     name = "sqlite"
@@ -122,6 +130,19 @@ class _Postgres(Dialect):
     def ordered(self, expr: str) -> str:
         return f'{expr} COLLATE "C"'
 
+    def json_contains(
+        self, column: str, path: Sequence[int], operand: str, *, number: bool
+    ) -> str | None:
+        # jsonb containment (@>) is what a GIN jsonb_path_ops index serves. It matches any
+        # value, not only the first, so it narrows the rows and the path test decides.
+        doc = operand if number else f"to_jsonb(CAST({operand} AS text))"
+        for tag in reversed(path):
+            doc = (
+                f"jsonb_build_object('{tag:08X}',"
+                f" jsonb_build_object('Value', jsonb_build_array({doc})))"
+            )
+        return f"{column} @> {doc}"
+
     @staticmethod
     def _path(path: Sequence[int], pn: bool) -> str:
         steps = ",".join(f"{tag:08X},Value,0" for tag in path)
@@ -174,6 +195,9 @@ _JSON_COLUMN = {
     "series": "series.attrs",
     "instance": "instance.metadata",
 }
+# JSON columns with a containment index (PostgreSQL GIN): not the instance's, which is
+# large, written most, and searched only within a study or series.
+_JSON_INDEXED = frozenset({"patient.attrs", "study.attrs", "series.attrs"})
 _NUMERIC_VRS = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "SV", "UV", "FL", "FD"})
 
 
@@ -219,6 +243,8 @@ class _Target:
     param: Callable[[str], str] = _same  # placeholder -> SQL operand
     lower: Callable[[str], str] = _same  # range lower bound -> bound parameter
     multi: bool = False  # a "\CT\MR\" list: values match as members
+    # operand -> an index-friendly test implied by equality (JSON containment), if any
+    contains: Callable[[str], str | None] | None = None
 
 
 def _condition(b: _Builder, condition: Condition, level: Level) -> str:
@@ -245,8 +271,15 @@ def _json_target(dialect: Dialect, condition: Condition, level: Level) -> _Targe
     table = _LEVEL_TABLE[attr_level]
     _require_joined(table, level)
     column, path, vr = _JSON_COLUMN[table], condition.path, condition.vr
-    if vr in _NUMERIC_VRS:
-        return _Target(dialect.json_number(column, path), param=dialect.number_param)
+    number = vr in _NUMERIC_VRS
+
+    def contains(operand: str) -> str | None:
+        return dialect.json_contains(column, path, operand, number=number)
+
+    hint = contains if column in _JSON_INDEXED else None
+    if number:
+        expr = dialect.json_number(column, path)
+        return _Target(expr, param=dialect.number_param, contains=hint)
     if vr == "PN":
         text = dialect.json_text(column, path, pn=True)
         return _Target(f"lower({text})", param=lambda p: f"lower({p})")
@@ -256,8 +289,8 @@ def _json_target(dialect: Dialect, condition: Condition, level: Level) -> _Targe
         # before the padded bound "103000.000000": drop the padding of lower bounds.
         return _Target(dialect.ordered(text), lower=lambda v: v.rstrip("0."))
     if vr == "DA":
-        return _Target(dialect.ordered(text))
-    return _Target(text)
+        return _Target(dialect.ordered(text), contains=hint)
+    return _Target(text, contains=hint)
 
 
 def _require_joined(table: str, level: Level) -> None:
@@ -282,9 +315,11 @@ def _bind(b: _Builder, t: _Target, value: object) -> str:
 
 def _equals(b: _Builder, t: _Target, values: Sequence[str]) -> str:
     operands = [_bind(b, t, t.value(v)) for v in values]
-    if len(operands) == 1:
-        return f"{t.expr} = {operands[0]}"
-    return f"{t.expr} IN ({', '.join(operands)})"
+    if len(operands) > 1:
+        return f"{t.expr} IN ({', '.join(operands)})"
+    equal = f"{t.expr} = {operands[0]}"
+    hint = t.contains(operands[0]) if t.contains else None
+    return f"{equal} AND {hint}" if hint else equal
 
 
 def _members(b: _Builder, t: _Target, values: Sequence[str]) -> str:

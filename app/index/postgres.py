@@ -1,0 +1,442 @@
+"""The PostgreSQL index: the production backend, shared by any number of server processes.
+
+A pool of connections; each write is one READ COMMITTED transaction that takes its locks
+in one order: an advisory lock on the SOP Instance UID (so two uploads of one instance,
+from any process, decide IDENTICAL/CONFLICT one after the other), then the patient, study
+and series rows. Uploads of one study therefore queue on its rows instead of deadlocking,
+and the computed counts are updated in place (`num = num + 1`), so they stay exact. Only
+overwrites that move instances across studies in opposite directions can still deadlock;
+PostgreSQL aborts one of them and the whole transaction is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
+from app.index.migrations import IndexUnavailable, SchemaError, latest_version, migrations
+from app.index.rows import (
+    bulk_text,
+    dumps,
+    frames_text,
+    modalities_text,
+    search_hit,
+    stored_instance,
+    subset,
+)
+from app.query.columns import column_values
+from app.query.model import Query
+from app.query.sql import POSTGRES, compile_search
+from app.services.ports import (
+    AddResult,
+    InstanceRecord,
+    Json,
+    Outcome,
+    SearchHit,
+    StoredInstance,
+    StoredMetadata,
+)
+
+log = logging.getLogger(__name__)
+
+# Advisory lock keys. The migration lock is a bigint key, the per-instance locks are
+# (class, hash) pairs: PostgreSQL keeps the two kinds apart.
+MIGRATION_LOCK = 0x7061_6373_0001  # "pacs" 1
+_INSTANCE_LOCK_CLASS = 0x7061_6373  # "pacs"
+
+_ATTEMPTS = 5
+_RETRYABLE = (
+    asyncpg.DeadlockDetectedError,  # 40P01
+    asyncpg.SerializationError,  # 40001
+    asyncpg.UniqueViolationError,  # a row another transaction inserted first: start again
+)
+
+_INSTANCE_COLUMNS = """
+    study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
+    instance.sop_class_uid, instance.transfer_syntax_uid, instance.blob_key, instance.size,
+    instance.sha256, instance.encapsulated, instance.frames, instance.bulk
+"""
+# As in SQLite, which sorts NULL first: instances without a number come first.
+_ORDER = (
+    "series.series_number NULLS FIRST, series.pk, instance.instance_number NULLS FIRST, instance.pk"
+)
+
+_SERVER_SETTINGS = {
+    "application_name": "pacs",
+    # Searches differ mostly by their values (a wildcard, a date range); a plan made for
+    # one value can be a sequential scan for another, so plan each execution.
+    "plan_cache_mode": "force_custom_plan",
+    # JIT compilation costs more than these short queries save.
+    "jit": "off",
+}
+
+
+class PostgresIndex:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, url: str, *, pool_size: int = 10) -> PostgresIndex:
+        """Connect, apply pending migrations and return the index.
+
+        Raises `IndexUnavailable` if the database cannot be reached and `SchemaError` if
+        its schema is newer than this code or a migration fails.
+        """
+        pool = await _create_pool(url, pool_size)
+        try:
+            async with pool.acquire() as conn:
+                await _migrate(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def add_instance(self, record: InstanceRecord, *, overwrite: bool) -> AddResult:
+        meta, meta_json = _storable(record.metadata)
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    return await _add(conn, record, meta, meta_json, overwrite)
+            except _RETRYABLE as exc:
+                if attempt == _ATTEMPTS:
+                    raise
+                log.info("retrying %s (%s)", record.sop_instance_uid, type(exc).__name__)
+                await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def search(self, query: Query) -> list[SearchHit]:
+        compiled = compile_search(query, POSTGRES)
+        rows = await self._pool.fetch(compiled.sql, *compiled.params)
+        return [search_hit(query.level, row) for row in rows]
+
+    async def instances(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[StoredInstance]:
+        where, params = _scope(study_instance_uid, series_instance_uid, sop_instance_uid)
+        sql = f"""SELECT {_INSTANCE_COLUMNS} FROM instance
+                  JOIN series ON series.pk = instance.series_fk
+                  JOIN study ON study.pk = instance.study_fk
+                  WHERE {where} ORDER BY {_ORDER}"""
+        rows = await self._pool.fetch(sql, *params)
+        return [stored_instance(row) for row in rows]
+
+    async def metadata(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[StoredMetadata]:
+        where, params = _scope(study_instance_uid, series_instance_uid, sop_instance_uid)
+        sql = f"""SELECT study.study_instance_uid, series.series_instance_uid,
+                         instance.sop_instance_uid, instance.metadata::text FROM instance
+                  JOIN series ON series.pk = instance.series_fk
+                  JOIN study ON study.pk = instance.study_fk
+                  WHERE {where} ORDER BY {_ORDER}"""
+        rows = await self._pool.fetch(sql, *params)
+        return [StoredMetadata(r[0], r[1], r[2], r[3].encode()) for r in rows]
+
+
+# -- connecting and migrating ----------------------------------------------------------
+
+
+def describe(url: str) -> str:
+    """Where `url` points, for messages: user@host:port/database, never the password."""
+    parts = urlsplit(url)
+    user = parts.username or ""
+    database = parts.path.lstrip("/") or user or "(default database)"
+    host = parts.hostname or "localhost"
+    return f"{user + '@' if user else ''}{host}:{parts.port or 5432}/{database}"
+
+
+async def _create_pool(url: str, pool_size: int) -> asyncpg.Pool:
+    if pool_size < 1:
+        raise ValueError(f"the database pool size must be at least 1, not {pool_size}")
+    try:
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            timeout=10,
+            server_settings=_SERVER_SETTINGS,
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        cause = str(exc) or type(exc).__name__
+        raise IndexUnavailable(f"cannot connect to PostgreSQL at {describe(url)}: {cause}") from exc
+    return pool
+
+
+async def _schema_version(conn: asyncpg.Connection) -> int:
+    if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+        return 0
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+
+
+def _check_not_newer(current: int, latest: int) -> None:
+    if current > latest:
+        raise SchemaError(
+            f"index schema version {current} is newer than this code supports ({latest})"
+        )
+
+
+async def _migrate(conn: asyncpg.Connection) -> None:
+    """Apply pending migrations in one transaction; safe from several processes at once."""
+    latest = latest_version("postgres")
+    current = await _schema_version(conn)
+    _check_not_newer(current, latest)
+    if current == latest:
+        return
+    async with conn.transaction():
+        # Another process may be migrating: wait for it, then look again.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+        current = await _schema_version(conn)
+        _check_not_newer(current, latest)
+        for migration in migrations("postgres")[current:]:
+            log.info("applying index migration %s", migration.path.name)
+            try:
+                await conn.execute(migration.sql)
+            except asyncpg.PostgresError as exc:
+                raise SchemaError(f"index migration {migration.path.name} failed: {exc}") from exc
+            await conn.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)", migration.version
+            )
+
+
+# -- adding an instance ----------------------------------------------------------------
+
+
+def _storable(metadata: Json) -> tuple[Json, str]:
+    """`metadata` and its JSON text, without the NUL characters that PostgreSQL text and
+    jsonb cannot hold (a rare defect of some files; SQLite keeps them)."""
+    text = dumps(metadata)
+    if "\\u0000" not in text:
+        return metadata, text
+    cleaned: Json = _without_nul(metadata)
+    return cleaned, dumps(cleaned)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {k: _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+async def _add(
+    conn: asyncpg.Connection, record: InstanceRecord, meta: Json, meta_json: str, overwrite: bool
+) -> AddResult:
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        _INSTANCE_LOCK_CLASS,
+        record.sop_instance_uid,
+    )
+    existing = await conn.fetchrow(
+        "SELECT pk, sha256, blob_key, series_fk, study_fk FROM instance"
+        " WHERE sop_instance_uid = $1",
+        record.sop_instance_uid,
+    )
+    orphan: str | None = None
+    if existing is not None:
+        if existing["sha256"] == record.sha256:
+            return AddResult(Outcome.IDENTICAL)
+        if not overwrite:
+            return AddResult(Outcome.CONFLICT)
+        orphan = existing["blob_key"]
+        await _delete_instance(conn, existing["pk"], existing["series_fk"], existing["study_fk"])
+
+    patient_fk = await _upsert_patient(conn, meta)
+    study_fk, new_study = await _ensure_study(conn, record, meta, patient_fk)
+    series_fk, new_series = await _ensure_series(conn, record, meta, study_fk)
+    row = _instance_row(record, meta, series_fk, study_fk)
+    await _insert(conn, "instance", {**row, "metadata": meta_json})
+    await conn.execute(
+        "UPDATE series SET num_instances = num_instances + 1 WHERE pk = $1", series_fk
+    )
+    await conn.execute(
+        """UPDATE study SET num_instances = num_instances + 1,
+               num_series = num_series + $2, updated_at = now() WHERE pk = $1""",
+        study_fk,
+        int(new_series),
+    )
+    if new_series:
+        await _refresh_modalities(conn, study_fk)
+    if new_study:
+        await conn.execute(
+            "UPDATE patient SET num_studies = num_studies + 1 WHERE pk = $1", patient_fk
+        )
+    outcome = Outcome.REPLACED if orphan else Outcome.STORED
+    return AddResult(outcome, orphan)
+
+
+def _instance_row(
+    record: InstanceRecord, meta: Json, series_fk: int, study_fk: int
+) -> dict[str, Any]:
+    return {
+        "series_fk": series_fk,
+        "study_fk": study_fk,
+        "sop_instance_uid": record.sop_instance_uid,
+        "sop_class_uid": record.sop_class_uid,
+        "instance_number": column_values("instance", meta)["instance_number"],
+        "transfer_syntax_uid": record.transfer_syntax_uid,
+        "blob_key": record.blob_key,
+        "size": record.size,
+        "sha256": record.sha256,
+        "encapsulated": record.encapsulated,
+        "frames": frames_text(record),
+        "bulk": bulk_text(record),
+    }
+
+
+async def _upsert_patient(conn: asyncpg.Connection, meta: Json) -> int:
+    """The patient's pk, its row created or updated with this instance's attributes; the
+    row stays locked until commit (first in the lock order)."""
+    cols = column_values("patient", meta)
+    pk = await conn.fetchval(
+        """INSERT INTO patient (patient_id, issuer_of_patient_id, patient_name,
+               patient_birth_date, patient_sex, attrs)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET
+               patient_name = excluded.patient_name,
+               patient_birth_date = excluded.patient_birth_date,
+               patient_sex = excluded.patient_sex, attrs = excluded.attrs
+           RETURNING pk""",
+        cols["patient_id"] or "",
+        cols["issuer_of_patient_id"] or "",
+        cols["patient_name"],
+        cols["patient_birth_date"],
+        cols["patient_sex"],
+        dumps(subset(meta, PATIENT_TAGS)),
+    )
+    return int(pk)
+
+
+async def _ensure_study(
+    conn: asyncpg.Connection, record: InstanceRecord, meta: Json, patient_fk: int
+) -> tuple[int, bool]:
+    """The study's pk, locked, and whether this transaction created it."""
+    values: dict[str, Any] = {
+        "patient_fk": patient_fk,
+        **column_values("study", meta),
+        "attrs": dumps(subset(meta, PATIENT_TAGS | STUDY_TAGS)),
+    }
+    return await _ensure(conn, "study", "study_instance_uid", record.study_instance_uid, values)
+
+
+async def _ensure_series(
+    conn: asyncpg.Connection, record: InstanceRecord, meta: Json, study_fk: int
+) -> tuple[int, bool]:
+    values: dict[str, Any] = {
+        "study_fk": study_fk,
+        **column_values("series", meta),
+        "attrs": dumps(subset(meta, SERIES_TAGS)),
+    }
+    return await _ensure(conn, "series", "series_instance_uid", record.series_instance_uid, values)
+
+
+async def _ensure(
+    conn: asyncpg.Connection, table: str, uid_column: str, uid: str, values: dict[str, Any]
+) -> tuple[int, bool]:
+    """Find (and lock) or create the row of `table` with `uid`; True if created.
+
+    Usually the row exists. A concurrent transaction may be creating it (the INSERT waits
+    for that one and then does nothing) or deleting it (the locking SELECT finds nothing),
+    hence the loop. Names come from our own code.
+    """
+    find = f"SELECT pk FROM {table} WHERE {uid_column} = $1 FOR NO KEY UPDATE"
+    for _ in range(_ATTEMPTS):
+        pk = await conn.fetchval(find, uid)
+        if pk is not None:
+            return int(pk), False
+        pk = await _insert(conn, table, values, on_conflict=f"({uid_column}) DO NOTHING")
+        if pk is not None:
+            return pk, True
+    raise asyncpg.SerializationError(f"{table} {uid} keeps changing")
+
+
+async def _insert(
+    conn: asyncpg.Connection, table: str, row: dict[str, Any], *, on_conflict: str = ""
+) -> int | None:
+    """Insert a row and return its pk (None if `on_conflict` skipped it)."""
+    names = ", ".join(row)
+    marks = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+    conflict = f" ON CONFLICT {on_conflict}" if on_conflict else ""
+    sql = f"INSERT INTO {table} ({names}) VALUES ({marks}){conflict} RETURNING pk"
+    pk = await conn.fetchval(sql, *row.values())
+    return None if pk is None else int(pk)
+
+
+async def _refresh_modalities(conn: asyncpg.Connection, study_fk: int) -> None:
+    rows = await conn.fetch(
+        "SELECT DISTINCT modality FROM series WHERE study_fk = $1 AND modality IS NOT NULL",
+        study_fk,
+    )
+    await conn.execute(
+        "UPDATE study SET modalities_in_study = $1 WHERE pk = $2",
+        modalities_text([r[0] for r in rows]),
+        study_fk,
+    )
+
+
+async def _delete_instance(
+    conn: asyncpg.Connection, instance_pk: int, series_fk: int, study_fk: int
+) -> None:
+    """Remove an instance row, keeping counts exact and dropping emptied parents.
+
+    Parents are locked top-down first, in the order every writer uses.
+    """
+    patient_fk = await conn.fetchval("SELECT patient_fk FROM study WHERE pk = $1", study_fk)
+    await conn.execute("SELECT 1 FROM patient WHERE pk = $1 FOR UPDATE", patient_fk)
+    await conn.execute("SELECT 1 FROM study WHERE pk = $1 FOR UPDATE", study_fk)
+    await conn.execute("SELECT 1 FROM series WHERE pk = $1 FOR UPDATE", series_fk)
+    await conn.execute("DELETE FROM instance WHERE pk = $1", instance_pk)
+    series_left = await conn.fetchval(
+        "UPDATE series SET num_instances = num_instances - 1 WHERE pk = $1 RETURNING num_instances",
+        series_fk,
+    )
+    study_left = await conn.fetchval(
+        "UPDATE study SET num_instances = num_instances - 1 WHERE pk = $1 RETURNING num_instances",
+        study_fk,
+    )
+    if series_left == 0:
+        await conn.execute("DELETE FROM series WHERE pk = $1", series_fk)
+        await conn.execute("UPDATE study SET num_series = num_series - 1 WHERE pk = $1", study_fk)
+        await _refresh_modalities(conn, study_fk)
+    if study_left == 0:
+        await conn.execute("DELETE FROM study WHERE pk = $1", study_fk)
+        await conn.execute(
+            "UPDATE patient SET num_studies = num_studies - 1 WHERE pk = $1", patient_fk
+        )
+        await conn.execute("DELETE FROM patient WHERE pk = $1 AND num_studies = 0", patient_fk)
+
+
+def _scope(
+    study_uid: str, series_uid: str | None, sop_uid: str | None
+) -> tuple[str, Sequence[str]]:
+    clauses, params = ["study.study_instance_uid = $1"], [study_uid]
+    if series_uid is not None:
+        params.append(series_uid)
+        clauses.append(f"series.series_instance_uid = ${len(params)}")
+    if sop_uid is not None:
+        params.append(sop_uid)
+        clauses.append(f"instance.sop_instance_uid = ${len(params)}")
+    return " AND ".join(clauses), params

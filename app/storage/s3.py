@@ -1,0 +1,364 @@
+"""Blob store in an S3 bucket (AWS S3, MinIO, Ceph RGW or any S3-compatible service).
+
+Objects are written whole or not at all: a single PutObject below the part size, a multipart
+upload above it (aborted on failure), so a reader never sees a half-written blob. Runtime
+failures surface as `OSError` like the folder store's, a missing blob as `FileNotFoundError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+CHUNK_SIZE = MiB
+MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
+MAX_PARTS = 10_000  # S3's maximum number of parts
+PARTS_IN_FLIGHT = 4  # parts uploading at once; each streams from the file, not memory
+STREAM_RETRIES = 3  # re-issued GETs when a body breaks mid-stream
+
+# Errors of a body that breaks while streaming; API calls are retried by botocore itself.
+_STREAM_ERRORS = (ResponseStreamingError, ReadTimeoutError, IncompleteReadError)
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+class StorageUnavailable(RuntimeError):
+    """The bucket cannot be used at start; the message says which one and why."""
+
+
+class S3BlobStore:
+    def __init__(
+        self, client: Any, stack: AsyncExitStack, bucket: str, prefix: str, part_size: int
+    ) -> None:
+        # Use `open`, which checks the bucket; the client is aiobotocore's (untyped).
+        self._client = client
+        self._stack = stack
+        self.bucket = bucket
+        self.prefix = prefix
+        self.part_size = part_size
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        part_size: int = 16 * MiB,
+    ) -> S3BlobStore:
+        """Connect to `s3://bucket[/prefix]` and check the bucket answers.
+
+        Options left empty fall back to botocore's usual chain (AWS_* variables,
+        AWS_ENDPOINT_URL, ~/.aws files, instance roles).
+        """
+        bucket, prefix = parse_url(url)
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"S3 part size must be at least {MIN_PART_SIZE} bytes")
+        session = AioSession()
+        options: dict[str, Any] = {
+            "region_name": region or None,
+            "endpoint_url": endpoint_url or None,
+            "aws_access_key_id": access_key_id or None,
+            "aws_secret_access_key": secret_access_key or None,
+        }
+        stack = AsyncExitStack()
+        try:
+            client = await stack.enter_async_context(
+                session.create_client("s3", config=_config(5, pool=50), **options)
+            )
+            # A separate probe that gives up quickly, so a wrong endpoint fails the start
+            # in about a second instead of after the main client's retries with back-off.
+            async with session.create_client("s3", config=_config(2, pool=1), **options) as probe:
+                await probe.head_bucket(Bucket=bucket)
+        except (BotoCoreError, ClientError) as exc:
+            await stack.aclose()
+            where = endpoint_url or "the default S3 endpoint"
+            raise StorageUnavailable(
+                f"S3 bucket {bucket!r} at {where} is not usable: {_explain(exc)}"
+            ) from None
+        except BaseException:
+            await stack.aclose()
+            raise
+        return cls(client, stack, bucket, prefix, part_size)
+
+    def _object(self, key: str) -> str:
+        # Same rule as the folder store: keys are internal ids, never paths.
+        if not key or "/" in key or key.startswith("."):
+            raise ValueError(f"invalid blob key {key!r}")
+        # Fan-out by the first characters spreads keys over prefixes, which S3 scales by.
+        name = f"{key[:2]}/{key}"
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    async def put(self, key: str, source: Path) -> None:
+        name = self._object(key)
+        size = (await asyncio.to_thread(source.stat)).st_size
+        try:
+            if size <= self.part_size:
+                await self._put_single(name, source, size)
+            else:
+                await self._put_multipart(name, source, size)
+        except (BotoCoreError, ClientError) as exc:
+            raise OSError(f"S3 upload of blob {key} to bucket {self.bucket} failed: {exc}") from exc
+        # Consumed only once stored: on failure the caller still owns (and removes) the file.
+        await asyncio.to_thread(source.unlink, True)
+
+    async def _put_single(self, name: str, source: Path, size: int) -> None:
+        # A file object streams from disk; botocore rewinds it itself when it retries.
+        handle = await asyncio.to_thread(source.open, "rb")
+        try:
+            await self._client.put_object(
+                Bucket=self.bucket, Key=name, Body=handle, ContentLength=size
+            )
+        finally:
+            handle.close()
+
+    async def _put_multipart(self, name: str, source: Path, size: int) -> None:
+        # Grow parts if needed to stay within S3's part count (a 16 MiB part allows 156 GiB).
+        part_size = max(self.part_size, -(-size // MAX_PARTS))
+        created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=name)
+        upload_id: str = created["UploadId"]
+        limit = asyncio.Semaphore(PARTS_IN_FLIGHT)
+        handle = await asyncio.to_thread(source.open, "rb")
+
+        async def upload(number: int, offset: int) -> dict[str, Any]:
+            async with limit:
+                window = _FileWindow(handle.fileno(), offset, min(part_size, size - offset))
+                answer = await self._client.upload_part(
+                    Bucket=self.bucket,
+                    Key=name,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=window,
+                    ContentLength=window.length,
+                )
+                return {"PartNumber": number, "ETag": answer["ETag"]}
+
+        offsets = range(0, size, part_size)
+        uploads = [asyncio.create_task(upload(n, at)) for n, at in enumerate(offsets, 1)]
+        try:
+            parts = await asyncio.gather(*uploads)
+            await self._client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=name,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            for task in uploads:
+                task.cancel()
+            await asyncio.gather(*uploads, return_exceptions=True)
+            await self._abort(name, upload_id)
+            raise
+        finally:
+            handle.close()
+
+    async def _abort(self, name: str, upload_id: str) -> None:
+        # Parts of an unfinished upload are billed until aborted; a failed abort is only
+        # logged (a bucket lifecycle rule for incomplete uploads is the safety net).
+        try:
+            await self._client.abort_multipart_upload(
+                Bucket=self.bucket, Key=name, UploadId=upload_id
+            )
+        except (BotoCoreError, ClientError) as exc:
+            log.warning("could not abort multipart upload %s of %s: %s", upload_id, name, exc)
+
+    async def read(
+        self, key: str, start: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        name = self._object(key)
+        if length == 0:
+            return
+        position = start
+        end = None if length is None else start + length  # exclusive
+        etag: str | None = None
+        retries = 0
+        while end is None or position < end:
+            response = await self._get(key, name, position, end, etag)
+            if response is None:
+                return  # from at or past the end to the end: nothing, as from a file
+            etag = response.get("ETag")
+            body = response["Body"]
+            try:
+                while chunk := await _next_chunk(body):
+                    position += len(chunk)
+                    yield chunk
+            except _STREAM_ERRORS as exc:
+                # The connection broke mid-body: ask again from the first byte not yet
+                # yielded (a partly gathered chunk is simply fetched again).
+                if retries >= STREAM_RETRIES:
+                    raise OSError(f"S3 read of blob {key} failed: {exc}") from exc
+                retries += 1
+                log.info("S3 read of blob %s broke at byte %d (%s), resuming", key, position, exc)
+                continue
+            finally:
+                body.close()
+            break
+        if end is not None and position < end:
+            raise OSError(f"blob {key} is shorter than expected")
+
+    async def _get(
+        self, key: str, name: str, position: int, end: int | None, etag: str | None
+    ) -> dict[str, Any] | None:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": name}
+        if position or end is not None:
+            args["Range"] = f"bytes={position}-{'' if end is None else end - 1}"
+        if etag is not None:
+            # A resumed read must continue the same object, not one written since.
+            args["IfMatch"] = etag
+        try:
+            response: dict[str, Any] = await self._client.get_object(**args)
+        except ClientError as exc:
+            code = _code(exc)
+            if code in _MISSING_CODES:
+                raise FileNotFoundError(f"no blob {key} in bucket {self.bucket}") from None
+            if code == "InvalidRange":  # the range starts at or past the end
+                if end is None:
+                    return None
+                raise OSError(f"blob {key} is shorter than expected") from None
+            if code == "PreconditionFailed":
+                raise OSError(f"blob {key} changed while it was being read") from None
+            raise OSError(f"S3 read of blob {key} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise OSError(f"S3 read of blob {key} failed: {exc}") from exc
+        return response
+
+    async def delete(self, key: str) -> None:
+        # DeleteObject succeeds for a missing key, so deleting twice is harmless.
+        try:
+            await self._client.delete_object(Bucket=self.bucket, Key=self._object(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise OSError(f"S3 delete of blob {key} failed: {exc}") from exc
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self._client.head_object(Bucket=self.bucket, Key=self._object(key))
+        except ClientError as exc:
+            if _code(exc) in _MISSING_CODES:
+                return False
+            raise OSError(f"S3 lookup of blob {key} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise OSError(f"S3 lookup of blob {key} failed: {exc}") from exc
+        return True
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+
+async def _next_chunk(body: Any) -> bytes:
+    """Up to CHUNK_SIZE bytes of a response body (b"" at its end).
+
+    aiohttp hands out whatever the socket delivered (often a few KB); gathering ~1 MiB
+    keeps the per-chunk overhead of the HTTP response streaming them low.
+    """
+    pieces: list[bytes] = []
+    size = 0
+    while size < CHUNK_SIZE:
+        piece: bytes = await body.read(CHUNK_SIZE - size)
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)
+
+
+class _FileWindow(io.RawIOBase):
+    """Bytes [offset, offset + length) of an open file, as a seekable stream of their own.
+
+    A part is sent straight from the spool file: botocore reads it once to sign it and
+    seeks back (and again on a retry), aiohttp then streams it in small chunks, so no part
+    is ever held in memory. `pread` keeps concurrent parts off a shared file position.
+    """
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        super().__init__()
+        self.fd = fd
+        self.offset = offset
+        self.length = length
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.length}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        left = max(0, self.length - self.position)
+        wanted = left if size is None or size < 0 else min(size, left)
+        data = os.pread(self.fd, wanted, self.offset + self.position) if wanted else b""
+        self.position += len(data)
+        return data
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        with memoryview(buffer).cast("B") as view:
+            data = self.read(view.nbytes)
+            view[: len(data)] = data
+        return len(data)
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` -> ("bucket", "some/prefix")."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(f"storage URL {url!r} is not of the form s3://bucket[/prefix]")
+    return parts.netloc, parts.path.strip("/")
+
+
+def _config(attempts: int, *, pool: int) -> AioConfig:
+    return AioConfig(
+        retries={"max_attempts": attempts, "mode": "standard"},
+        max_pool_connections=pool,
+        connect_timeout=10,
+        read_timeout=60,
+        # Checksums only where the API requires them: botocore's newer default (trailing
+        # CRC checksums on every upload) is refused by several S3-compatible stores.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _explain(exc: BotoCoreError | ClientError) -> str:
+    if isinstance(exc, ClientError):
+        code = _code(exc)
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            return "the bucket does not exist"
+        if code in ("403", "AccessDenied", "Forbidden"):
+            return "access denied (check the credentials and the bucket policy)"
+        return f"the service answered {code or 'an error'}"
+    return str(exc)
