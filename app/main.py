@@ -9,7 +9,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from starlette.types import ASGIApp
 
-from app.index.migrations import SchemaError
+from app.index.migrations import IndexUnavailable, SchemaError
+from app.index.postgres import PostgresIndex
 from app.index.sqlite import SqliteIndex
 from app.services.archive import Archive
 from app.services.ports import BlobStore, Index
@@ -28,6 +29,7 @@ class ConfigurationError(RuntimeError):
 # Errors at start whose message is all the operator needs.
 STARTUP_ERRORS: tuple[type[Exception], ...] = (
     ConfigurationError,
+    IndexUnavailable,
     SchemaError,
     StorageUnavailable,
     OSError,
@@ -37,7 +39,9 @@ STARTUP_ERRORS: tuple[type[Exception], ...] = (
 
 async def open_index(settings: Settings) -> Index:
     if settings.uses_postgres:
-        raise ConfigurationError("the PostgreSQL index is not available in this version")
+        return await PostgresIndex.open(
+            settings.database_url, pool_size=settings.database_pool_size
+        )
     if settings.database_url and not settings.database_url.startswith("sqlite:///"):
         raise ConfigurationError(
             f"unsupported database URL {settings.database_url!r}: "
