@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 
 from tests.support.dicom_factory import make_dataset, to_bytes
 from tests.support.large import LargeInstance
+from tests.support.production import bucket_object_count, production_backends
 from tests.support.server import PIDS, running_server
 
 KILL_AFTER_BYTES = 64 * 1024 * 1024
@@ -33,17 +35,33 @@ def _killing_upload(instance: LargeInstance, pid: int) -> Iterator[bytes]:
             yield chunk  # keep sending: the connection breaks under the client
 
 
-def _blob_files(data: Path) -> list[Path]:
-    return [p for p in (data / "blobs").rglob("*") if p.is_file()]
+def _blob_count(data: Path, env: dict[str, str]) -> int:
+    if env:
+        return bucket_object_count(env)
+    return sum(1 for p in (data / "blobs").rglob("*") if p.is_file())
 
 
-def test_sigkill_during_large_upload_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+@contextmanager
+def _backends(kind: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    if kind == "production":
+        with production_backends(tmp_path) as env:
+            yield env
+    else:
+        yield {}
+
+
+@pytest.mark.parametrize("kind", ["embedded", "production"])
+def test_sigkill_during_large_upload_loses_nothing_acknowledged(tmp_path: Path, kind: str) -> None:
+    with _backends(kind, tmp_path) as env:
+        _crash_and_recover(tmp_path / "data", env)
+
+
+def _crash_and_recover(data: Path, env: dict[str, str]) -> None:
     study = make_dataset().StudyInstanceUID
     acknowledged: dict[str, bytes] = {}
     large = LargeInstance(frames=400, study=study)  # 200 MiB, killed a third of the way in
 
-    with running_server(data) as url, httpx.Client(base_url=f"{url}/dicomweb") as client:
+    with running_server(data, env=env) as url, httpx.Client(base_url=f"{url}/dicomweb") as client:
         for number in range(20):
             ds = make_dataset(study=study, InstanceNumber=number + 1)
             blob = to_bytes(ds)
@@ -58,7 +76,7 @@ def test_sigkill_during_large_upload_loses_nothing_acknowledged(tmp_path: Path) 
             )
 
     # The killed process left its partial spool file; nothing about it is indexed.
-    with running_server(data) as url, httpx.Client(base_url=f"{url}/dicomweb") as client:
+    with running_server(data, env=env) as url, httpx.Client(base_url=f"{url}/dicomweb") as client:
         assert not list((data / "tmp").iterdir()), "unfinished upload not cleaned at start"
         found = client.get("/instances", params={"StudyInstanceUID": study, "limit": 1000})
         uids = {item["00080018"]["Value"][0] for item in found.json()}
@@ -74,4 +92,4 @@ def test_sigkill_during_large_upload_loses_nothing_acknowledged(tmp_path: Path) 
             item = next(i for i in found.json() if i["00080018"]["Value"][0] == sop)
             got = client.get(item["00081190"]["Value"][0], headers={"Accept": "application/dicom"})
             assert got.content == blob
-        assert len(_blob_files(data)) == len(acknowledged)
+        assert _blob_count(data, env) == len(acknowledged)
