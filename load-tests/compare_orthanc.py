@@ -63,6 +63,7 @@ FIGURES = [
     Figure("frame p95 ms", "lower", lambda r, _: r.phase("frame").percentile(0.95)),
     Figure("server peak RSS MiB", "lower", lambda _, x: x["peak_rss"] / 2**20, 0),
     Figure("data folder MiB", "lower", lambda _, x: x["stored"] / 2**20, 0),
+    Figure("CPU s outside server+client", "", lambda _, x: x["foreign_cpu"], 1),
 ]
 
 
@@ -86,18 +87,29 @@ def run_one(
 ) -> Run:
     print(f"\n== round {number}: {name}", file=sys.stderr, flush=True)
     with start() as server:
-        t0 = time.perf_counter()
+        t0, busy0, own0, cpu0 = (
+            time.perf_counter(),
+            servers.busy_seconds(),
+            servers.own_seconds(),
+            server.cpu_seconds(),
+        )
         report = asyncio.run(workload.run_workload(server.url, corpus, args, server.cpu_seconds))
+        server_cpu, client_cpu = server.cpu_seconds() - cpu0, servers.own_seconds() - own0
         extra = {
             "seconds": time.perf_counter() - t0,
             "peak_rss": float(server.peak_rss()),
-            "cpu": server.cpu_seconds(),
+            "server_cpu": server_cpu,
+            "client_cpu": client_cpu,
+            # Whatever else ran on the machine meanwhile: it competed with the measurement.
+            "foreign_cpu": max(0.0, servers.busy_seconds() - busy0 - server_cpu - client_cpu),
             "stored": float(server.stored_bytes()),
         }
         workload.print_report(report, args)
         print(
             f"{name}: pid {server.pid}, peak RSS {extra['peak_rss'] / 2**20:.0f} MiB, "
-            f"CPU {extra['cpu']:.1f} s, data folder {extra['stored'] / 2**20:.0f} MiB"
+            f"data folder {extra['stored'] / 2**20:.0f} MiB; CPU during the workload: server "
+            f"{server_cpu:.1f} s, client {client_cpu:.1f} s, rest of the machine "
+            f"{extra['foreign_cpu']:.1f} s, in {extra['seconds']:.1f} s"
         )
     return Run(name, number, report, extra)
 
@@ -121,8 +133,8 @@ def table(runs: list[Run], rounds: int) -> list[list[str]]:
     rows = [["figure", "ours", "Orthanc", "ours/Orthanc", "better"]]
     for f in FIGURES:
         ours, theirs = median("ours", f.label), median("Orthanc", f.label)
-        ratio = ours / theirs if theirs else float("nan")
-        rows.append([f.label, fmt(ours, f.digits), fmt(theirs, f.digits), fmt(ratio, 2), f.better])
+        ratio = fmt(ours / theirs, 2) if theirs and f.better else "-"
+        rows.append([f.label, fmt(ours, f.digits), fmt(theirs, f.digits), ratio, f.better or "-"])
     if rounds > 1:
         rows[0][1] += f" (median of {rounds})"
     return rows
@@ -167,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"\n{args.instances} instances, {args.studies} studies x {args.series} series, "
         f"STOW/WADO concurrency {args.concurrency}, QIDO/frame {args.queries} requests at "
-        f"concurrency {args.latency_concurrency}; {servers.orthanc_version(args.orthanc)}; "
+        f"concurrency {args.latency_concurrency}; Accept-Encoding {args.accept_encoding}; ours at "
+        f"{servers.revision()}, {servers.orthanc_version(args.orthanc)}; "
         f"{platform.node()}, {len(os.sched_getaffinity(0))} CPUs, "
         "client on the same machine\n"
     )
@@ -180,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dumps(
                 {
                     "args": {k: str(v) for k, v in vars(args).items()},
+                    "revision": servers.revision(),
+                    "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                     "runs": [
                         {
                             "server": r.server,

@@ -30,6 +30,19 @@ DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def busy_seconds() -> float:
+    """CPU time spent by the whole machine, all CPUs, not idle (from /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+def own_seconds() -> float:
+    """CPU time of this process (the client) and its finished children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -191,6 +204,23 @@ def orthanc_server(
             yield server
         finally:
             _stop(process)
+
+
+def revision() -> str:
+    """The project's commit (read-only git), with "+changes" if app/ differs from it."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(root), *args], check=False, capture_output=True, text=True
+            )
+        except OSError:
+            return ""
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--", "app") else "")
 
 
 def orthanc_version(binary: str = ORTHANC_BINARY) -> str:

@@ -85,51 +85,71 @@ class StoreService:
         If the stream fails (truncated upload), the partial file is removed and the error
         propagates.
         """
+        spooled, _ = await self._receive(chunks, parse=False)
+        return spooled
+
+    async def _receive(
+        self, chunks: AsyncIterable[bytes], *, parse: bool
+    ) -> tuple[Spooled, Parsed | None]:
+        """Spool a stream, and parse it in the same worker call when `parse` is set.
+
+        Every hand-off to a worker thread costs more than writing a small instance, so
+        chunks are gathered in memory up to SPOOL_BATCH and the last write, the fsync and
+        the parse happen in one call: a typical instance takes a single hand-off.
+        """
         path = self.spool_dir / f"{uuid.uuid4().hex}.part"
         digest = hashlib.sha256()
         size = 0
-        handle = await asyncio.to_thread(path.open, "wb")
+        handle: BinaryIO | None = None
+        pending: list[bytes] = []
+        pending_size = 0
         try:
-            pending: list[bytes] = []
-            pending_size = 0
             async for chunk in chunks:
                 digest.update(chunk)
                 size += len(chunk)
                 pending.append(chunk)
                 pending_size += len(chunk)
-                if pending_size >= 1 << 20:  # write in ~1 MiB batches, off the event loop
-                    await asyncio.to_thread(handle.writelines, pending)
+                if pending_size >= SPOOL_BATCH:
+                    handle = await asyncio.to_thread(_write, handle, path, pending)
                     pending, pending_size = [], 0
-            if pending:
-                await asyncio.to_thread(handle.writelines, pending)
-            # An acknowledged instance must survive a power cut.
-            await asyncio.to_thread(_flush_and_sync, handle)
+            parsed = await asyncio.to_thread(_finish, handle, path, pending, parse)
         except BaseException:
-            handle.close()
+            if handle is not None:
+                handle.close()
             path.unlink(missing_ok=True)
             raise
-        handle.close()
-        return Spooled(path, size, digest.hexdigest())
+        return Spooled(path, size, digest.hexdigest()), parsed
 
     async def store_stream(
         self, chunks: AsyncIterable[bytes], *, study_instance_uid: str | None = None
     ) -> StoreResult:
         try:
-            spooled = await self.spool(chunks)
+            spooled, parsed = await self._receive(chunks, parse=True)
         except OSError as exc:
             return _resource_failure(exc)
-        return await self.store_file(spooled, study_instance_uid=study_instance_uid)
+        assert parsed is not None
+        return await self._store(spooled, parsed, study_instance_uid)
 
     async def store_file(
         self, spooled: Spooled, *, study_instance_uid: str | None = None
     ) -> StoreResult:
         """Store a spooled Part 10 file; the file is consumed whatever the outcome."""
+        try:
+            parsed = await asyncio.to_thread(_parse, spooled.path)
+        except BaseException:
+            await asyncio.to_thread(spooled.path.unlink, True)
+            raise
+        return await self._store(spooled, parsed, study_instance_uid)
+
+    async def _store(
+        self, spooled: Spooled, parsed: Parsed, study_instance_uid: str | None
+    ) -> StoreResult:
         moved = False
         try:
-            try:
-                parsed = await asyncio.to_thread(parse_instance, spooled.path)
-            except DicomParseError as exc:
-                return StoreResult(False, reason=FailureReason.CANNOT_UNDERSTAND, message=str(exc))
+            if isinstance(parsed, DicomParseError):
+                return StoreResult(
+                    False, reason=FailureReason.CANNOT_UNDERSTAND, message=str(parsed)
+                )
             result = _result_for(parsed)
             if study_instance_uid is not None and parsed.study_instance_uid != study_instance_uid:
                 result.ok = False
@@ -189,9 +209,35 @@ class StoreService:
         log.debug("store %s: %s", parsed.sop_instance_uid, added.outcome)
 
 
-def _flush_and_sync(handle: BinaryIO) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
+# A parse outcome: what ingest learned, or why the object cannot be stored.
+Parsed = ParsedInstance | DicomParseError
+
+SPOOL_BATCH = 1 << 20
+
+
+def _write(handle: BinaryIO | None, path: Path, chunks: list[bytes]) -> BinaryIO:
+    if handle is None:
+        handle = path.open("wb")
+    handle.writelines(chunks)
+    return handle
+
+
+def _finish(handle: BinaryIO | None, path: Path, chunks: list[bytes], parse: bool) -> Parsed | None:
+    """Write the last chunks, make the file durable, and parse it if asked to."""
+    handle = _write(handle, path, chunks)
+    try:
+        handle.flush()
+        os.fsync(handle.fileno())  # an acknowledged instance must survive a power cut
+    finally:
+        handle.close()
+    return _parse(path) if parse else None
+
+
+def _parse(path: Path) -> Parsed:
+    try:
+        return parse_instance(path)
+    except DicomParseError as exc:
+        return exc
 
 
 def _result_for(parsed: ParsedInstance) -> StoreResult:
