@@ -3,10 +3,11 @@
 A pool of connections; each write is one READ COMMITTED transaction that takes its locks
 in one order: an advisory lock on the SOP Instance UID (so two uploads of one instance,
 from any process, decide IDENTICAL/CONFLICT one after the other), then the patient, study
-and series rows. Uploads of one study therefore queue on its rows instead of deadlocking,
-and the computed counts are updated in place (`num = num + 1`), so they stay exact. Only
-overwrites that move instances across studies in opposite directions can still deadlock;
-PostgreSQL aborts one of them and the whole transaction is retried.
+and series rows (an overwrite locks the old and the new patient together first). Uploads
+of one study therefore queue on its rows instead of deadlocking, and the computed counts
+are updated in place (`num = num + 1`), so they stay exact. Should a deadlock still happen
+(inconsistent data, such as one study under two patients), PostgreSQL aborts one of the
+transactions and it is retried whole, a bounded number of times.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 # Advisory lock keys. The migration lock is a bigint key, the per-instance locks are
 # (class, hash) pairs: PostgreSQL keeps the two kinds apart.
 MIGRATION_LOCK = 0x7061_6373_0001  # "pacs" 1
-_INSTANCE_LOCK_CLASS = 0x7061_6373  # "pacs"
+INSTANCE_LOCK_CLASS = 0x7061_6373  # "pacs"
 
 _ATTEMPTS = 5
 _RETRYABLE = (
@@ -62,6 +62,10 @@ _INSTANCE_COLUMNS = """
     study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
     instance.sop_class_uid, instance.transfer_syntax_uid, instance.blob_key, instance.size,
     instance.sha256, instance.encapsulated, instance.frames, instance.bulk
+"""
+_METADATA_COLUMNS = """
+    study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
+    instance.metadata::text
 """
 # As in SQLite, which sorts NULL first: instances without a number come first.
 _ORDER = (
@@ -129,11 +133,9 @@ class PostgresIndex:
         series_instance_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> list[StoredInstance]:
-        where, params = _scope(study_instance_uid, series_instance_uid, sop_instance_uid)
-        sql = f"""SELECT {_INSTANCE_COLUMNS} FROM instance
-                  JOIN series ON series.pk = instance.series_fk
-                  JOIN study ON study.pk = instance.study_fk
-                  WHERE {where} ORDER BY {_ORDER}"""
+        sql, params = retrieval_sql(
+            _INSTANCE_COLUMNS, study_instance_uid, series_instance_uid, sop_instance_uid
+        )
         rows = await self._pool.fetch(sql, *params)
         return [stored_instance(row) for row in rows]
 
@@ -143,12 +145,9 @@ class PostgresIndex:
         series_instance_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> list[StoredMetadata]:
-        where, params = _scope(study_instance_uid, series_instance_uid, sop_instance_uid)
-        sql = f"""SELECT study.study_instance_uid, series.series_instance_uid,
-                         instance.sop_instance_uid, instance.metadata::text FROM instance
-                  JOIN series ON series.pk = instance.series_fk
-                  JOIN study ON study.pk = instance.study_fk
-                  WHERE {where} ORDER BY {_ORDER}"""
+        sql, params = retrieval_sql(
+            _METADATA_COLUMNS, study_instance_uid, series_instance_uid, sop_instance_uid
+        )
         rows = await self._pool.fetch(sql, *params)
         return [StoredMetadata(r[0], r[1], r[2], r[3].encode()) for r in rows]
 
@@ -159,10 +158,12 @@ class PostgresIndex:
 def describe(url: str) -> str:
     """Where `url` points, for messages: user@host:port/database, never the password."""
     parts = urlsplit(url)
-    user = parts.username or ""
-    database = parts.path.lstrip("/") or user or "(default database)"
-    host = parts.hostname or "localhost"
-    return f"{user + '@' if user else ''}{host}:{parts.port or 5432}/{database}"
+    query = parse_qs(parts.query)
+    user = parts.username or query.get("user", [""])[0]
+    database = parts.path.lstrip("/") or query.get("dbname", [user])[0] or "(default)"
+    host = parts.hostname or query.get("host", ["localhost"])[0]
+    port = parts.port or query.get("port", ["5432"])[0]
+    return f"{user + '@' if user else ''}{host}:{port}/{database}"
 
 
 async def _create_pool(url: str, pool_size: int) -> asyncpg.Pool:
@@ -247,7 +248,7 @@ async def _add(
 ) -> AddResult:
     await conn.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-        _INSTANCE_LOCK_CLASS,
+        INSTANCE_LOCK_CLASS,
         record.sop_instance_uid,
     )
     existing = await conn.fetchrow(
@@ -262,13 +263,13 @@ async def _add(
         if not overwrite:
             return AddResult(Outcome.CONFLICT)
         orphan = existing["blob_key"]
+        await _lock_patients(conn, existing["study_fk"], meta)
         await _delete_instance(conn, existing["pk"], existing["series_fk"], existing["study_fk"])
 
     patient_fk = await _upsert_patient(conn, meta)
     study_fk, new_study = await _ensure_study(conn, record, meta, patient_fk)
     series_fk, new_series = await _ensure_series(conn, record, meta, study_fk)
-    row = _instance_row(record, meta, series_fk, study_fk)
-    await _insert(conn, "instance", {**row, "metadata": meta_json})
+    await _insert(conn, "instance", _instance_row(record, meta, meta_json, series_fk, study_fk))
     await conn.execute(
         "UPDATE series SET num_instances = num_instances + 1 WHERE pk = $1", series_fk
     )
@@ -289,7 +290,7 @@ async def _add(
 
 
 def _instance_row(
-    record: InstanceRecord, meta: Json, series_fk: int, study_fk: int
+    record: InstanceRecord, meta: Json, meta_json: str, series_fk: int, study_fk: int
 ) -> dict[str, Any]:
     return {
         "series_fk": series_fk,
@@ -304,6 +305,7 @@ def _instance_row(
         "encapsulated": record.encapsulated,
         "frames": frames_text(record),
         "bulk": bulk_text(record),
+        "metadata": meta_json,
     }
 
 
@@ -397,6 +399,25 @@ async def _refresh_modalities(conn: asyncpg.Connection, study_fk: int) -> None:
     )
 
 
+async def _lock_patients(conn: asyncpg.Connection, old_study_fk: int, meta: Json) -> None:
+    """Lock the replaced instance's patient and the new one's, lowest pk first.
+
+    An overwrite touches two patients' rows. Taken one after the other, two overwrites
+    moving instances between the same patients in opposite directions would each hold
+    one and wait for the other; taken together in pk order, the second one waits.
+    """
+    cols = column_values("patient", meta)
+    await conn.execute(
+        """SELECT pk FROM patient
+           WHERE pk = (SELECT patient_fk FROM study WHERE pk = $1)
+              OR (patient_id = $2 AND issuer_of_patient_id = $3)
+           ORDER BY pk FOR UPDATE""",
+        old_study_fk,
+        cols["patient_id"] or "",
+        cols["issuer_of_patient_id"] or "",
+    )
+
+
 async def _delete_instance(
     conn: asyncpg.Connection, instance_pk: int, series_fk: int, study_fk: int
 ) -> None:
@@ -429,9 +450,10 @@ async def _delete_instance(
         await conn.execute("DELETE FROM patient WHERE pk = $1 AND num_studies = 0", patient_fk)
 
 
-def _scope(
-    study_uid: str, series_uid: str | None, sop_uid: str | None
-) -> tuple[str, Sequence[str]]:
+def retrieval_sql(
+    columns: str, study_uid: str, series_uid: str | None, sop_uid: str | None
+) -> tuple[str, list[str]]:
+    """The query of instances() and metadata() (and of their plan test)."""
     clauses, params = ["study.study_instance_uid = $1"], [study_uid]
     if series_uid is not None:
         params.append(series_uid)
@@ -439,4 +461,8 @@ def _scope(
     if sop_uid is not None:
         params.append(sop_uid)
         clauses.append(f"instance.sop_instance_uid = ${len(params)}")
-    return " AND ".join(clauses), params
+    sql = f"""SELECT {columns} FROM instance
+              JOIN series ON series.pk = instance.series_fk
+              JOIN study ON study.pk = instance.study_fk
+              WHERE {" AND ".join(clauses)} ORDER BY {_ORDER}"""
+    return sql, params

@@ -52,6 +52,9 @@ _INSTANCE_COLUMNS = """
 _ORDER = ", ".join(ORDER_COLUMNS)
 
 
+_WAL_ATTEMPTS = 200  # 10 s
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -200,41 +203,83 @@ class SqliteIndex:
 async def _connect(path: Path) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path, isolation_level=None)
     db.row_factory = sqlite3.Row
-    # WAL lets readers run beside the writer; synchronous=FULL because an acknowledged
-    # instance must survive a power cut, not only a crash.
-    for pragma in (
-        "PRAGMA journal_mode = WAL",
-        "PRAGMA synchronous = FULL",
-        "PRAGMA foreign_keys = ON",
-        "PRAGMA busy_timeout = 30000",
-    ):
-        await db.execute(pragma)
+    try:
+        # WAL lets readers run beside the writer; synchronous=FULL because an acknowledged
+        # instance must survive a power cut, not only a crash.
+        await db.execute("PRAGMA busy_timeout = 30000")
+        await _set_wal(db)
+        await db.execute("PRAGMA synchronous = FULL")
+        await db.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        await db.close()  # its thread would keep the process alive
+        raise
     return db
 
 
-async def _migrate(db: aiosqlite.Connection) -> None:
-    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+async def _set_wal(db: aiosqlite.Connection) -> None:
+    """Switch to WAL. SQLite answers "database is locked" at once, without waiting for
+    busy_timeout, while another connection is creating the same new file: try again."""
+    for attempt in range(_WAL_ATTEMPTS):
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == _WAL_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def _schema_version(db: aiosqlite.Connection) -> int:
     async with db.execute("SELECT max(version) FROM schema_version") as cur:
         row = await cur.fetchone()
-    current = (row[0] if row else None) or 0
-    latest = latest_version("sqlite")
+    return int((row[0] if row else None) or 0)
+
+
+def _check_not_newer(current: int, latest: int) -> None:
     if current > latest:
         raise SchemaError(
             f"index schema version {current} is newer than this code supports ({latest})"
         )
-    for migration in migrations("sqlite")[current:]:
-        log.info("applying index migration %s", migration.path.name)
-        # One transaction per file: a failed migration leaves the previous version intact.
-        script = (
-            f"BEGIN IMMEDIATE;\n{migration.sql}\n"
-            f"INSERT INTO schema_version (version) VALUES ({migration.version:d});\nCOMMIT;"
-        )
-        try:
-            await db.executescript(script)
-        except BaseException:
-            if db.in_transaction:
-                await db.rollback()
-            raise
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    """Apply pending migrations in one transaction; safe from several processes at once."""
+    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    latest = latest_version("sqlite")
+    current = await _schema_version(db)
+    _check_not_newer(current, latest)
+    if current == latest:
+        return
+    # The write lock: another process migrating this file has finished (look again) or
+    # waits for us. Statements run one by one because executescript() would commit.
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        current = await _schema_version(db)
+        _check_not_newer(current, latest)
+        for migration in migrations("sqlite")[current:]:
+            log.info("applying index migration %s", migration.path.name)
+            for statement in _statements(migration.sql):
+                await db.execute(statement)
+            await db.execute(
+                "INSERT INTO schema_version (version) VALUES (?)", (migration.version,)
+            )
+    except BaseException:
+        await db.rollback()
+        raise
+    await db.commit()
+
+
+def _statements(script: str) -> list[str]:
+    """The SQL statements of a migration file (sqlite3 knows where one is complete)."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if any(not line.strip().startswith("--") for line in pending.splitlines() if line.strip()):
+        raise SchemaError(f"incomplete SQL statement at the end of a migration: {pending!r}")
+    return statements
 
 
 async def _upsert_patient(db: aiosqlite.Connection, meta: Json) -> int:

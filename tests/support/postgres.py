@@ -22,6 +22,8 @@ ADMIN_URL = os.environ.get(
     "PACS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 PREFIX = "pacs_test_"
+# Names of the databases this process created, to check that none is left behind.
+CREATED: set[str] = set()
 
 
 def database_url(name: str, admin_url: str = ADMIN_URL) -> str:
@@ -63,6 +65,7 @@ async def create_database() -> str:
     conn = await asyncpg.connect(ADMIN_URL)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
+        CREATED.add(name)
     finally:
         await conn.close()
     return database_url(name)
@@ -89,12 +92,20 @@ async def temporary_database() -> AsyncIterator[str]:
         await drop_database(url)
 
 
-async def leftover_databases() -> list[str]:
+async def _databases() -> set[str]:
     conn = await asyncpg.connect(ADMIN_URL)
     try:
-        rows = await conn.fetch(
-            "SELECT datname FROM pg_database WHERE datname LIKE $1", PREFIX + "%"
-        )
+        rows = await conn.fetch("SELECT datname FROM pg_database")
     finally:
         await conn.close()
-    return [r[0] for r in rows]
+    return {r[0] for r in rows}
+
+
+def leftover_databases() -> set[str]:
+    """Databases created by this process that still exist (other test runs may share the
+    server, so their `pacs_test_` databases are not counted)."""
+    if not CREATED:
+        return set()
+    with ThreadPoolExecutor(1) as pool:
+        existing = pool.submit(asyncio.run, _databases()).result()
+    return existing & CREATED

@@ -1,0 +1,226 @@
+"""The common OHIF/PACS queries use an index on PostgreSQL once the tables are large.
+
+20,000 studies (5,000 patients, 40,000 series, 120,000 instances) are inserted directly
+with generate_series, the tables analyzed, and each query compiled exactly as the archive
+runs it is EXPLAINed with its parameters: no sequential scan of study, series or instance,
+and the index meant for it in the plan.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from app.dicom.levels import Level
+from app.index.postgres import PostgresIndex, retrieval_sql
+from app.query.qido import parse_qido
+from app.query.sql import POSTGRES, compile_search
+from tests.support.postgres import require_postgres, temporary_database
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+STUDIES = 20_000
+
+_FILL = [
+    f"""INSERT INTO patient (patient_id, patient_name, attrs)
+        SELECT 'PID' || i,
+               CASE WHEN i % 1000 = 0 THEN 'smith^john' || i ELSE 'pat' || i || '^given' END,
+               '{{}}'
+        FROM generate_series(1, {STUDIES // 4}) AS i""",
+    f"""INSERT INTO study (patient_fk, study_instance_uid, study_date, study_time,
+            accession_number, study_id, referring_physician_name, study_description,
+            patient_id, patient_name, modalities_in_study, num_series, num_instances, attrs)
+        SELECT p, '1.2.3.' || i,
+               to_char(date '2000-01-01' + (i % 9000), 'YYYYMMDD'), '101500.000000',
+               'ACC' || i, i::text,
+               CASE WHEN i % 500 = 0 THEN 'jones^amy' ELSE 'ref' || (i % 300) || '^doc' END,
+               'Study description ' || i, 'PID' || p,
+               CASE WHEN p % 1000 = 0 THEN 'smith^john' || p ELSE 'pat' || p || '^given' END,
+               '\\CT\\MR\\', 2, 6,
+               jsonb_build_object('00102160',
+                   jsonb_build_object('vr', 'SH', 'Value', jsonb_build_array('G' || i % 2000)))
+        FROM generate_series(1, {STUDIES}) AS i,
+             LATERAL (SELECT (i - 1) % {STUDIES // 4} + 1) AS x(p)""",
+    f"""INSERT INTO series (study_fk, series_instance_uid, modality, series_number,
+            series_description, num_instances, attrs)
+        SELECT (i + 1) / 2, '1.2.3.' || (i + 1) / 2 || '.' || i % 2,
+               CASE WHEN i % 2 = 0 THEN 'CT' ELSE 'MR' END, i % 2 + 1, 'Series ' || i, 3, '{{}}'
+        FROM generate_series(1, {STUDIES * 2}) AS i""",
+    f"""INSERT INTO instance (series_fk, study_fk, sop_instance_uid, sop_class_uid,
+            instance_number, transfer_syntax_uid, blob_key, size, sha256, frames, bulk,
+            metadata)
+        SELECT (i + 2) / 3, ((i + 2) / 3 + 1) / 2, '1.2.3.9.' || i, '1.2.840.10008.5.1.4.1.1.2',
+               i % 3, '1.2.840.10008.1.2.1', md5(i::text), 1000, md5(i::text), '[]', '{{}}',
+               '{{}}'
+        FROM generate_series(1, {STUDIES * 6}) AS i""",
+    "ANALYZE",
+]
+
+STUDY_UID, SERIES_UID, SOP_UID = "1.2.3.777", "1.2.3.777.1", "1.2.3.9.4000"
+
+# name: (level, QIDO parameters, URL scope, the indexes the plan must use)
+QIDO: dict[str, tuple[Level, list[tuple[str, str]], dict[int, str], set[str]]] = {
+    "PatientID": (Level.STUDY, [("PatientID", "PID123")], {}, {"study_patient_id"}),
+    "PatientName=*SMITH*": (
+        Level.STUDY,
+        [("PatientName", "*SMITH*")],
+        {},
+        {"study_patient_name_trgm"},
+    ),
+    "PatientName=SMITH^JOHN1000": (
+        Level.STUDY,
+        [("PatientName", "SMITH^JOHN1000")],
+        {},
+        {"study_patient_name"},
+    ),
+    "StudyDate range": (
+        Level.STUDY,
+        [("StudyDate", "20100101-20100131")],
+        {},
+        {"study_study_date"},
+    ),
+    "StudyDate range, ModalitiesInStudy": (
+        Level.STUDY,
+        [("StudyDate", "20100101-20100131"), ("ModalitiesInStudy", "CT")],
+        {},
+        {"study_study_date"},
+    ),
+    "AccessionNumber": (
+        Level.STUDY,
+        [("AccessionNumber", "ACC777")],
+        {},
+        {"study_accession_number"},
+    ),
+    "StudyInstanceUID": (
+        Level.STUDY,
+        [("StudyInstanceUID", STUDY_UID)],
+        {},
+        {"study_study_instance_uid_key"},
+    ),
+    "ReferringPhysicianName=*JONES*": (
+        Level.STUDY,
+        [("ReferringPhysicianName", "*JONES*")],
+        {},
+        {"study_referring_physician_name_trgm"},
+    ),
+    "StudyDescription=*description 1234*": (
+        Level.STUDY,
+        [("StudyDescription", "*description 1234*")],
+        {},
+        {"study_study_description_trgm"},
+    ),
+    "EthnicGroup (stored JSON)": (
+        Level.STUDY,
+        [("EthnicGroup", "G42")],
+        {},
+        {"study_attrs"},
+    ),
+    "/studies/{s}/series": (
+        Level.SERIES,
+        [],
+        {0x0020000D: STUDY_UID},
+        {"study_study_instance_uid_key", "series_study_fk"},
+    ),
+    "/series?SeriesInstanceUID": (
+        Level.SERIES,
+        [("SeriesInstanceUID", SERIES_UID)],
+        {},
+        {"series_series_instance_uid_key"},
+    ),
+    "/studies/{s}/instances": (
+        Level.INSTANCE,
+        [],
+        {0x0020000D: STUDY_UID},
+        {"study_study_instance_uid_key", "instance_study_fk"},
+    ),
+    "/studies/{s}/series/{se}/instances": (
+        Level.INSTANCE,
+        [],
+        {0x0020000D: STUDY_UID, 0x0020000E: SERIES_UID},
+        {"series_series_instance_uid_key", "instance_series_fk"},
+    ),
+    "/instances?SOPInstanceUID": (
+        Level.INSTANCE,
+        [("SOPInstanceUID", SOP_UID)],
+        {},
+        {"instance_sop_instance_uid_key"},
+    ),
+}
+
+RETRIEVAL: dict[str, tuple[tuple[str, str | None, str | None], set[str]]] = {
+    "a study": ((STUDY_UID, None, None), {"study_study_instance_uid_key", "instance_study_fk"}),
+    "a series": (
+        (STUDY_UID, SERIES_UID, None),
+        {"series_series_instance_uid_key", "instance_series_fk"},
+    ),
+    "an instance": ((STUDY_UID, SERIES_UID, SOP_UID), {"instance_sop_instance_uid_key"}),
+}
+
+# Which index each query used, printed at the end of the module (pytest -s).
+USED: dict[str, list[str]] = {}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def conn() -> AsyncIterator[asyncpg.Connection]:
+    require_postgres()
+    async with temporary_database() as url:
+        index = await PostgresIndex.open(url)  # the schema, as the archive creates it
+        await index.close()
+        connection = await asyncpg.connect(url)
+        try:
+            for statement in _FILL:
+                await connection.execute(statement)
+            yield connection
+        finally:
+            await connection.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report() -> Iterator[None]:
+    yield
+    for name, indexes in USED.items():
+        print(f"{name}: {', '.join(indexes)}")
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+async def explain(conn: asyncpg.Connection, sql: str, params: object) -> list[dict[str, Any]]:
+    text = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *params)
+    return list(_nodes(json.loads(text)[0]["Plan"]))
+
+
+def check(name: str, nodes: list[dict[str, Any]], expected: set[str]) -> None:
+    scans = [n for n in nodes if n["Node Type"] == "Seq Scan"]
+    assert not [n["Relation Name"] for n in scans], f"{name}: sequential scan in {nodes}"
+    used = [n["Index Name"] for n in nodes if "Index Name" in n]
+    USED[name] = used
+    assert expected <= set(used), f"{name}: uses {used}, not {sorted(expected)}"
+
+
+async def test_the_tables_are_large(conn: asyncpg.Connection) -> None:
+    assert await conn.fetchval("SELECT count(*) FROM study") == STUDIES
+    assert await conn.fetchval("SELECT count(*) FROM instance") == STUDIES * 6
+    assert await conn.fetchval("SELECT count(*) FROM study WHERE patient_name LIKE 'smith%'")
+
+
+@pytest.mark.parametrize("name", list(QIDO))
+async def test_qido_uses_an_index(conn: asyncpg.Connection, name: str) -> None:
+    level, params, scope, expected = QIDO[name]
+    compiled = compile_search(parse_qido(params, level, scope=scope), POSTGRES)
+    check(name, await explain(conn, compiled.sql, compiled.params), expected)
+
+
+@pytest.mark.parametrize("name", list(RETRIEVAL))
+async def test_retrieval_uses_an_index(conn: asyncpg.Connection, name: str) -> None:
+    uids, expected = RETRIEVAL[name]
+    sql, params = retrieval_sql("instance.metadata::text", *uids)
+    check(f"metadata/instances of {name}", await explain(conn, sql, params), expected)
