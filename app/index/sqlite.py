@@ -1,8 +1,7 @@
 """The SQLite index: the embedded default.
 
-One writer connection (SQLite has a single writer; an asyncio lock keeps our own writes
-in order and each runs in a `BEGIN IMMEDIATE` transaction, so counts stay exact) and one
-reader connection, which WAL mode lets run beside the writer.
+One writer connection on a thread of its own, each write one `BEGIN IMMEDIATE`
+transaction so counts stay exact, and a few reader connections beside it (WAL mode).
 """
 
 from __future__ import annotations
@@ -10,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
 from app.index.migrations import SchemaError, latest_version, migrations
@@ -53,6 +53,9 @@ _ORDER = ", ".join(ORDER_COLUMNS)
 
 
 _WAL_ATTEMPTS = 200  # 10 s
+READERS = 4
+
+T = TypeVar("T")
 
 
 def _now() -> str:
@@ -60,112 +63,52 @@ def _now() -> str:
 
 
 class SqliteIndex:
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    """SQLite allows one writer at a time: every write runs on one dedicated thread, as a
+    single call holding the whole transaction (a hand-off per statement would cost more
+    than the statements). Reads use a few connections of their own, which WAL mode lets
+    run beside the writer."""
+
+    def __init__(self, writer: sqlite3.Connection, readers: list[sqlite3.Connection]) -> None:
         self._writer = writer
-        self._reader = reader
-        self._write_lock = asyncio.Lock()
+        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._all_readers = readers
+        self._readers: asyncio.Queue[sqlite3.Connection] = asyncio.Queue()
+        for reader in readers:
+            self._readers.put_nowait(reader)
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteIndex:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
-        try:
-            await _migrate(writer)
-            reader = await _connect(path)
-        except BaseException:
-            await writer.close()
-            raise
-        return cls(writer, reader)
+    async def open(cls, path: Path, *, readers: int = READERS) -> SqliteIndex:
+        writer, reader_connections = await asyncio.to_thread(_open, path, readers)
+        return cls(writer, reader_connections)
 
     async def close(self) -> None:
-        await self._reader.close()
-        await self._writer.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._write_thread, self._writer.close)
+        self._write_thread.shutdown()
+        for reader in self._all_readers:
+            reader.close()
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._write_thread, _transaction, self._writer, fn)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = await self._readers.get()
+        try:
+            return await asyncio.to_thread(fn, conn)
+        finally:
+            self._readers.put_nowait(conn)
 
     # -- writes ------------------------------------------------------------------------
 
     async def add_instance(self, record: InstanceRecord, *, overwrite: bool) -> AddResult:
-        async with self._write_lock:
-            db = self._writer
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                result = await self._add(db, record, overwrite)
-            except BaseException:
-                await db.rollback()
-                raise
-            if result.outcome in (Outcome.IDENTICAL, Outcome.CONFLICT):
-                await db.rollback()
-            else:
-                await db.commit()
-            return result
-
-    async def _add(
-        self, db: aiosqlite.Connection, record: InstanceRecord, overwrite: bool
-    ) -> AddResult:
-        orphan: str | None = None
-        async with db.execute(
-            "SELECT pk, sha256, blob_key FROM instance WHERE sop_instance_uid = ?",
-            (record.sop_instance_uid,),
-        ) as cur:
-            existing = await cur.fetchone()
-        if existing is not None:
-            if existing["sha256"] == record.sha256:
-                return AddResult(Outcome.IDENTICAL)
-            if not overwrite:
-                return AddResult(Outcome.CONFLICT)
-            orphan = existing["blob_key"]
-            await _delete_instance(db, existing["pk"])
-
-        now = _now()
-        meta = record.metadata
-        patient_fk = await _upsert_patient(db, meta)
-        study_fk, new_study = await _ensure_study(db, record, patient_fk, now)
-        series_fk, new_series = await _ensure_series(db, record, study_fk)
-        inst = column_values("instance", meta)
-        await db.execute(
-            """INSERT INTO instance (series_fk, study_fk, sop_instance_uid, sop_class_uid,
-                   instance_number, transfer_syntax_uid, blob_key, size, sha256,
-                   encapsulated, frames, bulk, metadata, created_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (
-                series_fk,
-                study_fk,
-                record.sop_instance_uid,
-                record.sop_class_uid,
-                inst["instance_number"],
-                record.transfer_syntax_uid,
-                record.blob_key,
-                record.size,
-                record.sha256,
-                int(record.encapsulated),
-                frames_text(record),
-                bulk_text(record),
-                dumps(meta),
-                now,
-            ),
-        )
-        await db.execute(
-            "UPDATE series SET num_instances = num_instances + 1 WHERE pk = ?", (series_fk,)
-        )
-        await db.execute(
-            """UPDATE study SET num_instances = num_instances + 1,
-                   num_series = num_series + ?, updated_at = ? WHERE pk = ?""",
-            (int(new_series), now, study_fk),
-        )
-        if new_series:
-            await _refresh_modalities(db, study_fk)
-        if new_study:
-            await db.execute(
-                "UPDATE patient SET num_studies = num_studies + 1 WHERE pk = ?", (patient_fk,)
-            )
-        outcome = Outcome.REPLACED if orphan else Outcome.STORED
-        return AddResult(outcome, orphan)
+        return await self._write(lambda db: _add(db, record, overwrite))
 
     # -- reads -------------------------------------------------------------------------
 
     async def search(self, query: Query) -> list[SearchHit]:
         compiled = compile_search(query, SQLITE)
-        async with self._reader.execute(compiled.sql, compiled.params) as cur:
-            rows = await cur.fetchall()
+        rows = await self._read(lambda db: db.execute(compiled.sql, compiled.params).fetchall())
         return [search_hit(query.level, row) for row in rows]
 
     async def instances(
@@ -179,8 +122,7 @@ class SqliteIndex:
                   JOIN series ON series.pk = instance.series_fk
                   JOIN study ON study.pk = instance.study_fk
                   WHERE {where} ORDER BY {_ORDER}"""
-        async with self._reader.execute(sql, params) as cur:
-            rows = await cur.fetchall()
+        rows = await self._read(lambda db: db.execute(sql, params).fetchall())
         return [stored_instance(row) for row in rows]
 
     async def metadata(
@@ -195,43 +137,129 @@ class SqliteIndex:
                   JOIN series ON series.pk = instance.series_fk
                   JOIN study ON study.pk = instance.study_fk
                   WHERE {where} ORDER BY {_ORDER}"""
-        async with self._reader.execute(sql, params) as cur:
-            rows = await cur.fetchall()
+        rows = await self._read(lambda db: db.execute(sql, params).fetchall())
         return [StoredMetadata(r[0], r[1], r[2], r[3].encode()) for r in rows]
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
-    db = await aiosqlite.connect(path, isolation_level=None)
+def _open(path: Path, readers: int) -> tuple[sqlite3.Connection, list[sqlite3.Connection]]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opened: list[sqlite3.Connection] = []
+    try:
+        opened.append(_connect(path))
+        _migrate(opened[0])
+        for _ in range(readers):
+            opened.append(_connect(path))
+    except BaseException:
+        for conn in opened:
+            conn.close()
+        raise
+    return opened[0], opened[1:]
+
+
+def _transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run `fn` in a write transaction; BEGIN IMMEDIATE also orders us against other
+    processes using the same file. A result that changed nothing is rolled back."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(db)
+    except BaseException:
+        db.rollback()
+        raise
+    if isinstance(result, AddResult) and result.outcome in (Outcome.IDENTICAL, Outcome.CONFLICT):
+        db.rollback()
+    else:
+        db.commit()
+    return result
+
+
+def _add(db: sqlite3.Connection, record: InstanceRecord, overwrite: bool) -> AddResult:
+    orphan: str | None = None
+    existing = db.execute(
+        "SELECT pk, sha256, blob_key FROM instance WHERE sop_instance_uid = ?",
+        (record.sop_instance_uid,),
+    ).fetchone()
+    if existing is not None:
+        if existing["sha256"] == record.sha256:
+            return AddResult(Outcome.IDENTICAL)
+        if not overwrite:
+            return AddResult(Outcome.CONFLICT)
+        orphan = existing["blob_key"]
+        _delete_instance(db, existing["pk"])
+
+    now = _now()
+    meta = record.metadata
+    patient_fk = _upsert_patient(db, meta)
+    study_fk, new_study = _ensure_study(db, record, patient_fk, now)
+    series_fk, new_series = _ensure_series(db, record, study_fk)
+    inst = column_values("instance", meta)
+    db.execute(
+        """INSERT INTO instance (series_fk, study_fk, sop_instance_uid, sop_class_uid,
+               instance_number, transfer_syntax_uid, blob_key, size, sha256,
+               encapsulated, frames, bulk, metadata, created_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (
+            series_fk,
+            study_fk,
+            record.sop_instance_uid,
+            record.sop_class_uid,
+            inst["instance_number"],
+            record.transfer_syntax_uid,
+            record.blob_key,
+            record.size,
+            record.sha256,
+            int(record.encapsulated),
+            frames_text(record),
+            bulk_text(record),
+            dumps(meta),
+            now,
+        ),
+    )
+    db.execute("UPDATE series SET num_instances = num_instances + 1 WHERE pk = ?", (series_fk,))
+    db.execute(
+        """UPDATE study SET num_instances = num_instances + 1,
+               num_series = num_series + ?, updated_at = ? WHERE pk = ?""",
+        (int(new_series), now, study_fk),
+    )
+    if new_series:
+        _refresh_modalities(db, study_fk)
+    if new_study:
+        db.execute("UPDATE patient SET num_studies = num_studies + 1 WHERE pk = ?", (patient_fk,))
+    outcome = Outcome.REPLACED if orphan else Outcome.STORED
+    return AddResult(outcome, orphan)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE.
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
     try:
         # WAL lets readers run beside the writer; synchronous=FULL because an acknowledged
         # instance must survive a power cut, not only a crash.
-        await db.execute("PRAGMA busy_timeout = 30000")
-        await _set_wal(db)
-        await db.execute("PRAGMA synchronous = FULL")
-        await db.execute("PRAGMA foreign_keys = ON")
+        db.execute("PRAGMA busy_timeout = 30000")
+        _set_wal(db)
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
     except BaseException:
-        await db.close()  # its thread would keep the process alive
+        db.close()
         raise
     return db
 
 
-async def _set_wal(db: aiosqlite.Connection) -> None:
+def _set_wal(db: sqlite3.Connection) -> None:
     """Switch to WAL. SQLite answers "database is locked" at once, without waiting for
     busy_timeout, while another connection is creating the same new file: try again."""
     for attempt in range(_WAL_ATTEMPTS):
         try:
-            await db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or attempt == _WAL_ATTEMPTS - 1:
                 raise
-            await asyncio.sleep(0.05)
+            time.sleep(0.05)
 
 
-async def _schema_version(db: aiosqlite.Connection) -> int:
-    async with db.execute("SELECT max(version) FROM schema_version") as cur:
-        row = await cur.fetchone()
+def _schema_version(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT max(version) FROM schema_version").fetchone()
     return int((row[0] if row else None) or 0)
 
 
@@ -242,31 +270,29 @@ def _check_not_newer(current: int, latest: int) -> None:
         )
 
 
-async def _migrate(db: aiosqlite.Connection) -> None:
+def _migrate(db: sqlite3.Connection) -> None:
     """Apply pending migrations in one transaction; safe from several processes at once."""
-    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     latest = latest_version("sqlite")
-    current = await _schema_version(db)
+    current = _schema_version(db)
     _check_not_newer(current, latest)
     if current == latest:
         return
     # The write lock: another process migrating this file has finished (look again) or
     # waits for us. Statements run one by one because executescript() would commit.
-    await db.execute("BEGIN IMMEDIATE")
+    db.execute("BEGIN IMMEDIATE")
     try:
-        current = await _schema_version(db)
+        current = _schema_version(db)
         _check_not_newer(current, latest)
         for migration in migrations("sqlite")[current:]:
             log.info("applying index migration %s", migration.path.name)
             for statement in _statements(migration.sql):
-                await db.execute(statement)
-            await db.execute(
-                "INSERT INTO schema_version (version) VALUES (?)", (migration.version,)
-            )
+                db.execute(statement)
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", (migration.version,))
     except BaseException:
-        await db.rollback()
+        db.rollback()
         raise
-    await db.commit()
+    db.commit()
 
 
 def _statements(script: str) -> list[str]:
@@ -282,10 +308,9 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-async def _upsert_patient(db: aiosqlite.Connection, meta: Json) -> int:
+def _upsert_patient(db: sqlite3.Connection, meta: Json) -> int:
     cols = column_values("patient", meta)
-    attrs = dumps(subset(meta, PATIENT_TAGS))
-    async with db.execute(
+    row = db.execute(
         """INSERT INTO patient (patient_id, issuer_of_patient_id, patient_name,
                patient_birth_date, patient_sex, attrs)
            VALUES (?, ?, ?, ?, ?, ?)
@@ -300,21 +325,19 @@ async def _upsert_patient(db: aiosqlite.Connection, meta: Json) -> int:
             cols["patient_name"],
             cols["patient_birth_date"],
             cols["patient_sex"],
-            attrs,
+            dumps(subset(meta, PATIENT_TAGS)),
         ),
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     assert row is not None
     return int(row[0])
 
 
-async def _ensure_study(
-    db: aiosqlite.Connection, record: InstanceRecord, patient_fk: int, now: str
+def _ensure_study(
+    db: sqlite3.Connection, record: InstanceRecord, patient_fk: int, now: str
 ) -> tuple[int, bool]:
-    async with db.execute(
+    row = db.execute(
         "SELECT pk FROM study WHERE study_instance_uid = ?", (record.study_instance_uid,)
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     if row is not None:
         return int(row[0]), False
     values: dict[str, Any] = {
@@ -324,17 +347,15 @@ async def _ensure_study(
         "created_at": now,
         "updated_at": now,
     }
-    return await _insert(db, "study", values), True
+    return _insert(db, "study", values), True
 
 
-async def _ensure_series(
-    db: aiosqlite.Connection, record: InstanceRecord, study_fk: int
+def _ensure_series(
+    db: sqlite3.Connection, record: InstanceRecord, study_fk: int
 ) -> tuple[int, bool]:
-    async with db.execute(
-        "SELECT pk, study_fk FROM series WHERE series_instance_uid = ?",
-        (record.series_instance_uid,),
-    ) as cur:
-        row = await cur.fetchone()
+    row = db.execute(
+        "SELECT pk FROM series WHERE series_instance_uid = ?", (record.series_instance_uid,)
+    ).fetchone()
     if row is not None:
         return int(row[0]), False
     values: dict[str, Any] = {
@@ -342,61 +363,52 @@ async def _ensure_series(
         **column_values("series", record.metadata),
         "attrs": dumps(subset(record.metadata, SERIES_TAGS)),
     }
-    return await _insert(db, "series", values), True
+    return _insert(db, "series", values), True
 
 
-async def _insert(db: aiosqlite.Connection, table: str, row: dict[str, Any]) -> int:
+def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any]) -> int:
     """Insert a row and return its pk. Table and column names come from our own code."""
     names = ", ".join(row)
     marks = ", ".join("?" * len(row))
     sql = f"INSERT INTO {table} ({names}) VALUES ({marks}) RETURNING pk"
-    async with db.execute(sql, tuple(row.values())) as cur:
-        found = await cur.fetchone()
+    found = db.execute(sql, tuple(row.values())).fetchone()
     assert found is not None
     return int(found[0])
 
 
-async def _refresh_modalities(db: aiosqlite.Connection, study_fk: int) -> None:
-    async with db.execute(
+def _refresh_modalities(db: sqlite3.Connection, study_fk: int) -> None:
+    rows = db.execute(
         "SELECT DISTINCT modality FROM series WHERE study_fk = ? AND modality IS NOT NULL",
         (study_fk,),
-    ) as cur:
-        modalities = [r[0] for r in await cur.fetchall()]
-    await db.execute(
+    ).fetchall()
+    db.execute(
         "UPDATE study SET modalities_in_study = ? WHERE pk = ?",
-        (modalities_text(modalities), study_fk),
+        (modalities_text([r[0] for r in rows]), study_fk),
     )
 
 
-async def _delete_instance(db: aiosqlite.Connection, instance_pk: int) -> None:
+def _delete_instance(db: sqlite3.Connection, instance_pk: int) -> None:
     """Remove an instance row, keeping counts exact and dropping emptied parents."""
-    async with db.execute(
+    row = db.execute(
         "SELECT series_fk, study_fk FROM instance WHERE pk = ?", (instance_pk,)
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     assert row is not None
     series_fk, study_fk = row["series_fk"], row["study_fk"]
-    await db.execute("DELETE FROM instance WHERE pk = ?", (instance_pk,))
-    await db.execute(
-        "UPDATE series SET num_instances = num_instances - 1 WHERE pk = ?", (series_fk,)
-    )
-    await db.execute("UPDATE study SET num_instances = num_instances - 1 WHERE pk = ?", (study_fk,))
-    async with db.execute("SELECT num_instances FROM series WHERE pk = ?", (series_fk,)) as cur:
-        left = await cur.fetchone()
+    db.execute("DELETE FROM instance WHERE pk = ?", (instance_pk,))
+    db.execute("UPDATE series SET num_instances = num_instances - 1 WHERE pk = ?", (series_fk,))
+    db.execute("UPDATE study SET num_instances = num_instances - 1 WHERE pk = ?", (study_fk,))
+    left = db.execute("SELECT num_instances FROM series WHERE pk = ?", (series_fk,)).fetchone()
     if left is not None and left[0] == 0:
-        await db.execute("DELETE FROM series WHERE pk = ?", (series_fk,))
-        await db.execute("UPDATE study SET num_series = num_series - 1 WHERE pk = ?", (study_fk,))
-        await _refresh_modalities(db, study_fk)
-    async with db.execute(
+        db.execute("DELETE FROM series WHERE pk = ?", (series_fk,))
+        db.execute("UPDATE study SET num_series = num_series - 1 WHERE pk = ?", (study_fk,))
+        _refresh_modalities(db, study_fk)
+    study = db.execute(
         "SELECT num_instances, patient_fk FROM study WHERE pk = ?", (study_fk,)
-    ) as cur:
-        study = await cur.fetchone()
+    ).fetchone()
     if study is not None and study[0] == 0:
-        await db.execute("DELETE FROM study WHERE pk = ?", (study_fk,))
-        await db.execute(
-            "UPDATE patient SET num_studies = num_studies - 1 WHERE pk = ?", (study[1],)
-        )
-        await db.execute("DELETE FROM patient WHERE pk = ? AND num_studies = 0", (study[1],))
+        db.execute("DELETE FROM study WHERE pk = ?", (study_fk,))
+        db.execute("UPDATE patient SET num_studies = num_studies - 1 WHERE pk = ?", (study[1],))
+        db.execute("DELETE FROM patient WHERE pk = ? AND num_studies = 0", (study[1],))
 
 
 def _scope(
