@@ -10,6 +10,7 @@ from pathlib import Path
 
 import uvicorn
 
+from app.dimse.server import check_port
 from app.main import STARTUP_ERRORS, build_app, open_archive
 from app.settings import Settings
 
@@ -17,7 +18,7 @@ from app.settings import Settings
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pacs", description="DICOMweb archive")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the archive (HTTP DICOMweb)")
+    serve = sub.add_parser("serve", help="run the archive (DICOMweb over HTTP, and DIMSE)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default 8080)")
     serve.add_argument("--data", type=Path, help="data folder (default ./data)")
@@ -37,6 +38,24 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="replace a stored instance when different content arrives with its SOP UID",
     )
+    serve.add_argument(
+        "--dimse-port", type=int, help="DICOM (DIMSE) port (default 11112; 0 turns it off)"
+    )
+    serve.add_argument("--ae-title", help="our DICOM AE title (default PACS)")
+    serve.add_argument(
+        "--move-destination",
+        dest="move_destinations",
+        action="append",
+        metavar="NAME=HOST:PORT",
+        help="a C-MOVE destination by AE title (repeatable)",
+    )
+    serve.add_argument(
+        "--dimse-allow",
+        dest="dimse_allowed_aes",
+        action="append",
+        metavar="AE",
+        help="a calling AE title allowed to associate (repeatable; default: any)",
+    )
     serve.add_argument("--log-level", help="debug, info, warning (default info)")
     migrate = sub.add_parser("migrate", help="apply pending index migrations and exit")
     migrate.add_argument("--data", type=Path)
@@ -47,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
+    for name in ("move_destinations", "dimse_allowed_aes"):  # repeatable flags
+        if overrides.get(name) is not None:
+            overrides[name] = ",".join(overrides[name])
     try:
         settings = Settings.from_env(**overrides)
     except ValueError as exc:
@@ -66,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         logging.getLogger("pacs").info("index schema is up to date")
         return 0
+    if settings.dimse_port:
+        try:
+            check_port(settings.host, settings.dimse_port)
+        except OSError as exc:
+            print(f"pacs: {exc}", file=sys.stderr)
+            return 1
     return _serve(settings)
 
 

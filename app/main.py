@@ -9,6 +9,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from starlette.types import ASGIApp
 
+from app.dimse.bridge import DimseConfig
+from app.dimse.server import serve_dimse
 from app.index.migrations import IndexUnavailable, SchemaError
 from app.index.postgres import PostgresIndex
 from app.index.sqlite import SqliteIndex
@@ -102,5 +104,31 @@ def _without_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+@asynccontextmanager
+async def run_archive(settings: Settings) -> AsyncIterator[Archive]:
+    """The open archive with its DICOM (DIMSE) listener, for the lifetime of `pacs serve`."""
+    async with open_archive(settings) as archive:
+        if not settings.dimse_port:
+            log.info("DICOM (DIMSE) is off (--dimse-port 0)")
+            yield archive
+            return
+        if settings.log_level.lower() != "debug":
+            # pynetdicom logs every PDU and message at INFO; our own lines summarise them.
+            logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        async with serve_dimse(archive, dimse_config(settings)):
+            yield archive
+
+
+def dimse_config(settings: Settings) -> DimseConfig:
+    return DimseConfig(
+        host=settings.host,
+        port=settings.dimse_port,
+        ae_title=settings.ae_title.strip(),
+        move_destinations=settings.move_destination_map,
+        allowed_aes=settings.dimse_allowed_ae_titles,
+        max_associations=settings.dimse_max_associations,
+    )
+
+
 def build_app(settings: Settings) -> ASGIApp:
-    return create_app(lambda: open_archive(settings), cors_origins=settings.cors_origins)
+    return create_app(lambda: run_archive(settings), cors_origins=settings.cors_origins)

@@ -37,6 +37,49 @@ class Settings:
     # Comma-separated origins allowed by CORS; "*" allows any.
     cors_origins: str = "*"
     log_level: str = "info"
+    # DICOM (DIMSE) listener on `host`: its port (0 turns it off) and our AE title.
+    dimse_port: int = 11112
+    ae_title: str = "PACS"
+    # C-MOVE destinations by AE title: "NAME=host:port,OTHER=host:port".
+    move_destinations: str = ""
+    # Calling AE titles allowed to associate, comma-separated (empty: any).
+    dimse_allowed_aes: str = ""
+    # Associations served at once; more are rejected (transient, local limit exceeded).
+    dimse_max_associations: int = 20
+
+    def __post_init__(self) -> None:
+        # Fail at start with one clear line rather than at the first association.
+        _check_ae_title(self.ae_title, "PACS_AE_TITLE / --ae-title")
+        if not 0 <= self.dimse_port <= 65535:
+            raise ValueError(f"PACS_DIMSE_PORT / --dimse-port: {self.dimse_port} is not a port")
+        if self.dimse_max_associations < 1:
+            raise ValueError("PACS_DIMSE_MAX_ASSOCIATIONS: must be at least 1")
+        for ae in self.dimse_allowed_ae_titles:
+            _check_ae_title(ae, "PACS_DIMSE_ALLOWED_AES / --dimse-allow")
+        _ = self.move_destination_map
+
+    @property
+    def move_destination_map(self) -> dict[str, tuple[str, int]]:
+        """C-MOVE destinations: AE title -> (host, port)."""
+        where = "PACS_MOVE_DESTINATIONS / --move-destination"
+        out: dict[str, tuple[str, int]] = {}
+        for item in (part.strip() for part in self.move_destinations.split(",")):
+            if not item:
+                continue
+            name, equals, address = item.partition("=")
+            host, colon, port = address.strip().rpartition(":")
+            name, host = name.strip(), host.strip().removeprefix("[").removesuffix("]")
+            if not (equals and colon and host and port.strip().isdigit()):
+                raise ValueError(f"{where}: expected NAME=host:port, got {item!r}")
+            _check_ae_title(name, where)
+            if not 0 < int(port) <= 65535:
+                raise ValueError(f"{where}: {port.strip()} is not a port in {item!r}")
+            out[name] = (host, int(port))
+        return out
+
+    @property
+    def dimse_allowed_ae_titles(self) -> tuple[str, ...]:
+        return tuple(ae.strip() for ae in self.dimse_allowed_aes.split(",") if ae.strip())
 
     @property
     def uses_postgres(self) -> bool:
@@ -74,6 +117,16 @@ class Settings:
                 values[f.name] = _convert(f.name, raw, f.default)
         settings = cls(**values)
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _check_ae_title(value: str, where: str) -> None:
+    """An AE title: 1 to 16 characters of the default repertoire, no backslash (PS3.5 6.2)."""
+    text = value.strip()
+    if not text or len(text) > 16 or "\\" in text or not all(" " <= c <= "~" for c in text):
+        raise ValueError(
+            f"{where}: {value!r} is not an AE title (1 to 16 printable ASCII characters, "
+            "no backslash)"
+        )
 
 
 def _convert(name: str, raw: str, default: object) -> Any:

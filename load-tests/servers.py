@@ -152,7 +152,16 @@ def pacs_server(pacs: str | None = None, keep: bool = False) -> Iterator[Server]
         port = free_port()
         data = work / "data"
         log = work / "server.log"
-        command = [pacs or default_pacs(), "serve", "--port", str(port), "--data", str(data)]
+        command = [
+            pacs or default_pacs(),
+            "serve",
+            "--port",
+            str(port),
+            "--data",
+            str(data),
+            "--dimse-port",
+            "0",
+        ]
         with log.open("wb") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         server = Server("ours", f"http://127.0.0.1:{port}/dicomweb", process, data, log)

@@ -1,4 +1,4 @@
-"""Retrieve use case: find what a WADO (or later C-MOVE/C-GET) request names and stream it.
+"""Retrieve use case: find what a WADO, C-MOVE or C-GET request names and stream it.
 
 Everything comes from what ingest recorded: the blob key, frame byte ranges and bulk data
 ranges. No file is parsed again to answer a request.
@@ -7,21 +7,24 @@ ranges. No file is parsed again to answer a request.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
 from app.dicom.byteorder import swap_width, swapped
 from app.dicom.instance import BulkRange, FrameRanges
+from app.dicom.levels import Level
 from app.dicom.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
 )
+from app.query.model import Query
 from app.services.errors import NotFound, StorageInconsistent, Unsupported
 from app.services.ports import BlobStore, Index, StoredInstance, StoredMetadata
 
 _PIXEL_PATHS = ("7FE00010", "7FE00008", "7FE00009")
+_UID_KEYS = {Level.STUDY: "0020000D", Level.SERIES: "0020000E", Level.INSTANCE: "00080018"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,34 @@ class RetrieveService:
         if not found:
             raise NotFound(f"no {_describe(study, series, sop)} is stored")
         return found
+
+    async def instances_matching(self, query: Query, page: int = 500) -> list[StoredInstance]:
+        """The instances of every patient, study, series or instance `query` matches, in
+        retrieval order within each (C-MOVE and C-GET identifiers); empty if none.
+
+        The matches are read a page at a time; a patient query becomes a query for the
+        patient's studies (patient attributes are matched on the study rows too).
+        """
+        level = Level.STUDY if query.level is Level.PATIENT else query.level
+        search = replace(query, level=level, include=frozenset(), include_all=False, limit=page)
+        found: list[StoredInstance] = []
+        seen: set[tuple[str | None, ...]] = set()
+        offset = 0
+        while True:
+            hits = await self.index.search(replace(search, offset=offset))
+            for hit in hits:
+                scope = (
+                    _first_value(hit.study or {}, _UID_KEYS[Level.STUDY]),
+                    _first_value(hit.series or {}, _UID_KEYS[Level.SERIES]),
+                    _first_value(hit.instance or {}, _UID_KEYS[Level.INSTANCE]),
+                )
+                if scope[0] is None or scope in seen:
+                    continue
+                seen.add(scope)
+                found.extend(await self.index.instances(*scope))
+            if len(hits) < page:
+                return found
+            offset += page
 
     async def metadata(
         self, study: str, series: str | None = None, sop: str | None = None

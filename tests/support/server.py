@@ -40,7 +40,8 @@ def running_server(data: Path, *args: str, env: dict[str, str] | None = None) ->
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data", str(data), *args],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+        # DIMSE off unless asked for (--dimse-port): servers run side by side in the suite.
+        env={**os.environ, "PACS_DIMSE_PORT": "0", **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     try:

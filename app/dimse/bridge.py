@@ -1,0 +1,45 @@
+"""How DIMSE handlers reach the archive: pynetdicom runs them in its own threads, and the
+archive's services run on the server's event loop, so each call crosses over."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pynetdicom.association import Association
+
+from app.services.archive import Archive
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DimseConfig:
+    host: str
+    port: int
+    ae_title: str
+    # C-MOVE destinations: AE title -> (host, port).
+    move_destinations: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    # Calling AE titles allowed to associate; empty: any.
+    allowed_aes: tuple[str, ...] = ()
+    max_associations: int = 20
+
+
+@dataclass(frozen=True)
+class Bridge:
+    archive: Archive
+    loop: asyncio.AbstractEventLoop
+    config: DimseConfig
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the archive's event loop and wait for its result (from a
+        pynetdicom thread, never from the loop itself)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+def peer(assoc: Association) -> str:
+    """The calling side of an association, for log lines: AE title, address and port."""
+    user = assoc.requestor if assoc.is_acceptor else assoc.acceptor
+    return f"{user.ae_title}@{user.address}:{user.port}"

@@ -1,0 +1,143 @@
+"""Presentation contexts: what the archive accepts, and what it proposes when it sends.
+
+Accepted: Verification; every storage SOP class pynetdicom knows, in every transfer syntax a
+stored object can be in (the data is stored as received, never decoded); the Patient Root
+and Study Root FIND, MOVE and GET models. Storage contexts also accept the SCP role, which
+a C-GET requestor proposes so that the instances come back over its own association.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pynetdicom import ALL_TRANSFER_SYNTAXES
+from pynetdicom.association import Association
+from pynetdicom.presentation import (
+    AllStoragePresentationContexts,
+    PresentationContext,
+    build_context,
+)
+
+from app.dicom.transfer_syntax import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    NATIVE_LITTLE_ENDIAN,
+)
+from app.query.identifier import Model
+from app.services.ports import StoredInstance
+
+VERIFICATION = "1.2.840.10008.1.1"
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+
+# An association holds at most 128 presentation contexts (odd IDs 1 to 255, PS3.8 9.3.2.2).
+MAX_CONTEXTS = 128
+
+# Transfer syntaxes for stored objects, in the order we prefer one when a requestor proposes
+# several in one context: uncompressed first (Explicit VR Little Endian keeps the VRs), then
+# lossless compression, then the rest. Never lossy first: a modality offering JPEG Baseline
+# beside Explicit VR Little Endian would compress its images lossily for us. The SMPTE ST
+# 2110 syntaxes carry live video and audio (DICOM-RTV), not stored instances.
+_PREFERRED = (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.92",  # JPEG 2000 Part 2 Lossless
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.110",  # JPEG XL Lossless
+    "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression
+)
+STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        [ts for ts in _PREFERRED if ts in ALL_TRANSFER_SYNTAXES]
+        + [ts for ts in ALL_TRANSFER_SYNTAXES if not ts.startswith("1.2.840.10008.1.2.7.")]
+    )
+)
+
+STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(
+    str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
+)
+
+FIND_MODELS: dict[str, Model] = {PATIENT_ROOT_FIND: "patient", STUDY_ROOT_FIND: "study"}
+MOVE_MODELS: dict[str, Model] = {PATIENT_ROOT_MOVE: "patient", STUDY_ROOT_MOVE: "study"}
+GET_MODELS: dict[str, Model] = {PATIENT_ROOT_GET: "patient", STUDY_ROOT_GET: "study"}
+
+# Identifier datasets: the uncompressed syntaxes.
+_QUERY_TRANSFER_SYNTAXES = (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+)
+
+
+def supported_contexts() -> list[PresentationContext]:
+    """The contexts the archive accepts as association acceptor (add them one by one with
+    their roles: `AE.supported_contexts = ...` drops the roles)."""
+    contexts = [build_context(VERIFICATION, list(_QUERY_TRANSFER_SYNTAXES))]
+    for model in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
+        contexts.append(build_context(model, list(_QUERY_TRANSFER_SYNTAXES)))
+    for sop_class in STORAGE_SOP_CLASSES:
+        cx = build_context(sop_class, list(STORAGE_TRANSFER_SYNTAXES))
+        # The requestor may be the SCU (C-STORE to us) or the SCP (C-GET sub-operations).
+        cx.scu_role = True
+        cx.scp_role = True
+        contexts.append(cx)
+    return contexts
+
+
+def prefer_receiver_syntaxes(assoc: Association) -> None:
+    """Where a requestor proposes the SCP role for a storage SOP class (a C-GET requestor
+    that will receive instances), accept its transfer syntaxes in its own order of
+    preference: it is the one that has to read them. Call before negotiation starts
+    (EVT_REQUESTED); only this association's copy of the supported contexts changes."""
+    primitive = assoc.requestor.primitive
+    roles = assoc.requestor.role_selection
+    receiving = {uid for uid, item in roles.items() if item.scp_role}
+    if primitive is None or not receiving:
+        return
+    proposed: dict[str, list[str]] = {}
+    for cx in primitive.presentation_context_definition_list:
+        if str(cx.abstract_syntax) in receiving:
+            proposed.setdefault(str(cx.abstract_syntax), [str(ts) for ts in cx.transfer_syntax])
+    contexts = []
+    for supported in assoc.acceptor.supported_contexts:
+        theirs = proposed.get(str(supported.abstract_syntax))
+        if theirs is None or supported.scp_role is None:
+            contexts.append(supported)
+            continue
+        ours = [str(ts) for ts in supported.transfer_syntax]
+        ordered = [ts for ts in theirs if ts in ours] + [ts for ts in ours if ts not in theirs]
+        cx = build_context(str(supported.abstract_syntax), ordered)
+        cx.scu_role, cx.scp_role = supported.scu_role, supported.scp_role
+        contexts.append(cx)
+    assoc.acceptor.supported_contexts = contexts
+
+
+def sending_contexts(instances: Iterable[StoredInstance]) -> list[PresentationContext]:
+    """The contexts to propose to a C-MOVE destination for `instances`.
+
+    One context per SOP class and stored transfer syntax, so that the destination can
+    accept exactly the syntax a file is stored in and it is sent byte for byte; for native
+    little endian objects one more context with both little endian syntaxes, between which
+    pynetdicom converts when the stored one is refused. Beyond 128 contexts the rest are
+    dropped (the instances that needed them fail).
+    """
+    pairs = dict.fromkeys((i.sop_class_uid, i.transfer_syntax_uid) for i in instances)
+    contexts = [build_context(sop_class, [ts]) for sop_class, ts in pairs]
+    native = dict.fromkeys(sop for sop, ts in pairs if ts in NATIVE_LITTLE_ENDIAN)
+    contexts += [
+        build_context(sop, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN]) for sop in native
+    ]
+    return contexts[:MAX_CONTEXTS] or [build_context(VERIFICATION)]

@@ -1,0 +1,122 @@
+"""C-FIND SCP (Patient Root and Study Root): the identifier becomes the `Query` a QIDO-RS
+request with the same keys would give, run by the search service a page at a time.
+
+Each match is answered with the identifier's keys, filled from the index (keys the index
+has no value for come back empty), plus the unique keys of the query level and the levels
+above it. RetrieveAETitle is our AE title. Text is returned in UTF-8 (ISO_IR 192) whenever
+a value is not ASCII.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import orjson
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pynetdicom.events import Event
+
+from app.dicom.levels import SPECIFIC_CHARACTER_SET, Level
+from app.dimse.bridge import Bridge, peer
+from app.dimse.contexts import FIND_MODELS
+from app.dimse.status import Status, with_comment
+from app.query.identifier import QUERY_RETRIEVE_LEVEL, UNIQUE_KEYS, Model, parse_identifier
+from app.query.matching import QueryError
+from app.services.ports import Json
+
+log = logging.getLogger(__name__)
+
+PAGE = 100
+RETRIEVE_AE_TITLE = 0x00080054
+UTF8 = "ISO_IR 192"
+
+_LEVELS = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE)
+
+Response = tuple[int | Dataset, Dataset | None]
+
+
+def handle_find(event: Event, bridge: Bridge) -> Iterator[Response]:
+    model = FIND_MODELS[str(event.request.AffectedSOPClassUID)]
+    who = peer(event.assoc)
+    try:
+        request = event.identifier
+        query = parse_identifier(request, model)
+    except QueryError as exc:
+        log.info("C-FIND from %s refused: %s", who, exc)
+        yield with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
+        return
+    except Exception as exc:  # pydicom raises many types for an undecodable identifier
+        log.info("C-FIND from %s: cannot decode the identifier: %s", who, exc)
+        yield with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "cannot decode"), None
+        return
+    sent = 0
+    offset = 0
+    while True:
+        try:
+            page = bridge.run(
+                bridge.archive.search.search(replace(query, limit=PAGE, offset=offset))
+            )
+        except Exception:
+            log.exception("C-FIND from %s: the search failed", who)
+            yield with_comment(Status.PROCESSING_FAILURE, "the search failed"), None
+            return
+        for attrs in page:
+            if event.is_cancelled:
+                log.info("C-FIND %s from %s: cancelled after %d matches", query.level, who, sent)
+                yield Status.CANCEL, None
+                return
+            yield (
+                Status.PENDING,
+                response(request, attrs, query.level, model, bridge.config.ae_title),
+            )
+            sent += 1
+        if len(page) < PAGE:
+            break
+        offset += PAGE
+    log.info("C-FIND %s from %s: %d matches", query.level, who, sent)
+    yield Status.SUCCESS, None
+
+
+def response(request: Dataset, attrs: Json, level: Level, model: Model, ae_title: str) -> Dataset:
+    """The response identifier of one match: the request's keys with the match's values."""
+    out = Dataset()
+    ascii_only = True
+    wanted: dict[int, str] = {}
+    for key in request:
+        if key.tag.element != 0 and key.tag.group > 0x0002:
+            wanted[int(key.tag)] = key.VR
+    first = 0 if model == "patient" else 1
+    for unique_level in _LEVELS[first : _LEVELS.index(level) + 1]:
+        wanted.setdefault(UNIQUE_KEYS[unique_level], "")
+    for tag, vr in wanted.items():
+        if tag == QUERY_RETRIEVE_LEVEL:
+            out.QueryRetrieveLevel = level.value
+        elif tag == RETRIEVE_AE_TITLE:
+            out.RetrieveAETitle = ae_title
+        elif tag != SPECIFIC_CHARACTER_SET:
+            value = attrs.get(f"{tag:08X}")
+            found = _from_json(tag, value) if value else None
+            if found is not None:
+                ascii_only &= orjson.dumps(value).isascii()
+                out[tag] = found
+            elif vr:
+                out[tag] = DataElement(tag, vr, None)
+    if not ascii_only:
+        out.SpecificCharacterSet = UTF8
+    elif SPECIFIC_CHARACTER_SET in wanted:
+        out.SpecificCharacterSet = request[SPECIFIC_CHARACTER_SET].value or ""
+    return out
+
+
+def _from_json(tag: int, value: Any) -> DataElement | None:
+    if not isinstance(value, dict) or "BulkDataURI" in value:
+        return None  # bulk data is retrieved, never returned by a query
+    key = f"{tag:08X}"
+    try:
+        return Dataset.from_json({key: value})[tag]
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("C-FIND: cannot return %s: %s", key, exc)
+        return None
