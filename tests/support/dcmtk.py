@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.support.processes import background_process
 from tests.support.server import free_port
 
 TOOLS = ("echoscu", "storescu", "findscu", "movescu", "getscu", "storescp")
@@ -54,27 +54,14 @@ def storescp(folder: Path, ae_title: str = "STORESCP") -> Iterator[int]:
     every transfer syntax it knows (+xa); yields its port."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = (folder.parent / f"{folder.name}.storescp.log").open("wb")
-    process = subprocess.Popen(
-        ["storescp", "+B", "+xa", "-aet", ae_title, "-od", str(folder), str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while run("echoscu", "-aec", ae_title, "127.0.0.1", str(port), timeout=5).returncode:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"storescp did not start: {log.name}")
-            time.sleep(0.05)
+    command = ["storescp", "+B", "+xa", "-aet", ae_title, "-od", str(folder), str(port)]
+
+    def answers() -> bool:
+        return run("echoscu", "-aec", ae_title, "127.0.0.1", str(port), timeout=5).returncode == 0
+
+    log = folder.parent / f"{folder.name}.storescp.log"
+    with background_process(command, log, answers, timeout=10):
         yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def split_part10(data: bytes) -> tuple[bytes, bytes]:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from tests.support.processes import background_process
 
 # Process id of each running server, by base URL (for memory measurements).
 PIDS: dict[str, int] = {}
@@ -30,41 +30,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 @contextmanager
 def running_server(data: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """Start the server with its data in `data`; yield its base URL (no /dicomweb)."""
     port = free_port()
     data.mkdir(parents=True, exist_ok=True)
-    log = (data / "server.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data", str(data), *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        # DIMSE off unless asked for (--dimse-port): servers run side by side in the suite.
-        env={**os.environ, "PACS_DIMSE_PORT": "0", **(env or {})},
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError((data / "server.log").read_text())
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start in 30 s")
-            time.sleep(0.05)
+    command = [
+        sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data", str(data), *args
+    ]  # fmt: skip
+    # DIMSE off unless asked for (--dimse-port): servers run side by side in the suite.
+    environment = {**os.environ, "PACS_DIMSE_PORT": "0", **(env or {})}
+    with background_process(
+        command, data / "server.log", lambda: _answers(f"{url}/health"), env=environment
+    ) as process:
         PIDS[url] = process.pid
-        yield url
-    finally:
-        PIDS.pop(url, None)
-        process.terminate()
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+            yield url
+        finally:
+            PIDS.pop(url, None)
