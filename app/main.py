@@ -81,6 +81,14 @@ async def open_archive(settings: Settings) -> AsyncIterator[Archive]:
     archive = Archive.build(settings, index, blobs)
     if stale := archive.store.discard_stale_spool():
         log.warning("removed %d unfinished uploads left in %s", stale, settings.spool_dir)
+    try:
+        yield archive
+    finally:
+        await archive.close()
+
+
+def _announce_backends(settings: Settings) -> None:
+    """Say where data lives; once, by the serving process (not by the start-up check)."""
     if settings.uses_postgres:
         log.info("index: PostgreSQL at %s", _without_password(settings.database_url))
     else:
@@ -90,10 +98,6 @@ async def open_archive(settings: Settings) -> AsyncIterator[Archive]:
         log.info("blobs: %s on %s", settings.storage_url, endpoint)
     else:
         log.info("blobs: folder %s", settings.blob_root.resolve())
-    try:
-        yield archive
-    finally:
-        await archive.close()
 
 
 def _without_password(url: str) -> str:
@@ -108,6 +112,7 @@ def _without_password(url: str) -> str:
 async def run_archive(settings: Settings) -> AsyncIterator[Archive]:
     """The open archive with its DICOM (DIMSE) listener, for the lifetime of `pacs serve`."""
     async with open_archive(settings) as archive:
+        _announce_backends(settings)
         if not settings.dimse_port:
             log.info("DICOM (DIMSE) is off (--dimse-port 0)")
             yield archive

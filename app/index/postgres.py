@@ -23,6 +23,7 @@ import asyncpg
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
 from app.index.migrations import IndexUnavailable, SchemaError, latest_version, migrations
 from app.index.rows import (
+    INSTANCE_COLUMNS,
     bulk_text,
     dumps,
     frames_text,
@@ -58,11 +59,6 @@ _RETRYABLE = (
     asyncpg.UniqueViolationError,  # a row another transaction inserted first: start again
 )
 
-_INSTANCE_COLUMNS = """
-    study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
-    instance.sop_class_uid, instance.transfer_syntax_uid, instance.blob_key, instance.size,
-    instance.sha256, instance.encapsulated, instance.frames, instance.bulk
-"""
 _METADATA_COLUMNS = """
     study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
     instance.metadata::text
@@ -134,7 +130,7 @@ class PostgresIndex:
         sop_instance_uid: str | None = None,
     ) -> list[StoredInstance]:
         sql, params = retrieval_sql(
-            _INSTANCE_COLUMNS, study_instance_uid, series_instance_uid, sop_instance_uid
+            INSTANCE_COLUMNS, study_instance_uid, series_instance_uid, sop_instance_uid
         )
         rows = await self._pool.fetch(sql, *params)
         return [stored_instance(row) for row in rows]

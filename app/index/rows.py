@@ -23,6 +23,12 @@ from app.dicom.levels import (
 )
 from app.services.ports import InstanceRecord, Json, SearchHit, StoredInstance
 
+# What instances() reads of each instance (turned into a StoredInstance by stored_instance).
+INSTANCE_COLUMNS = """
+    study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
+    instance.sop_class_uid, instance.transfer_syntax_uid, instance.blob_key, instance.size,
+    instance.sha256, instance.encapsulated, instance.frames, instance.bulk
+"""
 # Retrieval order of instances(); metadata() uses the same.
 ORDER_COLUMNS = ("series.series_number", "series.pk", "instance.instance_number", "instance.pk")
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
 from app.index.migrations import SchemaError, latest_version, migrations
 from app.index.rows import (
+    INSTANCE_COLUMNS,
     ORDER_COLUMNS,
     bulk_text,
     dumps,
@@ -43,11 +44,6 @@ from app.services.ports import (
 
 log = logging.getLogger(__name__)
 
-_INSTANCE_COLUMNS = """
-    study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
-    instance.sop_class_uid, instance.transfer_syntax_uid, instance.blob_key, instance.size,
-    instance.sha256, instance.encapsulated, instance.frames, instance.bulk
-"""
 # SQLite sorts NULL first: instances without a number come before the numbered ones.
 _ORDER = ", ".join(ORDER_COLUMNS)
 
@@ -118,7 +114,7 @@ class SqliteIndex:
         sop_instance_uid: str | None = None,
     ) -> list[StoredInstance]:
         where, params = _scope(study_instance_uid, series_instance_uid, sop_instance_uid)
-        sql = f"""SELECT {_INSTANCE_COLUMNS} FROM instance
+        sql = f"""SELECT {INSTANCE_COLUMNS} FROM instance
                   JOIN series ON series.pk = instance.series_fk
                   JOIN study ON study.pk = instance.study_fk
                   WHERE {where} ORDER BY {_ORDER}"""

@@ -37,8 +37,9 @@ def _computed_json(tag: int, value: Any) -> Json:
     return {"vr": "IS", "Value": [value]}
 
 
-def shape(hit: SearchHit, query: Query, tags: frozenset[int]) -> Json:
-    """Merge a hit's levels into one DICOM JSON object holding only the wanted tags."""
+def shape(hit: SearchHit, query: Query, keys: frozenset[str]) -> Json:
+    """Merge a hit's levels into one DICOM JSON object holding only the wanted keys (tags
+    as 8 hex digits). Keys come in no particular order: protocols order them as needed."""
     merged: Json = {}
     for part in (hit.patient, hit.study, hit.series, hit.instance):
         if part:
@@ -48,11 +49,8 @@ def shape(hit: SearchHit, query: Query, tags: frozenset[int]) -> Json:
     merged[f"{INSTANCE_AVAILABILITY:08X}"] = {"vr": "CS", "Value": ["ONLINE"]}
     if query.include_all:
         # Bulk data is served by WADO-RS, never in search results.
-        wanted = {k: v for k, v in merged.items() if "BulkDataURI" not in v}
-    else:
-        keys = {f"{t:08X}" for t in tags}
-        wanted = {k: v for k, v in merged.items() if k in keys}
-    return {k: wanted[k] for k in sorted(wanted)}
+        return {k: v for k, v in merged.items() if "BulkDataURI" not in v}
+    return {k: v for k, v in merged.items() if k in keys}
 
 
 class SearchService:
@@ -60,6 +58,6 @@ class SearchService:
         self.index = index
 
     async def search(self, query: Query, fixed: Iterable[Level] = ()) -> list[Json]:
-        tags = return_tags(query, fixed)
+        keys = frozenset(f"{tag:08X}" for tag in return_tags(query, fixed))
         hits = await self.index.search(query)
-        return [shape(hit, query, tags) for hit in hits]
+        return [shape(hit, query, keys) for hit in hits]
