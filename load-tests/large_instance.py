@@ -94,20 +94,23 @@ class LargeInstance:
 
 
 @dataclass
+class Phase:
+    """One request (STOW or WADO) as measured: outcome, time, memory and CPU."""
+
+    status: str = "not run"
+    bytes: int = 0
+    seconds: float = float("nan")
+    peak: int = 0
+    cpu: float = float("nan")
+    other: float = float("nan")  # CPU seconds of the rest of the machine
+
+
+@dataclass
 class Result:
     server: str
     idle_peak: int = 0
-    stow_status: str = "not run"
-    stow_seconds: float = float("nan")
-    stow_peak: int = 0
-    stow_cpu: float = float("nan")
-    stow_other: float = float("nan")
-    wado_status: str = "not run"
-    wado_bytes: int = 0
-    wado_seconds: float = float("nan")
-    wado_peak: int = 0
-    wado_cpu: float = float("nan")
-    wado_other: float = float("nan")
+    stow: Phase = field(default_factory=Phase)
+    wado: Phase = field(default_factory=Phase)
     notes: list[str] = field(default_factory=list)
 
 
@@ -190,6 +193,27 @@ def wado(client: httpx.Client, base: str, inst: LargeInstance) -> tuple[int, int
     return status, received, problem or "bytes ok"
 
 
+def timed(
+    server: servers.Server, watch: Watch, cap: float, request: Callable[[], tuple[str, int]]
+) -> Phase:
+    """Run `request` (returning its status text and bytes moved) under the memory watch."""
+    phase = Phase()
+    cpu0 = server.cpu_seconds()
+    busy0, own0 = servers.busy_seconds(), servers.own_seconds()
+    watch.arm()
+    t0 = time.perf_counter()
+    phase.status, phase.bytes = request()
+    phase.seconds = time.perf_counter() - t0
+    watch.disarm()
+    phase.cpu = server.cpu_seconds() - cpu0
+    busy, own = servers.busy_seconds() - busy0, servers.own_seconds() - own0
+    phase.other = max(0.0, busy - phase.cpu - own)
+    phase.peak = watch.peak
+    if watch.killed:
+        phase.status = f"killed after {cap:.0f} s"
+    return phase
+
+
 def measure(
     name: str,
     start: Callable[[], AbstractContextManager[servers.Server]],
@@ -198,6 +222,26 @@ def measure(
 ) -> Result:
     result = Result(name)
     print(f"== {name}", file=sys.stderr, flush=True)
+
+    def do_stow(client: httpx.Client, base: str) -> tuple[str, int]:
+        try:
+            response = stow(client, base, inst)
+        except httpx.HTTPError as exc:
+            result.notes.append(f"STOW: {exc}")
+            return type(exc).__name__, 0
+        if response.status_code != 200:
+            result.notes.append(f"STOW answer: {response.text[:300]!r}")
+            return f"HTTP {response.status_code}", 0
+        return "HTTP 200", inst.size
+
+    def do_wado(client: httpx.Client, base: str) -> tuple[str, int]:
+        try:
+            status, received, check = wado(client, base, inst)
+        except httpx.HTTPError as exc:
+            result.notes.append(f"WADO: {exc}")
+            return type(exc).__name__, 0
+        return f"HTTP {status}, {check}", received
+
     with start() as server:
         result.idle_peak = server.peak_rss()
         watch = Watch(server, cap)
@@ -206,59 +250,10 @@ def measure(
             # identity: Orthanc would otherwise gzip the 2 GiB answer (httpx asks for gzip).
             headers = {"Accept-Encoding": "identity"}
             with httpx.Client(timeout=timeout, headers=headers) as client:
-                cpu0 = server.cpu_seconds()
-                busy0, own0 = servers.busy_seconds(), servers.own_seconds()
-                watch.arm()
-                t0 = time.perf_counter()
-                try:
-                    response = stow(client, server.url, inst)
-                    result.stow_status = f"HTTP {response.status_code}"
-                    if response.status_code != 200:
-                        result.notes.append(f"STOW answer: {response.text[:300]!r}")
-                except httpx.HTTPError as exc:
-                    result.stow_status = f"{type(exc).__name__}"
-                    result.notes.append(f"STOW: {exc}")
-                result.stow_seconds = time.perf_counter() - t0
-                watch.disarm()
-                result.stow_cpu = server.cpu_seconds() - cpu0
-                result.stow_other = max(
-                    0.0,
-                    servers.busy_seconds()
-                    - busy0
-                    - result.stow_cpu
-                    - (servers.own_seconds() - own0),
-                )
-                result.stow_peak = watch.peak
-                if watch.killed:
-                    result.stow_status = f"killed after {cap:.0f} s"
-                    return result
-                print(f"{name}: STOW {result.stow_status}", file=sys.stderr, flush=True)
-                if not result.stow_status.endswith("200"):
-                    return result
-                cpu0 = server.cpu_seconds()
-                busy0, own0 = servers.busy_seconds(), servers.own_seconds()
-                watch.arm()
-                t0 = time.perf_counter()
-                try:
-                    status, received, check = wado(client, server.url, inst)
-                    result.wado_status = f"HTTP {status}, {check}"
-                    result.wado_bytes = received
-                except httpx.HTTPError as exc:
-                    result.wado_status = f"{type(exc).__name__}"
-                    result.notes.append(f"WADO: {exc}")
-                result.wado_seconds = time.perf_counter() - t0
-                watch.disarm()
-                result.wado_cpu = server.cpu_seconds() - cpu0
-                result.wado_other = max(
-                    0.0,
-                    servers.busy_seconds()
-                    - busy0
-                    - result.wado_cpu
-                    - (servers.own_seconds() - own0),
-                )
-                result.wado_peak = watch.peak
-                if watch.killed:
-                    result.wado_status = f"killed after {cap:.0f} s"
+                result.stow = timed(server, watch, cap, lambda: do_stow(client, server.url))
+                print(f"{name}: STOW {result.stow.status}", file=sys.stderr, flush=True)
+                if result.stow.status.endswith("200"):
+                    result.wado = timed(server, watch, cap, lambda: do_wado(client, server.url))
         finally:
             watch.close()
     return result
@@ -269,28 +264,18 @@ def print_results(results: list[Result], inst: LargeInstance) -> None:
         return "n/a" if math.isnan(seconds) or seconds <= 0 else f"{size / MiB / seconds:.0f}"
 
     rows = [["figure", *(r.server for r in results)]]
-    rows.append(["STOW result", *(r.stow_status for r in results)])
-    rows.append(["STOW seconds", *(f"{r.stow_seconds:.1f}" for r in results)])
-    stored = [r.stow_status.endswith("200") for r in results]
-    rows.append(
-        [
-            "STOW MiB/s",
-            *(
-                rate(inst.size, r.stow_seconds) if ok else "n/a"
-                for r, ok in zip(results, stored, strict=True)
-            ),
-        ]
-    )
-    rows.append(["STOW server CPU s", *(f"{r.stow_cpu:.1f}" for r in results)])
-    rows.append(["STOW CPU s outside server+client", *(f"{r.stow_other:.1f}" for r in results)])
-    rows.append(["WADO result", *(r.wado_status for r in results)])
-    rows.append(["WADO seconds", *(f"{r.wado_seconds:.1f}" for r in results)])
-    rows.append(["WADO MiB/s", *(rate(r.wado_bytes, r.wado_seconds) for r in results)])
-    rows.append(["WADO server CPU s", *(f"{r.wado_cpu:.1f}" for r in results)])
-    rows.append(["WADO CPU s outside server+client", *(f"{r.wado_other:.1f}" for r in results)])
+    for label, phases in (("STOW", [r.stow for r in results]), ("WADO", [r.wado for r in results])):
+        rows.append([f"{label} result", *(p.status for p in phases)])
+        rows.append([f"{label} seconds", *(f"{p.seconds:.1f}" for p in phases)])
+        # A STOW counts its bytes only when the instance was stored (HTTP 200).
+        rows.append(
+            [f"{label} MiB/s", *(rate(p.bytes, p.seconds) if p.bytes else "n/a" for p in phases)]
+        )
+        rows.append([f"{label} server CPU s", *(f"{p.cpu:.1f}" for p in phases)])
+        rows.append([f"{label} CPU s outside server+client", *(f"{p.other:.1f}" for p in phases)])
     rows.append(["peak RSS idle MiB", *(f"{r.idle_peak / MiB:.0f}" for r in results)])
-    rows.append(["peak RSS after STOW MiB", *(f"{r.stow_peak / MiB:.0f}" for r in results)])
-    rows.append(["peak RSS after WADO MiB", *(f"{r.wado_peak / MiB:.0f}" for r in results)])
+    rows.append(["peak RSS after STOW MiB", *(f"{r.stow.peak / MiB:.0f}" for r in results)])
+    rows.append(["peak RSS after WADO MiB", *(f"{r.wado.peak / MiB:.0f}" for r in results)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print(
         f"\none instance of {inst.size} bytes = {inst.size / MiB:.1f} MiB ({inst.frames} frames of "
@@ -331,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = [measure(name, starters[name], inst, args.cap) for name in names]
     sys.stderr.flush()
     print_results(results, inst)
-    return 0 if all(r.wado_status.endswith("bytes ok") for r in results) else 1
+    return 0 if all(r.wado.status.endswith("bytes ok") for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -65,6 +65,11 @@ class Pacs:
         peer = ("127.0.0.1", str(self.port))
         return check(tool, "-aet", calling, "-aec", "PACS", *args, *peer, *files)
 
+    def move(self, model: str, *keys: str) -> str:
+        """movescu to the test's storescp (STORESCP) with `model` (-S or -P) and `keys`."""
+        key_args = [arg for key in keys for arg in ("-k", key)]
+        return self.tool("movescu", "MOVESCU", "-v", model, "-aem", "STORESCP", *key_args)
+
 
 @dataclass(frozen=True)
 class Sent:
@@ -394,18 +399,7 @@ def assert_same_as_sent(received: bytes, sop: str, sent: Sent) -> None:
 
 
 def test_movescu_study_to_storescp(pacs: Pacs, sent: Sent) -> None:
-    output = pacs.tool(
-        "movescu",
-        "MOVESCU",
-        "-v",
-        "-S",
-        "-aem",
-        "STORESCP",
-        "-k",
-        "QueryRetrieveLevel=STUDY",
-        "-k",
-        f"StudyInstanceUID={sent.study}",
-    )
+    output = pacs.move("-S", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={sent.study}")
     assert "Received Final Move Response (Success)" in output
     received = moved_files(pacs.moved)
     expected = sent.in_study()
@@ -418,22 +412,12 @@ def test_movescu_compressed_instances_keep_their_transfer_syntax(pacs: Pacs, sen
     corpus = {uid: path for uid, path in sent.files.items() if path.name in CORPUS}
     for sop, path in corpus.items():
         ds = read(path)
-        output = pacs.tool(
-            "movescu",
-            "MOVESCU",
-            "-v",
+        output = pacs.move(
             "-P",
-            "-aem",
-            "STORESCP",
-            "-k",
             "QueryRetrieveLevel=IMAGE",
-            "-k",
             f"PatientID={ds.PatientID}",
-            "-k",
             f"StudyInstanceUID={ds.StudyInstanceUID}",
-            "-k",
             f"SeriesInstanceUID={ds.SeriesInstanceUID}",
-            "-k",
             f"SOPInstanceUID={sop}",
         )
         assert "Received Final Move Response (Success)" in output, path.name
@@ -515,18 +499,7 @@ def test_stored_by_stow_found_by_findscu_and_sent_by_movescu(pacs: Pacs, find: F
         "QueryRetrieveLevel=STUDY", f"PatientID=STOW-{tag}", "NumberOfStudyRelatedInstances"
     )
     assert [(ds.StudyInstanceUID, ds.NumberOfStudyRelatedInstances) for ds in found] == [(study, 3)]
-    output = pacs.tool(
-        "movescu",
-        "MOVESCU",
-        "-v",
-        "-S",
-        "-aem",
-        "STORESCP",
-        "-k",
-        "QueryRetrieveLevel=STUDY",
-        "-k",
-        f"StudyInstanceUID={study}",
-    )
+    output = pacs.move("-S", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
     assert "Received Final Move Response (Success)" in output
     received = moved_files(pacs.moved)
     for data in files:
