@@ -23,16 +23,6 @@ from app.services.errors import (
 
 log = logging.getLogger(__name__)
 
-_STATUS: dict[type[Exception], int] = {
-    StorageInconsistent: 500,
-    NotFound: 404,
-    NotAcceptable: 406,
-    Unsupported: 501,
-    BadRequest: 400,
-    QueryError: 400,
-    MultipartError: 400,
-}
-
 
 class UnsupportedMediaType(ArchiveError):
     pass
@@ -42,8 +32,17 @@ class PayloadTooLarge(ArchiveError):
     pass
 
 
-_STATUS[UnsupportedMediaType] = 415
-_STATUS[PayloadTooLarge] = 413
+_STATUS: dict[type[Exception], int] = {
+    UnsupportedMediaType: 415,
+    PayloadTooLarge: 413,
+    StorageInconsistent: 500,
+    NotFound: 404,
+    NotAcceptable: 406,
+    Unsupported: 501,
+    BadRequest: 400,
+    QueryError: 400,
+    MultipartError: 400,
+}
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
