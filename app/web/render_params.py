@@ -1,0 +1,180 @@
+"""Query parameters and media type of the Retrieve Rendered Transaction (PS3.18 8.3.5)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from app.dicom.multipart import parse_media_type
+from app.imaging.render import (
+    ANNOTATIONS,
+    WINDOW_FUNCTIONS,
+    RenderOptions,
+    Viewport,
+    Window,
+    window_problem,
+)
+
+ICC_PROFILES = ("no", "yes", "srgb", "adobergb", "rommrgb", "displayp3")  # PS3.18 8.3.5.1.5
+_DEFAULT_MEDIA_TYPE = "image/jpeg"
+
+
+class RenderParamError(ValueError):
+    """A rendering query parameter is malformed (HTTP 400); the message names it."""
+
+
+class NotRenderable(ValueError):
+    """None of the accepted media types can be rendered (HTTP 406)."""
+
+
+def _parts(name: str, value: str, form: str) -> list[str]:
+    if not value.strip():
+        raise RenderParamError(f"{name}: a value is required ({form})")
+    return [part.strip() for part in value.split(",")]
+
+
+def _float(name: str, what: str, text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise RenderParamError(f"{name}: the {what} must be a number, not {text!r}")
+    return number
+
+
+def _int(name: str, what: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise RenderParamError(f"{name}: {what} must be an integer, not {text!r}") from None
+
+
+def parse_window(value: str) -> Window:
+    """`center,width[,function]`; the function is LINEAR (default), LINEAR_EXACT or SIGMOID,
+    in any case, with '-' or '_' (PS3.18 spells them linear, linear-exact, sigmoid)."""
+    parts = _parts("window", value, "center,width[,function]")
+    if len(parts) not in (2, 3):
+        raise RenderParamError(
+            f"window: expected center,width[,function], got {len(parts)} value(s) in {value!r}"
+        )
+    center = _float("window", "center", parts[0])
+    width = _float("window", "width", parts[1])
+    function = (parts[2] if len(parts) == 3 else "") or "LINEAR"
+    function = function.upper().replace("-", "_")
+    if function not in WINDOW_FUNCTIONS:
+        raise RenderParamError(
+            f"window: unknown function {parts[2]!r} (use {', '.join(WINDOW_FUNCTIONS)})"
+        )
+    window = Window(center, width, function)
+    if problem := window_problem(window):
+        raise RenderParamError(f"window: {problem}")
+    return window
+
+
+def parse_viewport(value: str) -> Viewport:
+    """`vw,vh` or `vw,vh,sx,sy,sw,sh`; sx..sh may be empty (their defaults); a negative sw or
+    sh flips the image."""
+    parts = _parts("viewport", value, "vw,vh or vw,vh,sx,sy,sw,sh")
+    if len(parts) not in (2, 6):
+        raise RenderParamError(
+            f"viewport: expected vw,vh or vw,vh,sx,sy,sw,sh, got {len(parts)} value(s) in {value!r}"
+        )
+    width, height = _int("viewport", "vw", parts[0]), _int("viewport", "vh", parts[1])
+    if width < 1 or height < 1:
+        raise RenderParamError(f"viewport: vw and vh must be positive, not {width},{height}")
+    region: list[int | None] = []
+    for label, text in zip(("sx", "sy", "sw", "sh"), parts[2:], strict=False):
+        number = _int("viewport", label, text) if text else None
+        if number is not None and label in ("sx", "sy") and number < 0:
+            raise RenderParamError(f"viewport: {label} must not be negative, not {number}")
+        if number == 0 and label in ("sw", "sh"):
+            raise RenderParamError(f"viewport: {label} must not be 0")
+        region.append(number)
+    return Viewport(width, height, *region)
+
+
+def parse_quality(value: str) -> int:
+    try:
+        quality = int(value.strip())
+    except ValueError:
+        quality = 0
+    if not 1 <= quality <= 100:
+        raise RenderParamError(f"quality: must be an integer from 1 to 100, not {value!r}")
+    return quality
+
+
+def parse_annotation(value: str) -> frozenset[str]:
+    items = [item.strip().lower() for item in value.split(",")]
+    allowed = ", ".join(sorted(ANNOTATIONS))
+    for item in items:
+        if item not in ANNOTATIONS:
+            raise RenderParamError(
+                f"annotation: unknown value {item!r} (use a comma list of {allowed})"
+            )
+    return frozenset(items)
+
+
+def parse_icc_profile(value: str) -> str:
+    profile = value.strip().lower()
+    if profile not in ICC_PROFILES:
+        raise RenderParamError(
+            f"iccprofile: unknown value {value!r} (use one of {', '.join(ICC_PROFILES)})"
+        )
+    return profile
+
+
+def rendered_media_type(accept: str | None, *, allow_gif: bool) -> str:
+    """The media type to render for an Accept header: the most preferred of image/jpeg,
+    image/png (and image/gif when `allow_gif`); `*/*`, `image/*` or no header give image/jpeg
+    unless excluded with q=0."""
+    offered = ["image/jpeg", "image/png", *(["image/gif"] if allow_gif else [])]
+    ranges: list[tuple[float, int, str]] = []
+    excluded: set[str] = set()  # q=0: "not acceptable" (RFC 9110 12.5.1)
+    for position, item in enumerate((accept or "*/*").split(",")):
+        media_type, params = parse_media_type(item)
+        if not media_type:
+            continue
+        try:
+            q = float(params.get("q", "1"))
+        except ValueError:
+            q = 1.0
+        if q <= 0:
+            excluded.add(media_type)
+        else:
+            ranges.append((-q, position, media_type))
+    for _, _, media_type in sorted(ranges):
+        if media_type in ("*/*", "image/*"):
+            choice = next((t for t in offered if t not in excluded), None)
+            if choice is not None:
+                return choice
+        elif media_type in offered and media_type not in excluded:
+            return media_type
+    if not ranges and not excluded:  # a header of only empty items
+        return _DEFAULT_MEDIA_TYPE
+    raise NotRenderable(
+        f"none of the accepted media types ({accept}) can be rendered; "
+        f"rendered images are available as {', '.join(offered)}"
+    )
+
+
+def parse_render_options(
+    query: Mapping[str, str], accept: str | None, *, allow_gif: bool
+) -> RenderOptions:
+    """PS3.18 8.3.5 query parameters: `window`, `viewport`, `quality`, `annotation`,
+    `iccprofile`; the media type from the Accept header. Unknown parameters are ignored.
+    Raises RenderParamError (400) for a malformed parameter and NotRenderable (406) when no
+    accepted media type can be rendered."""
+    window = query.get("window")
+    viewport = query.get("viewport")
+    quality = query.get("quality")
+    annotation = query.get("annotation")
+    icc_profile = query.get("iccprofile")
+    return RenderOptions(
+        window=None if window is None else parse_window(window),
+        viewport=None if viewport is None else parse_viewport(viewport),
+        quality=None if quality is None else parse_quality(quality),
+        annotation=frozenset() if annotation is None else parse_annotation(annotation),
+        icc_profile=None if icc_profile is None else parse_icc_profile(icc_profile),
+        media_type=rendered_media_type(accept, allow_gif=allow_gif),
+    )
