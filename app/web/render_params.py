@@ -6,14 +6,8 @@ import math
 from collections.abc import Mapping
 
 from app.dicom.multipart import parse_media_type
-from app.imaging.render import (
-    ANNOTATIONS,
-    WINDOW_FUNCTIONS,
-    RenderOptions,
-    Viewport,
-    Window,
-    window_problem,
-)
+from app.imaging.display import WINDOW_FUNCTIONS, Window, window_problem
+from app.imaging.render import ANNOTATIONS, RenderOptions, Viewport
 
 ICC_PROFILES = ("no", "yes", "srgb", "adobergb", "rommrgb", "displayp3")  # PS3.18 8.3.5.1.5
 _DEFAULT_MEDIA_TYPE = "image/jpeg"

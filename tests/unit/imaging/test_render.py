@@ -26,16 +26,8 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from app.imaging.render import (
-    RenderError,
-    RenderOptions,
-    Viewport,
-    ViewportError,
-    Window,
-    display_pixels,
-    render,
-    thumbnail,
-)
+from app.imaging.display import RenderError, Window, display_pixels
+from app.imaging.render import RenderOptions, Viewport, ViewportError, render, thumbnail
 from tests.support.dicom_factory import make_dataset
 
 

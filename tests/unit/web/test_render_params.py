@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.imaging.render import RenderOptions, Viewport, Window
+from app.imaging.display import Window
+from app.imaging.render import RenderOptions, Viewport
 from app.web.render_params import (
     NotRenderable,
     RenderParamError,
