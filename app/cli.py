@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if settings.log_level.lower() != "debug":
+        # The JPEG 2000 codec logs a line per tile at INFO.
+        logging.getLogger("openjpeg").setLevel(logging.WARNING)
     try:
         # Opening the backends applies pending migrations and checks that the database
         # and the blob store answer, so a wrong setting is one clear line, not a traceback.

@@ -7,6 +7,25 @@ EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+JPEG_LOSSLESS_P14 = "1.2.840.10008.1.2.4.57"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
+JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
+JPEG_2000 = "1.2.840.10008.1.2.4.91"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+NATIVE = frozenset(
+    {
+        IMPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_LITTLE_ENDIAN,
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_BIG_ENDIAN,
+    }
+)
+
 # Native (uncompressed) little-endian syntaxes: frame bytes are identical in all of them.
 NATIVE_LITTLE_ENDIAN = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN})
 
@@ -38,6 +57,25 @@ _FRAME_MEDIA_TYPES: dict[str, str] = {
     "1.2.840.10008.1.2.4.107": "video/H265",
     "1.2.840.10008.1.2.4.108": "video/H265",
 }
+
+
+# The RESTful default syntax of each frame media type (PS3.18 Table 8.7.3-5). RLE frames are
+# image/dicom-rle in the current standard, image/x-dicom-rle in earlier editions: both are read.
+DEFAULT_SYNTAX: dict[str, str] = {
+    "image/jpeg": JPEG_LOSSLESS_SV1,
+    "image/jls": JPEG_LS_LOSSLESS,
+    "image/jp2": JPEG_2000_LOSSLESS,
+    "image/jpx": "1.2.840.10008.1.2.4.92",
+    "image/x-dicom-rle": RLE_LOSSLESS,
+    "image/dicom-rle": RLE_LOSSLESS,
+}
+
+
+def syntaxes_of(media_type: str) -> frozenset[str]:
+    """The transfer syntaxes whose frames are of `media_type`."""
+    if media_type == "image/dicom-rle":
+        media_type = "image/x-dicom-rle"
+    return frozenset(uid for uid, t in _FRAME_MEDIA_TYPES.items() if t == media_type)
 
 
 def frame_media_type(transfer_syntax_uid: str) -> str:

@@ -102,6 +102,13 @@ class RetrieveService:
         async for chunk in self._read(instance, 0, None):
             yield chunk
 
+    async def read_bytes(
+        self, instance: StoredInstance, start: int = 0, length: int | None = None
+    ) -> bytes:
+        """Bytes [start, start + length) of the stored file, in memory: for headers and
+        single frames, never for whole objects of unknown size."""
+        return b"".join([chunk async for chunk in self._read(instance, start, length)])
+
     async def _read(
         self, instance: StoredInstance, start: int, length: int | None
     ) -> AsyncIterator[bytes]:

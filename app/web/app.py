@@ -14,7 +14,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
 from app.services.archive import Archive
-from app.web import qido, stow, wado
+from app.web import qido, rendered, stow, wado, wado_uri
 from app.web.errors import EXCEPTION_HANDLERS
 from app.web.urls import DICOMWEB_PREFIX
 
@@ -56,7 +56,21 @@ DICOMWEB_ROUTES = [
     Route(_INSTANCE, wado.retrieve_instances, methods=["GET"]),
     Route(_INSTANCE + "/metadata", wado.retrieve_metadata, methods=["GET"]),
     Route(_INSTANCE + "/frames/{frames}", wado.retrieve_frames, methods=["GET"]),
+    Route(_STUDY + "/rendered", rendered.retrieve_rendered, methods=["GET"]),
+    Route(_SERIES + "/rendered", rendered.retrieve_rendered, methods=["GET"]),
+    Route(_INSTANCE + "/rendered", rendered.retrieve_rendered, methods=["GET"]),
+    Route(
+        _INSTANCE + "/frames/{frames}/rendered",
+        rendered.retrieve_rendered_frames,
+        methods=["GET"],
+    ),
+    Route(_STUDY + "/thumbnail", rendered.retrieve_thumbnail, methods=["GET"]),
+    Route(_SERIES + "/thumbnail", rendered.retrieve_thumbnail, methods=["GET"]),
+    Route(_INSTANCE + "/thumbnail", rendered.retrieve_thumbnail, methods=["GET"]),
+    Route(_INSTANCE + "/frames/{frames}/thumbnail", rendered.retrieve_thumbnail, methods=["GET"]),
     Route(_INSTANCE + "/bulkdata/{path:path}", wado.retrieve_bulkdata, methods=["GET"]),
+    # WADO-URI, also under the DICOMweb root for viewers configured with one base URL.
+    Route("/wado", wado_uri.retrieve, methods=["GET"]),
 ]
 
 
@@ -80,6 +94,7 @@ def create_app(
     inner = Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
+            Route("/wado", wado_uri.retrieve, methods=["GET"]),
             Mount(DICOMWEB_PREFIX, routes=DICOMWEB_ROUTES),
         ],
         exception_handlers=dict(EXCEPTION_HANDLERS),
@@ -93,7 +108,16 @@ def create_app(
         allow_origins=origins,
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
         allow_headers=["*"],
-        expose_headers=["Content-Type", "Content-Length", "Warning", "Content-Location"],
+        expose_headers=[
+            "Content-Type",
+            "Content-Length",
+            "Warning",
+            "Content-Location",
+            "Content-Range",
+            "Accept-Ranges",
+            "Content-Disposition",
+            "ETag",
+        ],
         max_age=3600,
     )
     return cors  # type: ignore[no-any-return]

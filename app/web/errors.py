@@ -20,6 +20,7 @@ from app.services.errors import (
     StorageInconsistent,
     Unsupported,
 )
+from app.web.ranges import RangeNotSatisfiable
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,13 @@ async def handle_known(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal error; see the server log")
 
 
+async def handle_range(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RangeNotSatisfiable)
+    total = getattr(exc, "total", None)
+    headers = {"Content-Range": f"bytes */{total}"} if total is not None else None
+    return error_response(416, str(exc), headers)
+
+
 async def handle_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = exc.detail or "error"
@@ -74,6 +82,7 @@ EXCEPTION_HANDLERS = {
     ArchiveError: handle_known,
     QueryError: handle_known,
     MultipartError: handle_known,
+    RangeNotSatisfiable: handle_range,
     Exception: handle_known,
 }
 

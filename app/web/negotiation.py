@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from app.dicom.multipart import parse_media_type
-from app.dicom.transfer_syntax import NATIVE_LITTLE_ENDIAN, frame_media_type
+from app.dicom.transfer_syntax import (
+    DEFAULT_SYNTAX,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    NATIVE,
+    NATIVE_LITTLE_ENDIAN,
+    frame_media_type,
+    syntaxes_of,
+)
 from app.services.errors import NotAcceptable
 
 ANY_SYNTAX = "*"
@@ -67,56 +74,106 @@ class Representation:
     transfer_syntax: str
 
 
-def _syntax_ok(requested: str | None, stored: str) -> bool:
-    # No transfer-syntax parameter: we answer with the stored syntax (see README).
-    return requested in (None, ANY_SYNTAX, stored)
+def needs_transcoding(rep: Representation, stored: str) -> bool:
+    """Whether serving `rep` of data stored in `stored` means converting it. Native frames
+    are always served little endian, so any native little-endian target matches them."""
+    if rep.transfer_syntax == stored:
+        return False
+    if rep.media_type == "application/octet-stream":
+        return stored not in NATIVE
+    return True
 
 
-def choose_instance(accept: list[MediaRange], stored: str) -> Representation:
-    """How to send whole instances stored in transfer syntax `stored`."""
+def _requested(syntax: str | None) -> str | None:
+    """The syntax a transfer-syntax parameter names; None for '*' or no parameter."""
+    return None if syntax in (None, ANY_SYNTAX) else syntax
+
+
+def instance_candidates(accept: list[MediaRange], stored: str) -> list[Representation]:
+    """The representations of a whole instance the client accepts, best first.
+
+    Without a transfer-syntax parameter the instance is sent as stored: converting every
+    retrieval to Explicit VR Little Endian would decompress (and inflate) whole studies that
+    viewers and archives read as they are; ask for a syntax to get a conversion.
+    """
+    found: list[Representation] = []
     for r in accept:
         if r.media_type in ("*/*", "multipart/*"):
-            return Representation(True, "application/dicom", stored)
-        if (
-            r.media_type == "multipart/related"
-            and r.type_param in ("", "*/*", "application/dicom")
-            and _syntax_ok(r.transfer_syntax, stored)
+            found.append(Representation(True, "application/dicom", stored))
+        elif r.media_type == "multipart/related" and r.type_param in (
+            "",
+            "*/*",
+            "application/dicom",
         ):
-            return Representation(True, "application/dicom", stored)
-        if r.media_type == "application/dicom" and _syntax_ok(r.transfer_syntax, stored):
-            return Representation(False, "application/dicom", stored)
-    raise NotAcceptable(
-        "none of the accepted media types can be served: instances are sent as stored "
-        f'(multipart/related; type="application/dicom"; transfer-syntax={stored}); '
-        "transcoding to another transfer syntax is not supported yet"
-    )
+            syntax = _requested(r.transfer_syntax) or stored
+            found.append(Representation(True, "application/dicom", syntax))
+        elif r.media_type == "application/dicom":
+            syntax = _requested(r.transfer_syntax) or stored
+            found.append(Representation(False, "application/dicom", syntax))
+    if not found:
+        raise NotAcceptable(
+            "none of the accepted media types can be served: instances are sent as "
+            'multipart/related; type="application/dicom" (or application/dicom for one '
+            "instance), in the stored transfer syntax or the one asked for with "
+            "transfer-syntax=<UID>; application/zip downloads a study or series"
+        )
+    return found
 
 
-def choose_frames(accept: list[MediaRange], stored: str, encapsulated: bool) -> Representation:
-    """How to send frames of pixel data stored in transfer syntax `stored`."""
-    stored_type = frame_media_type(stored) if encapsulated else "application/octet-stream"
+def _frame_syntax(media_type: str, requested: str | None, stored: str) -> str | None:
+    """The syntax to send frames of `media_type` in (None: that media type cannot carry the
+    requested syntax)."""
+    stored_type = frame_media_type(stored)
+    if media_type == "application/octet-stream":
+        if requested is None or requested in NATIVE_LITTLE_ENDIAN:
+            return stored if stored in NATIVE else EXPLICIT_VR_LITTLE_ENDIAN
+        return None
+    allowed = syntaxes_of(media_type)
+    if requested is None:
+        # The stored encoding when it is already of this media type (a JPEG baseline frame
+        # asked for as image/jpeg), else the media type's RESTful default.
+        return (
+            stored
+            if stored_type in (media_type, _rle_alias(media_type))
+            else (DEFAULT_SYNTAX.get(media_type))
+        )
+    return requested if requested in allowed else None
+
+
+def _rle_alias(media_type: str) -> str:
+    return "image/x-dicom-rle" if media_type == "image/dicom-rle" else media_type
+
+
+def frame_candidates(accept: list[MediaRange], stored: str) -> list[Representation]:
+    """The representations of frames the client accepts, best first."""
+    stored_type = frame_media_type(stored)
+    found: list[Representation] = []
     for r in accept:
-        if r.media_type in ("*/*", "multipart/*"):
-            return Representation(True, stored_type, stored)
         multipart = r.media_type == "multipart/related"
         wanted = r.type_param if multipart else r.media_type
+        if r.media_type in ("*/*", "multipart/*") or (multipart and wanted == "*/*"):
+            found.append(Representation(True, stored_type, stored))
+            continue
         if multipart and wanted == "":
             wanted = "application/octet-stream"
-        syntax = r.transfer_syntax
-        if multipart and wanted == "*/*" and _syntax_ok(syntax, stored):
-            return Representation(True, stored_type, stored)
-        if wanted == "application/octet-stream" and not encapsulated:
-            # Native frames are sent little endian (big-endian data is swapped), which is
-            # the frame encoding of every native little-endian syntax.
-            if syntax in (None, ANY_SYNTAX) or syntax in NATIVE_LITTLE_ENDIAN:
-                return Representation(multipart, stored_type, stored)
-        elif wanted == "application/octet-stream" and syntax == ANY_SYNTAX:
-            # OHIF asks for octet-stream with transfer-syntax=*: it takes compressed frames.
-            return Representation(multipart, stored_type, stored)
-        elif wanted == stored_type and _syntax_ok(syntax, stored):
-            return Representation(multipart, stored_type, stored)
-    raise NotAcceptable(
-        "none of the accepted media types can be served: frames are sent as stored "
-        f"({stored_type}, transfer syntax {stored}); decompression and transcoding are "
-        "not supported yet, so ask for it with transfer-syntax=*"
-    )
+        if r.transfer_syntax == ANY_SYNTAX and wanted in ("application/octet-stream", "image/*"):
+            # OHIF asks for octet-stream with transfer-syntax=*: it takes frames as stored.
+            found.append(Representation(multipart, stored_type, stored))
+            continue
+        syntax = _frame_syntax(_rle_alias(wanted), _requested(r.transfer_syntax), stored)
+        if syntax is not None:
+            media_type = "application/octet-stream"
+            if syntax not in NATIVE:
+                # RLE frames are labelled with the name the client used for them.
+                media_type = frame_media_type(syntax)
+                if media_type == _rle_alias(wanted):
+                    media_type = wanted
+            found.append(Representation(multipart, media_type, syntax))
+    if not found:
+        raise NotAcceptable(
+            "none of the accepted media types can be served: frames are available as "
+            "application/octet-stream (uncompressed), image/jpeg, image/jls, image/jp2 or "
+            f"image/dicom-rle, and as stored ({stored_type}, transfer syntax {stored}) with "
+            "transfer-syntax=*"
+        )
+    return found

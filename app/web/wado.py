@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from app.dicom.instance import BULK_BASE, FrameRanges
 from app.dicom.multipart import closing, content_type_header, new_boundary, part_head
-from app.dicom.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN
+from app.dicom.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE, NATIVE_LITTLE_ENDIAN
+from app.imaging.transcode import Transcoder
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable
+from app.services.imaging import PixelSource
 from app.services.ports import StoredInstance
 from app.services.retrieve import Swap
+from app.web.download import wants_zip, zipped
 from app.web.errors import path_uids
-from app.web.negotiation import Representation, choose_frames, choose_instance, parse_accept
+from app.web.negotiation import (
+    MediaRange,
+    Representation,
+    frame_candidates,
+    instance_candidates,
+    needs_transcoding,
+    parse_accept,
+)
+from app.web.ranges import ByteRange, parse_range
 from app.web.streaming import opened
 from app.web.urls import base_url, instance_url
 
 DICOM_JSON = "application/dicom+json"
 _JSON_TYPES = ("*/*", "application/*", "application/dicom+json", "application/json")
 _PIXEL_DATA_PATH = "7FE00010"
+
+
+def requested_range(request: Request, total: int, etag: str) -> ByteRange | None:
+    """The byte range a Range header asks for (None: the whole representation)."""
+    return parse_range(
+        request.headers.get("range"), total, request.headers.get("if-range"), f'"{etag}"'
+    )
 
 
 def _archive(request: Request) -> Archive:
@@ -36,31 +55,76 @@ def _part_type(rep: Representation) -> str:
     return f"{rep.media_type}; transfer-syntax={syntax}"
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How one instance is sent: as stored, or through a transcoder."""
+
+    instance: StoredInstance
+    rep: Representation
+    source: PixelSource | None = None
+    transcoder: Transcoder | None = None
+
+
+async def _plan(archive: Archive, instance: StoredInstance, accept: list[MediaRange]) -> _Plan:
+    """The first accepted representation of `instance` that can be produced."""
+    stored = instance.transfer_syntax_uid
+    refusal: NotAcceptable | None = None
+    source: PixelSource | None = None
+    for rep in instance_candidates(accept, stored):
+        if not needs_transcoding(rep, stored):
+            return _Plan(instance, rep)
+        source = source or await archive.imaging.open(instance)
+        target = rep.transfer_syntax
+        if not source.has_pixels and target not in NATIVE:
+            # Without pixel data there is nothing to compress: Explicit VR Little Endian is
+            # what a compressed syntax would amount to.
+            target = EXPLICIT_VR_LITTLE_ENDIAN
+            if stored in NATIVE_LITTLE_ENDIAN:
+                return _Plan(instance, replace(rep, transfer_syntax=stored))
+        try:
+            transcoder = archive.imaging.transcoder(source, target)
+        except NotAcceptable as exc:
+            refusal = exc
+            continue
+        return _Plan(instance, replace(rep, transfer_syntax=target), source, transcoder)
+    assert refusal is not None
+    raise refusal
+
+
+def _instance_body(archive: Archive, plan: _Plan) -> tuple[AsyncIterator[bytes], int | None]:
+    """The PS3.10 bytes of a planned instance and their length when known up front."""
+    if plan.transcoder is None or plan.source is None:
+        return archive.retrieve.content(plan.instance), plan.instance.size
+    length = archive.imaging.transcoded_length(plan.source, plan.transcoder)
+    return archive.imaging.transcoded(plan.source, plan.transcoder), length
+
+
 async def retrieve_instances(request: Request) -> Response:
-    """Study, series or instance retrieval as PS3.10 files, streamed as stored."""
+    """Study, series or instance retrieval as PS3.10 files: as stored, transcoded when the
+    Accept header names another transfer syntax, or zipped (application/zip)."""
     archive = _archive(request)
     study, series, sop = path_uids(request)
     assert study is not None
     instances = await archive.retrieve.instances(study, series, sop)
     accept = parse_accept(request.headers.get("accept"))
-    reps = [choose_instance(accept, inst.transfer_syntax_uid) for inst in instances]
-    if not reps[0].multipart:
-        if len(instances) > 1:
+    if wants_zip(accept):
+        return await zipped(request, archive, instances)
+    plans = [await _plan(archive, inst, accept) for inst in instances]
+    if not plans[0].rep.multipart:
+        if len(plans) > 1:
             raise NotAcceptable(
                 "application/dicom holds one instance; ask for multipart/related; "
                 'type="application/dicom" to retrieve a study or series'
             )
-        return StreamingResponse(
-            await opened(archive.retrieve.content(instances[0])),
-            media_type=_part_type(reps[0]),
-            headers={"Content-Length": str(instances[0].size)},
-        )
+        return await _single_instance(request, archive, plans[0])
     boundary = new_boundary()
 
     async def body() -> AsyncIterator[bytes]:
-        for inst, rep in zip(instances, reps, strict=True):
-            content = await opened(archive.retrieve.content(inst))
-            yield part_head(boundary, _part_type(rep), {"Content-Length": str(inst.size)})
+        for plan in plans:
+            content, length = _instance_body(archive, plan)
+            content = await opened(content)
+            extra = {"Content-Length": str(length)} if length is not None else {}
+            yield part_head(boundary, _part_type(plan.rep), extra)
             async for chunk in content:
                 yield chunk
             yield b"\r\n"
@@ -69,6 +133,51 @@ async def retrieve_instances(request: Request) -> Response:
     return StreamingResponse(
         await opened(body()),
         media_type=content_type_header(boundary, "application/dicom"),
+    )
+
+
+async def plan_response(
+    request: Request, archive: Archive, instance: StoredInstance, accept: list[MediaRange]
+) -> Response:
+    """One instance as a single application/dicom body, converted as `accept` asks."""
+    return await _single_instance(request, archive, await _plan(archive, instance, accept))
+
+
+async def _single_instance(request: Request, archive: Archive, plan: _Plan) -> Response:
+    content, length = _instance_body(archive, plan)
+    headers = {"Accept-Ranges": "bytes"} if plan.transcoder is None else {}
+    if plan.transcoder is None:
+        byte_range = requested_range(request, plan.instance.size, plan.instance.sha256)
+        if byte_range is not None:
+            return await _partial(
+                archive.retrieve.read_ranges(
+                    plan.instance, ((byte_range.start, byte_range.length),)
+                ),
+                byte_range,
+                _part_type(plan.rep),
+                plan.instance.sha256,
+            )
+        headers["ETag"] = f'"{plan.instance.sha256}"'
+    if length is not None:
+        headers["Content-Length"] = str(length)
+    return StreamingResponse(
+        await opened(content), media_type=_part_type(plan.rep), headers=headers
+    )
+
+
+async def _partial(
+    chunks: AsyncIterator[bytes], byte_range: ByteRange, media_type: str, etag: str
+) -> Response:
+    return StreamingResponse(
+        await opened(chunks),
+        status_code=206,
+        media_type=media_type,
+        headers={
+            "Content-Range": byte_range.content_range(),
+            "Content-Length": str(byte_range.length),
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{etag}"',
+        },
     )
 
 
@@ -94,7 +203,7 @@ async def retrieve_metadata(request: Request) -> Response:
     return StreamingResponse(body(), media_type=DICOM_JSON)
 
 
-def _frame_numbers(text: str) -> list[int]:
+def frame_numbers(text: str) -> list[int]:
     numbers = []
     for raw in text.split(","):
         item = raw.strip()
@@ -113,25 +222,29 @@ async def _instance(request: Request) -> StoredInstance:
     return (await archive.retrieve.instances(study, series, sop))[0]
 
 
+# A frame to send: opens its bytes (or encodes it) when its turn comes; (chunks, size).
+FramePart = Callable[[], Awaitable[tuple[AsyncIterator[bytes], int]]]
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
 async def _send_frames(
-    archive: Archive,
-    instance: StoredInstance,
-    frames: Sequence[FrameRanges],
-    rep: Representation,
-    swap: Swap | None,
+    frames: Sequence[FramePart], rep: Representation, headers: dict[str, str] | None = None
 ) -> Response:
     if not rep.multipart and len(frames) == 1:
+        content, size = await frames[0]()
         return StreamingResponse(
-            await opened(archive.retrieve.read_ranges(instance, frames[0], swap)),
+            content,
             media_type=_part_type(rep),
-            headers={"Content-Length": str(sum(n for _, n in frames[0]))},
+            headers={**(headers or {}), "Content-Length": str(size)},
         )
     boundary = new_boundary()
 
     async def body() -> AsyncIterator[bytes]:
-        for ranges in frames:
-            size = sum(n for _, n in ranges)
-            content = await opened(archive.retrieve.read_ranges(instance, ranges, swap))
+        for frame in frames:
+            content, size = await frame()
             yield part_head(boundary, _part_type(rep), {"Content-Length": str(size)})
             async for chunk in content:
                 yield chunk
@@ -143,15 +256,67 @@ async def _send_frames(
     )
 
 
+def _stored_frames(
+    archive: Archive, instance: StoredInstance, frames: Sequence[FrameRanges], swap: Swap | None
+) -> list[FramePart]:
+    def part(ranges: FrameRanges) -> FramePart:
+        async def send() -> tuple[AsyncIterator[bytes], int]:
+            content = await opened(archive.retrieve.read_ranges(instance, ranges, swap))
+            return content, sum(n for _, n in ranges)
+
+        return send
+
+    return [part(ranges) for ranges in frames]
+
+
+def _transcoded_frames(
+    archive: Archive, source: PixelSource, transcoder: Transcoder, numbers: Sequence[int]
+) -> list[FramePart]:
+    def part(number: int) -> FramePart:
+        async def send() -> tuple[AsyncIterator[bytes], int]:
+            data = await archive.imaging.transcoded_frame(source, transcoder, number)
+            return _one(data), len(data)
+
+        return send
+
+    return [part(number) for number in numbers]
+
+
+async def _frames_response(
+    archive: Archive, instance: StoredInstance, numbers: Sequence[int], accept: list[MediaRange]
+) -> Response:
+    """Frames in the first accepted representation that can be produced: straight from the
+    stored ranges when no conversion is needed, else decoded and encoded one by one."""
+    stored = instance.transfer_syntax_uid
+    refusal: NotAcceptable | None = None
+    source: PixelSource | None = None
+    for rep in frame_candidates(accept, stored):
+        if not needs_transcoding(rep, stored) and instance.frames:
+            ranges = archive.retrieve.frame_ranges(instance, numbers)
+            swap = await archive.retrieve.pixel_swap(instance)
+            return await _send_frames(_stored_frames(archive, instance, ranges, swap), rep)
+        source = source or await archive.imaging.open(instance)
+        # Frames that were not indexed (deflated files, say) go through the decoder even
+        # when no conversion is asked for; native frames are sent little endian.
+        target = EXPLICIT_VR_LITTLE_ENDIAN if rep.transfer_syntax in NATIVE else rep.transfer_syntax
+        try:
+            transcoder = archive.imaging.transcoder(source, target)
+        except NotAcceptable as exc:
+            refusal = exc
+            continue
+        archive.imaging.check_frames(source, numbers)
+        parts = _transcoded_frames(archive, source, transcoder, numbers)
+        return await _send_frames(parts, replace(rep, transfer_syntax=target))
+    assert refusal is not None
+    raise refusal
+
+
 async def retrieve_frames(request: Request) -> Response:
     archive = _archive(request)
-    numbers = _frame_numbers(request.path_params["frames"])
+    numbers = frame_numbers(request.path_params["frames"])
     instance = await _instance(request)
     accept = parse_accept(request.headers.get("accept"))
-    rep = choose_frames(accept, instance.transfer_syntax_uid, instance.encapsulated)
-    frames = archive.retrieve.frame_ranges(instance, numbers)
-    swap = await archive.retrieve.pixel_swap(instance)
-    return await _send_frames(archive, instance, frames, rep, swap)
+    return await _frames_response(archive, instance, numbers, accept)
 
 
 async def retrieve_bulkdata(request: Request) -> Response:
@@ -161,19 +326,29 @@ async def retrieve_bulkdata(request: Request) -> Response:
     accept = parse_accept(request.headers.get("accept"))
     if path == _PIXEL_DATA_PATH and instance.encapsulated and instance.frames:
         # Encapsulated pixel data has no single value: it is served frame by frame.
-        rep = choose_frames(accept, instance.transfer_syntax_uid, instance.encapsulated)
-        frames = archive.retrieve.frame_ranges(instance, range(1, len(instance.frames) + 1))
-        return await _send_frames(archive, instance, frames, rep, None)
+        numbers = range(1, len(instance.frames) + 1)
+        return await _frames_response(archive, instance, numbers, accept)
     found = archive.retrieve.bulk_range(instance, path)
-    octet = Representation(True, "application/octet-stream", instance.transfer_syntax_uid)
     if not any(
         r.media_type in ("*/*", "multipart/*", "multipart/related", "application/octet-stream")
         for r in accept
     ):
         raise NotAcceptable("bulk data is available as application/octet-stream only")
-    if accept[0].media_type == "application/octet-stream":
-        octet = Representation(False, octet.media_type, octet.transfer_syntax)
     swap = archive.retrieve.bulk_swap(instance, found)
     if path == _PIXEL_DATA_PATH:
         swap = await archive.retrieve.pixel_swap(instance)
-    return await _send_frames(archive, instance, [((found.offset, found.length),)], octet, swap)
+    octet = Representation(True, "application/octet-stream", instance.transfer_syntax_uid)
+    if accept[0].media_type == "application/octet-stream":
+        # A single part: byte ranges of the value may be asked for (RFC 9110 14).
+        etag = f"{instance.sha256}-{path}"
+        byte_range = requested_range(request, found.length, etag)
+        if byte_range is not None:
+            ranges = ((found.offset + byte_range.start, byte_range.length),)
+            chunks = archive.retrieve.read_ranges(instance, ranges, swap)
+            return await _partial(chunks, byte_range, _part_type(octet), etag)
+        octet = Representation(False, octet.media_type, octet.transfer_syntax)
+        headers = {"Accept-Ranges": "bytes", "ETag": f'"{etag}"'}
+    else:
+        headers = {}
+    value = ((found.offset, found.length),)
+    return await _send_frames(_stored_frames(archive, instance, [value], swap), octet, headers)

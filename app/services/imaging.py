@@ -1,0 +1,260 @@
+"""Pixel work for retrieval: transcoding, decoding and rendering, one frame at a time.
+
+The stored file is never loaded whole when ingest indexed its frames: the header (everything
+before the pixel data) and each frame are ranged reads, and only the frames a request names
+are decoded. Objects whose frames could not be indexed (deflated files, odd layouts) are read
+whole, up to `WHOLE_FILE_LIMIT`, and their frames taken from pydicom's reading.
+
+Decoding and encoding are CPU-bound and run in worker threads, at most one per core at a time
+so that a burst of rendering requests cannot starve the event loop's other work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import warnings
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.errors import InvalidDicomError
+
+from app.imaging.codecs import CodecError, Frame, decode_frame
+from app.imaging.display import RenderError
+from app.imaging.render import RenderOptions, ViewportError, render, thumbnail
+from app.imaging.transcode import NotTranscodable, Transcoder
+from app.services.errors import BadRequest, NotAcceptable, NotFound, Unsupported
+from app.services.ports import StoredInstance
+from app.services.retrieve import RetrieveService, Swap
+
+# Objects whose frames were not indexed are read whole to get at their pixels; beyond this
+# size the request is refused (501) rather than risk the server's memory.
+WHOLE_FILE_LIMIT = 256 * 1024 * 1024
+
+_PIXEL_PATHS = ("7FE00010", "7FE00008", "7FE00009")
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PixelSource:
+    """One instance opened for pixel work: its header and where its frames come from."""
+
+    instance: StoredInstance
+    header: Dataset  # the dataset without pixel data, file meta included
+    frame_count: int
+    swap: Swap | None  # big-endian native data is swapped on read
+    # The whole dataset, for objects whose frames were not indexed; None otherwise.
+    loaded: Dataset | None = None
+
+    @property
+    def has_pixels(self) -> bool:
+        return self.frame_count > 0
+
+    @property
+    def transfer_syntax_uid(self) -> str:
+        return self.instance.transfer_syntax_uid
+
+
+def _read_dataset(data: bytes, stop_before_pixels: bool) -> Dataset:
+    with warnings.catch_warnings():
+        # Ingest already accepted the file; pydicom's remarks on odd values are not news here.
+        warnings.simplefilter("ignore")
+        return dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels, force=True)
+
+
+def _number_of_frames(ds: Dataset) -> int:
+    try:
+        count = int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        count = 1
+    return max(count, 1)
+
+
+def _loaded_frame(ds: Dataset, index: int, count: int) -> bytes:
+    """Frame `index` of a dataset read whole (native: little endian, as decoding wants)."""
+    keyword = next(k for k in _PIXEL_KEYWORDS if k in ds)
+    value: bytes = ds[keyword].value
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        for i, frame in enumerate(generate_frames(value, number_of_frames=count)):
+            if i == index:
+                return frame
+        raise Unsupported(f"frame {index + 1} could not be found in the encapsulated pixel data")
+    if not ds.file_meta.TransferSyntaxUID.is_little_endian:
+        raise Unsupported("big-endian pixel data that was not indexed cannot be decoded")
+    size = len(value) // count
+    return value[index * size : (index + 1) * size]
+
+
+class ImagingService:
+    def __init__(self, retrieve: RetrieveService, workers: int | None = None) -> None:
+        self.retrieve = retrieve
+        self._cpu = asyncio.Semaphore(workers or os.cpu_count() or 2)
+
+    async def _in_worker(self, work: Callable[[], T]) -> T:
+        async with self._cpu:
+            return await asyncio.to_thread(work)
+
+    async def open(self, instance: StoredInstance) -> PixelSource:
+        """Read the header of `instance` (and, when its frames are not indexed, all of it)."""
+        pixel = next((instance.bulk[p] for p in _PIXEL_PATHS if p in instance.bulk), None)
+        if pixel is not None and instance.frames:
+            data = await self.retrieve.read_bytes(instance, 0, pixel.offset)
+            header = await self._in_worker(lambda: _read_dataset(data, True))
+            swap = await self.retrieve.pixel_swap(instance)
+            return PixelSource(instance, header, len(instance.frames), swap)
+        if instance.size > WHOLE_FILE_LIMIT:
+            raise Unsupported(
+                f"instance {instance.sop_instance_uid} has no indexed frames and is larger "
+                f"than {WHOLE_FILE_LIMIT // 2**20} MiB; its pixel data cannot be processed"
+            )
+        data = await self.retrieve.read_bytes(instance, 0, None)
+        try:
+            whole = await self._in_worker(lambda: _read_dataset(data, False))
+        except (InvalidDicomError, ValueError, EOFError) as exc:
+            raise Unsupported(
+                f"instance {instance.sop_instance_uid} cannot be read: {exc}"
+            ) from exc
+        has_pixels = any(k in whole for k in _PIXEL_KEYWORDS)
+        header = Dataset(whole)
+        header.file_meta = whole.file_meta
+        for keyword in _PIXEL_KEYWORDS:
+            if keyword in header:
+                del header[keyword]
+        frames = _number_of_frames(whole) if has_pixels else 0
+        return PixelSource(instance, header, frames, None, whole if has_pixels else None)
+
+    def check_frames(self, source: PixelSource, numbers: Sequence[int]) -> None:
+        if not source.has_pixels:
+            raise Unsupported(f"instance {source.instance.sop_instance_uid} has no pixel data")
+        missing = [n for n in numbers if not 1 <= n <= source.frame_count]
+        if missing:
+            raise NotFound(
+                f"frame {missing[0]} does not exist: instance "
+                f"{source.instance.sop_instance_uid} has {source.frame_count} frame(s)"
+            )
+
+    async def stored_frame(self, source: PixelSource, number: int) -> bytes:
+        """Frame `number` (from 1) as stored; native data little endian."""
+        self.check_frames(source, [number])
+        if source.loaded is not None:
+            loaded = source.loaded
+            return await self._in_worker(
+                lambda: _loaded_frame(loaded, number - 1, source.frame_count)
+            )
+        ranges = source.instance.frames[number - 1]
+        reader = self.retrieve.read_ranges(source.instance, ranges, source.swap)
+        return b"".join([chunk async for chunk in reader])
+
+    async def decoded_frame(self, source: PixelSource, number: int) -> Frame:
+        data = await self.stored_frame(source, number)
+        try:
+            return await self._in_worker(
+                lambda: decode_frame(source.header, source.transfer_syntax_uid, data)
+            )
+        except CodecError as exc:
+            raise Unsupported(
+                f"frame {number} of instance {source.instance.sop_instance_uid} cannot be "
+                f"decoded: {exc}"
+            ) from exc
+
+    def transcoder(self, source: PixelSource, target: str) -> Transcoder:
+        """A transcoder to `target`; NotAcceptable (406) when the conversion cannot be done."""
+        try:
+            return Transcoder(source.header, source.transfer_syntax_uid, target)
+        except NotTranscodable as exc:
+            raise NotAcceptable(
+                f"instance {source.instance.sop_instance_uid} cannot be sent in transfer "
+                f"syntax {target}: {exc}"
+            ) from exc
+
+    async def transcoded_frame(
+        self, source: PixelSource, transcoder: Transcoder, number: int
+    ) -> bytes:
+        data = await self.stored_frame(source, number)
+        return await self._encode(source, transcoder, number, data)
+
+    async def _encode(
+        self, source: PixelSource, transcoder: Transcoder, number: int, data: bytes
+    ) -> bytes:
+        try:
+            return await self._in_worker(lambda: transcoder.encode_frame(data))
+        except CodecError as exc:
+            raise Unsupported(
+                f"frame {number} of instance {source.instance.sop_instance_uid} cannot be "
+                f"converted to {transcoder.target_syntax}: {exc}"
+            ) from exc
+
+    def transcoded_length(self, source: PixelSource, transcoder: Transcoder) -> int | None:
+        """Size of the transcoded file when it is known before encoding (native targets)."""
+        if transcoder.encapsulated:
+            return None
+        length = transcoder.native_frame_length() if source.has_pixels else 0
+        prefix = transcoder.prefix(source.frame_count, length if source.has_pixels else None)
+        return len(prefix) + length * source.frame_count + len(transcoder.suffix())
+
+    async def transcoded(self, source: PixelSource, transcoder: Transcoder) -> AsyncIterator[bytes]:
+        """The instance as a PS3.10 file in the transcoder's syntax, a frame at a time."""
+        length = (
+            transcoder.native_frame_length()
+            if source.has_pixels and not (transcoder.encapsulated)
+            else None
+        )
+        yield transcoder.prefix(source.frame_count, length)
+        # The next frame is read while this one is encoded.
+        pending: asyncio.Future[bytes] | None = None
+        try:
+            for number in range(1, source.frame_count + 1):
+                data = await (pending or self.stored_frame(source, number))
+                pending = None
+                if number < source.frame_count:
+                    pending = asyncio.ensure_future(self.stored_frame(source, number + 1))
+                encoded = await self._encode(source, transcoder, number, data)
+                yield transcoder.frame_item(encoded)
+        finally:
+            if pending is not None:
+                pending.cancel()
+        yield transcoder.suffix()
+
+    async def rendered(
+        self, source: PixelSource, numbers: Sequence[int], options: RenderOptions
+    ) -> bytes:
+        """The frames (from 1) rendered as one image (several: an animated GIF)."""
+        self.check_frames(source, numbers)
+        frames = [await self.decoded_frame(source, n) for n in numbers]
+        pairs = [(f.pixels, f.photometric_interpretation) for f in frames]
+        indexes = [n - 1 for n in numbers]
+        try:
+            return await self._in_worker(lambda: render(source.header, pairs, options, indexes))
+        except ViewportError as exc:
+            raise BadRequest(str(exc)) from exc
+        except RenderError as exc:
+            raise Unsupported(
+                f"instance {source.instance.sop_instance_uid} cannot be rendered: {exc}"
+            ) from exc
+
+    async def thumbnail(self, source: PixelSource, media_type: str, size: int) -> bytes:
+        """A small image of the instance's middle frame."""
+        number = (source.frame_count + 1) // 2 if source.has_pixels else 1
+        self.check_frames(source, [number])
+        frame = await self.decoded_frame(source, number)
+        try:
+            return await self._in_worker(
+                lambda: thumbnail(
+                    source.header,
+                    frame.pixels,
+                    frame.photometric_interpretation,
+                    media_type,
+                    size,
+                )
+            )
+        except RenderError as exc:
+            raise Unsupported(
+                f"instance {source.instance.sop_instance_uid} cannot be rendered: {exc}"
+            ) from exc

@@ -1,0 +1,154 @@
+"""WADO-RS rendered resources and thumbnails (PS3.18 8.3.5, 10.4.1.1.3, 10.4.1.1.4).
+
+An instance renders as one image: its first frame, or with image/gif every frame as an
+animation. A frame list renders as one image for one frame and as multipart/related (or an
+animated GIF) for several. A study or series renders as multipart/related with one image per
+instance that has pixel data. Thumbnails are one small image of a representative instance:
+the middle instance of the first series with images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from app.dicom.multipart import closing, content_type_header, new_boundary, part_head
+from app.imaging.render import RenderOptions, Viewport
+from app.services.archive import Archive
+from app.services.errors import BadRequest, NotAcceptable, NotFound
+from app.services.imaging import PixelSource
+from app.services.ports import StoredInstance
+from app.web.errors import path_uids
+from app.web.render_params import NotRenderable, RenderParamError, parse_render_options
+from app.web.streaming import opened
+from app.web.wado import frame_numbers
+
+THUMBNAIL_SIZE = 128
+
+
+def _archive(request: Request) -> Archive:
+    archive: Archive = request.app.state.archive
+    return archive
+
+
+def _options(request: Request, *, allow_gif: bool) -> RenderOptions:
+    try:
+        return parse_render_options(
+            request.query_params, request.headers.get("accept"), allow_gif=allow_gif
+        )
+    except NotRenderable as exc:
+        raise NotAcceptable(str(exc)) from exc
+    except RenderParamError as exc:
+        raise BadRequest(str(exc)) from exc
+
+
+def _has_pixels(instance: StoredInstance) -> bool:
+    return bool(instance.frames) or any(
+        p in instance.bulk for p in ("7FE00010", "7FE00008", "7FE00009")
+    )
+
+
+async def _instances(request: Request) -> list[StoredInstance]:
+    study, series, sop = path_uids(request)
+    assert study is not None
+    return await _archive(request).retrieve.instances(study, series, sop)
+
+
+def _image_response(data: bytes, media_type: str) -> Response:
+    return Response(data, media_type=media_type)
+
+
+async def multipart_response(parts: AsyncIterator[bytes], media_type: str) -> Response:
+    """multipart/related with one part per image, each rendered when its turn comes."""
+    boundary = new_boundary()
+
+    async def body() -> AsyncIterator[bytes]:
+        async for data in parts:
+            yield part_head(boundary, media_type, {"Content-Length": str(len(data))})
+            yield data
+            yield b"\r\n"
+        yield closing(boundary)
+
+    return StreamingResponse(
+        await opened(body()), media_type=content_type_header(boundary, media_type)
+    )
+
+
+async def render_instance(archive: Archive, source: PixelSource, options: RenderOptions) -> bytes:
+    """An instance as one image: all frames as a GIF animation, else the first frame."""
+    if options.media_type == "image/gif" and source.frame_count > 1:
+        numbers = list(range(1, source.frame_count + 1))
+    else:
+        numbers = [1]
+    return await archive.imaging.rendered(source, numbers, options)
+
+
+async def retrieve_rendered(request: Request) -> Response:
+    """Rendered study, series or instance."""
+    archive = _archive(request)
+    instances = await _instances(request)
+    _, _, sop = path_uids(request)
+    options = _options(request, allow_gif=True)
+    if sop is not None:
+        source = await archive.imaging.open(instances[0])
+        data = await render_instance(archive, source, options)
+        return _image_response(data, options.media_type)
+    images = [i for i in instances if _has_pixels(i)]
+    if not images:
+        raise NotFound("none of the instances in scope has pixel data to render")
+
+    async def parts() -> AsyncIterator[bytes]:
+        for instance in images:
+            source = await archive.imaging.open(instance)
+            yield await render_instance(archive, source, options)
+
+    return await multipart_response(parts(), options.media_type)
+
+
+async def retrieve_rendered_frames(request: Request) -> Response:
+    archive = _archive(request)
+    numbers = frame_numbers(request.path_params["frames"])
+    instances = await _instances(request)
+    options = _options(request, allow_gif=True)
+    source = await archive.imaging.open(instances[0])
+    archive.imaging.check_frames(source, numbers)
+    if len(numbers) == 1 or options.media_type == "image/gif":
+        data = await archive.imaging.rendered(source, numbers, options)
+        return _image_response(data, options.media_type)
+
+    async def parts() -> AsyncIterator[bytes]:
+        for number in numbers:
+            yield await archive.imaging.rendered(source, [number], options)
+
+    return await multipart_response(parts(), options.media_type)
+
+
+def _representative(instances: Sequence[StoredInstance]) -> StoredInstance:
+    """The middle image of the first series that has images."""
+    images = [i for i in instances if _has_pixels(i)]
+    if not images:
+        raise NotFound("none of the instances in scope has pixel data for a thumbnail")
+    first_series = [i for i in images if i.series_instance_uid == images[0].series_instance_uid]
+    return first_series[(len(first_series) - 1) // 2]
+
+
+async def retrieve_thumbnail(request: Request) -> Response:
+    """A small image of a study, series, instance or frame (PS3.18 10.4.1.1.4)."""
+    archive = _archive(request)
+    instances = await _instances(request)
+    options = _options(request, allow_gif=False)
+    size = THUMBNAIL_SIZE
+    if options.viewport is not None:
+        size = max(1, min(options.viewport.width, options.viewport.height))
+    source = await archive.imaging.open(_representative(instances))
+    if "frames" in request.path_params:
+        numbers = frame_numbers(request.path_params["frames"])
+        archive.imaging.check_frames(source, numbers[:1])
+        fitted = replace(options, viewport=Viewport(size, size), annotation=frozenset())
+        data = await archive.imaging.rendered(source, numbers[:1], fitted)
+    else:
+        data = await archive.imaging.thumbnail(source, options.media_type, size)
+    return _image_response(data, options.media_type)

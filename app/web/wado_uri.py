@@ -1,0 +1,199 @@
+"""WADO-URI (PS3.18 9): `/wado?requestType=WADO&studyUID=..&seriesUID=..&objectUID=..`.
+
+Legacy viewers and EHR links name one instance in the query string. It comes back as the
+PS3.10 file (contentType=application/dicom, in the stored syntax or `transferSyntax`) or
+rendered (image/jpeg, the default for images, image/png or image/gif) with the URI
+service's own parameters: frameNumber, windowCenter/windowWidth, rows/columns, region,
+annotation and imageQuality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.dicom.uid import is_valid_uid
+from app.imaging.display import Window
+from app.imaging.render import RENDERED_MEDIA_TYPES, RenderOptions, Viewport
+from app.services.archive import Archive
+from app.services.errors import BadRequest, NotAcceptable, Unsupported
+from app.services.ports import StoredInstance
+from app.web.negotiation import parse_accept
+from app.web.rendered import render_instance
+from app.web.wado import plan_response
+
+DICOM = "application/dicom"
+_ANNOTATIONS = frozenset({"patient", "technique"})
+# Accepted and ignored without a warning: they change nothing we could serve differently.
+_IGNORED = frozenset({"charset", "presentationUID", "presentationSeriesUID"})
+_KNOWN = (
+    frozenset(
+        {
+            "requestType",
+            "studyUID",
+            "seriesUID",
+            "objectUID",
+            "contentType",
+            "transferSyntax",
+            "frameNumber",
+            "windowCenter",
+            "windowWidth",
+            "rows",
+            "columns",
+            "region",
+            "annotation",
+            "imageQuality",
+            "anonymize",
+        }
+    )
+    | _IGNORED
+)
+
+
+def _uid(query: Mapping[str, str], name: str) -> str:
+    value = query.get(name, "").strip()
+    if not value:
+        raise BadRequest(f"WADO-URI request without {name}")
+    if not is_valid_uid(value):
+        raise BadRequest(f"invalid {name} {value!r}: not a DICOM UID")
+    return value
+
+
+def _int(query: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"invalid {name}={raw!r}: expected an integer") from None
+    if not low <= value <= high:
+        raise BadRequest(f"invalid {name}={value}: expected {low} to {high}")
+    return value
+
+
+def _float(query: Mapping[str, str], name: str) -> float | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise BadRequest(f"invalid {name}={raw!r}: expected a number") from None
+
+
+def _content_type(query: Mapping[str, str]) -> str:
+    """The first listed content type we can produce (PS3.18 9.1.2.1.6: a list, by
+    preference); image/jpeg when none is given."""
+    listed = [r.media_type for r in parse_accept(query.get("contentType"))]
+    for media_type in listed:
+        if media_type in (*RENDERED_MEDIA_TYPES, DICOM):
+            return media_type
+        if media_type in ("*/*", "image/*"):
+            return "image/jpeg"
+    raise NotAcceptable(
+        f"contentType {query.get('contentType')!r} cannot be served: use application/dicom, "
+        "image/jpeg, image/png or image/gif"
+    )
+
+
+def _window(query: Mapping[str, str]) -> Window | None:
+    center, width = _float(query, "windowCenter"), _float(query, "windowWidth")
+    if (center is None) != (width is None):
+        raise BadRequest("windowCenter and windowWidth go together: give both or neither")
+    if center is None or width is None:
+        return None
+    if width < 1:
+        raise BadRequest(f"invalid windowWidth={width}: expected 1 or more")
+    return Window(center, width)
+
+
+def _region(query: Mapping[str, str]) -> tuple[float, float, float, float] | None:
+    raw = query.get("region")
+    if raw is None:
+        return None
+    try:
+        x1, y1, x2, y2 = (float(v) for v in raw.split(","))
+    except ValueError:
+        raise BadRequest(
+            f"invalid region={raw!r}: expected x1,y1,x2,y2 as fractions from 0.0 to 1.0"
+        ) from None
+    if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
+        raise BadRequest(f"invalid region={raw!r}: need 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1")
+    return x1, y1, x2, y2
+
+
+def _annotation(query: Mapping[str, str]) -> frozenset[str]:
+    raw = query.get("annotation")
+    if not raw:
+        return frozenset()
+    values = frozenset(v.strip().lower() for v in raw.split(",") if v.strip())
+    unknown = values - _ANNOTATIONS
+    if unknown:
+        raise BadRequest(f"invalid annotation {sorted(unknown)[0]!r}: use patient, technique")
+    return values
+
+
+async def retrieve(request: Request) -> Response:
+    archive: Archive = request.app.state.archive
+    query = request.query_params
+    if query.get("requestType") != "WADO":
+        raise BadRequest("requestType=WADO is required")
+    study, series, sop = (_uid(query, n) for n in ("studyUID", "seriesUID", "objectUID"))
+    if query.get("anonymize", "").lower() == "yes":
+        raise Unsupported("anonymize=yes is not supported: the archive returns data as stored")
+    media_type = _content_type(query)
+    instances = await archive.retrieve.instances(study, series, sop)
+    if media_type == DICOM:
+        syntax = query.get("transferSyntax")
+        if syntax is not None and not is_valid_uid(syntax):
+            raise BadRequest(f"invalid transferSyntax {syntax!r}: not a DICOM UID")
+        accept = f"{DICOM}; transfer-syntax={syntax}" if syntax else DICOM
+        response = await plan_response(request, archive, instances[0], parse_accept(accept))
+    else:
+        response = await _rendered(archive, query, media_type, instances[0])
+    unknown = sorted(set(query) - _KNOWN)
+    if unknown:
+        # Links carry extra parameters (cache busters, vendor options): served, but said.
+        response.headers["Warning"] = (
+            f'299 {request.url.hostname or "pacs"}: "The following WADO-URI parameters '
+            f'were ignored: {", ".join(unknown)}"'
+        )
+    return response
+
+
+async def _rendered(
+    archive: Archive, query: Mapping[str, str], media_type: str, instance: StoredInstance
+) -> Response:
+    source = await archive.imaging.open(instance)
+    rows, columns = _int(query, "rows", 1, 16384), _int(query, "columns", 1, 16384)
+    quality = _int(query, "imageQuality", 1, 100)
+    frame = _int(query, "frameNumber", 1, 2**31)
+    region = _region(query)
+    height, width = int(source.header.get("Rows") or 1), int(source.header.get("Columns") or 1)
+    viewport: Viewport | None = None
+    if rows or columns or region:
+        sx, sy, sw, sh = 0, 0, width, height
+        if region:
+            x1, y1, x2, y2 = region
+            sx, sy = round(x1 * width), round(y1 * height)
+            sw, sh = max(1, round((x2 - x1) * width)), max(1, round((y2 - y1) * height))
+        # One of rows/columns alone scales the other with the aspect ratio (PS3.18 9.1.2.1.9).
+        vw = columns or (round(sw * rows / sh) if rows else sw)
+        vh = rows or (round(sh * columns / sw) if columns else sh)
+        viewport = Viewport(vw, vh, sx, sy, sw, sh)
+    options = RenderOptions(
+        media_type=media_type,
+        quality=quality,
+        window=_window(query),
+        viewport=viewport,
+        annotation=_annotation(query),
+    )
+    if frame is not None:
+        archive.imaging.check_frames(source, [frame])
+        data = await archive.imaging.rendered(source, [frame], options)
+    else:
+        data = await render_instance(archive, source, options)
+    return Response(data, media_type=media_type)
