@@ -14,9 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import numpy as np
 import pydicom
+from numpy.typing import NDArray
+from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID, generate_uid
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
@@ -210,3 +215,81 @@ def reuid_testdata(name: str, **attrs: Any) -> tuple[bytes, pydicom.Dataset]:
     ds.save_as(buffer, enforce_file_format=True)
     data = buffer.getvalue()
     return data, pydicom.dcmread(io.BytesIO(data))
+
+
+# --- retrieved instances and images -------------------------------------------------------------
+
+
+@dataclass
+class Stored:
+    """One instance as uploaded: its UIDs and its PS3.10 bytes."""
+
+    study: str
+    series: str
+    sop: str
+    data: bytes
+
+    @property
+    def path(self) -> str:
+        """Its WADO-RS path below the DICOMweb root."""
+        return f"/studies/{self.study}/series/{self.series}/instances/{self.sop}"
+
+    @property
+    def dataset(self) -> pydicom.Dataset:
+        return read_dicom(self.data)
+
+
+def stored(data: bytes) -> Stored:
+    """A PS3.10 file's UIDs and bytes."""
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return Stored(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, data)
+
+
+def read_dicom(data: bytes) -> pydicom.Dataset:
+    """A PS3.10 file from bytes (as a client would read a retrieved instance)."""
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+def pixels(ds: pydicom.Dataset) -> NDArray[Any]:
+    """All frames of a dataset as a numpy array (colour as RGB), decoded by pydicom."""
+    values: NDArray[Any] = np.asarray(ds.pixel_array)
+    return values
+
+
+# Image Pixel module attributes a frame needs to be decoded on its own (PS3.3 C.7.6.3).
+_IMAGE_PIXEL = (
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+)
+
+
+def frame_pixels(frame: bytes, like: pydicom.Dataset, transfer_syntax: str) -> NDArray[Any]:
+    """One retrieved frame decoded by pydicom: a dataset is built around it with the
+    Image Pixel attributes of `like` (the instance's metadata) and `transfer_syntax`."""
+    syntax = UID(transfer_syntax)
+    ds = pydicom.Dataset()
+    for keyword in _IMAGE_PIXEL:
+        if keyword in like:
+            setattr(ds, keyword, like[keyword].value)
+    ds.NumberOfFrames = 1
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([frame]) if syntax.is_compressed else frame
+    ds["PixelData"].VR = "OB" if syntax.is_compressed or ds.BitsAllocated <= 8 else "OW"
+    return pixels(ds)
+
+
+def open_image(content: bytes, image_format: str | None = None) -> Image.Image:
+    """A rendered image decoded by Pillow (asserting its format when given)."""
+    picture: Image.Image = Image.open(io.BytesIO(content))
+    if image_format is not None:
+        assert picture.format == image_format, (picture.format, image_format)
+    picture.load()
+    return picture
