@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck unit clean
+.PHONY: install browser serve test lint typecheck unit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The OHIF end-to-end test's browser, driver and viewer (tests/e2e/ohif/install.sh): Chromium,
+# Node.js and npm from Debian (as root, or through sudo), `npm ci` and the built viewer, each
+# only when missing or stale. Outside CI what cannot be installed is a warning (the test skips).
+browser:
+	bash tests/e2e/ohif/install.sh
 
 serve: install
 	$(BIN)/pacs serve $(ARGS)
@@ -24,7 +30,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
+unit: install browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
