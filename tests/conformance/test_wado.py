@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pydicom
 import pytest
 from pydicom.encaps import generate_frames
 from pydicom.uid import generate_uid
@@ -18,6 +16,7 @@ from tests.conformance.helpers import (
     DICOM,
     DICOM_JSON,
     EXPLICIT_VR_LE,
+    Stored,
     error_message,
     parse_multipart,
     reuid_testdata,
@@ -33,33 +32,17 @@ JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 
 
 @dataclass
-class Instance:
-    study: str
-    series: str
-    sop: str
-    data: bytes
-
-    @property
-    def path(self) -> str:
-        return f"/studies/{self.study}/series/{self.series}/instances/{self.sop}"
-
-    @property
-    def dataset(self) -> pydicom.Dataset:
-        return pydicom.dcmread(io.BytesIO(self.data))
-
-
-@dataclass
 class Corpus:
     study: str
     series: list[str]
-    single: Instance  # series 0, one frame
-    multi: Instance  # series 0, three frames
-    other: Instance  # series 1
-    j2k: Instance  # JPEG 2000, own study
-    jpeg: Instance  # JPEG baseline RGB, own study
+    single: Stored  # series 0, one frame
+    multi: Stored  # series 0, three frames
+    other: Stored  # series 1
+    j2k: Stored  # JPEG 2000, own study
+    jpeg: Stored  # JPEG baseline RGB, own study
 
     @property
-    def native(self) -> list[Instance]:
+    def native(self) -> list[Stored]:
         return [self.single, self.multi, self.other]
 
 
@@ -69,7 +52,7 @@ def corpus(server: str) -> Iterator[Corpus]:
     series = [generate_uid(), generate_uid()]
     patient = token()
 
-    def native(series_uid: str, number: int, **kw: Any) -> Instance:
+    def native(series_uid: str, number: int, **kw: Any) -> Stored:
         sop = generate_uid()
         data = make_file(
             study=study,
@@ -80,7 +63,7 @@ def corpus(server: str) -> Iterator[Corpus]:
             InstanceNumber=number,
             **kw,
         )
-        return Instance(study, series_uid, sop, data)
+        return Stored(study, series_uid, sop, data)
 
     single = native(series[0], 1, seed=11)
     multi = native(series[0], 2, frames=3, rows=4, columns=6, seed=12)
@@ -89,19 +72,19 @@ def corpus(server: str) -> Iterator[Corpus]:
     for name in ("JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm"):
         data, ds = reuid_testdata(name, PatientID=patient)
         compressed.append(
-            Instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, data)
+            Stored(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, data)
         )
     with httpx.Client(base_url=f"{server}/dicomweb", timeout=60) as http:
         stow_ok(http, [i.data for i in (single, multi, other, *compressed)])
     yield Corpus(study, series, single, multi, other, compressed[0], compressed[1])
 
 
-def _pixel_data(instance: Instance) -> bytes:
+def _pixel_data(instance: Stored) -> bytes:
     pixels: bytes = instance.dataset.PixelData
     return pixels
 
 
-def _frame_size(instance: Instance) -> int:
+def _frame_size(instance: Stored) -> int:
     ds = instance.dataset
     return int(ds.Rows * ds.Columns * ds.SamplesPerPixel * ds.BitsAllocated // 8)
 
@@ -256,7 +239,7 @@ def test_metadata_matches_pydicom(http: httpx.Client, corpus: Corpus, dicomweb: 
 
 @pytest.mark.parametrize("which", ["single", "multi"])
 def test_pixel_data_bulkdata(http: httpx.Client, corpus: Corpus, which: str) -> None:
-    instance: Instance = getattr(corpus, which)
+    instance: Stored = getattr(corpus, which)
     [meta] = http.get(f"{instance.path}/metadata").json()
     uri = meta["7FE00010"]["BulkDataURI"]
     expected = _pixel_data(instance)
@@ -352,7 +335,7 @@ def test_bad_frame_numbers(http: httpx.Client, corpus: Corpus, frames: str, stat
 def test_compressed_frames(
     http: httpx.Client, corpus: Corpus, which: str, media_type: str, syntax: str
 ) -> None:
-    instance: Instance = getattr(corpus, which)
+    instance: Stored = getattr(corpus, which)
     ds = instance.dataset
     expected = list(
         generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1)))
