@@ -49,7 +49,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from app.dicom.byteorder import swap, swap_width
+from app.dicom.byteorder import swap_binary_values
 from app.dicom.transfer_syntax import frame_media_type
 from app.imaging.codecs import (
     J2K_COMPRESSION_RATIO,
@@ -134,7 +134,6 @@ _FIRST_PIXEL_GROUP_TAG = 0x7FE00000  # Extended Offset Table and on describe the
 _ITEM = 0xE000FFFE  # (FFFE,E000) as a little-endian 32-bit tag, group first
 _SEQUENCE_DELIMITER = 0xE0DDFFFE
 _UNDEFINED_LENGTH = 0xFFFFFFFF
-_SWAPPED_VRS = frozenset({"OW", "OF", "OL", "OD", "OV"})  # binary values of wider words
 
 
 class NotTranscodable(Exception):
@@ -381,7 +380,7 @@ class Transcoder:
             if tag >= _FIRST_PIXEL_GROUP_TAG:
                 del out[tag]
         if self._source_syntax == ExplicitVRBigEndian:
-            _swap_binary_values(out)
+            swap_binary_values(out)
         # The SOP Instance UID stays: this is the same instance in another encoding (PS3.18
         # 8.7.3.5), not a new, derived one.
         meta = FileMetaDataset()
@@ -469,16 +468,6 @@ def _values(value: Any) -> list[Any]:
     if value is None or value == "":
         return []
     return list(value) if isinstance(value, MultiValue | list) else [value]
-
-
-def _swap_binary_values(ds: Dataset) -> None:
-    """Big-endian OW, OF, OL, OD and OV values to little endian: pydicom writes them as read."""
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value:
-                _swap_binary_values(item)
-        elif elem.VR in _SWAPPED_VRS and isinstance(elem.value, bytes):
-            elem.value = swap(elem.value, swap_width(elem.VR))
 
 
 def _name(syntax: UID) -> str:

@@ -12,18 +12,23 @@ so that a burst of rendering requests cannot starve the event loop's other work.
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import os
 import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TypeVar
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
+from app.dicom.byteorder import swap_binary_values
+from app.dicom.transfer_syntax import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
 from app.imaging.codecs import CodecError, Frame, decode_frame
 from app.imaging.display import RenderError
 from app.imaging.render import RenderOptions, ViewportError, render, thumbnail
@@ -42,7 +47,7 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass
 class PixelSource:
     """One instance opened for pixel work: its header and where its frames come from."""
 
@@ -60,6 +65,20 @@ class PixelSource:
     @property
     def transfer_syntax_uid(self) -> str:
         return self.instance.transfer_syntax_uid
+
+    @cached_property
+    def display_header(self) -> Dataset:
+        """The header with binary values (palette and other LUT data) little endian, as the
+        display pipeline reads them; the header itself stays as stored for transcoding."""
+        if self.transfer_syntax_uid != EXPLICIT_VR_BIG_ENDIAN:
+            return self.header
+        header = copy.deepcopy(self.header)
+        swap_binary_values(header)
+        # pydicom reads some LUT data in the byte order the transfer syntax names: say what
+        # the values now are.
+        header.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
+        header.set_original_encoding(False, True, header.original_character_set)
+        return header
 
 
 def _read_dataset(data: bytes, stop_before_pixels: bool) -> Dataset:
@@ -79,7 +98,9 @@ def _number_of_frames(ds: Dataset) -> int:
 
 def _loaded_frame(ds: Dataset, index: int, count: int) -> bytes:
     """Frame `index` of a dataset read whole (native: little endian, as decoding wants)."""
-    keyword = next(k for k in _PIXEL_KEYWORDS if k in ds)
+    keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
+    if keyword is None:
+        raise Unsupported("the instance has no pixel data")
     value: bytes = ds[keyword].value
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         for i, frame in enumerate(generate_frames(value, number_of_frames=count)):
@@ -98,8 +119,16 @@ class ImagingService:
         self._cpu = asyncio.Semaphore(workers or os.cpu_count() or 2)
 
     async def _in_worker(self, work: Callable[[], T]) -> T:
+        def run() -> T:
+            try:
+                return work()
+            except StopIteration as exc:
+                # A StopIteration cannot cross into the awaiting coroutine: the request
+                # would hang. It is a bug wherever it comes from; make it an ordinary one.
+                raise RuntimeError("StopIteration escaped from pixel work") from exc
+
         async with self._cpu:
-            return await asyncio.to_thread(work)
+            return await asyncio.to_thread(run)
 
     async def open(self, instance: StoredInstance) -> PixelSource:
         """Read the header of `instance` (and, when its frames are not indexed, all of it)."""
@@ -122,11 +151,11 @@ class ImagingService:
                 f"instance {instance.sop_instance_uid} cannot be read: {exc}"
             ) from exc
         has_pixels = any(k in whole for k in _PIXEL_KEYWORDS)
-        header = Dataset(whole)
+        header = Dataset()  # the elements without pixel data; `whole` keeps them all
+        for elem in whole:
+            if elem.keyword not in _PIXEL_KEYWORDS:
+                header.add(elem)
         header.file_meta = whole.file_meta
-        for keyword in _PIXEL_KEYWORDS:
-            if keyword in header:
-                del header[keyword]
         frames = _number_of_frames(whole) if has_pixels else 0
         return PixelSource(instance, header, frames, None, whole if has_pixels else None)
 
@@ -206,7 +235,11 @@ class ImagingService:
             if source.has_pixels and not (transcoder.encapsulated)
             else None
         )
-        yield transcoder.prefix(source.frame_count, length)
+        prefix = transcoder.prefix(source.frame_count, length)
+        if not source.has_pixels:
+            yield prefix
+        # The first frame is encoded before anything is sent, so that an object the codecs
+        # cannot handle gets an error response rather than a body cut off after its headers.
         # The next frame is read while this one is encoded.
         pending: asyncio.Future[bytes] | None = None
         try:
@@ -215,8 +248,8 @@ class ImagingService:
                 pending = None
                 if number < source.frame_count:
                     pending = asyncio.ensure_future(self.stored_frame(source, number + 1))
-                encoded = await self._encode(source, transcoder, number, data)
-                yield transcoder.frame_item(encoded)
+                item = transcoder.frame_item(await self._encode(source, transcoder, number, data))
+                yield prefix + item if number == 1 else item
         finally:
             if pending is not None:
                 pending.cancel()
@@ -231,7 +264,9 @@ class ImagingService:
         pairs = [(f.pixels, f.photometric_interpretation) for f in frames]
         indexes = [n - 1 for n in numbers]
         try:
-            return await self._in_worker(lambda: render(source.header, pairs, options, indexes))
+            return await self._in_worker(
+                lambda: render(source.display_header, pairs, options, indexes)
+            )
         except ViewportError as exc:
             raise BadRequest(str(exc)) from exc
         except RenderError as exc:
@@ -247,7 +282,7 @@ class ImagingService:
         try:
             return await self._in_worker(
                 lambda: thumbnail(
-                    source.header,
+                    source.display_header,
                     frame.pixels,
                     frame.photometric_interpretation,
                     media_type,
