@@ -17,14 +17,18 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import data_store
+import numpy as np
 import pydicom
+from numpy.typing import NDArray
 from pydicom.data import get_testdata_files
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID
 
 PYDICOM_ROOT = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -205,9 +209,8 @@ def native_frame_length(ds: Dataset) -> int:
     return math.ceil(bits / 8)
 
 
-def native_frame(ds: Dataset, index: int, little_endian: bool) -> bytes:
-    """Frame `index` (0-based) of native pixel data in the requested byte order."""
-    length = native_frame_length(ds)
+def native_pixel_data(ds: Dataset, little_endian: bool) -> bytes:
+    """The whole native Pixel Data value in the requested byte order."""
     data = bytes(ds.PixelData)
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     if little_endian and not syntax.is_little_endian:
@@ -219,9 +222,44 @@ def native_frame(ds: Dataset, index: int, little_endian: bool) -> bytes:
             for k in range(width):
                 swapped[k::width] = data[width - 1 - k : usable : width]
             data = bytes(swapped) + data[usable:]
-    return data[index * length : (index + 1) * length]
+    return data
+
+
+def native_frame(ds: Dataset, index: int, little_endian: bool) -> bytes:
+    """Frame `index` (0-based) of native pixel data in the requested byte order."""
+    length = native_frame_length(ds)
+    return native_pixel_data(ds, little_endian)[index * length : (index + 1) * length]
 
 
 def encapsulated_frames(ds: Dataset, frames: int) -> list[bytes]:
     with quiet():
         return list(generate_frames(ds.PixelData, number_of_frames=frames))
+
+
+def decoded_pixels(ds: Dataset) -> NDArray[Any]:
+    """pydicom's decoding of every frame, frames first: (frames, rows, columns[, samples]).
+
+    This is `pixel_array` as a viewer built on pydicom would see it: YBR colour from a JPEG
+    codestream comes back as RGB, planar data interleaved, 1-bit data one byte per pixel.
+    Raises whatever the decoder raises when it cannot decode the data."""
+    image = image_info(ds)
+    if image is None:
+        raise ValueError("the dataset has no Pixel Data")
+    with quiet():
+        pixels: NDArray[Any] = ds.pixel_array
+    return pixels if image.frames > 1 else pixels[np.newaxis]
+
+
+def shows_detail(ds: Dataset, frame: NDArray[Any]) -> bool:
+    """Whether a display of `frame` (one decoded frame) is not a single flat shade: grey data
+    after pydicom's Modality and VOI LUTs (a window can saturate every pixel), colour data
+    (palette indices, RGB, YBR) as decoded."""
+    with quiet():
+        if str(ds.get("PhotometricInterpretation", "")).startswith("MONOCHROME"):
+            frame = apply_voi_lut(apply_modality_lut(frame, ds), ds)
+    return bool(np.ptp(frame) > 0)
+
+
+def little_endian_bytes(pixels: NDArray[Any]) -> bytes:
+    """The samples of `pixels` as little-endian bytes of the same width (native order, PS3.5)."""
+    return pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes()

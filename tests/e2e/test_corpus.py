@@ -22,39 +22,60 @@ with `--overwrite` and checked right after it is stored, before the next variant
 replaces it. Every valid file is thus verified exactly once, and "main" holds a known set of
 instances for the QIDO check.
 
+Every image is then also retrieved decoded: as Explicit VR Little Endian, every frame
+decompressed, and rendered as PNG and JPEG. The reference is pydicom's own decoding of the
+original file (`pixel_array`, same decoder plugins as the server, so even lossy sources must give
+equal values). Where the data cannot be decoded at all (`NOT_DECODABLE`, each one checked to
+defeat pydicom too) the archive must say so: 501 or 406 with a message, never a 500.
+
 All HTTP traffic happens in the module fixture, which records what came back; the tests then
 compare those records with pydicom, one test per file and aspect, so a failure names the file.
+Decoded bodies are too big to keep for ~150 images, so they are judged as they arrive and only
+the verdict (status, error text, list of problems) is recorded.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from numpy.typing import NDArray
+from PIL import Image as PILImage
+from pydicom import dcmread
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from tests.e2e.corpus import (
     PYDICOM_DATA_ROOT,
     CorpusFile,
+    Image,
     Problem,
     corpus,
+    decoded_pixels,
     encapsulated_frames,
     image_info,
+    little_endian_bytes,
     native_frame,
     native_frame_length,
+    native_pixel_data,
     quiet,
+    shows_detail,
 )
 from tests.e2e.multipart import encode_multipart, media_type_params, parse_multipart
 from tests.support.server import running_server
@@ -134,13 +155,27 @@ KNOWN_REJECTED: dict[str, tuple[Problem, str]] = {
     "pydicom-data/bad_sequence.dcm": (Problem.INVALID_UID, r"(SOP|Study|Series)InstanceUID"),
 }
 
-# Images whose frames the archive cannot index; /frames must then answer 501 with a reason.
+# Images whose pixel data cannot be decoded, by pydicom (test_not_decodable_defeats_pydicom)
+# nor by the archive: decoded retrieval must answer 501 or 406 with a message saying so.
 # label -> why
-FRAMES_NOT_INDEXED: dict[str, str] = {
-    "pydicom/image_dfl.dcm": "deflated transfer syntax: no byte offsets into the inflated data",
+NOT_DECODABLE: dict[str, str] = {
+    "pydicom/JPEG-lossy.dcm": (
+        "the 12-bit JPEG Extended codestream has a misplaced marker segment (scan start must "
+        "be 0 and scan stop 63 in sequential modes): libjpeg refuses it, Pillow has no 12-bit "
+        "JPEG"
+    ),
+    "pydicom/JPEG2000-embedded-sequence-delimiter.dcm": (
+        "a parser test, not an image: the 250-byte JPEG 2000 codestream carries the bytes of a "
+        "Sequence Delimitation Item in its SIZ marker segment, which then declares 3.8e12 "
+        "pixels; OpenJPEG cannot read the header"
+    ),
 }
 
 FRAME_ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+AS_EXPLICIT_VR_LITTLE_ENDIAN = f"application/dicom; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"
+DECOMPRESSED_FRAMES_ACCEPT = 'multipart/related; type="application/octet-stream"'
+RENDERED_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG"}  # media type -> Pillow format
 BULK_ACCEPT = "multipart/related; type=application/octet-stream"
 C000, DUPLICATE = 0xC000, 0x0111
 LITTLE_ENDIAN_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
@@ -207,6 +242,23 @@ class Fetched:
         return f"GET {self.url} -> {self.status} {self.content_type!r} {self.text[:300]!r}"
 
 
+@dataclass(frozen=True)
+class Judged:
+    """A request for decoded pixels, judged when it came back (the bodies are not kept)."""
+
+    request: str  # "GET <url> (Accept: ...)"
+    status: int  # 0: no complete response
+    content_type: str
+    error: str = ""  # the "error" member of an error's JSON body
+    text: str = ""  # an error's body, for the failure message
+    problems: tuple[str, ...] = ()  # what is wrong with the content of a 200
+    shown: str = ""  # rendered images: digest of the decoded picture (mode, size, pixels)
+
+    def describe(self) -> str:
+        lines = [f"{self.request} -> {self.status} {self.content_type!r} {self.text[:300]!r}"]
+        return "\n".join(lines + list(self.problems))
+
+
 @dataclass
 class Observation:
     label: str
@@ -220,6 +272,12 @@ class Observation:
     frames: dict[int, Fetched] = field(default_factory=dict)
     frame_after_last: Fetched | None = None
     bulk: dict[str, Fetched] = field(default_factory=dict)  # BulkDataURI -> answer
+    # decoded retrieval (images only), judged on arrival
+    pydicom_error: str = ""  # why pydicom could not decode the original ("" when it could)
+    first_frame: str = ""  # digest of pydicom's decoding of frame 1 (dtype, shape, values)
+    explicit_vr_little_endian: Judged | None = None
+    frames_decompressed: Judged | None = None
+    rendered: dict[str, Judged] = field(default_factory=dict)  # media type -> verdict
 
 
 def _digest(content_type: str, data: bytes) -> PartDigest:
@@ -273,6 +331,15 @@ def _bulk_uris(value: Any) -> Iterator[str]:
 
 def observe(client: httpx.Client, f: CorpusFile, obs: Observation) -> None:
     """Everything WADO-RS says about a stored file."""
+    try:
+        _observe(client, f, obs)
+    except httpx.TimeoutException as exc:
+        # A request that hangs usually holds a worker, so the rest would hang as well: stop,
+        # naming the file (httpx's message names neither file nor request).
+        raise RuntimeError(f"{f.label}: the server did not answer {exc.request.url}") from exc
+
+
+def _observe(client: httpx.Client, f: CorpusFile, obs: Observation) -> None:
     path = instance_path(f)
     obs.instance = fetch(client, path, 'multipart/related; type="application/dicom"')
     response = client.get(path + "/metadata", headers={"Accept": "application/dicom+json"})
@@ -291,11 +358,260 @@ def observe(client: httpx.Client, f: CorpusFile, obs: Observation) -> None:
     image = image_info(ds)
     if image is None:
         return
-    count = 1 if f.label in FRAMES_NOT_INDEXED else image.frames
-    for number in range(1, count + 1):
+    for number in range(1, image.frames + 1):
         obs.frames[number] = fetch(client, f"{path}/frames/{number}", FRAME_ACCEPT)
-    if f.label not in FRAMES_NOT_INDEXED:
-        obs.frame_after_last = fetch(client, f"{path}/frames/{count + 1}", FRAME_ACCEPT)
+    obs.frame_after_last = fetch(client, f"{path}/frames/{image.frames + 1}", FRAME_ACCEPT)
+    observe_decoded(client, f, ds, image, obs)
+
+
+# --- decoded retrieval, judged as it arrives ---------------------------------------------------
+
+# Attributes that may differ once the pixel data is decoded: its encoding (PS3.5 8.2: a YBR
+# JPEG decodes to RGB, planar RLE data to pixel-interleaved), lossy compression history
+# (PS3.3 C.7.6.1.1.5), the offset tables that only encapsulated data has, and trailing
+# padding, which has no meaning (PS3.10 7.2) and need not be rewritten.
+_DECODING_MAY_CHANGE = {
+    "DataSetTrailingPadding",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "PixelData",
+    "LossyImageCompression",
+    "LossyImageCompressionRatio",
+    "LossyImageCompressionMethod",
+    "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
+}
+_BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "SQ"}
+
+
+def _checked(check: Callable[[], list[str]]) -> list[str]:
+    """Run a judge; a judge that cannot even run (e.g. pydicom fails) is a problem too."""
+    try:
+        return check()
+    except Exception as exc:  # any failure is reported for the file, not raised
+        return [f"could not be checked: {type(exc).__name__}: {exc}"]
+
+
+def judge(
+    client: httpx.Client, url: str, accept: str, check: Callable[[bytes, str], list[str]]
+) -> Judged:
+    request = f"GET {url} (Accept: {accept})"
+    try:
+        response = client.get(url, headers={"Accept": accept})
+    except httpx.RemoteProtocolError as exc:  # e.g. a 200 whose body breaks off
+        return Judged(request, 0, "", text=f"no complete response: {type(exc).__name__}: {exc}")
+    content_type = response.headers.get("content-type", "")
+    if response.status_code != 200:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        error = str(body.get("error") or "") if isinstance(body, dict) else ""
+        return Judged(request, response.status_code, content_type, error, response.text)
+    problems = _checked(lambda: check(response.content, content_type))
+    return Judged(request, 200, content_type, problems=tuple(problems), shown=_shown(response))
+
+
+def _shown(response: httpx.Response) -> str:
+    if not response.headers.get("content-type", "").startswith("image/"):
+        return ""
+    try:
+        with PILImage.open(io.BytesIO(response.content)) as image:
+            image.load()
+            header = f"{image.mode} {image.size}".encode()
+            return hashlib.sha256(header + image.tobytes()).hexdigest()
+    except OSError:
+        return ""  # not an image: judge_rendered says so
+
+
+def _differences(actual: NDArray[Any], expected: NDArray[Any], what: str) -> list[str]:
+    if actual.shape != expected.shape:
+        return [f"{what}: shape {actual.shape}, pydicom decodes {expected.shape}"]
+    if (actual.dtype.kind, actual.dtype.itemsize) != (expected.dtype.kind, expected.dtype.itemsize):
+        return [f"{what}: samples are {actual.dtype}, pydicom decodes {expected.dtype}"]
+    unequal = np.flatnonzero(actual != expected)
+    if unequal.size:
+        first = int(unequal[0])
+        return [
+            f"{what}: {unequal.size} of {actual.size} samples differ from pydicom's decoding "
+            f"(first at flat index {first}: {actual.flat[first]} != {expected.flat[first]})"
+        ]
+    return []
+
+
+def _attribute_changes(original: Dataset, converted: Dataset) -> list[str]:
+    """Top-level attributes that the conversion lost, added or altered (textual VRs compared
+    by value; binary ones and sequences only for presence)."""
+    problems = []
+
+    def compared(ds: Dataset) -> set[BaseTag]:
+        return {
+            tag
+            for tag in ds.keys()  # noqa: SIM118 (iterating would decode every element)
+            if tag.element != 0 and keyword_for_tag(tag) not in _DECODING_MAY_CHANGE
+        }
+
+    keep, have = compared(original), compared(converted)
+    problems += [f"{tag} is missing from the converted instance" for tag in sorted(keep - have)]
+    problems += [f"{tag} was added by the conversion" for tag in sorted(have - keep)]
+    with quiet():
+        for tag in sorted(keep & have):
+            before, after = original[tag], converted[tag]
+            if after.VR in _BINARY_VRS or before.VR in _BINARY_VRS:
+                continue
+            if before.value != after.value:
+                problems.append(f"{tag} {after.VR}: {after.value!r} was {before.value!r}")
+    return problems
+
+
+def judge_explicit_vr_little_endian(
+    body: bytes, content_type: str, original: Dataset, reference: NDArray[Any] | None
+) -> list[str]:
+    """The answer must be a PS3.10 file in Explicit VR Little Endian with native pixel data
+    that pydicom decodes to the same values as the original, other attributes unchanged."""
+    problems = []
+    media_type, params = media_type_params(content_type)
+    if media_type != "application/dicom":
+        problems.append(f"Content-Type {content_type!r} is not application/dicom")
+    if params.get("transfer-syntax", EXPLICIT_VR_LITTLE_ENDIAN) != EXPLICIT_VR_LITTLE_ENDIAN:
+        problems.append(f"Content-Type {content_type!r} names another transfer syntax")
+    with quiet():
+        converted = dcmread(io.BytesIO(body))  # not forced: must be a PS3.10 file
+    syntax = converted.file_meta.get("TransferSyntaxUID")
+    if syntax != EXPLICIT_VR_LITTLE_ENDIAN:
+        return [*problems, f"the file's TransferSyntaxUID is {syntax}"]
+    # rtdose.dcm's file meta names another instance; keeping what was received is no fault
+    media_uids = {original.SOPInstanceUID, original.file_meta.get("MediaStorageSOPInstanceUID")}
+    if converted.file_meta.get("MediaStorageSOPInstanceUID") not in media_uids:
+        problems.append("MediaStorageSOPInstanceUID is not the instance's SOPInstanceUID")
+    if "PixelData" not in converted:
+        return [*problems, "the converted instance has no Pixel Data"]
+    element = converted["PixelData"]
+    image = image_info(original)
+    assert image is not None
+    expected_length = image.frames * native_frame_length(converted)
+    lengths = {expected_length, expected_length + expected_length % 2}
+    if not image.encapsulated:
+        with quiet():
+            lengths.add(len(original.PixelData))  # native data beyond the last frame may stay
+    if element.is_undefined_length or len(element.value) not in lengths:
+        problems.append(
+            f"Pixel Data is not native: {len(element.value)} bytes"
+            f"{' of undefined length' if element.is_undefined_length else ''}, "
+            f"{image.frames} frame(s) of {native_frame_length(converted)} bytes expected"
+        )
+    problems += _attribute_changes(original, converted)
+    if reference is not None:
+        return problems + _differences(decoded_pixels(converted), reference, "pixel data")
+    if image.encapsulated:
+        return [*problems, "pydicom cannot decode the original: nothing to compare with"]
+    # Native data pydicom will not decode (badVR.dcm: NumberOfFrames '1A'): nothing to decode,
+    # so the value itself must come through, in little-endian order.
+    with quiet():
+        if bytes(element.value) != native_pixel_data(original, little_endian=True):
+            problems.append("Pixel Data is not the original native value in little endian")
+    return problems
+
+
+def expected_decompressed_frames(
+    original: Dataset, image: Image, reference: NDArray[Any] | None
+) -> list[bytes]:
+    """Native data is served as stored (little endian); compressed data as pydicom decodes it."""
+    if not image.encapsulated:
+        with quiet():
+            return [native_frame(original, i, little_endian=True) for i in range(image.frames)]
+    if reference is None:
+        raise ValueError("pydicom cannot decode the original: nothing to compare with")
+    return [little_endian_bytes(frame) for frame in reference]
+
+
+def judge_decompressed_frames(body: bytes, content_type: str, expected: list[bytes]) -> list[str]:
+    """One part per frame, in order, each the frame's native little-endian bytes."""
+    parts = parse_multipart(content_type, body)
+    if len(parts) != len(expected):
+        return [f"{len(parts)} parts for {len(expected)} frames"]
+    problems = []
+    for number, (part, frame) in enumerate(zip(parts, expected, strict=True), start=1):
+        media_type, params = media_type_params(part.content_type)
+        if media_type != "application/octet-stream":
+            problems.append(f"frame {number}: part is {part.content_type!r}")
+        if params.get("transfer-syntax") != EXPLICIT_VR_LITTLE_ENDIAN:
+            problems.append(f"frame {number}: part {part.content_type!r} is not labelled EVRLE")
+        if part.body != frame:
+            problems.append(
+                f"frame {number}: {len(part.body)} bytes, expected {len(frame)}"
+                + (" (same length, different content)" if len(part.body) == len(frame) else "")
+            )
+    return problems
+
+
+def judge_rendered(
+    body: bytes,
+    content_type: str,
+    media_type: str,
+    original: Dataset,
+    reference: NDArray[Any] | None,
+) -> list[str]:
+    """One image of the requested format, the object's size, grey or RGB as the object is,
+    and not blank when pydicom's display of the first frame is not."""
+    problems = []
+    if media_type_params(content_type)[0] != media_type:
+        problems.append(f"Content-Type {content_type!r} for {media_type}")
+    with PILImage.open(io.BytesIO(body)) as image:
+        image.load()
+        with quiet():
+            size = (int(original.Columns), int(original.Rows))
+            grey = str(original.PhotometricInterpretation).startswith("MONOCHROME")
+        if image.format != RENDERED_FORMATS[media_type]:
+            problems.append(f"{image.format} image for {media_type}")
+        if image.size != size:
+            problems.append(f"{image.size[0]}x{image.size[1]}, the object is {size[0]}x{size[1]}")
+        if image.mode != ("L" if grey else "RGB"):
+            problems.append(f"mode {image.mode} for {'grey' if grey else 'colour'} data")
+        shown = np.asarray(image)
+        blank = bool(np.all(shown == shown[0, 0]))
+    if blank and reference is not None and shows_detail(original, reference[0]):
+        problems.append("the image is one flat shade, pydicom's display of frame 1 is not")
+    return problems
+
+
+def observe_decoded(
+    client: httpx.Client, f: CorpusFile, ds: Dataset, image: Image, obs: Observation
+) -> None:
+    """The image decoded: as Explicit VR Little Endian, every frame decompressed (one request)
+    and rendered as PNG and JPEG, each judged against pydicom's decoding of the original."""
+    reference: NDArray[Any] | None = None
+    try:
+        reference = decoded_pixels(f.read())
+    except Exception as exc:  # whatever the decoder raises is pydicom's verdict
+        obs.pydicom_error = f"{type(exc).__name__}: {exc}"
+    else:
+        first = reference[0]
+        header = f"{first.dtype.kind}{first.dtype.itemsize} {first.shape}".encode()
+        obs.first_frame = hashlib.sha256(header + little_endian_bytes(first)).hexdigest()
+    path = instance_path(f)
+    obs.explicit_vr_little_endian = judge(
+        client,
+        path,
+        AS_EXPLICIT_VR_LITTLE_ENDIAN,
+        lambda body, ct: judge_explicit_vr_little_endian(body, ct, ds, reference),
+    )
+    numbers = ",".join(str(n) for n in range(1, image.frames + 1))
+    obs.frames_decompressed = judge(
+        client,
+        f"{path}/frames/{numbers}",
+        DECOMPRESSED_FRAMES_ACCEPT,
+        lambda body, ct: judge_decompressed_frames(
+            body, ct, expected_decompressed_frames(ds, image, reference)
+        ),
+    )
+    for media_type in RENDERED_FORMATS:
+        obs.rendered[media_type] = judge(
+            client,
+            f"{path}/rendered",
+            media_type,
+            partial(judge_rendered, media_type=media_type, original=ds, reference=reference),
+        )
 
 
 @dataclass
@@ -613,11 +929,6 @@ def test_frames(run: Run, label: str) -> None:
     if image is None:
         assert obs.frames == {}
         return
-    if label in FRAMES_NOT_INDEXED:
-        fetched = obs.frames[1]
-        assert fetched.status == 501, fetched.describe()
-        assert "frame" in fetched.text.lower(), fetched.describe()
-        return
     expected_parts: list[bytes] | None = None
     if image.encapsulated:
         expected_parts = encapsulated_frames(ds, image.frames)
@@ -657,6 +968,90 @@ def test_frames(run: Run, label: str) -> None:
     if after is None or after.status != 404:
         problems.append(f"frame {image.frames + 1} should be 404: {after and after.describe()}")
     assert not problems, "\n".join(problems)
+
+
+# --- decoded retrieval ------------------------------------------------------------------------
+
+IMAGES = [label for label in VERIFIED if image_info(FILES[label].read()) is not None]
+# What a refusal to decode must say (besides naming the instance or frame).
+_CANNOT_DECODE = r"cannot be (decoded|converted|rendered|read|sent)"
+
+
+def assert_decoded(obs: Observation, judged: Judged | None) -> None:
+    """200 with the right content; for NOT_DECODABLE, a 501 or 406 that says why."""
+    label = obs.label
+    assert judged is not None, f"{label}: no decoded retrieval was requested"
+    if label in NOT_DECODABLE:
+        assert judged.status in (406, 501), (
+            f"{label} cannot be decoded ({NOT_DECODABLE[label]}): expected 501 or 406\n"
+            + judged.describe()
+        )
+        assert re.search(_CANNOT_DECODE, judged.error, re.IGNORECASE), (
+            f"the JSON error does not say what cannot be done: {judged.describe()}"
+        )
+        return
+    assert judged.status == 200, judged.describe()
+    because = f"\n(pydicom: {obs.pydicom_error})" if obs.pydicom_error else ""
+    assert not judged.problems, judged.describe() + because
+
+
+def test_not_decodable_are_images() -> None:
+    assert set(NOT_DECODABLE) <= set(IMAGES)
+    assert len(IMAGES) > 140  # pydicom 3.0 and pydicom-data hold about 150 distinct images
+
+
+@pytest.mark.parametrize("label", sorted(NOT_DECODABLE))
+def test_not_decodable_defeats_pydicom(label: str) -> None:
+    """Only data pydicom cannot decode either may be refused; the converse (everything else
+    decodes) is checked by the per-file tests below, which compare with pydicom's decoding."""
+    with pytest.raises(Exception):  # noqa: B017 (whatever the decoder raises)
+        decoded_pixels(FILES[label].read())
+
+
+@pytest.mark.parametrize("label", IMAGES)
+def test_as_explicit_vr_little_endian(run: Run, label: str) -> None:
+    obs = verified(run, label)
+    assert_decoded(obs, obs.explicit_vr_little_endian)
+
+
+@pytest.mark.parametrize("label", IMAGES)
+def test_frames_decompressed(run: Run, label: str) -> None:
+    obs = verified(run, label)
+    assert_decoded(obs, obs.frames_decompressed)
+
+
+@pytest.mark.parametrize("label", IMAGES)
+def test_rendered_png(run: Run, label: str) -> None:
+    obs = verified(run, label)
+    assert_decoded(obs, obs.rendered.get("image/png"))
+
+
+@pytest.mark.parametrize("label", IMAGES)
+def test_rendered_jpeg(run: Run, label: str) -> None:
+    obs = verified(run, label)
+    assert_decoded(obs, obs.rendered.get("image/jpeg"))
+
+
+@pytest.mark.parametrize("media_type", list(RENDERED_FORMATS))
+def test_rendered_alike_for_same_pixels(run: Run, media_type: str) -> None:
+    """Encodings of one instance with the same decoded pixels (MR_small.dcm, its big-endian,
+    RLE, JPEG-LS ... variants) render to the same picture: what the rendering shows must not
+    depend on how the pixels were stored (byte order of the data and of its LUTs, planar
+    configuration, compression)."""
+    groups: dict[tuple[str, str], dict[str, str]] = {}
+    for label in IMAGES:
+        obs = verified(run, label)
+        judged = obs.rendered.get(media_type)
+        if obs.first_frame and judged is not None and judged.shown:
+            key = (str(FILES[label].sop_instance_uid), obs.first_frame)
+            groups.setdefault(key, {})[label] = judged.shown
+    assert sum(len(g) > 1 for g in groups.values()) >= 15  # the corpus has many such groups
+    unlike = [
+        ", ".join(f"{label} ({shown[:8]})" for label, shown in sorted(group.items()))
+        for group in groups.values()
+        if len(set(group.values())) > 1
+    ]
+    assert not unlike, "rendered differently:\n" + "\n".join(unlike)
 
 
 # --- QIDO-RS ---------------------------------------------------------------------------------
