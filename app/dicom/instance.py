@@ -14,6 +14,9 @@ FrameRanges = tuple[tuple[int, int], ...]
 # web layer swaps it for the instance's absolute URL when it answers a request.
 BULK_BASE = "{{pacs-bulk-base}}"
 
+# Bulk data paths of the top-level pixel data elements: Pixel Data, Float and Double Float.
+PIXEL_DATA_PATHS = ("7FE00010", "7FE00008", "7FE00009")
+
 
 @dataclass(frozen=True)
 class BulkRange:

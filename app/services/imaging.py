@@ -29,7 +29,7 @@ from pydicom.uid import UID
 
 from app.dicom.byteorder import swap_binary_values
 from app.dicom.transfer_syntax import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
-from app.imaging.codecs import CodecError, Frame, decode_frame
+from app.imaging.codecs import PIXEL_KEYWORDS, CodecError, Frame, decode_frame
 from app.imaging.display import RenderError
 from app.imaging.render import RenderOptions, ViewportError, render, thumbnail
 from app.imaging.transcode import NotTranscodable, Transcoder
@@ -41,8 +41,6 @@ from app.services.retrieve import RetrieveService, Swap
 # size the request is refused (501) rather than risk the server's memory.
 WHOLE_FILE_LIMIT = 256 * 1024 * 1024
 
-_PIXEL_PATHS = ("7FE00010", "7FE00008", "7FE00009")
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 T = TypeVar("T")
 
@@ -98,7 +96,7 @@ def _number_of_frames(ds: Dataset) -> int:
 
 def _loaded_frame(ds: Dataset, index: int, count: int) -> bytes:
     """Frame `index` of a dataset read whole (native: little endian, as decoding wants)."""
-    keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
+    keyword = next((k for k in PIXEL_KEYWORDS if k in ds), None)
     if keyword is None:
         raise Unsupported("the instance has no pixel data")
     value: bytes = ds[keyword].value
@@ -132,7 +130,7 @@ class ImagingService:
 
     async def open(self, instance: StoredInstance) -> PixelSource:
         """Read the header of `instance` (and, when its frames are not indexed, all of it)."""
-        pixel = next((instance.bulk[p] for p in _PIXEL_PATHS if p in instance.bulk), None)
+        pixel = instance.pixel_data
         if pixel is not None and instance.frames:
             data = await self.retrieve.read_bytes(instance, 0, pixel.offset)
             header = await self._in_worker(lambda: _read_dataset(data, True))
@@ -150,10 +148,10 @@ class ImagingService:
             raise Unsupported(
                 f"instance {instance.sop_instance_uid} cannot be read: {exc}"
             ) from exc
-        has_pixels = any(k in whole for k in _PIXEL_KEYWORDS)
+        has_pixels = any(k in whole for k in PIXEL_KEYWORDS)
         header = Dataset()  # the elements without pixel data; `whole` keeps them all
         for elem in whole:
-            if elem.keyword not in _PIXEL_KEYWORDS:
+            if elem.keyword not in PIXEL_KEYWORDS:
                 header.add(elem)
         header.file_meta = whole.file_meta
         frames = _number_of_frames(whole) if has_pixels else 0

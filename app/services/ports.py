@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.dicom.instance import BulkRange, FrameRanges
+from app.dicom.instance import PIXEL_DATA_PATHS, BulkRange, FrameRanges
 from app.query.model import Query
 
 Json = dict[str, Any]
@@ -32,6 +32,11 @@ class StoredInstance:
     encapsulated: bool
     frames: tuple[FrameRanges, ...]
     bulk: dict[str, BulkRange]
+
+    @property
+    def pixel_data(self) -> BulkRange | None:
+        """Where the top-level (Float, Double Float) Pixel Data value lies; None if none."""
+        return next((self.bulk[p] for p in PIXEL_DATA_PATHS if p in self.bulk), None)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from app.query.model import Query
 from app.services.errors import NotFound, StorageInconsistent, Unsupported
 from app.services.ports import BlobStore, Index, StoredInstance, StoredMetadata
 
-_PIXEL_PATHS = ("7FE00010", "7FE00008", "7FE00009")
 _UID_KEYS = {Level.STUDY: "0020000D", Level.SERIES: "0020000E", Level.INSTANCE: "00080018"}
 
 
@@ -171,7 +170,7 @@ class RetrieveService:
         """How to turn stored native pixel data little endian (None: nothing to do)."""
         if instance.encapsulated or instance.transfer_syntax_uid != EXPLICIT_VR_BIG_ENDIAN:
             return None
-        pixel = next((instance.bulk[p] for p in _PIXEL_PATHS if p in instance.bulk), None)
+        pixel = instance.pixel_data
         if pixel is None:
             return None
         # Values are as wide as BitsAllocated; 8-bit data in OW is still swapped by word.

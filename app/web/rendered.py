@@ -46,9 +46,7 @@ def _options(request: Request, *, allow_gif: bool) -> RenderOptions:
 
 
 def _has_pixels(instance: StoredInstance) -> bool:
-    return bool(instance.frames) or any(
-        p in instance.bulk for p in ("7FE00010", "7FE00008", "7FE00009")
-    )
+    return bool(instance.frames) or instance.pixel_data is not None
 
 
 async def _instances(request: Request) -> list[StoredInstance]:
