@@ -26,9 +26,9 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
+from app.dicom.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
 # The archive's implementation identity, as in app/dimse/store.py (PS3.7 D.3.3.2).
-IMPLEMENTATION_CLASS_UID = "2.25.215706799285163197399978248799382922872"
-IMPLEMENTATION_VERSION_NAME = "PACS_0.1"
 
 # A File ID component: 1 to 8 characters of the ISO 646 subset of PS3.10 8.2; at most 8.
 _FILE_ID_COMPONENT = re.compile(r"[A-Z0-9_]{1,8}")

@@ -10,6 +10,11 @@ _UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
 
 MAX_UID_LENGTH = 64
 
+# This archive as the implementation that writes files (file meta of received, converted and
+# DICOMDIR files; the DIMSE association's implementation identity).
+IMPLEMENTATION_CLASS_UID = "2.25.215706799285163197399978248799382922872"
+IMPLEMENTATION_VERSION_NAME = "PACS_0.1"
+
 
 def is_valid_uid(value: str) -> bool:
     """Whether `value` is a syntactically valid UID.

@@ -21,12 +21,13 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
+from app.dicom.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from app.dimse.bridge import Bridge, DimseConfig, peer
 from app.dimse.contexts import prefer_receiver_syntaxes, supported_contexts
 from app.dimse.find import handle_find
 from app.dimse.retrieve import handle_get, handle_move
 from app.dimse.status import Status
-from app.dimse.store import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, handle_store
+from app.dimse.store import handle_store
 from app.services.archive import Archive
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.events import Event
 
+from app.dicom.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from app.dimse.bridge import Bridge, peer
 from app.dimse.status import Status, with_comment
 from app.services.store import FailureReason, Spooled, StoreResult
@@ -33,8 +34,6 @@ log = logging.getLogger(__name__)
 
 # Identifies this archive as the creator of the files it writes (a UUID-derived UID,
 # PS3.5 B.2) and in association negotiation.
-IMPLEMENTATION_CLASS_UID = "2.25.215706799285163197399978248799382922872"
-IMPLEMENTATION_VERSION_NAME = "PACS_0.1"
 
 _CHUNK = 1 << 20
 

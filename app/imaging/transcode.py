@@ -51,6 +51,7 @@ from pydicom.uid import (
 
 from app.dicom.byteorder import swap_binary_values
 from app.dicom.transfer_syntax import frame_media_type
+from app.dicom.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from app.imaging.codecs import (
     J2K_COMPRESSION_RATIO,
     NATIVE_SYNTAXES,
@@ -392,8 +393,10 @@ class Transcoder:
             "MediaStorageSOPInstanceUID", self._source.get("SOPInstanceUID")
         )
         meta.TransferSyntaxUID = self._target
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)  # we write this file
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         try:
-            validate_file_meta(meta, enforce_standard=True)  # adds pydicom's implementation UID
+            validate_file_meta(meta, enforce_standard=True)
         except ValueError as exc:
             raise NotTranscodable(f"no file meta information can be made: {exc}") from exc
         out.file_meta = meta
