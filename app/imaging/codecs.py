@@ -9,6 +9,7 @@ handles exactly one frame: memory stays bounded by a frame, whatever the object'
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,7 +239,15 @@ def _pydicom(
     }
     if syntax == JPEG2000:
         options["j2k_cr"] = [J2K_COMPRESSION_RATIO]
+    if syntax in (JPEG2000, JPEG2000Lossless):
+        # pylibjpeg-openjpeg's encoder is not thread-safe: two encodes at once crash the
+        # process (SIGSEGV). Decoding is safe and stays concurrent.
+        with _J2K_ENCODE:
+            return get_encoder(syntax).encode(pixels, **options)
     return get_encoder(syntax).encode(pixels, **options)
+
+
+_J2K_ENCODE = threading.Lock()
 
 
 _ENCODERS = {

@@ -3,8 +3,11 @@ encoders' output read back by pydicom's decoders."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels.decoders.base import get_decoder
@@ -244,3 +247,23 @@ def test_encoding_values_beyond_bits_stored_is_a_codec_error() -> None:
     pixels = np.frombuffer(make_dataset().PixelData, "<u2").reshape(8, 8)  # 12-bit values
     with pytest.raises(CodecError, match="RLE"):
         encode_pixels(pixels, RLELossless, bits_stored=4, photometric="MONOCHROME2")
+
+
+def test_jpeg_2000_encodes_from_several_threads_at_once() -> None:
+    """Regression: concurrent JPEG 2000 encodes crashed the server (the OpenJPEG encoder
+    of pylibjpeg-openjpeg is not thread-safe)."""
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 4096, (128, 128), dtype=np.uint16) for _ in range(24)]
+
+    def encode(image: NDArray[np.uint16]) -> bytes:
+        return encode_pixels(
+            image, "1.2.840.10008.1.2.4.90", bits_stored=12, photometric="MONOCHROME2"
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        encoded = list(pool.map(encode, images))
+    header = make_dataset(rows=128, columns=128, BitsStored=12, HighBit=11)
+    del header.PixelData
+    for image, data in zip(images, encoded, strict=True):
+        frame = decode_frame(header, "1.2.840.10008.1.2.4.90", data)
+        assert np.array_equal(frame.pixels, image)
