@@ -49,8 +49,9 @@ def _split_unquoted(header: str, sep: str) -> list[str]:
     return parts
 
 
-def parse_accept(header: str | None) -> list[MediaRange]:
-    """Media ranges by preference (q, then order); q=0 dropped. No header means */*."""
+def accept_ranges(header: str | None) -> list[MediaRange]:
+    """Every media range of an Accept header by preference (q, then order), q=0 ones (types
+    the client refuses, RFC 9110 12.5.1) last. No header means */*."""
     if not header or not header.strip():
         return [MediaRange("*/*")]
     ranges: list[tuple[float, int, MediaRange]] = []
@@ -62,9 +63,13 @@ def parse_accept(header: str | None) -> list[MediaRange]:
             q = float(params.pop("q", "1"))
         except ValueError:
             q = 1.0
-        if q > 0:
-            ranges.append((-q, i, MediaRange(media_type, params, q)))
+        ranges.append((-q, i, MediaRange(media_type, params, max(q, 0.0))))
     return [r for _, _, r in sorted(ranges, key=lambda t: (t[0], t[1]))]
+
+
+def parse_accept(header: str | None) -> list[MediaRange]:
+    """Media ranges by preference (q, then order); q=0 dropped. No header means */*."""
+    return [r for r in accept_ranges(header) if r.q > 0]
 
 
 @dataclass(frozen=True)

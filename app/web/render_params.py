@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from app.dicom.multipart import parse_media_type
 from app.imaging.display import WINDOW_FUNCTIONS, Window, window_problem
 from app.imaging.render import ANNOTATIONS, RenderOptions, Viewport
+from app.web.negotiation import accept_ranges
 
 ICC_PROFILES = ("no", "yes", "srgb", "adobergb", "rommrgb", "displayp3")  # PS3.18 8.3.5.1.5
 _DEFAULT_MEDIA_TYPE = "image/jpeg"
@@ -123,28 +123,17 @@ def rendered_media_type(accept: str | None, *, allow_gif: bool) -> str:
     image/png (and image/gif when `allow_gif`); `*/*`, `image/*` or no header give image/jpeg
     unless excluded with q=0."""
     offered = ["image/jpeg", "image/png", *(["image/gif"] if allow_gif else [])]
-    ranges: list[tuple[float, int, str]] = []
-    excluded: set[str] = set()  # q=0: "not acceptable" (RFC 9110 12.5.1)
-    for position, item in enumerate((accept or "*/*").split(",")):
-        media_type, params = parse_media_type(item)
-        if not media_type:
-            continue
-        try:
-            q = float(params.get("q", "1"))
-        except ValueError:
-            q = 1.0
-        if q <= 0:
-            excluded.add(media_type)
-        else:
-            ranges.append((-q, position, media_type))
-    for _, _, media_type in sorted(ranges):
+    ranges = accept_ranges(accept)
+    excluded = {r.media_type for r in ranges if r.q <= 0}  # q=0: "not acceptable"
+    wanted = [r.media_type for r in ranges if r.q > 0]
+    for media_type in wanted:
         if media_type in ("*/*", "image/*"):
             choice = next((t for t in offered if t not in excluded), None)
             if choice is not None:
                 return choice
         elif media_type in offered and media_type not in excluded:
             return media_type
-    if not ranges and not excluded:  # a header of only empty items
+    if not ranges:  # a header of only empty items
         return _DEFAULT_MEDIA_TYPE
     raise NotRenderable(
         f"none of the accepted media types ({accept}) can be rendered; "
