@@ -9,13 +9,12 @@ the middle instance of the first series with images.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
-from app.dicom.multipart import closing, content_type_header, new_boundary, part_head
 from app.imaging.render import RenderOptions, Viewport
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable, NotFound
@@ -23,7 +22,7 @@ from app.services.imaging import PixelSource
 from app.services.ports import StoredInstance
 from app.web.errors import path_uids
 from app.web.render_params import NotRenderable, RenderParamError, parse_render_options
-from app.web.streaming import opened
+from app.web.streaming import Part, bytes_part, multipart_response
 from app.web.wado import frame_numbers
 
 THUMBNAIL_SIZE = 128
@@ -59,22 +58,6 @@ def _image_response(data: bytes, media_type: str) -> Response:
     return Response(data, media_type=media_type)
 
 
-async def multipart_response(parts: AsyncIterator[bytes], media_type: str) -> Response:
-    """multipart/related with one part per image, each rendered when its turn comes."""
-    boundary = new_boundary()
-
-    async def body() -> AsyncIterator[bytes]:
-        async for data in parts:
-            yield part_head(boundary, media_type, {"Content-Length": str(len(data))})
-            yield data
-            yield b"\r\n"
-        yield closing(boundary)
-
-    return StreamingResponse(
-        await opened(body()), media_type=content_type_header(boundary, media_type)
-    )
-
-
 async def render_instance(archive: Archive, source: PixelSource, options: RenderOptions) -> bytes:
     """An instance as one image: all frames as a GIF animation, else the first frame."""
     if options.media_type == "image/gif" and source.frame_count > 1:
@@ -98,12 +81,14 @@ async def retrieve_rendered(request: Request) -> Response:
     if not images:
         raise NotFound("none of the instances in scope has pixel data to render")
 
-    async def parts() -> AsyncIterator[bytes]:
-        for instance in images:
-            source = await archive.imaging.open(instance)
-            yield await render_instance(archive, source, options)
+    def part(instance: StoredInstance) -> Part:
+        async def image() -> bytes:
+            return await render_instance(archive, await archive.imaging.open(instance), options)
 
-    return await multipart_response(parts(), options.media_type)
+        return bytes_part(image)
+
+    parts = [part(instance) for instance in images]
+    return await multipart_response(parts, options.media_type, options.media_type)
 
 
 async def retrieve_rendered_frames(request: Request) -> Response:
@@ -117,11 +102,11 @@ async def retrieve_rendered_frames(request: Request) -> Response:
         data = await archive.imaging.rendered(source, numbers, options)
         return _image_response(data, options.media_type)
 
-    async def parts() -> AsyncIterator[bytes]:
-        for number in numbers:
-            yield await archive.imaging.rendered(source, [number], options)
+    def part(number: int) -> Part:
+        return bytes_part(lambda: archive.imaging.rendered(source, [number], options))
 
-    return await multipart_response(parts(), options.media_type)
+    parts = [part(number) for number in numbers]
+    return await multipart_response(parts, options.media_type, options.media_type)
 
 
 def _representative(instances: Sequence[StoredInstance]) -> StoredInstance:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
 from starlette.requests import Request
@@ -28,7 +28,7 @@ from app.web.negotiation import (
     parse_accept,
 )
 from app.web.ranges import ByteRange, parse_range
-from app.web.streaming import opened
+from app.web.streaming import Part, bytes_part, multipart_response, opened
 from app.web.urls import base_url, instance_url
 
 DICOM_JSON = "application/dicom+json"
@@ -222,16 +222,8 @@ async def _instance(request: Request) -> StoredInstance:
     return (await archive.retrieve.instances(study, series, sop))[0]
 
 
-# A frame to send: opens its bytes (or encodes it) when its turn comes; (chunks, size).
-FramePart = Callable[[], Awaitable[tuple[AsyncIterator[bytes], int]]]
-
-
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
-
-
 async def _send_frames(
-    frames: Sequence[FramePart], rep: Representation, headers: dict[str, str] | None = None
+    frames: Sequence[Part], rep: Representation, headers: dict[str, str] | None = None
 ) -> Response:
     if not rep.multipart and len(frames) == 1:
         content, size = await frames[0]()
@@ -240,26 +232,13 @@ async def _send_frames(
             media_type=_part_type(rep),
             headers={**(headers or {}), "Content-Length": str(size)},
         )
-    boundary = new_boundary()
-
-    async def body() -> AsyncIterator[bytes]:
-        for frame in frames:
-            content, size = await frame()
-            yield part_head(boundary, _part_type(rep), {"Content-Length": str(size)})
-            async for chunk in content:
-                yield chunk
-            yield b"\r\n"
-        yield closing(boundary)
-
-    return StreamingResponse(
-        await opened(body()), media_type=content_type_header(boundary, rep.media_type)
-    )
+    return await multipart_response(frames, _part_type(rep), rep.media_type)
 
 
 def _stored_frames(
     archive: Archive, instance: StoredInstance, frames: Sequence[FrameRanges], swap: Swap | None
-) -> list[FramePart]:
-    def part(ranges: FrameRanges) -> FramePart:
+) -> list[Part]:
+    def part(ranges: FrameRanges) -> Part:
         async def send() -> tuple[AsyncIterator[bytes], int]:
             content = await opened(archive.retrieve.read_ranges(instance, ranges, swap))
             return content, sum(n for _, n in ranges)
@@ -271,13 +250,9 @@ def _stored_frames(
 
 def _transcoded_frames(
     archive: Archive, source: PixelSource, transcoder: Transcoder, numbers: Sequence[int]
-) -> list[FramePart]:
-    def part(number: int) -> FramePart:
-        async def send() -> tuple[AsyncIterator[bytes], int]:
-            data = await archive.imaging.transcoded_frame(source, transcoder, number)
-            return _one(data), len(data)
-
-        return send
+) -> list[Part]:
+    def part(number: int) -> Part:
+        return bytes_part(lambda: archive.imaging.transcoded_frame(source, transcoder, number))
 
     return [part(number) for number in numbers]
 
