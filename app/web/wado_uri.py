@@ -15,17 +15,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.dicom.uid import is_valid_uid
-from app.imaging.display import Window
+from app.imaging.display import Window, window_problem
 from app.imaging.render import RENDERED_MEDIA_TYPES, RenderOptions, Viewport
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable, Unsupported
 from app.services.ports import StoredInstance
 from app.web.negotiation import parse_accept
+from app.web.render_params import RenderParamError, parse_annotation
 from app.web.rendered import render_instance
 from app.web.wado import plan_response
 
 DICOM = "application/dicom"
-_ANNOTATIONS = frozenset({"patient", "technique"})
 # Accepted and ignored without a warning: they change nothing we could serve differently.
 _IGNORED = frozenset({"charset", "presentationUID", "presentationSeriesUID"})
 _KNOWN = (
@@ -105,9 +105,11 @@ def _window(query: Mapping[str, str]) -> Window | None:
         raise BadRequest("windowCenter and windowWidth go together: give both or neither")
     if center is None or width is None:
         return None
-    if width < 1:
-        raise BadRequest(f"invalid windowWidth={width}: expected 1 or more")
-    return Window(center, width)
+    window = Window(center, width)
+    problem = window_problem(window)
+    if problem is not None:
+        raise BadRequest(f"invalid windowCenter/windowWidth: {problem}")
+    return window
 
 
 def _region(query: Mapping[str, str]) -> tuple[float, float, float, float] | None:
@@ -129,11 +131,10 @@ def _annotation(query: Mapping[str, str]) -> frozenset[str]:
     raw = query.get("annotation")
     if not raw:
         return frozenset()
-    values = frozenset(v.strip().lower() for v in raw.split(",") if v.strip())
-    unknown = values - _ANNOTATIONS
-    if unknown:
-        raise BadRequest(f"invalid annotation {sorted(unknown)[0]!r}: use patient, technique")
-    return values
+    try:
+        return parse_annotation(raw)
+    except RenderParamError as exc:
+        raise BadRequest(str(exc)) from exc
 
 
 async def retrieve(request: Request) -> Response:
