@@ -38,6 +38,10 @@ ERROR_COMMENT = "00000902"
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 
+# Rendered media types and the Pillow format each must decode as.
+JPEG, PNG, GIF = "image/jpeg", "image/png", "image/gif"
+FORMATS = {JPEG: "JPEG", PNG: "PNG", GIF: "GIF"}
+
 
 def token() -> str:
     """A short unique upper-case token for PatientIDs, accession numbers and names."""

@@ -19,6 +19,10 @@ from PIL import Image
 from pydicom.uid import generate_uid
 
 from tests.conformance.helpers import (
+    FORMATS,
+    GIF,
+    JPEG,
+    PNG,
     Stored,
     error_message,
     media_params,
@@ -31,8 +35,6 @@ from tests.conformance.helpers import (
 )
 from tests.support.dicom_factory import make_dataset, to_bytes
 
-JPEG, PNG, GIF = "image/jpeg", "image/png", "image/gif"
-FORMATS = {JPEG: "JPEG", PNG: "PNG", GIF: "GIF"}
 THUMBNAIL_MAX = 128
 
 # The generated gradient: 80 columns x 40 rows, values rising from 0 (left) to 4095 (right).

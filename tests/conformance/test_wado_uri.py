@@ -21,6 +21,10 @@ from pydicom.uid import generate_uid
 from tests.conformance.helpers import (
     DICOM,
     EXPLICIT_VR_LE,
+    FORMATS,
+    GIF,
+    JPEG,
+    PNG,
     Stored,
     error_message,
     media_params,
@@ -34,8 +38,6 @@ from tests.conformance.helpers import (
 )
 from tests.support.dicom_factory import make_dataset, to_bytes
 
-JPEG, PNG, GIF = "image/jpeg", "image/png", "image/gif"
-FORMATS = {JPEG: "JPEG", PNG: "PNG", GIF: "GIF"}
 BASES = ["/wado", "/dicomweb/wado"]
 JPEG_LS = "1.2.840.10008.1.2.4.80"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
