@@ -218,22 +218,23 @@ class ImagingService:
                 f"converted to {transcoder.target_syntax}: {exc}"
             ) from exc
 
-    def transcoded_length(self, source: PixelSource, transcoder: Transcoder) -> int | None:
-        """Size of the transcoded file when it is known before encoding (native targets)."""
-        if transcoder.encapsulated:
-            return None
-        length = transcoder.native_frame_length() if source.has_pixels else 0
-        prefix = transcoder.prefix(source.frame_count, length if source.has_pixels else None)
-        return len(prefix) + length * source.frame_count + len(transcoder.suffix())
+    def transcoded(
+        self, source: PixelSource, transcoder: Transcoder
+    ) -> tuple[AsyncIterator[bytes], int | None]:
+        """The instance as a PS3.10 file in the transcoder's syntax, a frame at a time, and
+        its size when that is known before encoding (native targets)."""
+        native = source.has_pixels and not transcoder.encapsulated
+        frame_length = transcoder.native_frame_length() if native else None
+        prefix = transcoder.prefix(source.frame_count, frame_length)
+        size = None
+        if not transcoder.encapsulated:
+            frames = (frame_length or 0) * source.frame_count
+            size = len(prefix) + frames + len(transcoder.suffix())
+        return self._transcoded_body(source, transcoder, prefix), size
 
-    async def transcoded(self, source: PixelSource, transcoder: Transcoder) -> AsyncIterator[bytes]:
-        """The instance as a PS3.10 file in the transcoder's syntax, a frame at a time."""
-        length = (
-            transcoder.native_frame_length()
-            if source.has_pixels and not (transcoder.encapsulated)
-            else None
-        )
-        prefix = transcoder.prefix(source.frame_count, length)
+    async def _transcoded_body(
+        self, source: PixelSource, transcoder: Transcoder, prefix: bytes
+    ) -> AsyncIterator[bytes]:
         if not source.has_pixels:
             yield prefix
         # The first frame is encoded before anything is sent, so that an object the codecs

@@ -95,8 +95,7 @@ def _instance_body(archive: Archive, plan: _Plan) -> tuple[AsyncIterator[bytes],
     """The PS3.10 bytes of a planned instance and their length when known up front."""
     if plan.transcoder is None or plan.source is None:
         return archive.retrieve.content(plan.instance), plan.instance.size
-    length = archive.imaging.transcoded_length(plan.source, plan.transcoder)
-    return archive.imaging.transcoded(plan.source, plan.transcoder), length
+    return archive.imaging.transcoded(plan.source, plan.transcoder)
 
 
 async def retrieve_instances(request: Request) -> Response:
