@@ -1,0 +1,1 @@
+"""Who is asking: identities (bearer tokens, calling AE titles), permissions and tenants."""
