@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from app.services.archive import Archive
 from app.web import qido, rendered, stow, wado, wado_uri
 from app.web.errors import EXCEPTION_HANDLERS
+from app.web.proxies import LinkSettings
 from app.web.urls import DICOMWEB_PREFIX
 
 _STUDY = "/studies/{study}"
@@ -82,8 +83,10 @@ def create_app(
     open_archive: Callable[[], AbstractAsyncContextManager[Archive]],
     *,
     cors_origins: str = "*",
+    links: LinkSettings | None = None,
 ) -> ASGIApp:
-    """The ASGI app; `open_archive` opens the backends for the app's lifetime."""
+    """The ASGI app; `open_archive` opens the backends for the app's lifetime; `links` says
+    whose forwarded headers to believe and what generated links start with."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -100,6 +103,7 @@ def create_app(
         exception_handlers=dict(EXCEPTION_HANDLERS),
         lifespan=lifespan,
     )
+    inner.state.links = links or LinkSettings()
     origins = [o.strip() for o in cors_origins.split(",") if o.strip()]
     # CORS wraps the whole app, outside Starlette's error middleware, so that even an
     # unexpected 500 carries the headers a browser needs to show the error.
