@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -219,8 +219,9 @@ class Settings:
             raw = env.get(f"PACS_{f.name.upper()}")
             if raw is not None:
                 values[f.name] = _convert(f.name, raw, f.default)
-        settings = cls(**values)
-        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        # One construction, so that checks across settings see variables and flags together.
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
 
 
 def _check_ae_title(value: str, where: str) -> None:
