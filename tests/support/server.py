@@ -44,10 +44,12 @@ def running_server(
     *args: str,
     env: dict[str, str] | None = None,
     https: ssl.SSLContext | None = None,
+    port: int | None = None,
 ) -> Iterator[str]:
-    """Start the server with its data in `data`; yield its base URL (no /dicomweb). With
-    `https` (the client context that trusts its certificate) the URL is https."""
-    port = free_port()
+    """Start the server with its data in `data` on `port` (default: a free one); yield its
+    base URL (no /dicomweb). With `https` (the client context that trusts its certificate)
+    the URL is https."""
+    port = port or free_port()
     data.mkdir(parents=True, exist_ok=True)
     url = f"{'https' if https else 'http'}://127.0.0.1:{port}"
     command = [
