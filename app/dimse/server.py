@@ -68,6 +68,8 @@ class DimseServer:
         # file from disk as it is rather than a decoded dataset.
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.STORE_SEND_CHUNKED_DATASET = True
+        # A TLS peer we refuse (or that refuses us) is a line, not a traceback.
+        logging.getLogger("pynetdicom.transport").addFilter(_without_tls_traceback)
         bridge = self.bridge
         handlers: list[EventHandlerType] = [
             (evt.EVT_REQUESTED, _on_requested),
@@ -176,6 +178,13 @@ def listen_error(host: str, port: int, exc: OSError, setting: str = "--dimse-por
 
 
 # -- association events ---------------------------------------------------------------
+
+
+def _without_tls_traceback(record: logging.LogRecord) -> bool:
+    if record.exc_info and isinstance(record.exc_info[1], ssl.SSLError):
+        record.exc_info = None
+        record.exc_text = None
+    return True
 
 
 def _on_connection(event: Event) -> None:

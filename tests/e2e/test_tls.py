@@ -36,6 +36,7 @@ class Pki:
     storescp: Identity  # the C-MOVE destination's
     scu: Identity  # a calling AE's, signed by the site CA
     stranger: Identity  # a calling AE's, signed by the other CA
+    elsewhere: Identity  # a storescp's, signed by the other CA
 
     def client_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.site.cert)
@@ -57,6 +58,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         site.issue(folder, "storescp"),
         site.issue(folder, "scu", client=True),
         other.issue(folder, "stranger", client=True),
+        other.issue(folder, "elsewhere"),
     )
 
 
@@ -82,12 +84,18 @@ def pacs(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
     if shutil.which("curl") is None:
         pytest.fail("curl is not installed (apt-get install curl)")
     root = tmp_path_factory.mktemp("tls")
-    with storescp(root / "moved", tls=dcmtk_tls(pki.storescp, pki.site.cert)) as destination:
+    with (
+        storescp(root / "moved", tls=dcmtk_tls(pki.storescp, pki.site.cert)) as destination,
+        storescp(
+            root / "elsewhere", "ELSEWHERE", tls=dcmtk_tls(pki.elsewhere, pki.other.cert)
+        ) as elsewhere,
+    ):
         dimse_port, tls_port = free_port(), free_port()
         args = ["--tls-cert", str(pki.pacs.cert), "--tls-key", str(pki.pacs.key)]
         args += ["--dimse-port", str(dimse_port), "--dimse-tls-port", str(tls_port)]
         args += ["--dimse-tls-ca", str(pki.site.cert)]
         args += ["--move-destination", f"STORESCP=127.0.0.1:{destination}:tls"]
+        args += ["--move-destination", f"ELSEWHERE=127.0.0.1:{elsewhere}:tls"]
         with running_server(root / "data", *args, https=pki.client_context()) as url:
             yield Pacs(url, dimse_port, tls_port, root / "moved", root / "data" / "server.log")
 
@@ -242,6 +250,31 @@ def test_c_move_to_a_tls_destination(pacs: Pacs, pki: Pki, tmp_path: Path) -> No
     assert " over TLS): 2 sent, 0 with warnings, 0 failed" in pacs.log.read_text()
 
 
+def test_c_move_to_a_tls_destination_from_another_ca_fails(pacs: Pacs, tmp_path: Path) -> None:
+    """The destination's certificate must chain to PACS_DIMSE_TLS_CA: nothing is sent."""
+    study = generate_uid()
+    check(
+        "storescu", "-aec", "PACS", "127.0.0.1", str(pacs.dimse_port),
+        _write(tmp_path / "one.dcm", make_file(study=study)),
+    )  # fmt: skip
+    done = run(
+        "movescu", "-v", "-S", "-aet", "MOVESCU", "-aec", "PACS", "-aem", "ELSEWHERE",
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+        "127.0.0.1", str(pacs.dimse_port),
+    )  # fmt: skip
+    assert "Received Final Move Response (Success)" not in done.stdout, done.stdout
+    # pynetdicom answers A801 when it cannot associate with the destination.
+    assert "Received Final Move Response (Refused: MoveDestinationUnknown)" in done.stdout
+    log = pacs.log.read_text()
+    assert "CERTIFICATE_VERIFY_FAILED" in log and "Traceback" not in log
+    assert not any((pacs.moved.parent / "elsewhere").iterdir())
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 # -- bad settings stop the server at start ---------------------------------------------
 
 
@@ -301,3 +334,16 @@ def test_bad_tls_settings_stop_the_server_with_one_line(
     errors = [line for line in done.stderr.splitlines() if " INFO " not in line]
     assert len(errors) == 1 and errors[0].startswith("pacs: "), done.stderr
     assert expected in errors[0], done.stderr
+
+
+def test_dicom_tls_contexts(pki: Pki) -> None:
+    """TLS 1.2 or later both ways (PS3.15 B.9, BCP 195); client certificates required only
+    with a CA; destinations' certificates always checked."""
+    from app.tls import dicom_client_context, dicom_server_context
+
+    cert, key, ca = str(pki.pacs.cert), str(pki.pacs.key), str(pki.site.cert)
+    for context in (dicom_server_context(cert, key), dicom_client_context(cert, key, ca)):
+        assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert dicom_server_context(cert, key).verify_mode == ssl.CERT_NONE
+    assert dicom_server_context(cert, key, ca).verify_mode == ssl.CERT_REQUIRED
+    assert dicom_client_context().verify_mode == ssl.CERT_REQUIRED
