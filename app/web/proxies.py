@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
@@ -57,7 +57,7 @@ class Origin:
     scheme: str
     host: str
     prefix: str = ""
-    client: str = field(default="", compare=False)
+    client: str = ""  # the client's address
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.host}{self.prefix}"
