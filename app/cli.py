@@ -11,7 +11,7 @@ from pathlib import Path
 import uvicorn
 
 from app.dimse.server import check_port
-from app.main import STARTUP_ERRORS, build_app, open_archive
+from app.main import STARTUP_ERRORS, build_app, check_issuer, open_archive
 from app.settings import Settings
 
 
@@ -55,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="AE",
         help="a calling AE title allowed to associate (repeatable; default: any)",
+    )
+    serve.add_argument(
+        "--oidc-issuer", help="require bearer tokens from this OpenID Connect issuer"
+    )
+    serve.add_argument("--oidc-audience", help="the audience those access tokens must name")
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=None,
+        help="serve everyone without sign-in on an address other than loopback",
     )
     serve.add_argument("--log-level", help="debug, info, warning (default info)")
     migrate = sub.add_parser("migrate", help="apply pending index migrations and exit")
@@ -103,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 async def _check_backends(settings: Settings) -> None:
     async with open_archive(settings):
         pass
+    await check_issuer(settings)
 
 
 def _serve(settings: Settings) -> int:
@@ -112,6 +123,10 @@ def _serve(settings: Settings) -> int:
         settings.port,
         settings.data.resolve(),
     )
+    if settings.oidc_issuer:
+        logging.getLogger("pacs").info("sign-in: bearer tokens of %s", settings.oidc_issuer)
+    elif settings.allow_anonymous:
+        logging.getLogger("pacs").warning("no sign-in: anyone who can reach the archive may use it")
     uvicorn.run(
         build_app(settings),
         host=settings.host,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+from app.auth.tokens import OidcConfig
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,20 @@ class Settings:
     dimse_allowed_aes: str = ""
     # Associations served at once; more are rejected (transient, local limit exceeded).
     dimse_max_associations: int = 20
+    # Sign-in: the OpenID Connect issuer whose bearer tokens are required (empty: no
+    # sign-in), and the audience its access tokens must name.
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    # Signature algorithms accepted, comma-separated; HS* only with a shared secret.
+    oidc_algorithms: str = "RS256,ES256,PS256"
+    oidc_hmac_secret: str = ""
+    # Where permissions and tenants are in a token: dotted claim paths (e.g. scope, roles,
+    # realm_access.roles); a permission P is granted by the value <prefix>P.
+    oidc_permissions_claim: str = "scope"
+    oidc_permission_prefix: str = "pacs:"
+    oidc_tenants_claim: str = "tenants"
+    # Serve everyone without sign-in on an address other than loopback.
+    allow_anonymous: bool = False
 
     def __post_init__(self) -> None:
         # Fail at start with one clear line rather than at the first association.
@@ -57,6 +74,30 @@ class Settings:
         for ae in self.dimse_allowed_ae_titles:
             _check_ae_title(ae, "PACS_DIMSE_ALLOWED_AES / --dimse-allow")
         _ = self.move_destination_map
+        if self.oidc_issuer:
+            _ = self.oidc_config
+        elif not (self.allow_anonymous or _is_loopback(self.host)):
+            raise ValueError(
+                f"refusing to serve {self.host} without sign-in: set PACS_OIDC_ISSUER and "
+                "PACS_OIDC_AUDIENCE to require bearer tokens, or PACS_ALLOW_ANONYMOUS=true "
+                "(--allow-anonymous) to let anyone who can reach it read and store everything"
+            )
+
+    @property
+    def oidc_config(self) -> OidcConfig | None:
+        """Sign-in settings, or None when the archive runs without sign-in."""
+        if not self.oidc_issuer:
+            return None
+        algorithms = frozenset(a.strip() for a in self.oidc_algorithms.split(",") if a.strip())
+        return OidcConfig(
+            issuer=self.oidc_issuer,
+            audience=self.oidc_audience,
+            algorithms=algorithms,
+            permissions_claim=self.oidc_permissions_claim,
+            permission_prefix=self.oidc_permission_prefix,
+            tenants_claim=self.oidc_tenants_claim,
+            hmac_secret=self.oidc_hmac_secret,
+        )
 
     @property
     def move_destination_map(self) -> dict[str, tuple[str, int]]:
@@ -117,6 +158,15 @@ class Settings:
                 values[f.name] = _convert(f.name, raw, f.default)
         settings = cls(**values)
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_ae_title(value: str, where: str) -> None:
