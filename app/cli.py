@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 
 from app.dimse.server import check_port
-from app.main import STARTUP_ERRORS, build_app, dimse_config, open_archive
+from app.main import STARTUP_ERRORS, build_app, check_issuer, dimse_config, open_archive
 from app.settings import Settings
 from app.tls import https_context
 
@@ -78,6 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--public-url", help="what generated links start with, e.g. https://pacs.example.org"
     )
+    serve.add_argument(
+        "--oidc-issuer", help="require bearer tokens from this OpenID Connect issuer"
+    )
+    serve.add_argument("--oidc-audience", help="the audience those access tokens must name")
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=None,
+        help="serve everyone without sign-in on an address other than loopback",
+    )
     serve.add_argument("--log-level", help="debug, info, warning (default info)")
     migrate = sub.add_parser("migrate", help="apply pending index migrations and exit")
     migrate.add_argument("--data", type=Path)
@@ -135,6 +145,7 @@ def _check_transport(settings: Settings) -> None:
 async def _check_backends(settings: Settings) -> None:
     async with open_archive(settings):
         pass
+    await check_issuer(settings)
 
 
 def _serve(settings: Settings) -> int:
@@ -151,6 +162,10 @@ def _serve(settings: Settings) -> int:
         tls = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key}
         if settings.tls_ca:
             tls |= {"ssl_ca_certs": settings.tls_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.oidc_issuer:
+        logging.getLogger("pacs").info("sign-in: bearer tokens of %s", settings.oidc_issuer)
+    elif settings.allow_anonymous:
+        logging.getLogger("pacs").warning("no sign-in: anyone who can reach the archive may use it")
     uvicorn.run(
         build_app(settings),
         host=settings.host,

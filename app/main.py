@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from starlette.types import ASGIApp
 
+from app.auth.tokens import IssuerUnavailable, TokenVerifier
 from app.dimse.bridge import DimseConfig
 from app.dimse.server import serve_dimse
 from app.index.migrations import IndexUnavailable, SchemaError
@@ -36,6 +37,7 @@ STARTUP_ERRORS: tuple[type[Exception], ...] = (
     IndexUnavailable,
     SchemaError,
     StorageUnavailable,
+    IssuerUnavailable,
     OSError,
     ValueError,
 )
@@ -151,8 +153,23 @@ def dimse_config(settings: Settings) -> DimseConfig:
     )
 
 
+async def check_issuer(settings: Settings) -> None:
+    """Fetch the issuer's discovery document and keys once, so that a wrong issuer is one
+    line at start rather than a 503 on every request."""
+    if (config := settings.oidc_config) is not None:
+        verifier = TokenVerifier(config)
+        try:
+            await verifier.load()
+        finally:
+            await verifier.close()
+
+
 def build_app(settings: Settings) -> ASGIApp:
     links = LinkSettings(settings.trusted_proxy_networks, settings.public_base_url)
+    config = settings.oidc_config
     return create_app(
-        lambda: run_archive(settings), cors_origins=settings.cors_origins, links=links
+        lambda: run_archive(settings),
+        cors_origins=settings.cors_origins,
+        verifier=TokenVerifier(config) if config else None,
+        links=links,
     )

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from app.auth.tokens import OidcConfig
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -76,6 +78,20 @@ class Settings:
     # What every generated link starts with, e.g. https://pacs.example.org/imaging; empty:
     # from the request (Host header, or the headers of a trusted proxy).
     public_url: str = ""
+    # Sign-in: the OpenID Connect issuer whose bearer tokens are required (empty: no
+    # sign-in), and the audience its access tokens must name.
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    # Signature algorithms accepted, comma-separated; HS* only with a shared secret.
+    oidc_algorithms: str = "RS256,ES256,PS256"
+    oidc_hmac_secret: str = ""
+    # Where permissions and tenants are in a token: dotted claim paths (e.g. scope, roles,
+    # realm_access.roles); a permission P is granted by the value <prefix>P.
+    oidc_permissions_claim: str = "scope"
+    oidc_permission_prefix: str = "pacs:"
+    oidc_tenants_claim: str = "tenants"
+    # Serve everyone without sign-in on an address other than loopback.
+    allow_anonymous: bool = False
 
     def __post_init__(self) -> None:
         # Fail at start with one clear line rather than at the first association.
@@ -90,6 +106,30 @@ class Settings:
         self._check_tls()
         _ = self.trusted_proxy_networks
         _ = self.public_base_url
+        if self.oidc_issuer:
+            _ = self.oidc_config
+        elif not (self.allow_anonymous or _is_loopback(self.host)):
+            raise ValueError(
+                f"refusing to serve {self.host} without sign-in: set PACS_OIDC_ISSUER and "
+                "PACS_OIDC_AUDIENCE to require bearer tokens, or PACS_ALLOW_ANONYMOUS=true "
+                "(--allow-anonymous) to let anyone who can reach it read and store everything"
+            )
+
+    @property
+    def oidc_config(self) -> OidcConfig | None:
+        """Sign-in settings, or None when the archive runs without sign-in."""
+        if not self.oidc_issuer:
+            return None
+        algorithms = frozenset(a.strip() for a in self.oidc_algorithms.split(",") if a.strip())
+        return OidcConfig(
+            issuer=self.oidc_issuer,
+            audience=self.oidc_audience,
+            algorithms=algorithms,
+            permissions_claim=self.oidc_permissions_claim,
+            permission_prefix=self.oidc_permission_prefix,
+            tenants_claim=self.oidc_tenants_claim,
+            hmac_secret=self.oidc_hmac_secret,
+        )
 
     def _check_tls(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -222,6 +262,15 @@ class Settings:
         # One construction, so that checks across settings see variables and flags together.
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_ae_title(value: str, where: str) -> None:

@@ -13,10 +13,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
+from app.auth.tokens import TokenVerifier
 from app.services.archive import Archive
 from app.web import qido, rendered, stow, wado, wado_uri
 from app.web.errors import EXCEPTION_HANDLERS
 from app.web.proxies import LinkSettings
+from app.web.signin import SignInMiddleware
 from app.web.urls import DICOMWEB_PREFIX
 
 _STUDY = "/studies/{study}"
@@ -83,16 +85,22 @@ def create_app(
     open_archive: Callable[[], AbstractAsyncContextManager[Archive]],
     *,
     cors_origins: str = "*",
+    verifier: TokenVerifier | None = None,
     links: LinkSettings | None = None,
 ) -> ASGIApp:
-    """The ASGI app; `open_archive` opens the backends for the app's lifetime; `links` says
-    whose forwarded headers to believe and what generated links start with."""
+    """The ASGI app; `open_archive` opens the backends for the app's lifetime. With a
+    `verifier`, every request but /health needs a bearer token it accepts; `links`
+    says whose forwarded headers to believe and what generated links start with."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_archive() as archive:
             app.state.archive = archive
-            yield
+            try:
+                yield
+            finally:
+                if verifier is not None:
+                    await verifier.close()
 
     inner = Starlette(
         routes=[
@@ -104,11 +112,12 @@ def create_app(
         lifespan=lifespan,
     )
     inner.state.links = links or LinkSettings()
+    guarded: ASGIApp = inner if verifier is None else SignInMiddleware(inner, verifier)
     origins = [o.strip() for o in cors_origins.split(",") if o.strip()]
-    # CORS wraps the whole app, outside Starlette's error middleware, so that even an
-    # unexpected 500 carries the headers a browser needs to show the error.
+    # CORS wraps the whole app, outside Starlette's error middleware and sign-in, so that
+    # even an unexpected 500 or a 401 carries the headers a browser needs to show the error.
     cors: Any = CORSMiddleware(
-        inner,
+        guarded,
         allow_origins=origins,
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
         allow_headers=["*"],
@@ -121,6 +130,7 @@ def create_app(
             "Accept-Ranges",
             "Content-Disposition",
             "ETag",
+            "WWW-Authenticate",
         ],
         max_age=3600,
     )

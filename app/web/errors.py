@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from app.auth.principal import Forbidden, UnknownTenant
 from app.dicom.multipart import MultipartError
 from app.dicom.uid import is_valid_uid
 from app.query.qido import QueryError
@@ -34,6 +35,7 @@ class PayloadTooLarge(ArchiveError):
 
 
 _STATUS: dict[type[Exception], int] = {
+    UnknownTenant: 400,
     UnsupportedMediaType: 415,
     PayloadTooLarge: 413,
     StorageInconsistent: 500,
@@ -51,6 +53,10 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
 
 
 async def handle_known(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, Forbidden):
+        # RFC 6750 3.1: a valid token without the permission the request needs.
+        challenge = 'Bearer realm="pacs", error="insufficient_scope"'
+        return error_response(403, str(exc), {"WWW-Authenticate": challenge})
     for kind, status in _STATUS.items():
         if isinstance(exc, kind):
             if status >= 500:

@@ -1,0 +1,92 @@
+"""Sign-in: every request but the public ones needs a valid bearer token (RFC 6750).
+
+An ASGI middleware in front of the route table, so that no route, present or future, can
+be reached without it: it turns the token into a `Principal` for `request_access`, or
+answers 401 with `WWW-Authenticate: Bearer` and the RFC 6750 error code. What the principal
+may do (403) is decided by the services, which see every request's `Access`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.auth.principal import Principal
+from app.auth.tokens import InvalidToken, IssuerUnavailable, TokenVerifier
+from app.web.access import PRINCIPAL_KEY
+from app.web.errors import error_response
+
+log = logging.getLogger(__name__)
+
+# Paths anyone may call: liveness only, nothing that holds or names patient data.
+PUBLIC_PATHS = frozenset({"/health"})
+REALM = "pacs"
+
+# Told of every refused request (address, RFC 6750 code, reason), for the audit trail.
+RefusalListener = Callable[[str | None, str | None, str], Awaitable[None]]
+
+
+def challenge(code: str | None = None, description: str | None = None) -> str:
+    """A `WWW-Authenticate: Bearer` challenge (RFC 6750 section 3)."""
+    params = [f'realm="{REALM}"']
+    if code:
+        params.append(f'error="{code}"')
+    if description:
+        # The description is our own text, but keep it a valid quoted-string.
+        params.append('error_description="{}"'.format(description.replace('"', "'")))
+    return "Bearer " + ", ".join(params)
+
+
+def bearer_token(headers: Headers) -> str:
+    values = headers.getlist("authorization")
+    if not values:
+        raise InvalidToken("this request needs a bearer token (Authorization: Bearer)", None)
+    if len(values) > 1:
+        raise InvalidToken("more than one Authorization header", "invalid_request")
+    scheme, _, token = values[0].strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip() or " " in token.strip():
+        raise InvalidToken("the Authorization header must be 'Bearer <token>'", "invalid_request")
+    return token.strip()
+
+
+class SignInMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        verifier: TokenVerifier,
+        on_refused: RefusalListener | None = None,
+    ) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.on_refused = on_refused
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = client[0] if client else None
+        try:
+            principal: Principal = await self.verifier.principal(
+                bearer_token(Headers(scope=scope)), address
+            )
+        except InvalidToken as exc:
+            if self.on_refused is not None:
+                await self.on_refused(address, exc.code, str(exc))
+            headers = {"WWW-Authenticate": challenge(exc.code, str(exc) if exc.code else None)}
+            await error_response(401, str(exc), headers)(scope, receive, send)
+            return
+        except IssuerUnavailable as exc:
+            log.error("sign-in unavailable: %s", exc)
+            response = error_response(
+                503,
+                "sign-in is unavailable: the identity provider cannot be reached",
+                {"Retry-After": "5"},
+            )
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
+        await self.app(scope, receive, send)

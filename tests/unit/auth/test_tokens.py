@@ -1,0 +1,125 @@
+"""Token parsing and the principal a token's claims give (no provider needed here: the
+signature path is tested against the real OpenID provider in tests/e2e/test_signin.py)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from starlette.datastructures import Headers
+
+from app.auth.principal import Access, Forbidden, Permission, anonymous
+from app.auth.tokens import InvalidToken, OidcConfig, claim_values, principal_from_claims
+from app.auth.tokens import unverified_header as header_of
+from app.web.signin import bearer_token, challenge
+
+CONFIG = OidcConfig(issuer="https://idp.test", audience="pacs")
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("claims", "path", "expected"),
+    [
+        ({"scope": "openid pacs:read pacs:write"}, "scope", ["openid", "pacs:read", "pacs:write"]),
+        ({"roles": ["pacs:read"]}, "roles", ["pacs:read"]),
+        ({"realm_access": {"roles": ["a", "b"]}}, "realm_access.roles", ["a", "b"]),
+        ({"realm_access": {}}, "realm_access.roles", None),
+        ({"scope": 3}, "scope", None),
+        ({}, "scope", None),
+    ],
+)
+def test_claim_values(claims: dict[str, object], path: str, expected: list[str] | None) -> None:
+    assert claim_values(claims, path) == expected
+
+
+def test_permissions_and_tenants_from_claims() -> None:
+    claims = {"sub": "ai-1", "azp": "cad", "scope": "pacs:read pacs:admin read", "tenants": "a b"}
+    principal = principal_from_claims(CONFIG, claims, "10.0.0.9")
+    assert principal.subject == "ai-1"
+    assert principal.client == "cad"
+    assert principal.address == "10.0.0.9"
+    # A bare "read" is not the configured "pacs:read": only prefixed values count.
+    assert principal.permissions == {Permission.READ, Permission.ADMIN}
+    assert principal.tenants == {"a", "b"}
+
+
+def test_tenants_claim_absent_means_default_only_and_star_means_all() -> None:
+    assert principal_from_claims(CONFIG, {"sub": "x"}).tenants == {"default"}
+    assert principal_from_claims(CONFIG, {"sub": "x", "tenants": ["*"]}).tenants is None
+    # Malformed names grant nothing rather than failing the token.
+    assert principal_from_claims(CONFIG, {"sub": "x", "tenants": ["A/../b", "ok"]}).tenants == {
+        "ok"
+    }
+
+
+def test_keycloak_roles_claim() -> None:
+    config = OidcConfig(
+        issuer="https://idp.test", audience="pacs", permissions_claim="realm_access.roles"
+    )
+    claims = {"sub": "u", "realm_access": {"roles": ["pacs:write", "offline_access"]}}
+    assert principal_from_claims(config, claims).permissions == {Permission.WRITE}
+
+
+def test_access_requires_permission_and_tenant() -> None:
+    principal = principal_from_claims(CONFIG, {"sub": "u", "scope": "pacs:read", "tenants": "a"})
+    Access(principal, "a").require(Permission.READ)
+    with pytest.raises(Forbidden, match="write permission"):
+        Access(principal, "a").require(Permission.WRITE)
+    with pytest.raises(Forbidden, match="tenant 'b'"):
+        Access(principal, "b").require(Permission.READ)
+    Access(anonymous(), "b").require(Permission.DELETE)
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        ("garbage", "not a JWT"),
+        ("a.b", "not a JWT"),
+        ("!!!.e30.sig", "not base64url JSON"),
+        (f"{_b64('[1]')}.e30.sig", "not a JSON object"),
+    ],
+)
+def test_malformed_tokens(token: str, message: str) -> None:
+    with pytest.raises(InvalidToken, match=message) as raised:
+        header_of(token)
+    assert raised.value.code == "invalid_token"
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ([], None),
+        ([("authorization", "Basic dTpw")], "invalid_request"),
+        ([("authorization", "Bearer")], "invalid_request"),
+        ([("authorization", "Bearer a b")], "invalid_request"),
+        ([("authorization", "Bearer a"), ("authorization", "Bearer b")], "invalid_request"),
+    ],
+)
+def test_bearer_header_errors(headers: list[tuple[str, str]], code: str | None) -> None:
+    raw = [(k.encode(), v.encode()) for k, v in headers]
+    with pytest.raises(InvalidToken) as raised:
+        bearer_token(Headers(raw=raw))
+    assert raised.value.code == code
+
+
+def test_bearer_header_accepts_any_case_scheme() -> None:
+    assert bearer_token(Headers({"authorization": "bearer abc.def.ghi"})) == "abc.def.ghi"
+
+
+def test_challenge() -> None:
+    assert challenge() == 'Bearer realm="pacs"'
+    assert challenge("invalid_token", 'bad "x"') == (
+        'Bearer realm="pacs", error="invalid_token", error_description="bad \'x\'"'
+    )
+
+
+def test_config_refuses_hmac_without_secret_and_unknown_algorithms() -> None:
+    with pytest.raises(ValueError, match="HS"):
+        OidcConfig(issuer="i", audience="a", algorithms=frozenset({"HS256"}))
+    with pytest.raises(ValueError, match="none"):
+        OidcConfig(issuer="i", audience="a", algorithms=frozenset({"none"}))
+    with pytest.raises(ValueError, match="AUDIENCE"):
+        OidcConfig(issuer="i", audience="")

@@ -1,0 +1,51 @@
+"""Settings that decide who may reach the archive."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.settings import Settings
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_loopback_without_sign_in_is_the_easy_default(host: str) -> None:
+    assert Settings.from_env({}, host=host).oidc_config is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.7", "::", "pacs.example.org"])
+def test_other_addresses_without_sign_in_refuse_to_start(host: str) -> None:
+    with pytest.raises(ValueError, match=r"PACS_OIDC_ISSUER.*PACS_ALLOW_ANONYMOUS"):
+        Settings.from_env({}, host=host)
+
+
+def test_anonymous_access_can_be_allowed_explicitly() -> None:
+    settings = Settings.from_env({"PACS_ALLOW_ANONYMOUS": "true"}, host="0.0.0.0")
+    assert settings.oidc_config is None
+
+
+def test_sign_in_settings() -> None:
+    env = {
+        "PACS_OIDC_ISSUER": "https://idp.example.org/realms/pacs",
+        "PACS_OIDC_AUDIENCE": "pacs",
+        "PACS_OIDC_ALGORITHMS": "RS256, ES256",
+        "PACS_OIDC_PERMISSIONS_CLAIM": "realm_access.roles",
+    }
+    config = Settings.from_env(env, host="0.0.0.0").oidc_config
+    assert config is not None
+    assert config.algorithms == {"RS256", "ES256"}
+    assert config.permissions_claim == "realm_access.roles"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PACS_OIDC_ISSUER": "https://idp"}, "PACS_OIDC_AUDIENCE"),
+        ({"PACS_OIDC_ISSUER": "https://idp", "PACS_OIDC_AUDIENCE": "a",
+          "PACS_OIDC_ALGORITHMS": "none"}, "not a signature algorithm"),
+        ({"PACS_OIDC_ISSUER": "https://idp", "PACS_OIDC_AUDIENCE": "a",
+          "PACS_OIDC_ALGORITHMS": "RS256,HS256"}, "PACS_OIDC_HMAC_SECRET"),
+    ],
+)  # fmt: skip
+def test_bad_sign_in_settings_are_one_clear_line(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(env)
