@@ -192,6 +192,35 @@ def test_dcmtk_over_dicom_tls(pacs: Pacs, pki: Pki, tmp_path: Path) -> None:
     check("echoscu", "-aec", "PACS", "127.0.0.1", str(pacs.dimse_port))
 
 
+def test_dicom_tls_only_without_client_certificates(pki: Pki, tmp_path: Path) -> None:
+    """--dimse-port 0 leaves DICOM TLS alone; without --dimse-tls-ca no client certificate is
+    asked for, so DCMTK's anonymous TLS (+tla) is served."""
+    require_dcmtk()
+    tls_port = free_port()
+    args = ["--dimse-tls-port", str(tls_port)]
+    env = {
+        "PACS_DIMSE_PORT": "0",
+        "PACS_DIMSE_TLS_CERT": str(pki.pacs.cert),
+        "PACS_DIMSE_TLS_KEY": str(pki.pacs.key),
+    }
+    with running_server(tmp_path / "data", *args, env=env):
+        echo = check(
+            "echoscu",
+            "-v",
+            "+tla",
+            "+cf",
+            pki.site.cert,
+            "-aec",
+            "PACS",
+            "127.0.0.1",
+            str(tls_port),
+        )
+        assert "Received Echo Response (Success)" in echo
+        log = (tmp_path / "data" / "server.log").read_text()
+        assert f"DICOM TLS AE PACS listening on 127.0.0.1:{tls_port} (no client certificate" in log
+        assert "DICOM (DIMSE) AE PACS listening" not in log
+
+
 @pytest.mark.parametrize(
     ("case", "reason"),
     [
