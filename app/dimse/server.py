@@ -123,8 +123,8 @@ class DimseServer:
             )
         except OSError as exc:
             raise OSError(listen_error(host, port, exc, setting)) from exc
-        assert server is not None  # block=False returns the server
-        self._servers.append(server)
+        if server is not None:  # always, with block=False
+            self._servers.append(server)
 
     def stop(self) -> None:
         """Stop listening, let associations in progress finish for a few seconds, then
