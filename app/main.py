@@ -131,6 +131,7 @@ def dimse_config(settings: Settings) -> DimseConfig:
         ae_title=settings.ae_title.strip(),
         move_destinations=settings.move_destination_map,
         allowed_aes=settings.dimse_allowed_ae_titles,
+        ae_policies=settings.dimse_ae_policies,
         max_associations=settings.dimse_max_associations,
     )
 

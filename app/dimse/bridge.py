@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from pynetdicom.association import Association
 
+from app.auth.ae_policy import AePolicies, AePolicy
 from app.services.archive import Archive
 
 T = TypeVar("T")
@@ -22,9 +23,19 @@ class DimseConfig:
     ae_title: str
     # C-MOVE destinations: AE title -> (host, port).
     move_destinations: Mapping[str, tuple[str, int]] = field(default_factory=dict)
-    # Calling AE titles allowed to associate; empty: any.
+    # Calling AE titles allowed to associate; empty: any (and the policy's are allowed too).
     allowed_aes: tuple[str, ...] = ()
     max_associations: int = 20
+    # What each calling AE may do, and its tenant.
+    ae_policies: AePolicies = field(default_factory=AePolicies)
+
+    @property
+    def required_calling_aes(self) -> tuple[str, ...]:
+        """Who may associate: nobody is refused without an allow-list; with one, the AEs
+        named by the policy are allowed too."""
+        if not self.allowed_aes:
+            return ()
+        return tuple(dict.fromkeys((*self.allowed_aes, *self.ae_policies.by_ae)))
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,11 @@ class Bridge:
         """Run `coro` on the archive's event loop and wait for its result (from a
         pynetdicom thread, never from the loop itself)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+def policy_of(assoc: Association, bridge: Bridge) -> AePolicy:
+    """The policy of the calling AE of an association we accepted."""
+    return bridge.config.ae_policies.of(assoc.requestor.ae_title)
 
 
 def peer(assoc: Association) -> str:

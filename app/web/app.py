@@ -16,7 +16,7 @@ from starlette.types import ASGIApp
 from app.services.archive import Archive
 from app.web import qido, rendered, stow, wado, wado_uri
 from app.web.errors import EXCEPTION_HANDLERS
-from app.web.urls import DICOMWEB_PREFIX
+from app.web.urls import DICOMWEB_PREFIX, TENANTS_PATH
 
 _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
@@ -95,6 +95,8 @@ def create_app(
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/wado", wado_uri.retrieve, methods=["GET"]),
+            # The same table for each tenant; first, as the plain mount would take its paths.
+            Mount(DICOMWEB_PREFIX + TENANTS_PATH + "/{tenant}", routes=DICOMWEB_ROUTES),
             Mount(DICOMWEB_PREFIX, routes=DICOMWEB_ROUTES),
         ],
         exception_handlers=dict(EXCEPTION_HANDLERS),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 
 DICOMWEB_PREFIX = "/dicomweb"
+# Every DICOMweb route also exists under DICOMWEB_PREFIX + TENANTS_PATH + "/{tenant}".
+TENANTS_PATH = "/tenants"
 
 
 def _forwarded(header: str) -> dict[str, str]:
@@ -33,11 +35,14 @@ def base_url(request: Request) -> str:
         if fwd_host := headers.get("x-forwarded-host"):
             host = fwd_host.split(",", 1)[0].strip()
     prefix = headers.get("x-forwarded-prefix", "").split(",", 1)[0].strip().rstrip("/")
+    # Under /dicomweb/tenants/{tenant}, links stay in the tenant the request named.
+    tenant = request.path_params.get("tenant")
+    tenant_path = f"{TENANTS_PATH}/{tenant}" if tenant else ""
     # Inside the DICOMweb mount, root_path already ends with the prefix.
-    root = str(request.scope.get("root_path", "")).rstrip("/")
+    root = str(request.scope.get("root_path", "")).rstrip("/").removesuffix(tenant_path)
     if not root.endswith(DICOMWEB_PREFIX):
         root += DICOMWEB_PREFIX
-    return f"{scheme}://{host}{prefix}{root}"
+    return f"{scheme}://{host}{prefix}{root}{tenant_path}"
 
 
 def study_url(base: str, study: str) -> str:
