@@ -678,3 +678,11 @@ def test_hostile_values_leave_the_database_intact(db: sqlite3.Connection) -> Non
         assert search(db, Level.STUDY, [(key, HOSTILE)]) == []
         assert search(db, Level.STUDY, [(key, HOSTILE + "*")]) == []
     assert len(search(db, Level.STUDY, [])) == len(STUDIES)
+
+
+@pytest.mark.parametrize("level", list(Level))
+def test_another_tenant_sees_none_of_the_rows(db: sqlite3.Connection, level: Level) -> None:
+    assert run(db, Query(level))  # TENANT has rows at every level
+    for other in ("default", "clinic-b"):
+        compiled = compile_search(other, Query(level), SQLITE)
+        assert db.execute(compiled.sql, compiled.params).fetchall() == []
