@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from pynetdicom.association import Association
 
 from app.auth.ae_policy import AePolicies, AePolicy
+from app.auth.principal import Access
 from app.services.archive import Archive
 
 T = TypeVar("T")
@@ -53,6 +54,12 @@ class Bridge:
 def policy_of(assoc: Association, bridge: Bridge) -> AePolicy:
     """The policy of the calling AE of an association we accepted."""
     return bridge.config.ae_policies.of(assoc.requestor.ae_title)
+
+
+def access_for(assoc: Association, policy: AePolicy) -> Access:
+    """What the services see of a request on `assoc`: the calling AE title and its address,
+    with the permissions and the tenant of its policy."""
+    return policy.access(assoc.requestor.ae_title.strip(), assoc.requestor.address)
 
 
 def peer(assoc: Association) -> str:

@@ -21,7 +21,7 @@ from pynetdicom.events import Event
 
 from app.auth.ae_policy import DimseService
 from app.dicom.levels import SPECIFIC_CHARACTER_SET, Level
-from app.dimse.bridge import Bridge, peer, policy_of
+from app.dimse.bridge import Bridge, access_for, peer, policy_of
 from app.dimse.contexts import FIND_MODELS
 from app.dimse.status import Status, not_authorized, with_comment
 from app.query.identifier import QUERY_RETRIEVE_LEVEL, UNIQUE_KEYS, Model, parse_identifier
@@ -47,7 +47,7 @@ def handle_find(event: Event, bridge: Bridge) -> Iterator[Response]:
         log.info("C-FIND from %s refused: not authorized", who)
         yield not_authorized(event.assoc, DimseService.FIND), None
         return
-    access = policy.access(event.assoc.requestor.ae_title, event.assoc.requestor.address)
+    access = access_for(event.assoc, policy)
     try:
         request = event.identifier
         query = parse_identifier(request, model)

@@ -37,7 +37,7 @@ from pynetdicom.status import code_to_category
 
 from app.auth.ae_policy import DimseService
 from app.dicom.transfer_syntax import NATIVE_LITTLE_ENDIAN
-from app.dimse.bridge import Bridge, peer, policy_of
+from app.dimse.bridge import Bridge, access_for, peer, policy_of
 from app.dimse.contexts import GET_MODELS, MOVE_MODELS, sending_contexts
 from app.dimse.status import Status, not_authorized, with_comment
 from app.query.identifier import Model, parse_retrieve_identifier
@@ -144,7 +144,7 @@ def _instances(
     if not policy.allows(service):
         log.info("%s from %s refused: not authorized", operation, who)
         return not_authorized(event.assoc, service)
-    access = policy.access(event.assoc.requestor.ae_title, event.assoc.requestor.address)
+    access = access_for(event.assoc, policy)
     try:
         query = parse_retrieve_identifier(event.identifier, model)
     except QueryError as exc:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
+
+from app.auth.ae_policy import DimseService
 
 # Error Comment (0000,0902) is LO: at most 64 characters.
 _COMMENT_LENGTH = 64
@@ -48,7 +50,7 @@ def shorten(text: str) -> str:
     return text[: _COMMENT_LENGTH - 3].rstrip() + "..."
 
 
-def not_authorized(assoc: Association, service: StrEnum) -> Dataset:
+def not_authorized(assoc: Association, service: DimseService) -> Dataset:
     """The refusal of a service the calling AE's policy does not allow."""
     ae_title = assoc.requestor.ae_title.strip()
     return with_comment(Status.NOT_AUTHORIZED, f"AE {ae_title} may not use C-{service.upper()}")

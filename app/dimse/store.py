@@ -27,7 +27,7 @@ from pynetdicom.events import Event
 
 from app.auth.ae_policy import DimseService
 from app.dicom.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from app.dimse.bridge import Bridge, peer, policy_of
+from app.dimse.bridge import Bridge, access_for, peer, policy_of
 from app.dimse.status import Status, not_authorized, with_comment
 from app.services.store import FailureReason, Spooled, StoreResult
 
@@ -63,7 +63,7 @@ def handle_store(event: Event, bridge: Bridge) -> Dataset | int:
     if not policy.allows(DimseService.STORE):
         log.info("C-STORE from %s refused: not authorized", peer(event.assoc))
         return not_authorized(event.assoc, DimseService.STORE)
-    access = policy.access(event.assoc.requestor.ae_title, event.assoc.requestor.address)
+    access = access_for(event.assoc, policy)
     try:
         spooled = spool_received(
             event.dataset_path,

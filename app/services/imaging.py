@@ -27,7 +27,7 @@ from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from app.auth.principal import Access
+from app.auth.principal import Access, Permission
 from app.dicom.byteorder import swap_binary_values
 from app.dicom.transfer_syntax import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
 from app.imaging.codecs import PIXEL_KEYWORDS, CodecError, Frame, decode_frame
@@ -132,6 +132,7 @@ class ImagingService:
     async def open(self, access: Access, instance: StoredInstance) -> PixelSource:
         """Read the header of `instance`, found with `access` (and, when its frames are not
         indexed, all of it)."""
+        access.require(Permission.READ)
         pixel = instance.pixel_data
         if pixel is not None and instance.frames:
             data = await self.retrieve.read_bytes(instance, 0, pixel.offset)
