@@ -88,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="serve everyone without sign-in on an address other than loopback",
     )
+    serve.add_argument(
+        "--dimse-ae-policy",
+        dest="dimse_ae_policy",
+        action="append",
+        metavar="AE=SERVICES[@TENANT]",
+        help="what a calling AE title may do (echo,store,find,move,get or all) and its "
+        "tenant, e.g. MODALITY1=echo,store@clinic-a (repeatable; default: all, default tenant)",
+    )
     serve.add_argument("--log-level", help="debug, info, warning (default info)")
     migrate = sub.add_parser("migrate", help="apply pending index migrations and exit")
     migrate.add_argument("--data", type=Path)
@@ -95,12 +103,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Repeatable flags and how their values join into one setting.
+_REPEATABLE = {
+    "move_destinations": ",",
+    "dimse_allowed_aes": ",",
+    "dimse_ae_policy": ";",
+    "trusted_proxies": ",",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
-    for name in ("move_destinations", "dimse_allowed_aes", "trusted_proxies"):  # repeatable
+    for name, separator in _REPEATABLE.items():
         if overrides.get(name) is not None:
-            overrides[name] = ",".join(overrides[name])
+            overrides[name] = separator.join(overrides[name])
     try:
         settings = Settings.from_env(**overrides)
     except ValueError as exc:

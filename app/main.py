@@ -137,6 +137,7 @@ def dimse_config(settings: Settings) -> DimseConfig:
         ae_title=settings.ae_title.strip(),
         move_destinations=destinations,
         allowed_aes=settings.dimse_allowed_ae_titles,
+        ae_policies=settings.dimse_ae_policies,
         max_associations=settings.dimse_max_associations,
         tls_port=settings.dimse_tls_port,
         tls_context=(

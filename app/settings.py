@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from app.auth.ae_policy import AePolicies, PolicyError, parse_ae_policy
 from app.auth.tokens import OidcConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -57,6 +58,9 @@ class Settings:
     move_destinations: str = ""
     # Calling AE titles allowed to associate, comma-separated (empty: any).
     dimse_allowed_aes: str = ""
+    # Per calling AE title: its services and tenant, "AE=store,echo@tenant;AE2=all"
+    # (app/auth/ae_policy.py). AEs not listed: every service, default tenant.
+    dimse_ae_policy: str = ""
     # Associations served at once; more are rejected (transient, local limit exceeded).
     dimse_max_associations: int = 20
     # HTTPS on `port`: PEM certificate (chain) and unencrypted key; with a CA, HTTP clients
@@ -104,6 +108,7 @@ class Settings:
             _check_ae_title(ae, "PACS_DIMSE_ALLOWED_AES / --dimse-allow")
         _ = self.move_destination_map
         self._check_tls()
+        _ = self.dimse_ae_policies
         _ = self.trusted_proxy_networks
         _ = self.public_base_url
         if self.oidc_issuer:
@@ -224,6 +229,13 @@ class Settings:
     @property
     def dimse_allowed_ae_titles(self) -> tuple[str, ...]:
         return tuple(ae.strip() for ae in self.dimse_allowed_aes.split(",") if ae.strip())
+
+    @property
+    def dimse_ae_policies(self) -> AePolicies:
+        try:
+            return parse_ae_policy(self.dimse_ae_policy)
+        except PolicyError as exc:
+            raise ValueError(f"PACS_DIMSE_AE_POLICY / --dimse-ae-policy: {exc}") from None
 
     @property
     def uses_postgres(self) -> bool:

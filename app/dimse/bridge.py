@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 from pynetdicom.association import Association
 
+from app.auth.ae_policy import AePolicies, AePolicy
+from app.auth.principal import Access
 from app.services.archive import Archive
 from app.settings import MoveDestination
 
@@ -34,6 +36,16 @@ class DimseConfig:
     tls_client_certificates: bool = False
     # Context of the associations opened to C-MOVE destinations marked tls.
     tls_move_context: ssl.SSLContext | None = None
+    # What each calling AE may do, and its tenant.
+    ae_policies: AePolicies = field(default_factory=AePolicies)
+
+    @property
+    def required_calling_aes(self) -> tuple[str, ...]:
+        """Who may associate: nobody is refused without an allow-list; with one, the AEs
+        named by the policy are allowed too."""
+        if not self.allowed_aes:
+            return ()
+        return tuple(dict.fromkeys((*self.allowed_aes, *self.ae_policies.by_ae)))
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,17 @@ class Bridge:
         """Run `coro` on the archive's event loop and wait for its result (from a
         pynetdicom thread, never from the loop itself)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+def policy_of(assoc: Association, bridge: Bridge) -> AePolicy:
+    """The policy of the calling AE of an association we accepted."""
+    return bridge.config.ae_policies.of(assoc.requestor.ae_title)
+
+
+def access_for(assoc: Association, policy: AePolicy) -> Access:
+    """What the services see of a request on `assoc`: the calling AE title and its address,
+    with the permissions and the tenant of its policy."""
+    return policy.access(assoc.requestor.ae_title.strip(), assoc.requestor.address)
 
 
 def peer(assoc: Association) -> str:

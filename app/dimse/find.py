@@ -19,10 +19,11 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
+from app.auth.ae_policy import DimseService
 from app.dicom.levels import SPECIFIC_CHARACTER_SET, Level
-from app.dimse.bridge import Bridge, peer
+from app.dimse.bridge import Bridge, access_for, peer, policy_of
 from app.dimse.contexts import FIND_MODELS
-from app.dimse.status import Status, with_comment
+from app.dimse.status import Status, not_authorized, with_comment
 from app.query.identifier import QUERY_RETRIEVE_LEVEL, UNIQUE_KEYS, Model, parse_identifier
 from app.query.matching import QueryError
 from app.services.ports import Json
@@ -41,6 +42,12 @@ Response = tuple[int | Dataset, Dataset | None]
 def handle_find(event: Event, bridge: Bridge) -> Iterator[Response]:
     model = FIND_MODELS[str(event.request.AffectedSOPClassUID)]
     who = peer(event.assoc)
+    policy = policy_of(event.assoc, bridge)
+    if not policy.allows(DimseService.FIND):
+        log.info("C-FIND from %s refused: not authorized", who)
+        yield not_authorized(event.assoc, DimseService.FIND), None
+        return
+    access = access_for(event.assoc, policy)
     try:
         request = event.identifier
         query = parse_identifier(request, model)
@@ -57,7 +64,7 @@ def handle_find(event: Event, bridge: Bridge) -> Iterator[Response]:
     while True:
         try:
             page = bridge.run(
-                bridge.archive.search.search(replace(query, limit=PAGE, offset=offset))
+                bridge.archive.search.search(access, replace(query, limit=PAGE, offset=offset))
             )
         except Exception:
             log.exception("C-FIND from %s: the search failed", who)

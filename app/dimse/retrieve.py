@@ -35,10 +35,11 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.status import code_to_category
 
+from app.auth.ae_policy import DimseService
 from app.dicom.transfer_syntax import NATIVE_LITTLE_ENDIAN
-from app.dimse.bridge import Bridge, peer
+from app.dimse.bridge import Bridge, access_for, peer, policy_of
 from app.dimse.contexts import GET_MODELS, MOVE_MODELS, sending_contexts
-from app.dimse.status import Status, with_comment
+from app.dimse.status import Status, not_authorized, with_comment
 from app.query.identifier import Model, parse_retrieve_identifier
 from app.query.matching import QueryError
 from app.services.errors import StorageInconsistent
@@ -93,7 +94,7 @@ def handle_move(event: Event, bridge: Bridge) -> Iterator[Any]:
         log.info("C-MOVE from %s refused: unknown move destination %r", who, name)
         yield None, None  # pynetdicom answers A801 Move Destination Unknown
         return
-    found = _instances(event, bridge, model, "C-MOVE")
+    found = _instances(event, bridge, model, DimseService.MOVE)
     tally = Tally()
     address = (destination.host, destination.port)
     tls: dict[str, Any] = {}
@@ -123,7 +124,7 @@ def handle_move(event: Event, bridge: Bridge) -> Iterator[Any]:
 
 def handle_get(event: Event, bridge: Bridge) -> Iterator[Any]:
     model = GET_MODELS[str(event.request.AffectedSOPClassUID)]
-    found = _instances(event, bridge, model, "C-GET")
+    found = _instances(event, bridge, model, DimseService.GET)
     if isinstance(found, Dataset):
         yield 1
         yield found, None
@@ -140,10 +141,17 @@ def handle_get(event: Event, bridge: Bridge) -> Iterator[Any]:
 
 
 def _instances(
-    event: Event, bridge: Bridge, model: Model, operation: str
+    event: Event, bridge: Bridge, model: Model, service: DimseService
 ) -> list[StoredInstance] | Dataset:
-    """The instances the identifier names, or the failure status to answer with."""
+    """The instances of the calling AE's tenant the identifier names, or the failure
+    status to answer with."""
     who = peer(event.assoc)
+    operation = f"C-{service.upper()}"
+    policy = policy_of(event.assoc, bridge)
+    if not policy.allows(service):
+        log.info("%s from %s refused: not authorized", operation, who)
+        return not_authorized(event.assoc, service)
+    access = access_for(event.assoc, policy)
     try:
         query = parse_retrieve_identifier(event.identifier, model)
     except QueryError as exc:
@@ -153,7 +161,7 @@ def _instances(
         log.info("%s from %s: cannot decode the identifier: %s", operation, who, exc)
         return with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "cannot decode")
     try:
-        found = bridge.run(bridge.archive.retrieve.instances_matching(query))
+        found = bridge.run(bridge.archive.retrieve.instances_matching(access, query))
     except Exception:
         log.exception("%s from %s: the search failed", operation, who)
         return with_comment(Status.PROCESSING_FAILURE, "the search failed")

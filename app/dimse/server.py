@@ -23,8 +23,9 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
+from app.auth.ae_policy import DimseService
 from app.dicom.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from app.dimse.bridge import Bridge, DimseConfig, peer
+from app.dimse.bridge import Bridge, DimseConfig, peer, policy_of
 from app.dimse.contexts import prefer_receiver_syntaxes, supported_contexts
 from app.dimse.find import handle_find
 from app.dimse.retrieve import handle_get, handle_move
@@ -53,7 +54,7 @@ class DimseServer:
         self.ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         self.ae.maximum_pdu_size = MAX_PDU
         self.ae.maximum_associations = config.max_associations
-        self.ae.require_calling_aet = list(config.allowed_aes)
+        self.ae.require_calling_aet = list(config.required_calling_aes)
         for cx in supported_contexts():
             self.ae.add_supported_context(
                 str(cx.abstract_syntax),
@@ -77,7 +78,7 @@ class DimseServer:
             (evt.EVT_REJECTED, _on_rejected, [self.ae]),
             (evt.EVT_RELEASED, _on_released),
             (evt.EVT_ABORTED, _on_aborted),
-            (evt.EVT_C_ECHO, _on_echo),
+            (evt.EVT_C_ECHO, _on_echo, [bridge]),
             (evt.EVT_C_STORE, handle_store, [bridge]),
             (evt.EVT_C_FIND, handle_find, [bridge]),
             (evt.EVT_C_MOVE, handle_move, [bridge]),
@@ -257,6 +258,9 @@ def _on_aborted(event: Event) -> None:
     log.info("association with %s aborted", peer(event.assoc))
 
 
-def _on_echo(event: Event) -> int:
+def _on_echo(event: Event, bridge: Bridge) -> int:
+    if not policy_of(event.assoc, bridge).allows(DimseService.ECHO):
+        log.info("C-ECHO from %s refused: not authorized", peer(event.assoc))
+        return int(Status.NOT_AUTHORIZED)
     log.info("C-ECHO from %s", peer(event.assoc))
     return int(Status.SUCCESS)

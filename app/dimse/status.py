@@ -5,6 +5,9 @@ from __future__ import annotations
 from enum import IntEnum
 
 from pydicom.dataset import Dataset
+from pynetdicom.association import Association
+
+from app.auth.ae_policy import DimseService
 
 # Error Comment (0000,0902) is LO: at most 64 characters.
 _COMMENT_LENGTH = 64
@@ -19,6 +22,8 @@ class Status(IntEnum):
     # General statuses (PS3.7 Annex C), valid in any C-xxx response (PS3.7 9.1.x.1.9).
     PROCESSING_FAILURE = 0x0110
     DUPLICATE_SOP_INSTANCE = 0x0111
+    # The calling AE may not use this service (its AE policy): "Refused: Not authorized".
+    NOT_AUTHORIZED = 0x0124
     # Storage (PS3.4 B.2.3).
     OUT_OF_RESOURCES = 0xA700
     CANNOT_UNDERSTAND = 0xC000
@@ -43,3 +48,9 @@ def shorten(text: str) -> str:
     if len(text) <= _COMMENT_LENGTH:
         return text
     return text[: _COMMENT_LENGTH - 3].rstrip() + "..."
+
+
+def not_authorized(assoc: Association, service: DimseService) -> Dataset:
+    """The refusal of a service the calling AE's policy does not allow."""
+    ae_title = assoc.requestor.ae_title.strip()
+    return with_comment(Status.NOT_AUTHORIZED, f"AE {ae_title} may not use C-{service.upper()}")

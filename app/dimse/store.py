@@ -25,9 +25,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.events import Event
 
+from app.auth.ae_policy import DimseService
 from app.dicom.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from app.dimse.bridge import Bridge, peer
-from app.dimse.status import Status, with_comment
+from app.dimse.bridge import Bridge, access_for, peer, policy_of
+from app.dimse.status import Status, not_authorized, with_comment
 from app.services.store import FailureReason, Spooled, StoreResult
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ def handle_store(event: Event, bridge: Bridge) -> Dataset | int:
     sop_class = str(request.AffectedSOPClassUID or "")
     sop_instance = str(request.AffectedSOPInstanceUID or "")
     transfer_syntax = str(event.context.transfer_syntax)
+    policy = policy_of(event.assoc, bridge)
+    if not policy.allows(DimseService.STORE):
+        log.info("C-STORE from %s refused: not authorized", peer(event.assoc))
+        return not_authorized(event.assoc, DimseService.STORE)
+    access = access_for(event.assoc, policy)
     try:
         spooled = spool_received(
             event.dataset_path,
@@ -67,7 +73,7 @@ def handle_store(event: Event, bridge: Bridge) -> Dataset | int:
             source_ae=event.assoc.requestor.ae_title,
             folder=bridge.archive.store.spool_dir,
         )
-        result = bridge.run(bridge.archive.store.store_file(spooled))
+        result = bridge.run(bridge.archive.store.store_file(access, spooled))
     except OSError as exc:
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         log.error("C-STORE %s: cannot spool the received dataset: %s", sop_instance, exc)

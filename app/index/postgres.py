@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 # (class, hash) pairs: PostgreSQL keeps the two kinds apart.
 MIGRATION_LOCK = 0x7061_6373_0001  # "pacs" 1
 INSTANCE_LOCK_CLASS = 0x7061_6373  # "pacs"
+# The lock of one SOP Instance UID ($3) in one tenant ($2).
+INSTANCE_LOCK = "SELECT pg_advisory_xact_lock($1, hashtext($2 || '/' || $3))"
 
 _ATTEMPTS = 5
 _RETRYABLE = (
@@ -103,12 +105,14 @@ class PostgresIndex:
 
     # -- writes ------------------------------------------------------------------------
 
-    async def add_instance(self, record: InstanceRecord, *, overwrite: bool) -> AddResult:
+    async def add_instance(
+        self, tenant: str, record: InstanceRecord, *, overwrite: bool
+    ) -> AddResult:
         meta, meta_json = _storable(record.metadata)
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
-                    return await _add(conn, record, meta, meta_json, overwrite)
+                    return await _add(conn, tenant, record, meta, meta_json, overwrite=overwrite)
             except _RETRYABLE as exc:
                 if attempt == _ATTEMPTS:
                     raise
@@ -118,31 +122,33 @@ class PostgresIndex:
 
     # -- reads -------------------------------------------------------------------------
 
-    async def search(self, query: Query) -> list[SearchHit]:
-        compiled = compile_search(query, POSTGRES)
+    async def search(self, tenant: str, query: Query) -> list[SearchHit]:
+        compiled = compile_search(tenant, query, POSTGRES)
         rows = await self._pool.fetch(compiled.sql, *compiled.params)
         return [search_hit(query.level, row) for row in rows]
 
     async def instances(
         self,
+        tenant: str,
         study_instance_uid: str,
         series_instance_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> list[StoredInstance]:
         sql, params = retrieval_sql(
-            INSTANCE_COLUMNS, study_instance_uid, series_instance_uid, sop_instance_uid
+            INSTANCE_COLUMNS, tenant, study_instance_uid, series_instance_uid, sop_instance_uid
         )
         rows = await self._pool.fetch(sql, *params)
         return [stored_instance(row) for row in rows]
 
     async def metadata(
         self,
+        tenant: str,
         study_instance_uid: str,
         series_instance_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> list[StoredMetadata]:
         sql, params = retrieval_sql(
-            _METADATA_COLUMNS, study_instance_uid, series_instance_uid, sop_instance_uid
+            _METADATA_COLUMNS, tenant, study_instance_uid, series_instance_uid, sop_instance_uid
         )
         rows = await self._pool.fetch(sql, *params)
         return [StoredMetadata(r[0], r[1], r[2], r[3].encode()) for r in rows]
@@ -240,16 +246,24 @@ def _without_nul(value: Any) -> Any:
 
 
 async def _add(
-    conn: asyncpg.Connection, record: InstanceRecord, meta: Json, meta_json: str, overwrite: bool
+    conn: asyncpg.Connection,
+    tenant: str,
+    record: InstanceRecord,
+    meta: Json,
+    meta_json: str,
+    *,
+    overwrite: bool,
 ) -> AddResult:
     await conn.execute(
-        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        INSTANCE_LOCK,
         INSTANCE_LOCK_CLASS,
+        tenant,
         record.sop_instance_uid,
     )
     existing = await conn.fetchrow(
         "SELECT pk, sha256, blob_key, series_fk, study_fk FROM instance"
-        " WHERE sop_instance_uid = $1",
+        " WHERE tenant = $1 AND sop_instance_uid = $2",
+        tenant,
         record.sop_instance_uid,
     )
     orphan: str | None = None
@@ -259,13 +273,14 @@ async def _add(
         if not overwrite:
             return AddResult(Outcome.CONFLICT)
         orphan = existing["blob_key"]
-        await _lock_patients(conn, existing["study_fk"], meta)
+        await _lock_patients(conn, tenant, existing["study_fk"], meta)
         await _delete_instance(conn, existing["pk"], existing["series_fk"], existing["study_fk"])
 
-    patient_fk = await _upsert_patient(conn, meta)
-    study_fk, new_study = await _ensure_study(conn, record, meta, patient_fk)
-    series_fk, new_series = await _ensure_series(conn, record, meta, study_fk)
-    await _insert(conn, "instance", _instance_row(record, meta, meta_json, series_fk, study_fk))
+    patient_fk = await _upsert_patient(conn, tenant, meta)
+    study_fk, new_study = await _ensure_study(conn, tenant, record, meta, patient_fk)
+    series_fk, new_series = await _ensure_series(conn, tenant, record, meta, study_fk)
+    row = _instance_row(record, meta, meta_json, series_fk, study_fk)
+    await _insert(conn, "instance", {"tenant": tenant, **row})
     await conn.execute(
         "UPDATE series SET num_instances = num_instances + 1 WHERE pk = $1", series_fk
     )
@@ -305,19 +320,20 @@ def _instance_row(
     }
 
 
-async def _upsert_patient(conn: asyncpg.Connection, meta: Json) -> int:
+async def _upsert_patient(conn: asyncpg.Connection, tenant: str, meta: Json) -> int:
     """The patient's pk, its row created or updated with this instance's attributes; the
     row stays locked until commit (first in the lock order)."""
     cols = column_values("patient", meta)
     pk = await conn.fetchval(
-        """INSERT INTO patient (patient_id, issuer_of_patient_id, patient_name,
+        """INSERT INTO patient (tenant, patient_id, issuer_of_patient_id, patient_name,
                patient_birth_date, patient_sex, attrs)
-           VALUES ($1, $2, $3, $4, $5, $6)
-           ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (tenant, patient_id, issuer_of_patient_id) DO UPDATE SET
                patient_name = excluded.patient_name,
                patient_birth_date = excluded.patient_birth_date,
                patient_sex = excluded.patient_sex, attrs = excluded.attrs
            RETURNING pk""",
+        tenant,
         cols["patient_id"] or "",
         cols["issuer_of_patient_id"] or "",
         cols["patient_name"],
@@ -329,10 +345,11 @@ async def _upsert_patient(conn: asyncpg.Connection, meta: Json) -> int:
 
 
 async def _ensure_study(
-    conn: asyncpg.Connection, record: InstanceRecord, meta: Json, patient_fk: int
+    conn: asyncpg.Connection, tenant: str, record: InstanceRecord, meta: Json, patient_fk: int
 ) -> tuple[int, bool]:
     """The study's pk, locked, and whether this transaction created it."""
     values: dict[str, Any] = {
+        "tenant": tenant,
         "patient_fk": patient_fk,
         **column_values("study", meta),
         "attrs": dumps(subset(meta, PATIENT_TAGS | STUDY_TAGS)),
@@ -341,9 +358,10 @@ async def _ensure_study(
 
 
 async def _ensure_series(
-    conn: asyncpg.Connection, record: InstanceRecord, meta: Json, study_fk: int
+    conn: asyncpg.Connection, tenant: str, record: InstanceRecord, meta: Json, study_fk: int
 ) -> tuple[int, bool]:
     values: dict[str, Any] = {
+        "tenant": tenant,
         "study_fk": study_fk,
         **column_values("series", meta),
         "attrs": dumps(subset(meta, SERIES_TAGS)),
@@ -354,18 +372,20 @@ async def _ensure_series(
 async def _ensure(
     conn: asyncpg.Connection, table: str, uid_column: str, uid: str, values: dict[str, Any]
 ) -> tuple[int, bool]:
-    """Find (and lock) or create the row of `table` with `uid`; True if created.
+    """Find (and lock) or create the row of `table` with `uid` in the tenant of `values`;
+    True if created.
 
     Usually the row exists. A concurrent transaction may be creating it (the INSERT waits
     for that one and then does nothing) or deleting it (the locking SELECT finds nothing),
     hence the loop. Names come from our own code.
     """
-    find = f"SELECT pk FROM {table} WHERE {uid_column} = $1 FOR NO KEY UPDATE"
+    find = f"SELECT pk FROM {table} WHERE tenant = $1 AND {uid_column} = $2 FOR NO KEY UPDATE"
+    conflict = f"(tenant, {uid_column}) DO NOTHING"
     for _ in range(_ATTEMPTS):
-        pk = await conn.fetchval(find, uid)
+        pk = await conn.fetchval(find, values["tenant"], uid)
         if pk is not None:
             return int(pk), False
-        pk = await _insert(conn, table, values, on_conflict=f"({uid_column}) DO NOTHING")
+        pk = await _insert(conn, table, values, on_conflict=conflict)
         if pk is not None:
             return pk, True
     raise asyncpg.SerializationError(f"{table} {uid} keeps changing")
@@ -395,7 +415,9 @@ async def _refresh_modalities(conn: asyncpg.Connection, study_fk: int) -> None:
     )
 
 
-async def _lock_patients(conn: asyncpg.Connection, old_study_fk: int, meta: Json) -> None:
+async def _lock_patients(
+    conn: asyncpg.Connection, tenant: str, old_study_fk: int, meta: Json
+) -> None:
     """Lock the replaced instance's patient and the new one's, lowest pk first.
 
     An overwrite touches two patients' rows. Taken one after the other, two overwrites
@@ -406,11 +428,12 @@ async def _lock_patients(conn: asyncpg.Connection, old_study_fk: int, meta: Json
     await conn.execute(
         """SELECT pk FROM patient
            WHERE pk = (SELECT patient_fk FROM study WHERE pk = $1)
-              OR (patient_id = $2 AND issuer_of_patient_id = $3)
+              OR (tenant = $4 AND patient_id = $2 AND issuer_of_patient_id = $3)
            ORDER BY pk FOR UPDATE""",
         old_study_fk,
         cols["patient_id"] or "",
         cols["issuer_of_patient_id"] or "",
+        tenant,
     )
 
 
@@ -447,10 +470,20 @@ async def _delete_instance(
 
 
 def retrieval_sql(
-    columns: str, study_uid: str, series_uid: str | None, sop_uid: str | None
+    columns: str, tenant: str, study_uid: str, series_uid: str | None, sop_uid: str | None
 ) -> tuple[str, list[str]]:
-    """The query of instances() and metadata() (and of their plan test)."""
-    clauses, params = ["study.study_instance_uid = $1"], [study_uid]
+    """The query of instances() and metadata() (and of their plan test).
+
+    Every table is filtered by tenant (a child has its parent's): whichever table the
+    planner starts from, its (tenant, uid) key finds the rows.
+    """
+    clauses = [
+        "study.tenant = $1",
+        "series.tenant = $1",
+        "instance.tenant = $1",
+        "study.study_instance_uid = $2",
+    ]
+    params = [tenant, study_uid]
     if series_uid is not None:
         params.append(series_uid)
         clauses.append(f"series.series_instance_uid = ${len(params)}")

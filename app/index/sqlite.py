@@ -97,23 +97,26 @@ class SqliteIndex:
 
     # -- writes ------------------------------------------------------------------------
 
-    async def add_instance(self, record: InstanceRecord, *, overwrite: bool) -> AddResult:
-        return await self._write(lambda db: _add(db, record, overwrite))
+    async def add_instance(
+        self, tenant: str, record: InstanceRecord, *, overwrite: bool
+    ) -> AddResult:
+        return await self._write(lambda db: _add(db, tenant, record, overwrite))
 
     # -- reads -------------------------------------------------------------------------
 
-    async def search(self, query: Query) -> list[SearchHit]:
-        compiled = compile_search(query, SQLITE)
+    async def search(self, tenant: str, query: Query) -> list[SearchHit]:
+        compiled = compile_search(tenant, query, SQLITE)
         rows = await self._read(lambda db: db.execute(compiled.sql, compiled.params).fetchall())
         return [search_hit(query.level, row) for row in rows]
 
     async def instances(
         self,
+        tenant: str,
         study_instance_uid: str,
         series_instance_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> list[StoredInstance]:
-        where, params = _scope(study_instance_uid, series_instance_uid, sop_instance_uid)
+        where, params = _scope(tenant, study_instance_uid, series_instance_uid, sop_instance_uid)
         sql = f"""SELECT {INSTANCE_COLUMNS} FROM instance
                   JOIN series ON series.pk = instance.series_fk
                   JOIN study ON study.pk = instance.study_fk
@@ -123,11 +126,12 @@ class SqliteIndex:
 
     async def metadata(
         self,
+        tenant: str,
         study_instance_uid: str,
         series_instance_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> list[StoredMetadata]:
-        where, params = _scope(study_instance_uid, series_instance_uid, sop_instance_uid)
+        where, params = _scope(tenant, study_instance_uid, series_instance_uid, sop_instance_uid)
         sql = f"""SELECT study.study_instance_uid, series.series_instance_uid,
                          instance.sop_instance_uid, instance.metadata FROM instance
                   JOIN series ON series.pk = instance.series_fk
@@ -168,11 +172,11 @@ def _transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) 
     return result
 
 
-def _add(db: sqlite3.Connection, record: InstanceRecord, overwrite: bool) -> AddResult:
+def _add(db: sqlite3.Connection, tenant: str, record: InstanceRecord, overwrite: bool) -> AddResult:
     orphan: str | None = None
     existing = db.execute(
-        "SELECT pk, sha256, blob_key FROM instance WHERE sop_instance_uid = ?",
-        (record.sop_instance_uid,),
+        "SELECT pk, sha256, blob_key FROM instance WHERE tenant = ? AND sop_instance_uid = ?",
+        (tenant, record.sop_instance_uid),
     ).fetchone()
     if existing is not None:
         if existing["sha256"] == record.sha256:
@@ -184,16 +188,17 @@ def _add(db: sqlite3.Connection, record: InstanceRecord, overwrite: bool) -> Add
 
     now = _now()
     meta = record.metadata
-    patient_fk = _upsert_patient(db, meta)
-    study_fk, new_study = _ensure_study(db, record, patient_fk, now)
-    series_fk, new_series = _ensure_series(db, record, study_fk)
+    patient_fk = _upsert_patient(db, tenant, meta)
+    study_fk, new_study = _ensure_study(db, tenant, record, patient_fk, now)
+    series_fk, new_series = _ensure_series(db, tenant, record, study_fk)
     inst = column_values("instance", meta)
     db.execute(
-        """INSERT INTO instance (series_fk, study_fk, sop_instance_uid, sop_class_uid,
+        """INSERT INTO instance (tenant, series_fk, study_fk, sop_instance_uid, sop_class_uid,
                instance_number, transfer_syntax_uid, blob_key, size, sha256,
                encapsulated, frames, bulk, metadata, created_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (
+            tenant,
             series_fk,
             study_fk,
             record.sop_instance_uid,
@@ -274,6 +279,17 @@ def _migrate(db: sqlite3.Connection) -> None:
     _check_not_newer(current, latest)
     if current == latest:
         return
+    # Migrations rebuild tables (SQLite cannot alter constraints in place), which foreign
+    # key enforcement would refuse half-way; the keys are checked before committing. The
+    # pragma has no effect inside a transaction, hence before BEGIN.
+    db.execute("PRAGMA foreign_keys = OFF")
+    try:
+        _apply_migrations(db, latest)
+    finally:
+        db.execute("PRAGMA foreign_keys = ON")
+
+
+def _apply_migrations(db: sqlite3.Connection, latest: int) -> None:
     # The write lock: another process migrating this file has finished (look again) or
     # waits for us. Statements run one by one because executescript() would commit.
     db.execute("BEGIN IMMEDIATE")
@@ -285,6 +301,9 @@ def _migrate(db: sqlite3.Connection) -> None:
             for statement in _statements(migration.sql):
                 db.execute(statement)
             db.execute("INSERT INTO schema_version (version) VALUES (?)", (migration.version,))
+        broken = db.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise SchemaError(f"index migration broke {len(broken)} foreign keys: {broken[:3]}")
     except BaseException:
         db.rollback()
         raise
@@ -304,18 +323,19 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-def _upsert_patient(db: sqlite3.Connection, meta: Json) -> int:
+def _upsert_patient(db: sqlite3.Connection, tenant: str, meta: Json) -> int:
     cols = column_values("patient", meta)
     row = db.execute(
-        """INSERT INTO patient (patient_id, issuer_of_patient_id, patient_name,
+        """INSERT INTO patient (tenant, patient_id, issuer_of_patient_id, patient_name,
                patient_birth_date, patient_sex, attrs)
-           VALUES (?, ?, ?, ?, ?, ?)
-           ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET
+           VALUES (?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (tenant, patient_id, issuer_of_patient_id) DO UPDATE SET
                patient_name = excluded.patient_name,
                patient_birth_date = excluded.patient_birth_date,
                patient_sex = excluded.patient_sex, attrs = excluded.attrs
            RETURNING pk""",
         (
+            tenant,
             cols["patient_id"] or "",
             cols["issuer_of_patient_id"] or "",
             cols["patient_name"],
@@ -329,14 +349,16 @@ def _upsert_patient(db: sqlite3.Connection, meta: Json) -> int:
 
 
 def _ensure_study(
-    db: sqlite3.Connection, record: InstanceRecord, patient_fk: int, now: str
+    db: sqlite3.Connection, tenant: str, record: InstanceRecord, patient_fk: int, now: str
 ) -> tuple[int, bool]:
     row = db.execute(
-        "SELECT pk FROM study WHERE study_instance_uid = ?", (record.study_instance_uid,)
+        "SELECT pk FROM study WHERE tenant = ? AND study_instance_uid = ?",
+        (tenant, record.study_instance_uid),
     ).fetchone()
     if row is not None:
         return int(row[0]), False
     values: dict[str, Any] = {
+        "tenant": tenant,
         "patient_fk": patient_fk,
         **column_values("study", record.metadata),
         "attrs": dumps(subset(record.metadata, PATIENT_TAGS | STUDY_TAGS)),
@@ -347,14 +369,16 @@ def _ensure_study(
 
 
 def _ensure_series(
-    db: sqlite3.Connection, record: InstanceRecord, study_fk: int
+    db: sqlite3.Connection, tenant: str, record: InstanceRecord, study_fk: int
 ) -> tuple[int, bool]:
     row = db.execute(
-        "SELECT pk FROM series WHERE series_instance_uid = ?", (record.series_instance_uid,)
+        "SELECT pk FROM series WHERE tenant = ? AND series_instance_uid = ?",
+        (tenant, record.series_instance_uid),
     ).fetchone()
     if row is not None:
         return int(row[0]), False
     values: dict[str, Any] = {
+        "tenant": tenant,
         "study_fk": study_fk,
         **column_values("series", record.metadata),
         "attrs": dumps(subset(record.metadata, SERIES_TAGS)),
@@ -408,9 +432,17 @@ def _delete_instance(db: sqlite3.Connection, instance_pk: int) -> None:
 
 
 def _scope(
-    study_uid: str, series_uid: str | None, sop_uid: str | None
+    tenant: str, study_uid: str, series_uid: str | None, sop_uid: str | None
 ) -> tuple[str, tuple[str, ...]]:
-    clauses, params = ["study.study_instance_uid = ?"], [study_uid]
+    # Every table is filtered by tenant (a child has its parent's): whichever table the
+    # planner starts from, its (tenant, uid) key finds the rows.
+    clauses = [
+        "study.tenant = ?",
+        "series.tenant = ?",
+        "instance.tenant = ?",
+        "study.study_instance_uid = ?",
+    ]
+    params = [tenant, tenant, tenant, study_uid]
     if series_uid is not None:
         clauses.append("series.series_instance_uid = ?")
         params.append(series_uid)

@@ -201,14 +201,21 @@ _JSON_INDEXED = frozenset({"patient.attrs", "study.attrs", "series.attrs"})
 _NUMERIC_VRS = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "SV", "UV", "FL", "FD"})
 
 
-def compile_search(query: Query, dialect: Dialect) -> Compiled:
-    """SELECT of the rows of `query.level` that meet every condition, one page of them."""
+def compile_search(tenant: str, query: Query, dialect: Dialect) -> Compiled:
+    """SELECT of the rows of `query.level` in `tenant` that meet every condition, one page
+    of them.
+
+    Every joined table is filtered by tenant, not only the level's (a child always has its
+    parent's): whichever table the planner starts from, an index leading with tenant
+    serves it.
+    """
     b = _Builder(dialect)
-    where = [f"({_condition(b, c, query.level)})" for c in query.conditions]
+    joined = sorted(_TABLES[query.level])
+    where = [f"{name}.tenant = {b.bind(tenant)}" for name in joined]
+    where += [f"({_condition(b, c, query.level)})" for c in query.conditions]
     table = _LEVEL_TABLE[query.level]
     sql = f"SELECT {_SELECT[query.level]} FROM {_FROM[query.level]}"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
+    sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY {table}.pk LIMIT {b.bind(query.limit)} OFFSET {b.bind(query.offset)}"
     return Compiled(sql, tuple(b.params))
 

@@ -27,6 +27,7 @@ from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from app.auth.principal import Access, Permission
 from app.dicom.byteorder import swap_binary_values
 from app.dicom.transfer_syntax import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
 from app.imaging.codecs import PIXEL_KEYWORDS, CodecError, Frame, decode_frame
@@ -128,13 +129,15 @@ class ImagingService:
         async with self._cpu:
             return await asyncio.to_thread(run)
 
-    async def open(self, instance: StoredInstance) -> PixelSource:
-        """Read the header of `instance` (and, when its frames are not indexed, all of it)."""
+    async def open(self, access: Access, instance: StoredInstance) -> PixelSource:
+        """Read the header of `instance`, found with `access` (and, when its frames are not
+        indexed, all of it)."""
+        access.require(Permission.READ)
         pixel = instance.pixel_data
         if pixel is not None and instance.frames:
             data = await self.retrieve.read_bytes(instance, 0, pixel.offset)
             header = await self._in_worker(lambda: _read_dataset(data, True))
-            swap = await self.retrieve.pixel_swap(instance)
+            swap = await self.retrieve.pixel_swap(access, instance)
             return PixelSource(instance, header, len(instance.frames), swap)
         if instance.size > WHOLE_FILE_LIMIT:
             raise Unsupported(

@@ -83,14 +83,22 @@ class SearchHit:
 
 
 class Index(Protocol):
-    async def add_instance(self, record: InstanceRecord, *, overwrite: bool) -> AddResult:
-        """Index an instance whose blob is already stored, atomically with its counts."""
+    """Every method takes the tenant first and sees only that tenant's rows: the same UIDs
+    may be stored in several tenants as different objects. There is no default tenant
+    here; protocol layers decide which tenant a request acts on."""
+
+    async def add_instance(
+        self, tenant: str, record: InstanceRecord, *, overwrite: bool
+    ) -> AddResult:
+        """Index an instance of `tenant` whose blob is already stored, atomically with its
+        counts."""
         ...
 
-    async def search(self, query: Query) -> list[SearchHit]: ...
+    async def search(self, tenant: str, query: Query) -> list[SearchHit]: ...
 
     async def instances(
         self,
+        tenant: str,
         study_instance_uid: str,
         series_instance_uid: str | None = None,
         sop_instance_uid: str | None = None,
@@ -100,6 +108,7 @@ class Index(Protocol):
 
     async def metadata(
         self,
+        tenant: str,
         study_instance_uid: str,
         series_instance_uid: str | None = None,
         sop_instance_uid: str | None = None,
@@ -111,6 +120,9 @@ class Index(Protocol):
 
 
 class BlobStore(Protocol):
+    """Blobs by key. Keys are internal ids, optionally under one tenant segment
+    (`<tenant>/<id>`, see `app/storage/keys.py`), never paths made of request values."""
+
     async def put(self, key: str, source: Path) -> None:
         """Store the complete local file `source` under `key`; `source` is consumed.
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from app.auth.principal import Access, Permission
 from app.dicom.byteorder import swap_width, swapped
 from app.dicom.instance import BulkRange, FrameRanges
 from app.dicom.levels import Level
@@ -48,32 +49,39 @@ def _describe(study: str, series: str | None, sop: str | None) -> str:
 
 
 class RetrieveService:
+    """Methods that name objects by UID take the caller's `Access`; methods given a
+    `StoredInstance` read what such a call already allowed (its blob key is its tenant's)."""
+
     def __init__(self, index: Index, blobs: BlobStore) -> None:
         self.index = index
         self.blobs = blobs
 
     async def instances(
-        self, study: str, series: str | None = None, sop: str | None = None
+        self, access: Access, study: str, series: str | None = None, sop: str | None = None
     ) -> list[StoredInstance]:
-        found = await self.index.instances(study, series, sop)
+        access.require(Permission.READ)
+        found = await self.index.instances(access.tenant, study, series, sop)
         if not found:
             raise NotFound(f"no {_describe(study, series, sop)} is stored")
         return found
 
-    async def instances_matching(self, query: Query, page: int = 500) -> list[StoredInstance]:
+    async def instances_matching(
+        self, access: Access, query: Query, page: int = 500
+    ) -> list[StoredInstance]:
         """The instances of every patient, study, series or instance `query` matches, in
         retrieval order within each (C-MOVE and C-GET identifiers); empty if none.
 
         The matches are read a page at a time; a patient query becomes a query for the
         patient's studies (patient attributes are matched on the study rows too).
         """
+        access.require(Permission.READ)
         level = Level.STUDY if query.level is Level.PATIENT else query.level
         search = replace(query, level=level, include=frozenset(), include_all=False, limit=page)
         found: list[StoredInstance] = []
         seen: set[tuple[str | None, ...]] = set()
         offset = 0
         while True:
-            hits = await self.index.search(replace(search, offset=offset))
+            hits = await self.index.search(access.tenant, replace(search, offset=offset))
             for hit in hits:
                 scope = (
                     _first_value(hit.study or {}, _UID_KEYS[Level.STUDY]),
@@ -83,15 +91,16 @@ class RetrieveService:
                 if scope[0] is None or scope in seen:
                     continue
                 seen.add(scope)
-                found.extend(await self.index.instances(*scope))
+                found.extend(await self.index.instances(access.tenant, *scope))
             if len(hits) < page:
                 return found
             offset += page
 
     async def metadata(
-        self, study: str, series: str | None = None, sop: str | None = None
+        self, access: Access, study: str, series: str | None = None, sop: str | None = None
     ) -> list[StoredMetadata]:
-        found = await self.index.metadata(study, series, sop)
+        access.require(Permission.READ)
+        found = await self.index.metadata(access.tenant, study, series, sop)
         if not found:
             raise NotFound(f"no {_describe(study, series, sop)} is stored")
         return found
@@ -166,7 +175,7 @@ class RetrieveService:
                 if piece:
                     yield piece
 
-    async def pixel_swap(self, instance: StoredInstance) -> Swap | None:
+    async def pixel_swap(self, access: Access, instance: StoredInstance) -> Swap | None:
         """How to turn stored native pixel data little endian (None: nothing to do)."""
         if instance.encapsulated or instance.transfer_syntax_uid != EXPLICIT_VR_BIG_ENDIAN:
             return None
@@ -174,7 +183,9 @@ class RetrieveService:
         if pixel is None:
             return None
         # Values are as wide as BitsAllocated; 8-bit data in OW is still swapped by word.
+        access.require(Permission.READ)
         found = await self.index.metadata(
+            access.tenant,
             instance.study_instance_uid,
             instance.series_instance_uid,
             instance.sop_instance_uid,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from app.auth.principal import Access, Permission
 from app.dicom.levels import DEFAULT_RETURN, INSTANCE_AVAILABILITY, MODALITIES_IN_STUDY, Level
 from app.query.model import Query
 from app.services.ports import Index, Json, SearchHit
@@ -57,7 +58,8 @@ class SearchService:
     def __init__(self, index: Index) -> None:
         self.index = index
 
-    async def search(self, query: Query, fixed: Iterable[Level] = ()) -> list[Json]:
+    async def search(self, access: Access, query: Query, fixed: Iterable[Level] = ()) -> list[Json]:
+        access.require(Permission.READ)
         keys = frozenset(f"{tag:08X}" for tag in return_tags(query, fixed))
-        hits = await self.index.search(query)
+        hits = await self.index.search(access.tenant, query)
         return [shape(hit, query, keys) for hit in hits]

@@ -19,6 +19,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import BinaryIO
 
+from app.auth.principal import Access, Permission
 from app.dicom.instance import ParsedInstance
 from app.dicom.parse import DicomParseError, parse_instance
 from app.services.ports import BlobStore, Index, InstanceRecord, Outcome
@@ -121,28 +122,34 @@ class StoreService:
         return Spooled(path, size, digest.hexdigest()), parsed
 
     async def store_stream(
-        self, chunks: AsyncIterable[bytes], *, study_instance_uid: str | None = None
+        self,
+        access: Access,
+        chunks: AsyncIterable[bytes],
+        *,
+        study_instance_uid: str | None = None,
     ) -> StoreResult:
+        access.require(Permission.WRITE)
         try:
             spooled, parsed = await self._receive(chunks, parse=True)
         except OSError as exc:
             return _resource_failure(exc)
         assert parsed is not None
-        return await self._store(spooled, parsed, study_instance_uid)
+        return await self._store(access.tenant, spooled, parsed, study_instance_uid)
 
     async def store_file(
-        self, spooled: Spooled, *, study_instance_uid: str | None = None
+        self, access: Access, spooled: Spooled, *, study_instance_uid: str | None = None
     ) -> StoreResult:
         """Store a spooled Part 10 file; the file is consumed whatever the outcome."""
         try:
+            access.require(Permission.WRITE)
             parsed = await asyncio.to_thread(_parse, spooled.path)
         except BaseException:
             await asyncio.to_thread(spooled.path.unlink, True)
             raise
-        return await self._store(spooled, parsed, study_instance_uid)
+        return await self._store(access.tenant, spooled, parsed, study_instance_uid)
 
     async def _store(
-        self, spooled: Spooled, parsed: Parsed, study_instance_uid: str | None
+        self, tenant: str, spooled: Spooled, parsed: Parsed, study_instance_uid: str | None
     ) -> StoreResult:
         moved = False
         try:
@@ -159,20 +166,21 @@ class StoreService:
                     f"the study {study_instance_uid} of the request URL"
                 )
                 return result
-            key = uuid.uuid4().hex
+            # Under the tenant's segment (app/storage/keys.py): tenants never share a blob.
+            key = f"{tenant}/{uuid.uuid4().hex}"
             try:
                 await self.blobs.put(key, spooled.path)
             except OSError as exc:
                 return _resource_failure(exc, result)
             moved = True
-            await self._index(parsed, spooled, key, result)
+            await self._index(tenant, parsed, spooled, key, result)
             return result
         finally:
             if not moved:
                 await asyncio.to_thread(spooled.path.unlink, True)
 
     async def _index(
-        self, parsed: ParsedInstance, spooled: Spooled, key: str, result: StoreResult
+        self, tenant: str, parsed: ParsedInstance, spooled: Spooled, key: str, result: StoreResult
     ) -> None:
         record = InstanceRecord(
             study_instance_uid=parsed.study_instance_uid,
@@ -189,7 +197,7 @@ class StoreService:
             metadata=parsed.metadata,
         )
         try:
-            added = await self.index.add_instance(record, overwrite=self.overwrite)
+            added = await self.index.add_instance(tenant, record, overwrite=self.overwrite)
         except BaseException:
             await self.blobs.delete(key)
             raise

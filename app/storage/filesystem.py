@@ -8,6 +8,8 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from app.storage.keys import key_path
+
 CHUNK_SIZE = 1024 * 1024
 
 
@@ -17,10 +19,7 @@ class FolderBlobStore:
         root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        # Keys are internal ids (hex); two levels of fan-out keep folders small.
-        if not key or "/" in key or key.startswith("."):
-            raise ValueError(f"invalid blob key {key!r}")
-        return self.root / key[:2] / key[2:4] / key
+        return self.root.joinpath(*key_path(key))
 
     async def put(self, key: str, source: Path) -> None:
         await asyncio.to_thread(self._put, key, source)

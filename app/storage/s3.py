@@ -27,6 +27,8 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
+from app.storage.keys import key_path
+
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
@@ -106,11 +108,9 @@ class S3BlobStore:
         return cls(client, stack, bucket, prefix, part_size)
 
     def _object(self, key: str) -> str:
-        # Same rule as the folder store: keys are internal ids, never paths.
-        if not key or "/" in key or key.startswith("."):
-            raise ValueError(f"invalid blob key {key!r}")
-        # Fan-out by the first characters spreads keys over prefixes, which S3 scales by.
-        name = f"{key[:2]}/{key}"
+        # As in the folder store, with one level of fan-out (S3 scales by prefix).
+        *tenant, fan_out, _, name = key_path(key)
+        name = "/".join((*tenant, fan_out, name))
         return f"{self.prefix}/{name}" if self.prefix else name
 
     async def put(self, key: str, source: Path) -> None:

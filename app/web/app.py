@@ -19,7 +19,7 @@ from app.web import qido, rendered, stow, wado, wado_uri
 from app.web.errors import EXCEPTION_HANDLERS
 from app.web.proxies import LinkSettings
 from app.web.signin import SignInMiddleware
-from app.web.urls import DICOMWEB_PREFIX
+from app.web.urls import DICOMWEB_PREFIX, TENANTS_PATH
 
 _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
@@ -106,6 +106,8 @@ def create_app(
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/wado", wado_uri.retrieve, methods=["GET"]),
+            # The same table for each tenant; first, as the plain mount would take its paths.
+            Mount(DICOMWEB_PREFIX + TENANTS_PATH + "/{tenant}", routes=DICOMWEB_ROUTES),
             Mount(DICOMWEB_PREFIX, routes=DICOMWEB_ROUTES),
         ],
         exception_handlers=dict(EXCEPTION_HANDLERS),

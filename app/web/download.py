@@ -14,6 +14,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from app.auth.principal import Access
 from app.dicom.dicomdir import DicomdirEntry, build_dicomdir, file_id_for
 from app.services.archive import Archive
 from app.services.errors import BadRequest
@@ -46,12 +47,15 @@ def _file_ids(instances: Sequence[StoredInstance]) -> list[tuple[str, ...]]:
 
 
 async def _dicomdir(
-    archive: Archive, instances: Sequence[StoredInstance], ids: Sequence[tuple[str, ...]]
+    archive: Archive,
+    access: Access,
+    instances: Sequence[StoredInstance],
+    ids: Sequence[tuple[str, ...]],
 ) -> bytes:
     first = instances[0]
     single_series = all(i.series_instance_uid == first.series_instance_uid for i in instances)
     found = await archive.retrieve.metadata(
-        first.study_instance_uid, first.series_instance_uid if single_series else None
+        access, first.study_instance_uid, first.series_instance_uid if single_series else None
     )
     metadata = {m.sop_instance_uid: m.json for m in found}
     entries = [
@@ -65,7 +69,7 @@ async def _dicomdir(
 
 
 async def zipped(
-    request: Request, archive: Archive, instances: Sequence[StoredInstance]
+    request: Request, archive: Archive, access: Access, instances: Sequence[StoredInstance]
 ) -> Response:
     flag = request.query_params.get("dicomdir", "").lower()
     if flag not in _TRUE + _FALSE:
@@ -74,7 +78,7 @@ async def zipped(
     if with_dicomdir:
         ids = _file_ids(instances)
         names = ["/".join(i) for i in ids]
-        directory = await _dicomdir(archive, instances, ids)
+        directory = await _dicomdir(archive, access, instances, ids)
     else:
         names = [
             f"{i.study_instance_uid}/{i.series_instance_uid}/{i.sop_instance_uid}.dcm"

@@ -13,6 +13,7 @@ from app.dicom.levels import RETRIEVE_URL, Level
 from app.query.qido import parse_qido
 from app.services.archive import Archive
 from app.services.errors import NotAcceptable
+from app.web.access import request_access
 from app.web.errors import path_uids
 from app.web.negotiation import parse_accept
 from app.web.urls import base_url, instance_url, series_url, study_url
@@ -45,6 +46,7 @@ def _retrieve_url(
 def _search(level: Level) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         archive: Archive = request.app.state.archive
+        access = request_access(request)
         accept = parse_accept(request.headers.get("accept"))
         if not any(r.media_type in _JSON_TYPES for r in accept):
             raise NotAcceptable("search results are available as application/dicom+json only")
@@ -64,7 +66,7 @@ def _search(level: Level) -> Callable[[Request], Awaitable[Response]]:
             default_limit=archive.settings.qido_default_limit,
             max_limit=archive.settings.qido_max_limit,
         )
-        results = await archive.search.search(query, fixed)
+        results = await archive.search.search(access, query, fixed)
         base = base_url(request)
         key = f"{RETRIEVE_URL:08X}"
         for attrs in results:

@@ -15,11 +15,13 @@ from dataclasses import replace
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.auth.principal import Access
 from app.imaging.render import RenderOptions, Viewport
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable, NotFound
 from app.services.imaging import PixelSource
 from app.services.ports import StoredInstance
+from app.web.access import request_access
 from app.web.errors import path_uids
 from app.web.render_params import NotRenderable, RenderParamError, parse_render_options
 from app.web.streaming import Part, bytes_part, multipart_response
@@ -48,10 +50,10 @@ def _has_pixels(instance: StoredInstance) -> bool:
     return bool(instance.frames) or instance.pixel_data is not None
 
 
-async def _instances(request: Request) -> list[StoredInstance]:
+async def _instances(request: Request, access: Access) -> list[StoredInstance]:
     study, series, sop = path_uids(request)
     assert study is not None
-    return await _archive(request).retrieve.instances(study, series, sop)
+    return await _archive(request).retrieve.instances(access, study, series, sop)
 
 
 def _image_response(data: bytes, media_type: str) -> Response:
@@ -70,11 +72,12 @@ async def render_instance(archive: Archive, source: PixelSource, options: Render
 async def retrieve_rendered(request: Request) -> Response:
     """Rendered study, series or instance."""
     archive = _archive(request)
-    instances = await _instances(request)
+    access = request_access(request)
+    instances = await _instances(request, access)
     _, _, sop = path_uids(request)
     options = _options(request, allow_gif=True)
     if sop is not None:
-        source = await archive.imaging.open(instances[0])
+        source = await archive.imaging.open(access, instances[0])
         data = await render_instance(archive, source, options)
         return _image_response(data, options.media_type)
     images = [i for i in instances if _has_pixels(i)]
@@ -83,7 +86,8 @@ async def retrieve_rendered(request: Request) -> Response:
 
     def part(instance: StoredInstance) -> Part:
         async def image() -> bytes:
-            return await render_instance(archive, await archive.imaging.open(instance), options)
+            source = await archive.imaging.open(access, instance)
+            return await render_instance(archive, source, options)
 
         return bytes_part(image)
 
@@ -93,10 +97,11 @@ async def retrieve_rendered(request: Request) -> Response:
 
 async def retrieve_rendered_frames(request: Request) -> Response:
     archive = _archive(request)
+    access = request_access(request)
     numbers = frame_numbers(request.path_params["frames"])
-    instances = await _instances(request)
+    instances = await _instances(request, access)
     options = _options(request, allow_gif=True)
-    source = await archive.imaging.open(instances[0])
+    source = await archive.imaging.open(access, instances[0])
     archive.imaging.check_frames(source, numbers)
     if len(numbers) == 1 or options.media_type == "image/gif":
         data = await archive.imaging.rendered(source, numbers, options)
@@ -121,12 +126,13 @@ def _representative(instances: Sequence[StoredInstance]) -> StoredInstance:
 async def retrieve_thumbnail(request: Request) -> Response:
     """A small image of a study, series, instance or frame (PS3.18 10.4.1.1.4)."""
     archive = _archive(request)
-    instances = await _instances(request)
+    access = request_access(request)
+    instances = await _instances(request, access)
     options = _options(request, allow_gif=False)
     size = THUMBNAIL_SIZE
     if options.viewport is not None:
         size = max(1, min(options.viewport.width, options.viewport.height))
-    source = await archive.imaging.open(_representative(instances))
+    source = await archive.imaging.open(access, _representative(instances))
     if "frames" in request.path_params:
         numbers = frame_numbers(request.path_params["frames"])
         archive.imaging.check_frames(source, numbers[:1])

@@ -10,9 +10,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.auth.principal import Access, Permission
 from app.dicom.multipart import MultipartError, iter_parts, parse_media_type
 from app.services.archive import Archive
 from app.services.store import FailureReason, StoreResult
+from app.web.access import request_access
 from app.web.errors import PayloadTooLarge, UnsupportedMediaType, path_uids
 from app.web.urls import base_url, instance_url, study_url
 
@@ -33,6 +35,8 @@ async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
 
 async def store_instances(request: Request) -> Response:
     archive: Archive = request.app.state.archive
+    access = request_access(request)
+    access.require(Permission.WRITE)  # before reading a body that would be refused
     study, _, _ = path_uids(request)
     limit = archive.settings.max_request_bytes
     length = request.headers.get("content-length", "")
@@ -42,7 +46,7 @@ async def store_instances(request: Request) -> Response:
     body = _limited(request, limit)
     results: list[StoreResult] = []
     if media_type == "application/dicom":
-        results.append(await archive.store.store_stream(body, study_instance_uid=study))
+        results.append(await archive.store.store_stream(access, body, study_instance_uid=study))
     elif media_type == "multipart/related":
         part_type = params.get("type", "application/dicom").lower()
         if part_type != "application/dicom":
@@ -53,7 +57,7 @@ async def store_instances(request: Request) -> Response:
         boundary = params.get("boundary")
         if not boundary:
             raise MultipartError("the Content-Type has no boundary parameter")
-        await _store_parts(archive, body, boundary, study, results)
+        await _store_parts(archive, access, body, boundary, study=study, results=results)
     else:
         raise UnsupportedMediaType(
             f"Content-Type {media_type or '(none)'!r} is not supported: send "
@@ -64,8 +68,10 @@ async def store_instances(request: Request) -> Response:
 
 async def _store_parts(
     archive: Archive,
+    access: Access,
     body: AsyncIterator[bytes],
     boundary: str,
+    *,
     study: str | None,
     results: list[StoreResult],
 ) -> None:
@@ -83,7 +89,7 @@ async def _store_parts(
                     )
                 )
                 continue
-            result = await archive.store.store_stream(part, study_instance_uid=study)
+            result = await archive.store.store_stream(access, part, study_instance_uid=study)
             if not result.ok and not result.sop_instance_uid:
                 result.message = f"part {number}: {result.message}"
             results.append(result)

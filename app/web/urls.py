@@ -8,15 +8,20 @@ from starlette.requests import Request
 from app.web.proxies import public_origin
 
 DICOMWEB_PREFIX = "/dicomweb"
+# Every DICOMweb route also exists under DICOMWEB_PREFIX + TENANTS_PATH + "/{tenant}".
+TENANTS_PATH = "/tenants"
 
 
 def base_url(request: Request) -> str:
     """The DICOMweb root as the client sees it, e.g. https://pacs.example.org/dicomweb."""
+    # Under /dicomweb/tenants/{tenant}, links stay in the tenant the request named.
+    tenant = request.path_params.get("tenant")
+    tenant_path = f"{TENANTS_PATH}/{tenant}" if tenant else ""
     # Inside the DICOMweb mount, root_path already ends with the prefix.
-    root = str(request.scope.get("root_path", "")).rstrip("/")
+    root = str(request.scope.get("root_path", "")).rstrip("/").removesuffix(tenant_path)
     if not root.endswith(DICOMWEB_PREFIX):
         root += DICOMWEB_PREFIX
-    return f"{public_origin(request)}{root}"
+    return f"{public_origin(request)}{root}{tenant_path}"
 
 
 def study_url(base: str, study: str) -> str:

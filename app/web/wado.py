@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from app.auth.principal import Access
 from app.dicom.instance import BULK_BASE, FrameRanges
 from app.dicom.multipart import closing, content_type_header, new_boundary, part_head
 from app.dicom.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE, NATIVE_LITTLE_ENDIAN
@@ -17,6 +18,7 @@ from app.services.errors import BadRequest, NotAcceptable
 from app.services.imaging import PixelSource
 from app.services.ports import StoredInstance
 from app.services.retrieve import Swap
+from app.web.access import request_access
 from app.web.download import wants_zip, zipped
 from app.web.errors import path_uids
 from app.web.negotiation import (
@@ -65,7 +67,9 @@ class _Plan:
     transcoder: Transcoder | None = None
 
 
-async def _plan(archive: Archive, instance: StoredInstance, accept: list[MediaRange]) -> _Plan:
+async def _plan(
+    archive: Archive, access: Access, instance: StoredInstance, accept: list[MediaRange]
+) -> _Plan:
     """The first accepted representation of `instance` that can be produced."""
     stored = instance.transfer_syntax_uid
     refusal: NotAcceptable | None = None
@@ -73,7 +77,7 @@ async def _plan(archive: Archive, instance: StoredInstance, accept: list[MediaRa
     for rep in instance_candidates(accept, stored):
         if not needs_transcoding(rep, stored):
             return _Plan(instance, rep)
-        source = source or await archive.imaging.open(instance)
+        source = source or await archive.imaging.open(access, instance)
         target = rep.transfer_syntax
         if not source.has_pixels and target not in NATIVE:
             # Without pixel data there is nothing to compress: Explicit VR Little Endian is
@@ -102,13 +106,14 @@ async def retrieve_instances(request: Request) -> Response:
     """Study, series or instance retrieval as PS3.10 files: as stored, transcoded when the
     Accept header names another transfer syntax, or zipped (application/zip)."""
     archive = _archive(request)
+    access = request_access(request)
     study, series, sop = path_uids(request)
     assert study is not None
-    instances = await archive.retrieve.instances(study, series, sop)
+    instances = await archive.retrieve.instances(access, study, series, sop)
     accept = parse_accept(request.headers.get("accept"))
     if wants_zip(accept):
-        return await zipped(request, archive, instances)
-    plans = [await _plan(archive, inst, accept) for inst in instances]
+        return await zipped(request, archive, access, instances)
+    plans = [await _plan(archive, access, inst, accept) for inst in instances]
     if not plans[0].rep.multipart:
         if len(plans) > 1:
             raise NotAcceptable(
@@ -136,10 +141,14 @@ async def retrieve_instances(request: Request) -> Response:
 
 
 async def plan_response(
-    request: Request, archive: Archive, instance: StoredInstance, accept: list[MediaRange]
+    request: Request,
+    archive: Archive,
+    access: Access,
+    instance: StoredInstance,
+    accept: list[MediaRange],
 ) -> Response:
     """One instance as a single application/dicom body, converted as `accept` asks."""
-    return await _single_instance(request, archive, await _plan(archive, instance, accept))
+    return await _single_instance(request, archive, await _plan(archive, access, instance, accept))
 
 
 async def _single_instance(request: Request, archive: Archive, plan: _Plan) -> Response:
@@ -187,7 +196,7 @@ async def retrieve_metadata(request: Request) -> Response:
         raise NotAcceptable("metadata is available as application/dicom+json only")
     study, series, sop = path_uids(request)
     assert study is not None
-    found = await archive.retrieve.metadata(study, series, sop)
+    found = await archive.retrieve.metadata(request_access(request), study, series, sop)
     base = base_url(request)
     placeholder = BULK_BASE.encode()
 
@@ -214,11 +223,11 @@ def frame_numbers(text: str) -> list[int]:
     return numbers
 
 
-async def _instance(request: Request) -> StoredInstance:
+async def _instance(request: Request, access: Access) -> StoredInstance:
     archive = _archive(request)
     study, series, sop = path_uids(request)
     assert study is not None and series is not None and sop is not None
-    return (await archive.retrieve.instances(study, series, sop))[0]
+    return (await archive.retrieve.instances(access, study, series, sop))[0]
 
 
 async def _send_frames(
@@ -257,7 +266,11 @@ def _transcoded_frames(
 
 
 async def _frames_response(
-    archive: Archive, instance: StoredInstance, numbers: Sequence[int], accept: list[MediaRange]
+    archive: Archive,
+    access: Access,
+    instance: StoredInstance,
+    numbers: Sequence[int],
+    accept: list[MediaRange],
 ) -> Response:
     """Frames in the first accepted representation that can be produced: straight from the
     stored ranges when no conversion is needed, else decoded and encoded one by one."""
@@ -267,9 +280,9 @@ async def _frames_response(
     for rep in frame_candidates(accept, stored):
         if not needs_transcoding(rep, stored) and instance.frames:
             ranges = archive.retrieve.frame_ranges(instance, numbers)
-            swap = await archive.retrieve.pixel_swap(instance)
+            swap = await archive.retrieve.pixel_swap(access, instance)
             return await _send_frames(_stored_frames(archive, instance, ranges, swap), rep)
-        source = source or await archive.imaging.open(instance)
+        source = source or await archive.imaging.open(access, instance)
         # Frames that were not indexed (deflated files, say) go through the decoder even
         # when no conversion is asked for; native frames are sent little endian.
         target = EXPLICIT_VR_LITTLE_ENDIAN if rep.transfer_syntax in NATIVE else rep.transfer_syntax
@@ -287,21 +300,23 @@ async def _frames_response(
 
 async def retrieve_frames(request: Request) -> Response:
     archive = _archive(request)
+    access = request_access(request)
     numbers = frame_numbers(request.path_params["frames"])
-    instance = await _instance(request)
+    instance = await _instance(request, access)
     accept = parse_accept(request.headers.get("accept"))
-    return await _frames_response(archive, instance, numbers, accept)
+    return await _frames_response(archive, access, instance, numbers, accept)
 
 
 async def retrieve_bulkdata(request: Request) -> Response:
     archive = _archive(request)
+    access = request_access(request)
     path = request.path_params["path"].strip("/").upper()
-    instance = await _instance(request)
+    instance = await _instance(request, access)
     accept = parse_accept(request.headers.get("accept"))
     if path == _PIXEL_DATA_PATH and instance.encapsulated and instance.frames:
         # Encapsulated pixel data has no single value: it is served frame by frame.
         numbers = range(1, len(instance.frames) + 1)
-        return await _frames_response(archive, instance, numbers, accept)
+        return await _frames_response(archive, access, instance, numbers, accept)
     found = archive.retrieve.bulk_range(instance, path)
     if not any(
         r.media_type in ("*/*", "multipart/*", "multipart/related", "application/octet-stream")
@@ -310,7 +325,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
         raise NotAcceptable("bulk data is available as application/octet-stream only")
     swap = archive.retrieve.bulk_swap(instance, found)
     if path == _PIXEL_DATA_PATH:
-        swap = await archive.retrieve.pixel_swap(instance)
+        swap = await archive.retrieve.pixel_swap(access, instance)
     octet = Representation(True, "application/octet-stream", instance.transfer_syntax_uid)
     if accept[0].media_type == "application/octet-stream":
         # A single part: byte ranges of the value may be asked for (RFC 9110 14).

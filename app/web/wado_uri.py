@@ -14,12 +14,14 @@ from collections.abc import Mapping
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.auth.principal import Access
 from app.dicom.uid import is_valid_uid
 from app.imaging.display import Window, window_problem
 from app.imaging.render import RENDERED_MEDIA_TYPES, RenderOptions, Viewport
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable, Unsupported
 from app.services.ports import StoredInstance
+from app.web.access import request_access
 from app.web.negotiation import parse_accept
 from app.web.render_params import RenderParamError, parse_annotation
 from app.web.rendered import render_instance
@@ -139,6 +141,7 @@ def _annotation(query: Mapping[str, str]) -> frozenset[str]:
 
 async def retrieve(request: Request) -> Response:
     archive: Archive = request.app.state.archive
+    access = request_access(request)
     query = request.query_params
     if query.get("requestType") != "WADO":
         raise BadRequest("requestType=WADO is required")
@@ -146,15 +149,15 @@ async def retrieve(request: Request) -> Response:
     if query.get("anonymize", "").lower() == "yes":
         raise Unsupported("anonymize=yes is not supported: the archive returns data as stored")
     media_type = _content_type(query)
-    instances = await archive.retrieve.instances(study, series, sop)
+    instances = await archive.retrieve.instances(access, study, series, sop)
     if media_type == DICOM:
         syntax = query.get("transferSyntax")
         if syntax is not None and not is_valid_uid(syntax):
             raise BadRequest(f"invalid transferSyntax {syntax!r}: not a DICOM UID")
         accept = f"{DICOM}; transfer-syntax={syntax}" if syntax else DICOM
-        response = await plan_response(request, archive, instances[0], parse_accept(accept))
+        response = await plan_response(request, archive, access, instances[0], parse_accept(accept))
     else:
-        response = await _rendered(archive, query, media_type, instances[0])
+        response = await _rendered(archive, access, query, media_type, instances[0])
     unknown = sorted(set(query) - _KNOWN)
     if unknown:
         # Links carry extra parameters (cache busters, vendor options): served, but said.
@@ -166,9 +169,13 @@ async def retrieve(request: Request) -> Response:
 
 
 async def _rendered(
-    archive: Archive, query: Mapping[str, str], media_type: str, instance: StoredInstance
+    archive: Archive,
+    access: Access,
+    query: Mapping[str, str],
+    media_type: str,
+    instance: StoredInstance,
 ) -> Response:
-    source = await archive.imaging.open(instance)
+    source = await archive.imaging.open(access, instance)
     rows, columns = _int(query, "rows", 1, 16384), _int(query, "columns", 1, 16384)
     quality = _int(query, "imageQuality", 1, 100)
     frame = _int(query, "frameNumber", 1, 2**31)

@@ -24,6 +24,8 @@ from tests.support.dicom_factory import make_file
 from tests.support.postgres import leftover_databases, require_postgres, temporary_database
 
 BACKENDS = ["sqlite", "postgres"]
+# The tenant index tests write to and read from (not the default one: nothing may rely on it).
+TENANT = "clinic-a"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError, ResponseStreamingError
 from app.services.ports import BlobStore
 from app.storage import s3
 from app.storage.filesystem import FolderBlobStore
+from app.storage.keys import blob_key
 from app.storage.s3 import S3BlobStore, StorageUnavailable
 from tests.support.moto import (
     ACCESS_KEY_ID,
@@ -238,7 +239,9 @@ async def test_read_of_a_missing_blob_raises_file_not_found(store: BlobStore) ->
         await read_all(store, key(), 10, 5)
 
 
-@pytest.mark.parametrize("bad", ["", "a/b", ".hidden", "../escape"])
+@pytest.mark.parametrize(
+    "bad", ["", "a/b/c", ".hidden", "../escape", "t/.hidden", "/x", "Tenant/x", "t x/y"]
+)
 async def test_invalid_keys_are_refused(store: BlobStore, spool: Path, bad: str) -> None:
     source = write(spool, b"x")
     with pytest.raises(ValueError, match="invalid blob key"):
@@ -318,8 +321,26 @@ async def test_s3_open_refuses_a_malformed_url(url: str) -> None:
 async def test_s3_keys_live_under_the_prefix(s3_store: S3BlobStore, spool: Path) -> None:
     name = key()
     await s3_store.put(name, write(spool, b"data"))
+    await s3_store.put(blob_key("clinic-a", name), write(spool, b"a's"))
     listed = await s3_store._client.list_objects_v2(Bucket=s3_store.bucket)
-    assert [item["Key"] for item in listed["Contents"]] == [f"archive/{name[:2]}/{name}"]
+    assert sorted(item["Key"] for item in listed["Contents"]) == [
+        f"archive/{name[:2]}/{name}",
+        f"archive/clinic-a/{name[:2]}/{name}",
+    ]
+
+
+async def test_tenants_keys_are_distinct_blobs(store: BlobStore, spool: Path) -> None:
+    """The same id under two tenants (and without one, as keys were before tenants) names
+    three blobs."""
+    name = key()
+    contents = {name: b"old", blob_key("clinic-a", name): b"a", blob_key("clinic-b", name): b"b"}
+    for each, data in contents.items():
+        await store.put(each, write(spool, data))
+    for each, data in contents.items():
+        assert await read_all(store, each) == data
+    await store.delete(blob_key("clinic-a", name))
+    assert not await store.exists(blob_key("clinic-a", name))
+    assert await store.exists(blob_key("clinic-b", name)) and await store.exists(name)
 
 
 async def test_s3_failed_multipart_upload_is_aborted(

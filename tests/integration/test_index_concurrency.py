@@ -25,7 +25,7 @@ from app.dicom.levels import (
 )
 from app.query.qido import parse_qido
 from app.services.ports import AddResult, Index, InstanceRecord, Outcome
-from tests.integration.conftest import Backend, Records
+from tests.integration.conftest import TENANT, Backend, Records
 
 MODALITIES = ["CT", "MR", "US", "CR"]
 PATIENT_OF_STUDY = ["PA", "PA", "PB"]  # two studies of one patient
@@ -87,7 +87,7 @@ async def add_all(nodes: list[Index], calls: list[tuple[InstanceRecord, bool]]) 
     """Every call at once, alternating between the nodes."""
     return await asyncio.gather(
         *(
-            nodes[i % len(nodes)].add_instance(record, overwrite=overwrite)
+            nodes[i % len(nodes)].add_instance(TENANT, record, overwrite=overwrite)
             for i, (record, overwrite) in enumerate(calls)
         )
     )
@@ -100,7 +100,7 @@ async def check_index(index: Index, placed: dict[str, tuple[Place, InstanceRecor
         by_study[place.study].append(place)
     every = [("limit", "1000")]
 
-    studies = await index.search(parse_qido(every, Level.STUDY))
+    studies = await index.search(TENANT, parse_qido(every, Level.STUDY))
     found = {hit.study["0020000D"]["Value"][0]: hit.computed for hit in studies if hit.study}
     assert len(found) == len(studies), "a study row is duplicated"
     assert found == {
@@ -112,7 +112,7 @@ async def check_index(index: Index, placed: dict[str, tuple[Place, InstanceRecor
         for study, places in by_study.items()
     }
 
-    series = await index.search(parse_qido(every, Level.SERIES))
+    series = await index.search(TENANT, parse_qido(every, Level.SERIES))
     counts = {
         hit.series["0020000E"]["Value"][0]: hit.computed[NUMBER_OF_SERIES_RELATED_INSTANCES]
         for hit in series
@@ -121,7 +121,7 @@ async def check_index(index: Index, placed: dict[str, tuple[Place, InstanceRecor
     assert len(counts) == len(series), "a series row is duplicated"
     assert counts == Counter(place.series for place, _ in placed.values())
 
-    patients = await index.search(parse_qido(every, Level.PATIENT))
+    patients = await index.search(TENANT, parse_qido(every, Level.PATIENT))
     studies_of = {
         hit.patient["00100020"]["Value"][0]: hit.computed[NUMBER_OF_PATIENT_RELATED_STUDIES]
         for hit in patients
@@ -134,7 +134,7 @@ async def check_index(index: Index, placed: dict[str, tuple[Place, InstanceRecor
     assert studies_of == {patient: len(s) for patient, s in expected_patients.items()}
 
     for study in by_study:
-        stored = {i.sop_instance_uid: i.blob_key for i in await index.instances(study)}
+        stored = {i.sop_instance_uid: i.blob_key for i in await index.instances(TENANT, study)}
         assert stored == {
             sop: record.blob_key for sop, (place, record) in placed.items() if place.study == study
         }

@@ -16,21 +16,21 @@ from app.dicom.levels import (
 )
 from app.query.qido import parse_qido
 from app.services.ports import AddResult, Index, InstanceRecord, Outcome, StoredInstance
-from tests.integration.conftest import Records
+from tests.integration.conftest import TENANT, Records
 
 
 async def add(index: Index, record: InstanceRecord, *, overwrite: bool = False) -> AddResult:
-    return await index.add_instance(record, overwrite=overwrite)
+    return await index.add_instance(TENANT, record, overwrite=overwrite)
 
 
-async def study_row(index: Index, study: str) -> dict[int, object] | None:
+async def study_row(index: Index, study: str, tenant: str = TENANT) -> dict[int, object] | None:
     """The computed attributes of a study, or None if the index has no such study."""
-    hits = await index.search(parse_qido([("StudyInstanceUID", study)], Level.STUDY))
+    hits = await index.search(tenant, parse_qido([("StudyInstanceUID", study)], Level.STUDY))
     return hits[0].computed if hits else None
 
 
 async def patient_ids(index: Index) -> dict[str, int]:
-    hits = await index.search(parse_qido([], Level.PATIENT))
+    hits = await index.search(TENANT, parse_qido([], Level.PATIENT))
     return {
         hit.patient["00100020"]["Value"][0]: hit.computed[NUMBER_OF_PATIENT_RELATED_STUDIES]
         for hit in hits
@@ -58,7 +58,7 @@ async def test_stored_identical_and_conflict(index: Index, records: Records) -> 
     other = records.make(sop=sop, study=first.study_instance_uid, seed=2)
     assert other.sha256 != first.sha256
     assert await add(index, other) == AddResult(Outcome.CONFLICT)
-    assert await index.instances(first.study_instance_uid) == [stored_part(first)]
+    assert await index.instances(TENANT, first.study_instance_uid) == [stored_part(first)]
     assert await study_row(index, first.study_instance_uid) == {
         MODALITIES_IN_STUDY: ["CT"],
         NUMBER_OF_STUDY_RELATED_SERIES: 1,
@@ -75,7 +75,7 @@ async def test_overwrite_replaces_and_names_the_orphan_blob(index: Index, record
     second = records.make(study=study, series=series, sop=sop, seed=2)
     result = await add(index, second, overwrite=True)
     assert result == AddResult(Outcome.REPLACED, orphan_blob_key=first.blob_key)
-    assert await index.instances(study, series, sop) == [stored_part(second)]
+    assert await index.instances(TENANT, study, series, sop) == [stored_part(second)]
     counts = await study_row(index, study)
     assert counts is not None
     assert counts[NUMBER_OF_STUDY_RELATED_INSTANCES] == 2
@@ -109,7 +109,7 @@ async def test_overwrite_into_another_study_updates_and_removes_the_old_rows(
         NUMBER_OF_STUDY_RELATED_SERIES: 2,
         NUMBER_OF_STUDY_RELATED_INSTANCES: 2,
     }
-    assert await index.instances(old_study, moved_ct.series_instance_uid) == []
+    assert await index.instances(TENANT, old_study, moved_ct.series_instance_uid) == []
 
     # Moving the last instance empties the old study and its patient: both are removed.
     moved_mr = records.make(
@@ -122,7 +122,7 @@ async def test_overwrite_into_another_study_updates_and_removes_the_old_rows(
     )
     assert (await add(index, moved_mr, overwrite=True)).outcome is Outcome.REPLACED
     assert await study_row(index, old_study) is None
-    assert await index.instances(old_study) == []
+    assert await index.instances(TENANT, old_study) == []
     assert await patient_ids(index) == {"NEW": 1}
     assert await study_row(index, new_study) == {
         MODALITIES_IN_STUDY: ["CT", "US"],
@@ -143,7 +143,7 @@ async def test_replacing_the_only_instance_keeps_one_of_each_row(
         seed=2,
     )
     assert (await add(index, second, overwrite=True)).outcome is Outcome.REPLACED
-    assert await index.instances(first.study_instance_uid) == [stored_part(second)]
+    assert await index.instances(TENANT, first.study_instance_uid) == [stored_part(second)]
     assert await patient_ids(index) == {"TEST-ID": 1}
 
 
@@ -178,24 +178,24 @@ async def test_instances_and_metadata_scope_and_order(index: Index, records: Rec
     for record in [other_study, *added]:
         await add(index, record)
     expected = [added[5], added[2], added[3], added[4], added[1], added[0]]
-    assert await index.instances(study) == [stored_part(r) for r in expected]
-    in_series = await index.instances(study, first)
+    assert await index.instances(TENANT, study) == [stored_part(r) for r in expected]
+    in_series = await index.instances(TENANT, study, first)
     assert in_series == [stored_part(r) for r in expected[:5]]
     one = added[3]
-    assert await index.instances(study, first, one.sop_instance_uid) == [stored_part(one)]
-    assert await index.instances(study, second, one.sop_instance_uid) == []
-    assert await index.instances(generate_uid()) == []
+    assert await index.instances(TENANT, study, first, one.sop_instance_uid) == [stored_part(one)]
+    assert await index.instances(TENANT, study, second, one.sop_instance_uid) == []
+    assert await index.instances(TENANT, generate_uid()) == []
 
-    metadata = await index.metadata(study)
+    metadata = await index.metadata(TENANT, study)
     assert [m.sop_instance_uid for m in metadata] == [r.sop_instance_uid for r in expected]
     assert {(m.study_instance_uid, m.series_instance_uid) for m in metadata} == {
         (study, first),
         (study, second),
     }
-    assert [m.sop_instance_uid for m in await index.metadata(study, second)] == [
+    assert [m.sop_instance_uid for m in await index.metadata(TENANT, study, second)] == [
         added[0].sop_instance_uid
     ]
-    assert await index.metadata(study, first, added[0].sop_instance_uid) == []
+    assert await index.metadata(TENANT, study, first, added[0].sop_instance_uid) == []
 
 
 async def test_metadata_is_the_stored_json_with_tags_in_order(
@@ -210,7 +210,7 @@ async def test_metadata_is_the_stored_json_with_tags_in_order(
         WindowCenter=["40", "1e-5"],
     )
     await add(index, record)
-    (found,) = await index.metadata(record.study_instance_uid)
+    (found,) = await index.metadata(TENANT, record.study_instance_uid)
     parsed = orjson.loads(found.json)
     assert parsed == record.metadata
     assert list(parsed) == sorted(parsed), "top-level tags are not in tag order"
@@ -222,7 +222,7 @@ async def test_frames_and_bulk_data_round_trip(index: Index, records: Records) -
     record = records.make(frames=3, rows=4, columns=4, LargestImagePixelValue=10)
     assert record.bulk and len(record.frames) == 3
     await add(index, record)
-    (found,) = await index.instances(record.study_instance_uid)
+    (found,) = await index.instances(TENANT, record.study_instance_uid)
     assert found == stored_part(record)
     assert found.frames == record.frames
     assert found.bulk == record.bulk
@@ -235,8 +235,65 @@ async def test_a_nul_character_in_a_value_does_not_fail_ingest(
     # Some modalities pad or corrupt text with NUL, which PostgreSQL text cannot hold.
     record = records.make(StudyDescription="BRAIN\x00MRI", ImageComments="a\x00b")
     assert (await add(index, record)).outcome is Outcome.STORED
-    hits = await index.search(parse_qido([("StudyDescription", "BRAIN*")], Level.STUDY))
+    hits = await index.search(TENANT, parse_qido([("StudyDescription", "BRAIN*")], Level.STUDY))
     assert len(hits) == 1
-    (found,) = await index.metadata(record.study_instance_uid)
+    (found,) = await index.metadata(TENANT, record.study_instance_uid)
     comments = orjson.loads(found.json)["00204000"]["Value"][0]
     assert comments in ("a\x00b", "ab")
+
+
+# -- tenants ---------------------------------------------------------------------------
+
+OTHER_TENANT = "clinic-b"
+
+
+async def descriptions(index: Index, tenant: str, level: Level) -> list[str]:
+    hits = await index.search(tenant, parse_qido([("includefield", "all")], level))
+    key = "0008103E" if level is Level.SERIES else "00081030"
+    return [
+        attrs[key]["Value"][0]
+        for hit in hits
+        if (attrs := hit.series if level is Level.SERIES else hit.study)
+    ]
+
+
+async def test_two_tenants_hold_the_same_uids_as_different_objects(
+    index: Index, records: Records
+) -> None:
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    uids = {"study": study, "series": series, "sop": sop, "PatientID": "P"}
+    ours = records.make(**uids, StudyDescription="ours", SeriesDescription="ours", seed=1)
+    theirs = records.make(**uids, StudyDescription="theirs", SeriesDescription="theirs", seed=2)
+    assert ours.sha256 != theirs.sha256
+    assert await index.add_instance(TENANT, ours, overwrite=False) == AddResult(Outcome.STORED)
+    # Not a conflict with the other tenant's instance: an object of its own.
+    assert await index.add_instance(OTHER_TENANT, theirs, overwrite=False) == AddResult(
+        Outcome.STORED
+    )
+    assert await index.add_instance(TENANT, theirs, overwrite=False) == AddResult(Outcome.CONFLICT)
+    assert await index.add_instance(OTHER_TENANT, theirs, overwrite=False) == AddResult(
+        Outcome.IDENTICAL
+    )
+
+    for tenant, record in ((TENANT, ours), (OTHER_TENANT, theirs)):
+        assert await index.instances(tenant, study) == [stored_part(record)]
+        assert await index.instances(tenant, study, series, sop) == [stored_part(record)]
+        (found,) = await index.metadata(tenant, study, series)
+        assert orjson.loads(found.json) == record.metadata
+        name = "ours" if record is ours else "theirs"
+        for level in (Level.STUDY, Level.SERIES, Level.INSTANCE):
+            assert await descriptions(index, tenant, level) == [name], (tenant, level)
+        patients = await index.search(tenant, parse_qido([], Level.PATIENT))
+        assert [hit.computed[NUMBER_OF_PATIENT_RELATED_STUDIES] for hit in patients] == [1]
+        row = await study_row(index, study, tenant)
+        assert row is not None and row[NUMBER_OF_STUDY_RELATED_INSTANCES] == 1
+    assert await index.instances("clinic-c", study) == []
+    assert await index.metadata("clinic-c", study) == []
+    assert await index.search("clinic-c", parse_qido([], Level.PATIENT)) == []
+
+    # Replacing one tenant's instance leaves the other's alone.
+    again = records.make(**uids, StudyDescription="ours, again", seed=3)
+    result = await index.add_instance(TENANT, again, overwrite=True)
+    assert result == AddResult(Outcome.REPLACED, orphan_blob_key=ours.blob_key)
+    assert await index.instances(OTHER_TENANT, study) == [stored_part(theirs)]
+    assert await descriptions(index, OTHER_TENANT, Level.STUDY) == ["theirs"]

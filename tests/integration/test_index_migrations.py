@@ -18,8 +18,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from app.auth.principal import DEFAULT_TENANT
+from app.dicom.levels import NUMBER_OF_STUDY_RELATED_INSTANCES, Level
 from app.index.migrations import MIGRATIONS_ROOT, SchemaError, latest_version
 from app.query.columns import TABLE_LEVEL, columns_of
+from app.query.qido import parse_qido
 from tests.integration.conftest import Backend
 
 DIALECT = {"sqlite": "sqlite", "postgres": "postgres"}
@@ -105,7 +108,8 @@ async def test_the_schema_has_every_column_the_queries_use(backend: Backend) -> 
         for column in (*columns_of(table), *_computed_and_json(table)):
             name = column if isinstance(column, str) else column.name
             if backend.name == "sqlite":
-                pattern = rf"table {table}: CREATE TABLE {table} \(.*\b{name}\b"
+                # A table rebuilt by a migration is renamed into place: SQLite quotes it.
+                pattern = rf"table {table}: CREATE TABLE \"?{table}\"? \(.*\b{name}\b"
             else:
                 pattern = rf"^column {table}\.{name} "
             assert re.search(pattern, schema, re.MULTILINE), f"{table}.{name} is missing"
@@ -114,10 +118,10 @@ async def test_the_schema_has_every_column_the_queries_use(backend: Backend) -> 
 def _computed_and_json(table: str) -> tuple[str, ...]:
     """Columns app/query/sql.py selects besides the whitelisted ones."""
     return {
-        "patient": ("pk", "attrs", "num_studies"),
-        "study": ("pk", "attrs", "modalities_in_study", "num_series", "num_instances"),
-        "series": ("pk", "study_fk", "attrs", "num_instances"),
-        "instance": ("pk", "series_fk", "study_fk", "metadata"),
+        "patient": ("pk", "tenant", "attrs", "num_studies"),
+        "study": ("pk", "tenant", "attrs", "modalities_in_study", "num_series", "num_instances"),
+        "series": ("pk", "tenant", "study_fk", "attrs", "num_instances"),
+        "instance": ("pk", "tenant", "series_fk", "study_fk", "metadata"),
     }[table]
 
 
@@ -156,3 +160,63 @@ async def test_a_schema_newer_than_the_code_is_refused(backend: Backend) -> None
             await conn.close()
     with pytest.raises(SchemaError, match=rf"version {newer} is newer .*\({newer - 1}\)"):
         await backend.open()
+
+
+# Rows as the first schema held them (one of each level, each the first of its table: pk
+# 1), in SQL both dialects read.
+_VERSION_1_ROWS = [
+    """INSERT INTO patient (patient_id, patient_name, num_studies, attrs)
+       VALUES ('P1', 'doe^jane', 1, '{}')""",
+    """INSERT INTO study (patient_fk, study_instance_uid, patient_id, num_series,
+           num_instances, modalities_in_study, attrs, created_at, updated_at)
+       VALUES (1, '1.2.3', 'P1', 1, 1, '\\CT\\', '{}', '2024-01-01T00:00:00Z',
+           '2024-01-01T00:00:00Z')""",
+    """INSERT INTO series (study_fk, series_instance_uid, modality, num_instances, attrs)
+       VALUES (1, '1.2.3.4', 'CT', 1, '{}')""",
+    """INSERT INTO instance (series_fk, study_fk, sop_instance_uid, sop_class_uid,
+           transfer_syntax_uid, blob_key, size, sha256, encapsulated, frames, bulk, metadata,
+           created_at)
+       VALUES (1, 1, '1.2.3.4.5', '1.2.840.10008.5.1.4.1.1.2', '1.2.840.10008.1.2.1',
+           'abcdef0123', 10, 'ff', FALSE, '[]', '{}', '{}', '2024-01-01T00:00:00Z')""",
+]
+
+
+async def _version_1_with_rows(backend: Backend) -> None:
+    """The database as the code before tenants left it: schema version 1 and some rows."""
+    first = (MIGRATIONS_ROOT / DIALECT[backend.name] / "0001_initial.sql").read_text()
+    version = [
+        # As each backend creates it (the snapshot compares the text on SQLite).
+        "CREATE TABLE schema_version (version INTEGER NOT NULL)"
+        if backend.name == "sqlite"
+        else "CREATE TABLE schema_version (version integer NOT NULL)",
+        "INSERT INTO schema_version (version) VALUES (1)",
+    ]
+    if backend.name == "sqlite":
+        with sqlite3.connect(backend.location) as db:
+            db.executescript(first)
+            for statement in [*version, *_VERSION_1_ROWS]:
+                db.execute(statement)
+        return
+    conn = await asyncpg.connect(backend.location)
+    try:
+        await conn.execute(first)
+        for statement in [*version, *_VERSION_1_ROWS]:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def test_existing_rows_move_into_the_default_tenant(backend: Backend) -> None:
+    await _version_1_with_rows(backend)
+    index = await backend.open()  # migrates
+    try:
+        (found,) = await index.instances(DEFAULT_TENANT, "1.2.3")
+        assert (found.series_instance_uid, found.sop_instance_uid) == ("1.2.3.4", "1.2.3.4.5")
+        assert found.blob_key == "abcdef0123"  # keys from before tenants stay as they were
+        (study,) = await index.search(DEFAULT_TENANT, parse_qido([], Level.STUDY))
+        assert study.computed[NUMBER_OF_STUDY_RELATED_INSTANCES] == 1
+        assert await index.instances("clinic-a", "1.2.3") == []
+    finally:
+        await index.close()
+    schema = await schema_of(backend)
+    assert schema == snapshot_path(backend).read_text(encoding="utf-8")

@@ -16,6 +16,7 @@ import pytest_asyncio
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from app.auth.principal import Access, anonymous
 from app.dicom.levels import (
     MODALITIES_IN_STUDY,
     NUMBER_OF_PATIENT_RELATED_STUDIES,
@@ -28,7 +29,7 @@ from app.query.model import Query
 from app.query.qido import parse_qido
 from app.services.ports import Index, InstanceRecord, SearchHit
 from app.services.search import SearchService
-from tests.integration.conftest import BACKENDS, Records, new_backend
+from tests.integration.conftest import BACKENDS, TENANT, Records, new_backend
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -180,7 +181,7 @@ async def indexed(
         index = await backend.open()
         try:
             for record in catalog.records:
-                await index.add_instance(record, overwrite=False)
+                await index.add_instance(TENANT, record, overwrite=False)
             yield index
         finally:
             await index.close()
@@ -367,12 +368,12 @@ def resolve(params: list[tuple[str, str]], catalog: Catalog) -> list[tuple[str, 
 async def test_search(indexed: Index, catalog: Catalog, case: str) -> None:
     level, params, scope, expected = CASES[case]
     query = qido(level, resolve(params, catalog), catalog, scope)
-    hits = await indexed.search(query)
+    hits = await indexed.search(TENANT, query)
     assert [hit_name(level, hit, catalog) for hit in hits] == expected
 
 
 async def test_computed_attributes(indexed: Index, catalog: Catalog) -> None:
-    studies = await indexed.search(qido(Level.STUDY, [], catalog, {}))
+    studies = await indexed.search(TENANT, qido(Level.STUDY, [], catalog, {}))
     computed = {hit_name(Level.STUDY, hit, catalog): hit.computed for hit in studies}
     assert computed["S1"] == {
         MODALITIES_IN_STUDY: ["CT", "SR"],
@@ -381,15 +382,15 @@ async def test_computed_attributes(indexed: Index, catalog: Catalog) -> None:
     }
     assert computed["S3"][MODALITIES_IN_STUDY] == ["CT", "MR"]
     assert computed["S4"][NUMBER_OF_STUDY_RELATED_INSTANCES] == 1
-    series = await indexed.search(qido(Level.SERIES, [], catalog, {"study": "S1"}))
+    series = await indexed.search(TENANT, qido(Level.SERIES, [], catalog, {"study": "S1"}))
     assert [hit.computed[NUMBER_OF_SERIES_RELATED_INSTANCES] for hit in series] == [3, 1]
-    patients = await indexed.search(qido(Level.PATIENT, [], catalog, {}))
+    patients = await indexed.search(TENANT, qido(Level.PATIENT, [], catalog, {}))
     assert [hit.computed[NUMBER_OF_PATIENT_RELATED_STUDIES] for hit in patients] == [2, 1, 1]
 
 
 async def test_search_hits_carry_each_level(indexed: Index, catalog: Catalog) -> None:
     query = qido(Level.INSTANCE, [], catalog, {"study": "S1", "series": "S1b"})
-    (hit,) = await indexed.search(query)
+    (hit,) = await indexed.search(TENANT, query)
     assert hit.study is not None and hit.series is not None and hit.instance is not None
     assert hit.study["00081030"]["Value"] == ["CT Chest"]
     assert hit.study["00100010"]["Value"] == [{"Alphabetic": "Smith^John"}]
@@ -413,7 +414,7 @@ async def both(
         try:
             for index in opened:
                 for record in catalog.records:
-                    await index.add_instance(record, overwrite=False)
+                    await index.add_instance(TENANT, record, overwrite=False)
             yield opened
         finally:
             for index in opened:
@@ -425,13 +426,14 @@ async def test_backends_give_identical_results(both: list[Index], catalog: Catal
     services = [SearchService(index) for index in both]
     for case, (level, params, scope, _) in CASES.items():
         query = qido(level, [*resolve(params, catalog), ("includefield", "all")], catalog, scope)
-        lite, pg = [await service.search(query) for service in services]
+        access = Access(anonymous(), TENANT)
+        lite, pg = [await service.search(access, query) for service in services]
         assert lite == pg, case
     for study in STUDIES:
         uid = catalog.uid(study)
-        lite_instances, pg_instances = [await index.instances(uid) for index in both]
+        lite_instances, pg_instances = [await index.instances(TENANT, uid) for index in both]
         assert lite_instances == pg_instances
-        lite_meta, pg_meta = [await index.metadata(uid) for index in both]
+        lite_meta, pg_meta = [await index.metadata(TENANT, uid) for index in both]
         assert [(m.sop_instance_uid, orjson.loads(m.json)) for m in lite_meta] == [
             (m.sop_instance_uid, orjson.loads(m.json)) for m in pg_meta
         ]

@@ -12,10 +12,10 @@ import pytest
 
 from app.dicom.levels import Level
 from app.index.migrations import IndexUnavailable
-from app.index.postgres import INSTANCE_LOCK_CLASS, PostgresIndex
+from app.index.postgres import INSTANCE_LOCK, INSTANCE_LOCK_CLASS, PostgresIndex
 from app.query.qido import parse_qido
 from app.services.ports import Outcome
-from tests.integration.conftest import Records
+from tests.integration.conftest import TENANT, Records
 from tests.support.postgres import database_url, require_postgres, temporary_database
 from tests.support.server import free_port
 
@@ -52,8 +52,8 @@ async def test_the_pool_holds_at_most_pool_size_connections(url: str, records: R
     index = await PostgresIndex.open(url, pool_size=3)
     try:
         await asyncio.gather(
-            *(index.add_instance(records.make(), overwrite=False) for _ in range(12)),
-            *(index.search(parse_qido([], Level.STUDY)) for _ in range(12)),
+            *(index.add_instance(TENANT, records.make(), overwrite=False) for _ in range(12)),
+            *(index.search(TENANT, parse_qido([], Level.STUDY)) for _ in range(12)),
         )
         conn = await asyncpg.connect(url)
         try:
@@ -92,7 +92,7 @@ async def test_a_deadlocked_write_is_retried(
     observer = await asyncpg.connect(url)
     try:
         first = records.make()
-        await index.add_instance(first, overwrite=False)
+        await index.add_instance(TENANT, first, overwrite=False)
         second = records.make(study=first.study_instance_uid)
 
         blocking = blocker.transaction()
@@ -101,14 +101,15 @@ async def test_a_deadlocked_write_is_retried(
             "SELECT 1 FROM study WHERE study_instance_uid = $1 FOR UPDATE",
             first.study_instance_uid,
         )
-        adding = asyncio.create_task(index.add_instance(second, overwrite=False))
+        adding = asyncio.create_task(index.add_instance(TENANT, second, overwrite=False))
         await _wait_for_lock_wait(observer)  # it holds the instance lock, waits for the study
         # Now wait for the instance lock in turn: a cycle. The index's session has waited
         # longer, so its deadlock check (after deadlock_timeout, 1 s) runs first and
         # aborts its own transaction; the retry waits until the blocker is done.
         await blocker.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            INSTANCE_LOCK,
             INSTANCE_LOCK_CLASS,
+            TENANT,
             second.sop_instance_uid,
         )
         await blocking.rollback()

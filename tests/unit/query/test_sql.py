@@ -14,7 +14,8 @@ from app.query.model import Condition, Match, Query
 from app.query.qido import parse_qido
 from app.query.sql import POSTGRES, SQLITE, Compiled, Dialect, compile_search
 
-MIGRATION = Path(__file__).parents[3] / "migrations" / "sqlite" / "0001_initial.sql"
+MIGRATIONS = Path(__file__).parents[3] / "migrations" / "sqlite"
+TENANT = "clinic-a"
 
 STUDY_UID = 0x0020000D
 PATIENT_NAME = 0x00100010
@@ -24,12 +25,33 @@ Params = list[tuple[str, str]]
 
 
 def compile_qido(params: Params, level: Level, dialect: Dialect = SQLITE) -> Compiled:
-    return compile_search(parse_qido(params, level), dialect)
+    return compile_search(TENANT, parse_qido(params, level), dialect)
+
+
+_TENANT_CLAUSES = re.compile(r"^(?:\w+\.tenant = (?:\?|\$\d+)(?: AND |$))+")
+
+
+def _tenant_clauses(compiled: Compiled) -> tuple[str, int]:
+    """The WHERE clause and how many tenant clauses (and parameters) lead it."""
+    clause = compiled.sql.partition(" WHERE ")[2].partition(" ORDER BY ")[0]
+    found = _TENANT_CLAUSES.match(clause)
+    count = found.group(0).count(".tenant = ") if found else 0
+    assert count, f"no tenant clause in {compiled.sql}"
+    assert compiled.params[:count] == (TENANT,) * count
+    return clause, count
 
 
 def where(compiled: Compiled) -> str:
-    """The WHERE clause, without the paging that follows it."""
-    return compiled.sql.partition(" WHERE ")[2].partition(" ORDER BY ")[0]
+    """The WHERE clause's conditions: without the tenant clauses that lead it (PostgreSQL
+    placeholders numbered as if they were not there) and the paging that follows it."""
+    clause, count = _tenant_clauses(compiled)
+    conditions = _TENANT_CLAUSES.sub("", clause)
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) - count}", conditions)
+
+
+def condition_params(compiled: Compiled) -> tuple[object, ...]:
+    """The parameters after those of the tenant clauses, which come first."""
+    return compiled.params[_tenant_clauses(compiled)[1] :]
 
 
 # -- compilation -----------------------------------------------------------------------
@@ -38,11 +60,16 @@ def where(compiled: Compiled) -> str:
 @pytest.mark.parametrize(
     ("level", "aliases", "source", "order"),
     [
-        (Level.PATIENT, ["patient_attrs", "num_studies"], "FROM patient ORDER", "patient.pk"),
+        (
+            Level.PATIENT,
+            ["patient_attrs", "num_studies"],
+            "FROM patient WHERE patient.tenant = ? ORDER",
+            "patient.pk",
+        ),
         (
             Level.STUDY,
             ["study_attrs", "modalities_in_study", "num_series", "num_instances"],
-            "FROM study ORDER",
+            "FROM study WHERE study.tenant = ? ORDER",
             "study.pk",
         ),
         (
@@ -55,7 +82,8 @@ def where(compiled: Compiled) -> str:
                 "series_attrs",
                 "series_num_instances",
             ],
-            "FROM series JOIN study ON study.pk = series.study_fk ORDER",
+            "FROM series JOIN study ON study.pk = series.study_fk"
+            " WHERE series.tenant = ? AND study.tenant = ? ORDER",
             "series.pk",
         ),
         (
@@ -70,19 +98,21 @@ def where(compiled: Compiled) -> str:
                 "instance_attrs",
             ],
             "FROM instance JOIN series ON series.pk = instance.series_fk"
-            " JOIN study ON study.pk = instance.study_fk ORDER",
+            " JOIN study ON study.pk = instance.study_fk"
+            " WHERE instance.tenant = ? AND series.tenant = ? AND study.tenant = ? ORDER",
             "instance.pk",
         ),
     ],
 )
 def test_select_by_level(level: Level, aliases: list[str], source: str, order: str) -> None:
-    compiled = compile_search(Query(level, limit=10, offset=20), SQLITE)
+    compiled = compile_search(TENANT, Query(level, limit=10, offset=20), SQLITE)
     assert re.findall(r" AS (\w+)", compiled.sql) == aliases
     assert source in compiled.sql
     assert compiled.sql.endswith(f"ORDER BY {order} LIMIT ? OFFSET ?")
-    assert compiled.params == (10, 20)
-    pg = compile_search(Query(level, limit=10, offset=20), POSTGRES)
-    assert pg.sql.endswith(f"ORDER BY {order} LIMIT $1 OFFSET $2")
+    assert condition_params(compiled) == (10, 20)
+    pg = compile_search(TENANT, Query(level, limit=10, offset=20), POSTGRES)
+    n = len(pg.params)
+    assert pg.sql.endswith(f"ORDER BY {order} LIMIT ${n - 1} OFFSET ${n}")
 
 
 CompileCase = tuple[str, Params, Level, str, tuple[object, ...], str, tuple[object, ...]]
@@ -298,10 +328,10 @@ def test_compile_condition(case: CompileCase) -> None:
     _, params, level, sqlite_sql, sqlite_params, pg_sql, pg_params = case
     lite = compile_qido(params, level, SQLITE)
     assert sqlite_sql in where(lite)
-    assert lite.params == (*sqlite_params, 100, 0)
+    assert condition_params(lite) == (*sqlite_params, 100, 0)
     pg = compile_qido(params, level, POSTGRES)
     assert pg_sql in where(pg)
-    assert pg.params == (*pg_params, 100, 0)
+    assert condition_params(pg) == (*pg_params, 100, 0)
 
 
 def test_postgres_placeholders_follow_parameter_order() -> None:
@@ -309,7 +339,7 @@ def test_postgres_placeholders_follow_parameter_order() -> None:
     compiled = compile_qido(params, Level.STUDY, POSTGRES)
     numbers = [int(n) for n in re.findall(r"\$(\d+)", compiled.sql)]
     assert numbers == list(range(1, len(compiled.params) + 1))
-    assert compiled.params == ("a", "^a", " a", "20200101", 100, 0)
+    assert condition_params(compiled) == ("a", "^a", " a", "20200101", 100, 0)
 
 
 def test_conditions_are_joined_with_and() -> None:
@@ -337,10 +367,10 @@ def test_values_are_never_formatted_into_sql(dialect: Dialect, key: str) -> None
 def test_a_column_of_an_unjoined_table_is_refused() -> None:
     query = Query(Level.STUDY, (Condition((0x00080018,), "UI", Match.SINGLE, ("1.2",)),))
     with pytest.raises(ValueError, match="instance attributes"):
-        compile_search(query, SQLITE)
+        compile_search(TENANT, query, SQLITE)
     query = Query(Level.STUDY, (Condition((0x00080080,), "LO", Match.SINGLE, ("x",)),))
     with pytest.raises(ValueError, match="series attributes"):
-        compile_search(query, SQLITE)
+        compile_search(TENANT, query, SQLITE)
 
 
 # -- execution against the real SQLite schema ------------------------------------------
@@ -495,11 +525,17 @@ def _insert_instances(db: sqlite3.Connection) -> None:
 @pytest.fixture(scope="module")
 def db() -> Iterator[sqlite3.Connection]:
     connection = sqlite3.connect(":memory:")
-    connection.executescript(MIGRATION.read_text())
+    # Rows are written in the first schema; the tenant migration moves them into TENANT's
+    # place, the default tenant, which is then renamed: the searches run on the migrated
+    # schema, and a second tenant holding the same rows shows that none leaks across.
+    connection.executescript((MIGRATIONS / "0001_initial.sql").read_text())
     _insert_patients(connection)
     _insert_studies(connection)
     _insert_series(connection)
     _insert_instances(connection)
+    connection.executescript((MIGRATIONS / "0002_tenant.sql").read_text())
+    for table in ("patient", "study", "series", "instance"):
+        connection.execute(f"UPDATE {table} SET tenant = ?", (TENANT,))
     yield connection
     connection.close()
 
@@ -514,7 +550,7 @@ _IDENTITY = {
 
 
 def run(db: sqlite3.Connection, query: Query) -> list[str]:
-    compiled = compile_search(query, SQLITE)
+    compiled = compile_search(TENANT, query, SQLITE)
     cursor = db.execute(compiled.sql, compiled.params)
     names = [d[0] for d in cursor.description]
     alias, tag = _IDENTITY[query.level]
@@ -642,3 +678,11 @@ def test_hostile_values_leave_the_database_intact(db: sqlite3.Connection) -> Non
         assert search(db, Level.STUDY, [(key, HOSTILE)]) == []
         assert search(db, Level.STUDY, [(key, HOSTILE + "*")]) == []
     assert len(search(db, Level.STUDY, [])) == len(STUDIES)
+
+
+@pytest.mark.parametrize("level", list(Level))
+def test_another_tenant_sees_none_of_the_rows(db: sqlite3.Connection, level: Level) -> None:
+    assert run(db, Query(level))  # TENANT has rows at every level
+    for other in ("default", "clinic-b"):
+        compiled = compile_search(other, Query(level), SQLITE)
+        assert db.execute(compiled.sql, compiled.params).fetchall() == []

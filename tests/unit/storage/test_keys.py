@@ -1,0 +1,29 @@
+"""Blob keys: an id under its tenant's segment, or a bare id from before tenants."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.storage.keys import blob_key, key_path
+
+
+def test_tenant_keys_live_under_the_tenant() -> None:
+    assert blob_key("clinic-a", "abcdef12") == "clinic-a/abcdef12"
+    assert key_path("clinic-a/abcdef12") == ("clinic-a", "ab", "cd", "abcdef12")
+
+
+def test_keys_from_before_tenants_keep_their_place() -> None:
+    assert key_path("abcdef12") == ("ab", "cd", "abcdef12")
+
+
+@pytest.mark.parametrize(
+    "key", ["", "/", "a/", "/abc", ".x", "t/.x", "a/b/c", "../abc", "T/abc", "t x/abc", "-t/abc"]
+)
+def test_anything_else_is_refused(key: str) -> None:
+    with pytest.raises(ValueError, match="invalid blob key"):
+        key_path(key)
+
+
+def test_a_malformed_tenant_never_becomes_a_key() -> None:
+    with pytest.raises(ValueError, match="invalid blob key"):
+        blob_key("../x", "abc")
