@@ -34,6 +34,8 @@ def _dcm(value: str, meaning: str) -> Code:
 class AuditAction(StrEnum):
     """The PS3.15 A.5.3 audit message an event is reported as (its EventID, CID 400)."""
 
+    # A.5.3.1: the audit trail itself was read (the admin search).
+    AUDIT_LOG_USED = "audit-log-used"
     # A.5.3.2: C-MOVE/C-GET sub-operations about to start.
     BEGIN_TRANSFERRING = "begin-transferring"
     # A.5.3.3: instances read, changed or deleted in place (metadata, rendered, delete).
@@ -53,6 +55,7 @@ class AuditAction(StrEnum):
 
 
 _EVENT_ID = {
+    AuditAction.AUDIT_LOG_USED: _dcm("110101", "Audit Log Used"),
     AuditAction.BEGIN_TRANSFERRING: _dcm("110102", "Begin Transferring DICOM Instances"),
     AuditAction.INSTANCES_ACCESSED: _dcm("110103", "DICOM Instances Accessed"),
     AuditAction.INSTANCES_TRANSFERRED: _dcm("110104", "DICOM Instances Transferred"),
@@ -74,6 +77,7 @@ class EventActionCode(StrEnum):
 
 # The action code an event gets unless the caller says otherwise (PS3.15 A.5.3).
 DEFAULT_ACTION_CODE = {
+    AuditAction.AUDIT_LOG_USED: EventActionCode.READ,
     AuditAction.BEGIN_TRANSFERRING: EventActionCode.EXECUTE,
     AuditAction.INSTANCES_ACCESSED: EventActionCode.READ,
     AuditAction.INSTANCES_TRANSFERRED: EventActionCode.READ,

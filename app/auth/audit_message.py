@@ -21,12 +21,13 @@ DESTINATION_ROLE = Code("110152", "DCM", "Destination Role ID")
 STUDY_INSTANCE_UID = Code("110180", "DCM", "Study Instance UID")
 SOP_CLASS_UID = Code("110181", "DCM", "SOP Class UID")
 PATIENT_NUMBER = Code("2", "RFC-3881", "Patient Number")
+URI = Code("12", "RFC-3881", "URI")
 # The Query participant object of a QIDO-RS search: the information model it searches.
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
 # ParticipantObjectTypeCode and ParticipantObjectTypeCodeRole (A.5.1.2).
 PERSON, SYSTEM_OBJECT = "1", "2"
-ROLE_PATIENT, ROLE_REPORT = "1", "3"
+ROLE_PATIENT, ROLE_REPORT, ROLE_SECURITY_RESOURCE = "1", "3", "13"
 # ParticipantObjectDataLifeCycle: "Origination, Creation" for stored instances.
 LIFE_CYCLE_CREATION = "1"
 # AuditSourceTypeCode: "Application Server process tier in a multi-tier system".
@@ -172,6 +173,8 @@ def _active_participants(event: AuditEvent, source: AuditSource) -> list[ET.Elem
 
 def _participant_objects(event: AuditEvent) -> list[ET.Element]:
     objects: list[ET.Element] = []
+    if event.action is AuditAction.AUDIT_LOG_USED:
+        objects.append(_audit_log_object(event))
     if event.action is AuditAction.QUERY and event.query is not None:
         objects.append(_query_object(event))
     if event.study_instance_uid:
@@ -216,6 +219,21 @@ def _query_object(event: AuditEvent) -> ET.Element:
         query, "ParticipantObjectDetail", {"type": "Protocol", "value": _base64(event.protocol)}
     )
     return query
+
+
+def _audit_log_object(event: AuditEvent) -> ET.Element:
+    """A.5.3.1: the audit log that was read, by its URI."""
+    log = ET.Element(
+        "ParticipantObjectIdentification",
+        {
+            "ParticipantObjectID": event.called or "audit",
+            "ParticipantObjectTypeCode": SYSTEM_OBJECT,
+            "ParticipantObjectTypeCodeRole": ROLE_SECURITY_RESOURCE,
+        },
+    )
+    _coded(log, "ParticipantObjectIDTypeCode", URI)
+    ET.SubElement(log, "ParticipantObjectName").text = "Security Audit Log"
+    return log
 
 
 def _study_object(event: AuditEvent) -> ET.Element:

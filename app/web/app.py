@@ -14,7 +14,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
 from app.services.archive import Archive
-from app.web import qido, rendered, stow, wado, wado_uri
+from app.web import audit, qido, rendered, stow, wado, wado_uri
 from app.web.errors import EXCEPTION_HANDLERS
 from app.web.urls import DICOMWEB_PREFIX
 
@@ -95,7 +95,7 @@ def create_app(
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/wado", wado_uri.retrieve, methods=["GET"]),
-            Mount(DICOMWEB_PREFIX, routes=DICOMWEB_ROUTES),
+            Mount(DICOMWEB_PREFIX, routes=[*DICOMWEB_ROUTES, *audit.ROUTES]),
         ],
         exception_handlers=dict(EXCEPTION_HANDLERS),
         lifespan=lifespan,

@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from app.auth.principal import Forbidden, UnknownTenant
 from app.dicom.multipart import MultipartError
 from app.dicom.uid import is_valid_uid
 from app.query.qido import QueryError
@@ -34,6 +35,8 @@ class PayloadTooLarge(ArchiveError):
 
 
 _STATUS: dict[type[Exception], int] = {
+    Forbidden: 403,
+    UnknownTenant: 400,
     UnsupportedMediaType: 415,
     PayloadTooLarge: 413,
     StorageInconsistent: 500,
