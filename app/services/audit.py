@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import datetime
 
 from app.auth.audit import AuditEvent
@@ -52,16 +53,10 @@ class AuditService:
         """Keep `event` in the index and send it to the collector; returns at once.
 
         Safe from any thread (DIMSE handlers run on threads of their own)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            if self._loop is None:
-                raise RuntimeError("AuditService.record: no event loop to hand it to") from None
-            self._loop.call_soon_threadsafe(self.record, event)
+        if not self._on_loop(self.record, event):
             return
         if self._task is None:
-            self._loop = self._loop or loop
-            self._task = loop.create_task(self._write_batches())
+            self._task = asyncio.get_running_loop().create_task(self._write_batches())
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -69,9 +64,24 @@ class AuditService:
         self.forward(event)
 
     def forward(self, event: AuditEvent) -> None:
-        """Send an event the index already holds (written with the data) to the collector."""
-        if self.sender is not None:
+        """Send an event the index already holds (written with the data) to the collector.
+
+        Safe from any thread."""
+        if self.sender is not None and self._on_loop(self.forward, event):
             self.sender.send(event)
+
+    def _on_loop(self, method: Callable[[AuditEvent], None], event: AuditEvent) -> bool:
+        """True on the service's event loop; elsewhere hand `method(event)` to it."""
+        running: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):
+            running = asyncio.get_running_loop()
+        self._loop = self._loop or running
+        if running is not None and running is self._loop:
+            return True
+        if self._loop is None:
+            raise RuntimeError("AuditService: no event loop to hand the event to")
+        self._loop.call_soon_threadsafe(method, event)
+        return False
 
     async def search(
         self,
