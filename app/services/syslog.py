@@ -15,6 +15,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -39,6 +40,7 @@ BOM = b"\xef\xbb\xbf"
 # The largest payload of one IPv4 UDP datagram; a longer message cannot go over UDP.
 UDP_MAX = 65507
 DEFAULT_PORTS = {"udp": 514, "tls": 6514}
+DROP_LOG_INTERVAL = 60.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ class SyslogSender:
         self._udp: asyncio.DatagramTransport | None = None
         self.sent = 0
         self.dropped = 0
+        self._drop_logged = -DROP_LOG_INTERVAL
 
     @classmethod
     def from_settings(cls, url: str, ca_file: str, source: AuditSource) -> SyslogSender | None:
@@ -159,12 +162,15 @@ class SyslogSender:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self.dropped += 1
-            log.warning(
-                "audit syslog: queue full, not sent to %s (%d dropped so far): %s",
-                self.target,
-                self.dropped,
-                event.summary(),
-            )
+            # One line a minute at most: a collector down for hours must not flood the log.
+            now = time.monotonic()
+            if now - self._drop_logged >= DROP_LOG_INTERVAL:
+                self._drop_logged = now
+                log.warning(
+                    "audit syslog: queue full, events not sent to %s (%d dropped so far)",
+                    self.target,
+                    self.dropped,
+                )
 
     async def flush(self, within: float) -> bool:
         """Wait until every queued event was handed to the network; False if that takes

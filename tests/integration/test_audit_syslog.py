@@ -5,6 +5,7 @@ collector that is down or not trusted never blocks the sender, which reconnects.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -150,3 +151,19 @@ def test_pacs_serve_sends_its_events_to_the_configured_collector(
     assert log is not None and log.attrib["ParticipantObjectID"] == "/dicomweb/audit"
     # The search named a patient: that stays out of the server's log.
     assert "PAT-42" not in (tmp_path / "archive" / "server.log").read_text()
+
+
+async def test_a_full_queue_drops_counts_and_logs_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing listens: the queue fills, the rest is dropped and counted, and the first
+    drop is logged (then at most once a minute)."""
+    target = parse_syslog_url(f"tls://localhost:{free_port()}")
+    sender = SyslogSender(target, SOURCE, ca_file=str(make_pki(tmp_path).ca), queue_size=2)
+    with caplog.at_level(logging.WARNING, logger="app.services.syslog"):
+        for _ in range(10):
+            sender.send(stored())
+    assert sender.dropped == 8
+    drops = [r.getMessage() for r in caplog.records if "queue full" in r.getMessage()]
+    assert drops == [f"audit syslog: queue full, events not sent to {target} (1 dropped so far)"]
+    await sender.close(0.1)
