@@ -96,6 +96,11 @@ class Settings:
     oidc_tenants_claim: str = "tenants"
     # Serve everyone without sign-in on an address other than loopback.
     allow_anonymous: bool = False
+    # Audit messages (PS3.15 A.5) to a syslog collector: udp://host:514 or tls://host:6514
+    # (empty: the index keeps the audit trail alone), and the CA file that signed a TLS
+    # collector's certificate (empty: the system's CAs).
+    audit_syslog: str = ""
+    audit_syslog_ca: str = ""
 
     def __post_init__(self) -> None:
         # Fail at start with one clear line rather than at the first association.

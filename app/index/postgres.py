@@ -15,12 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
+from app.auth.audit import AuditEvent
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
+from app.index import postgres_audit
 from app.index.migrations import IndexUnavailable, SchemaError, latest_version, migrations
 from app.index.rows import (
     INSTANCE_COLUMNS,
@@ -152,6 +156,36 @@ class PostgresIndex:
         )
         rows = await self._pool.fetch(sql, *params)
         return [StoredMetadata(r[0], r[1], r[2], r[3].encode()) for r in rows]
+
+    # -- audit trail (app/index/postgres_audit.py) -------------------------------------
+
+    async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await postgres_audit.insert_audit_events(conn, events)
+
+    async def search_audit(
+        self,
+        tenant: str | None,
+        *,
+        patient_id: str | None = None,
+        subject: str | None = None,
+        study: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[AuditEvent]:
+        return await postgres_audit.search_audit(
+            self._pool,
+            tenant,
+            patient_id=patient_id,
+            subject=subject,
+            study=study,
+            since=since,
+            until=until,
+            limit=limit,
+            offset=offset,
+        )
 
 
 # -- connecting and migrating ----------------------------------------------------------

@@ -10,13 +10,15 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from app.auth.audit import AuditEvent
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
+from app.index import sqlite_audit
 from app.index.migrations import SchemaError, latest_version, migrations
 from app.index.rows import (
     INSTANCE_COLUMNS,
@@ -139,6 +141,38 @@ class SqliteIndex:
                   WHERE {where} ORDER BY {_ORDER}"""
         rows = await self._read(lambda db: db.execute(sql, params).fetchall())
         return [StoredMetadata(r[0], r[1], r[2], r[3].encode()) for r in rows]
+
+    # -- audit trail (app/index/sqlite_audit.py) ---------------------------------------
+
+    async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        batch = tuple(events)
+        await self._write(lambda db: sqlite_audit.insert_audit_events(db, batch))
+
+    async def search_audit(
+        self,
+        tenant: str | None,
+        *,
+        patient_id: str | None = None,
+        subject: str | None = None,
+        study: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[AuditEvent]:
+        return await self._read(
+            lambda db: sqlite_audit.search_audit(
+                db,
+                tenant,
+                patient_id=patient_id,
+                subject=subject,
+                study=study,
+                since=since,
+                until=until,
+                limit=limit,
+                offset=offset,
+            )
+        )
 
 
 def _open(path: Path, readers: int) -> tuple[sqlite3.Connection, list[sqlite3.Connection]]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
+from app.auth.audit_message import AuditSource
+from app.services.audit import AuditService
 from app.services.imaging import ImagingService
 from app.services.ports import BlobStore, Index
 from app.services.retrieve import RetrieveService
 from app.services.search import SearchService
 from app.services.store import StoreService
+from app.services.syslog import SyslogSender
 from app.settings import Settings
 
 
@@ -21,10 +25,14 @@ class Archive:
     search: SearchService
     retrieve: RetrieveService
     imaging: ImagingService
+    audit: AuditService
 
     @classmethod
     def build(cls, settings: Settings, index: Index, blobs: BlobStore) -> Archive:
         retrieve = RetrieveService(index, blobs)
+        host = socket.gethostname()
+        source = AuditSource(f"pacs@{host}", host, ae_title=settings.ae_title.strip())
+        sender = SyslogSender.from_settings(settings.audit_syslog, settings.audit_syslog_ca, source)
         return cls(
             settings=settings,
             index=index,
@@ -33,8 +41,10 @@ class Archive:
             search=SearchService(index),
             retrieve=retrieve,
             imaging=ImagingService(retrieve),
+            audit=AuditService(index, sender),
         )
 
     async def close(self) -> None:
+        await self.audit.close()  # before the index: queued events are written first
         await self.index.close()
         await self.blobs.close()

@@ -5,12 +5,14 @@ Services depend on these protocols only; `app/index/` and `app/storage/` impleme
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from app.auth.audit import AuditEvent
 from app.dicom.instance import PIXEL_DATA_PATHS, BulkRange, FrameRanges
 from app.query.model import Query
 
@@ -114,6 +116,26 @@ class Index(Protocol):
         sop_instance_uid: str | None = None,
     ) -> list[StoredMetadata]:
         """Stored DICOM JSON of the instances in scope, in retrieval order."""
+        ...
+
+    async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        """Keep audit events, all in one transaction of their own."""
+        ...
+
+    async def search_audit(
+        self,
+        tenant: str | None,
+        *,
+        patient_id: str | None = None,
+        subject: str | None = None,
+        study: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[AuditEvent]:
+        """Audit events, newest first; tenant None: every tenant. `since` is inclusive,
+        `until` exclusive; each filter given must match."""
         ...
 
     async def close(self) -> None: ...

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 
 from app.auth.tokens import TokenVerifier
 from app.services.archive import Archive
-from app.web import qido, rendered, stow, wado, wado_uri
+from app.web import audit, qido, rendered, stow, wado, wado_uri
 from app.web.errors import EXCEPTION_HANDLERS
 from app.web.proxies import LinkSettings
 from app.web.signin import SignInMiddleware
@@ -74,6 +74,8 @@ DICOMWEB_ROUTES = [
     Route(_INSTANCE + "/bulkdata/{path:path}", wado.retrieve_bulkdata, methods=["GET"]),
     # WADO-URI, also under the DICOMweb root for viewers configured with one base URL.
     Route("/wado", wado_uri.retrieve, methods=["GET"]),
+    # The audit trail (permission admin).
+    Route("/audit", audit.search_audit, methods=["GET"]),
 ]
 
 

@@ -111,3 +111,18 @@ def _write_key(stem: Path, key: ec.EllipticCurvePrivateKey) -> Path:
     )
     path.chmod(0o600)
     return path
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A CA and one server identity it signed (for localhost and 127.0.0.1)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_pki(folder: Path, common_name: str = "localhost") -> Pki:
+    authority = make_authority(folder, "pki")
+    server = authority.issue(folder, common_name)
+    return Pki(authority.cert, server.cert, server.key)

@@ -1,0 +1,155 @@
+"""The audit trail service: every audited event goes to the index and to the collector.
+
+Services and protocol layers call `record(event)`; it never blocks and never fails the
+request. A background task writes queued events to the index in batches (each batch one
+transaction), retrying a failed write; an event that still cannot be written is logged
+(without patient data) and counted, never dropped silently. Writes of data record their
+event in the data's own transaction (`insert_audit_event` of the index backend) and call
+`forward(event)` afterwards, which only sends it to the collector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from app.auth.audit import AuditEvent
+from app.auth.principal import Access, Permission
+from app.services.ports import Index
+from app.services.syslog import SyslogSender
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+# Index write attempts per batch and the pause before each retry, in seconds.
+RETRY_PAUSES = (0.2, 1.0, 5.0)
+
+
+class AuditService:
+    def __init__(
+        self,
+        index: Index,
+        sender: SyslogSender | None = None,
+        *,
+        queue_size: int = 100_000,
+        retry_pauses: tuple[float, ...] = RETRY_PAUSES,
+    ) -> None:
+        self._index = index
+        self.sender = sender
+        self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(queue_size)
+        self._retry_pauses = retry_pauses
+        # The loop the service is built on (the server's); threads hand events to it.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[None] | None = None
+        # Events that could not be kept in the index (each one logged).
+        self.lost = 0
+
+    def record(self, event: AuditEvent) -> None:
+        """Keep `event` in the index and send it to the collector; returns at once.
+
+        Safe from any thread (DIMSE handlers run on threads of their own)."""
+        if not self._on_loop(self.record, event):
+            return
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._write_batches())
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._lose([event], "the audit queue is full")
+        self.forward(event)
+
+    def forward(self, event: AuditEvent) -> None:
+        """Send an event the index already holds (written with the data) to the collector.
+
+        Safe from any thread."""
+        if self.sender is not None and self._on_loop(self.forward, event):
+            self.sender.send(event)
+
+    def _on_loop(self, method: Callable[[AuditEvent], None], event: AuditEvent) -> bool:
+        """True on the service's event loop; elsewhere hand `method(event)` to it."""
+        running: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):
+            running = asyncio.get_running_loop()
+        self._loop = self._loop or running
+        if running is not None and running is self._loop:
+            return True
+        if self._loop is None:
+            raise RuntimeError("AuditService: no event loop to hand the event to")
+        self._loop.call_soon_threadsafe(method, event)
+        return False
+
+    async def search(
+        self,
+        access: Access,
+        *,
+        patient_id: str | None = None,
+        subject: str | None = None,
+        study: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[AuditEvent]:
+        """The audit trail of the caller's tenant, newest first (admin only)."""
+        access.require(Permission.ADMIN)
+        return await self._index.search_audit(
+            access.tenant,
+            patient_id=patient_id,
+            subject=subject,
+            study=study,
+            since=since,
+            until=until,
+            limit=limit,
+            offset=offset,
+        )
+
+    async def flush(self) -> None:
+        """Wait until every event recorded so far is in the index (or logged as lost)."""
+        if self._task is not None:
+            await self._queue.join()
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.sender is not None:
+            await self.sender.close()
+
+    async def _write_batches(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _write(self, batch: list[AuditEvent]) -> None:
+        for attempt, pause in enumerate((*self._retry_pauses, None), start=1):
+            try:
+                await self._index.add_audit_events(batch)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The error's type only: a driver's message may quote the values.
+                cause = type(exc).__name__
+                if pause is None:
+                    self._lose(batch, f"the index write failed {attempt} times ({cause})")
+                    return
+                log.warning("audit: index write failed (%s); retrying in %.1f s", cause, pause)
+                await asyncio.sleep(pause)
+
+    def _lose(self, events: list[AuditEvent], why: str) -> None:
+        self.lost += len(events)
+        for event in events:
+            log.error("audit: event not kept in the index, %s: %s", why, event.summary())
