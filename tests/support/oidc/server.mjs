@@ -159,7 +159,9 @@ function escape(text) {
 }
 
 function page(title, body) {
-  return `<!DOCTYPE html><html><head><meta charset="utf-8"><title>${escape(title)}</title></head>
+  // No favicon: the browser would ask for /favicon.ico and log the 404 as a page error.
+  return `<!DOCTYPE html><html><head><meta charset="utf-8"><title>${escape(title)}</title>
+<link rel="icon" href="data:,"></head>
 <body><h1>${escape(title)}</h1>${body}</body></html>`;
 }
 
