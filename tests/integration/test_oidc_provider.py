@@ -19,7 +19,9 @@ from tests.support.oidc import (
     SHORT_LIVED,
     SHORT_TTL,
     TENANTS_CLAIM,
+    WEB,
     OpenIdProvider,
+    SignInRefused,
     running_provider,
 )
 
@@ -150,3 +152,33 @@ def test_short_lived_token_expires(oidc_provider: OpenIdProvider) -> None:
     time.sleep(max(claims["exp"] - time.time(), 0) + 1.1)
     with pytest.raises(ExpiredTokenError):
         verified(oidc_provider, token)
+
+
+@pytest.mark.parametrize("username", ["reader", "two-sites", "everywhere"])
+def test_user_signs_in_with_pkce_and_gets_their_own_token(
+    oidc_provider: OpenIdProvider, username: str
+) -> None:
+    response = oidc_provider.sign_in(username, scopes=["pacs:read", "pacs:write"])
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    claims = verified(oidc_provider, answer["access_token"]).claims
+    assert claims["sub"] == username
+    assert claims["client_id"] == WEB
+    assert claims["scope"].split() == ["pacs:read", "pacs:write"]
+    assert claims.get(TENANTS_CLAIM) == oidc_provider.accounts[username].tenants
+    identity = jwt.decode(answer["id_token"], oidc_provider.key_set()).claims
+    assert identity["sub"] == username and identity["aud"] == WEB
+
+
+@pytest.mark.parametrize("username", ["reader", "nobody"])
+def test_wrong_password_is_refused_on_the_login_page(
+    oidc_provider: OpenIdProvider, username: str
+) -> None:
+    with pytest.raises(SignInRefused, match=r"(?s)^401: .*Wrong username or password"):
+        oidc_provider.sign_in(username, "not-the-password")
+
+
+def test_code_without_its_verifier_is_refused(oidc_provider: OpenIdProvider) -> None:
+    response = oidc_provider.sign_in("reader", code_verifier="x" * 43)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_grant"

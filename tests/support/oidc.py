@@ -10,6 +10,8 @@ Node.js or its node_modules the tests that need it skip, and fail in CI.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import secrets
 import shutil
@@ -19,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from joserfc import jwt
@@ -42,6 +45,10 @@ SERVICE = "ai-service"  # confidential, client credentials, any pacs:* scope, as
 SHORT_LIVED = "short-lived"  # the same with access tokens of SHORT_TTL seconds
 SHORT_TTL = 3
 ACCESS_TOKEN_TTL = 300
+# A public client signing users in (authorization code with PKCE), as a viewer does; its
+# redirect URI is never opened: `OpenIdProvider.sign_in` takes the code from the redirect.
+WEB = "web-viewer"
+WEB_REDIRECT_URI = "http://127.0.0.1:9/callback"
 
 
 def signing_key(kid: str, alg: str = "RS256") -> dict[str, Any]:
@@ -120,18 +127,45 @@ def default_clients() -> list[Client]:
     return [
         Client(SERVICE, secret=secrets.token_urlsafe(32)),
         Client(SHORT_LIVED, secret=secrets.token_urlsafe(32), access_token_ttl=SHORT_TTL),
+        Client(
+            WEB,
+            grant_types=("authorization_code",),
+            redirect_uris=(WEB_REDIRECT_URI,),
+            test_claims=False,
+        ),
     ]
+
+
+def default_accounts() -> list[Account]:
+    """Users of the default provider: one of the default tenant only (no tenants claim), one
+    of two named tenants, one of every tenant."""
+    return [
+        Account("reader", secrets.token_urlsafe(12), name="Rita Reader"),
+        Account("two-sites", secrets.token_urlsafe(12), tenants=["north", "south"]),
+        Account("everywhere", secrets.token_urlsafe(12), tenants="*"),
+    ]
+
+
+class SignInRefused(Exception):
+    """The provider's login page did not accept the username and password."""
 
 
 class OpenIdProvider:
     """A running provider: its issuer, the archive's audience, tokens from its token endpoint,
     its signing keys (private ones too) and run-time key rotation."""
 
-    def __init__(self, issuer: str, clients: Sequence[Client], keys: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        clients: Sequence[Client],
+        accounts: Sequence[Account],
+        keys: list[dict[str, Any]],
+    ) -> None:
         self.issuer = issuer
         self.audience = AUDIENCE
         self.other_audience = OTHER_AUDIENCE
         self.clients = {c.client_id: c for c in clients}
+        self.accounts = {a.username: a for a in accounts}
         self._keys = keys  # private JWKs, the signing one first
         self._http = httpx.Client(timeout=30)
 
@@ -245,6 +279,79 @@ class OpenIdProvider:
         token: str = response.json()["access_token"]
         return token
 
+    def sign_in(
+        self,
+        username: str,
+        password: str | None = None,
+        *,
+        client: str = WEB,
+        scopes: Sequence[str] = ("pacs:read",),
+        code_verifier: str | None = None,
+    ) -> httpx.Response:
+        """A user's sign-in as a browser makes it, without one: the authorization request
+        (with PKCE), the login page, the code from the redirect, and the token endpoint's
+        answer to the code, sent with `code_verifier` (by default the right one). The password
+        is the account's unless given; a refused one raises SignInRefused."""
+        (redirect_uri, *_) = self.clients[client].redirect_uris
+        verifier = secrets.token_urlsafe(48)
+        digest = hashlib.sha256(verifier.encode()).digest()
+        state = secrets.token_urlsafe(16)
+        discovery = self.discovery()
+        # A client of its own: the provider's cookies are this "browser's" session.
+        with httpx.Client(timeout=30) as browser:
+            response = browser.get(
+                discovery["authorization_endpoint"],
+                params={
+                    "client_id": client,
+                    "response_type": "code",
+                    "redirect_uri": redirect_uri,
+                    "scope": " ".join(["openid", *scopes]),
+                    "state": state,
+                    "code_challenge": base64.urlsafe_b64encode(digest).decode().rstrip("="),
+                    "code_challenge_method": "S256",
+                },
+            )
+            # authorization -> login page -> authorization -> consent -> ... -> the client
+            for _ in range(10):
+                location = response.headers.get("location", "")
+                if response.is_redirect and location.startswith(redirect_uri):
+                    break
+                if response.is_redirect:
+                    response = browser.get(response.url.join(location))
+                elif response.status_code == 200 and "/interaction/" in response.url.path:
+                    response = browser.post(
+                        f"{response.url}/login",
+                        data={
+                            "username": username,
+                            "password": password or self.accounts[username].password,
+                        },
+                    )
+                    if response.status_code != 303:
+                        raise SignInRefused(f"{response.status_code}: {response.text[:300]}")
+                else:
+                    raise AssertionError(f"sign-in stopped at {response.url}: {response.text}")
+            query = parse_qs(urlsplit(location).query)
+            assert query.get("state") == [state], location
+            assert "code" in query, f"no code: {location}"
+            return browser.post(
+                discovery["token_endpoint"],
+                data={
+                    "grant_type": "authorization_code",
+                    "code": query["code"][0],
+                    "redirect_uri": redirect_uri,
+                    "client_id": client,
+                    "code_verifier": code_verifier or verifier,
+                },
+            )
+
+    def user_token(self, username: str, scopes: Sequence[str] = ("pacs:read",)) -> str:
+        """An access token of a user (authorization code with PKCE through the login page):
+        its sub is the username, its tenants claim the account's."""
+        response = self.sign_in(username, scopes=scopes)
+        assert response.status_code == 200, f"sign-in of {username}: {response.text}"
+        token: str = response.json()["access_token"]
+        return token
+
     def archive_env(self, **overrides: str) -> dict[str, str]:
         """The PACS_* variables of a `pacs serve` that requires this provider's tokens."""
         return {
@@ -278,14 +385,16 @@ def _discovery_answers(issuer: str) -> bool:
 def running_provider(
     directory: Path,
     clients: Sequence[Client] | None = None,
-    accounts: Sequence[Account] = (),
+    accounts: Sequence[Account] | None = None,
     *,
     port: int | None = None,
 ) -> Iterator[OpenIdProvider]:
-    """Start a provider on `port` (a free one by default) with `clients` (default: SERVICE
-    and SHORT_LIVED) and `accounts`; its configuration and log go to `directory`."""
+    """Start a provider on `port` (a free one by default) with `clients` and `accounts`
+    (default_clients() and default_accounts() when not given); its configuration, keys
+    included, and its log go to `directory`."""
     node = find_node()
     clients = default_clients() if clients is None else clients
+    accounts = default_accounts() if accounts is None else accounts
     port = port or free_port()
     issuer = f"http://127.0.0.1:{port}"
     keys = [signing_key(f"key-{secrets.token_hex(4)}")]
@@ -311,7 +420,7 @@ def running_provider(
     with background_process(
         command, directory / "oidc-provider.log", lambda: _discovery_answers(issuer)
     ):
-        provider = OpenIdProvider(issuer, clients, keys)
+        provider = OpenIdProvider(issuer, clients, accounts, keys)
         try:
             yield provider
         finally:
