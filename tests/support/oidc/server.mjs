@@ -16,6 +16,10 @@
 // 'jwt'), carrying scope, the tenants claim (from the account for a signed-in user, from the
 // client for client credentials; absent where not configured) and any extra_claims.
 //
+// On plain http a browser signs in as on https: oidc-provider marks its cookies Secure only
+// for https requests, and loopback is a secure context for PKCE's Web Crypto in the browser.
+// oidc-provider 9 warns that it wants Node.js 22 LTS; it runs on Node.js 20 as tested here.
+//
 // Besides the provider's own endpoints:
 //   GET/POST /interaction/:uid[/login]  a minimal login page: username and password of one of
 //                                       the accounts; consent is given without asking
@@ -85,7 +89,10 @@ function configuration() {
     },
     claims: { openid: ['sub'], profile: ['name', 'preferred_username'], email: ['email'] },
     scopes: [
-      ...new Set(['openid', 'profile', 'email', 'offline_access', ...resources.flatMap((r) => r.scope.split(' '))]),
+      ...new Set([
+        ...['openid', 'profile', 'email', 'offline_access'],
+        ...resources.flatMap((r) => r.scope.split(' ')),
+      ]),
     ],
     cookies: { keys: config.cookie_keys ?? ['pacs-test-provider'] },
     features: {
@@ -171,7 +178,8 @@ function loginForm(uid, clientId, error) {
     `<p>to ${escape(clientId)}</p>${error ? `<p role="alert">${escape(error)}</p>` : ''}
 <form method="post" action="/interaction/${escape(uid)}/login">
   <label>Username <input name="username" autocomplete="username" required autofocus></label>
-  <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
+  <label>Password
+    <input name="password" type="password" autocomplete="current-password" required></label>
   <button type="submit">Sign in</button>
 </form>`,
   );
@@ -214,9 +222,10 @@ async function interaction(req, res, path) {
   const grant = grantId
     ? await provider.Grant.find(grantId)
     : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
-  if (prompt.details.missingOIDCScope) grant.addOIDCScope(prompt.details.missingOIDCScope.join(' '));
-  if (prompt.details.missingOIDCClaims) grant.addOIDCClaims(prompt.details.missingOIDCClaims);
-  for (const [indicator, scopes] of Object.entries(prompt.details.missingResourceScopes ?? {})) {
+  const { missingOIDCScope, missingOIDCClaims, missingResourceScopes } = prompt.details;
+  if (missingOIDCScope) grant.addOIDCScope(missingOIDCScope.join(' '));
+  if (missingOIDCClaims) grant.addOIDCClaims(missingOIDCClaims);
+  for (const [indicator, scopes] of Object.entries(missingResourceScopes ?? {})) {
     grant.addResourceScope(indicator, scopes.join(' '));
   }
   const consent = { grantId: await grant.save() };
@@ -239,7 +248,9 @@ async function tokenRequest(req) {
   const body = querystring.parse(await readBody(req));
   const asked = {};
   if (body.tenants !== undefined) asked.tenants = parseJson(body.tenants, 'tenants');
-  if (body.extra_claims !== undefined) asked.extra_claims = parseJson(body.extra_claims, 'extra_claims');
+  if (body.extra_claims !== undefined) {
+    asked.extra_claims = parseJson(body.extra_claims, 'extra_claims');
+  }
   delete body.tenants;
   delete body.extra_claims;
   if (Object.keys(asked).length > 0) {
@@ -262,7 +273,8 @@ async function rotate(req, res) {
   const { keys, retire = false } = JSON.parse(await readBody(req));
   checkKeys(keys);
   const previous = signingKeys;
-  signingKeys = retire ? keys : [...keys, ...previous.filter((k) => !keys.some((n) => n.kid === k.kid))];
+  const kept = retire ? [] : previous.filter((k) => !keys.some((n) => n.kid === k.kid));
+  signingKeys = [...keys, ...kept];
   try {
     build();
   } catch (error) {
@@ -285,14 +297,16 @@ const server = createServer(async (req, res) => {
       await interaction(req, res, path);
       return;
     }
-    if (path === '/token' && req.method === 'POST' && req.headers['content-type']?.startsWith('application/x-www-form-urlencoded')) {
+    const form = req.headers['content-type']?.startsWith('application/x-www-form-urlencoded');
+    if (path === '/token' && req.method === 'POST' && form) {
       await tokenRequest(req);
     }
   } catch (error) {
     console.error(error);
     if (!res.headersSent) {
       const status = error instanceof errors.OIDCProviderError ? error.statusCode : 400;
-      send(res, status, 'application/json', JSON.stringify({ error: 'invalid_request', error_description: String(error.message) }));
+      const body = { error: 'invalid_request', error_description: String(error.message) };
+      send(res, status, 'application/json', JSON.stringify(body));
     }
     return;
   }
