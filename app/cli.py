@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import ssl
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from app.dimse.server import check_port
-from app.main import STARTUP_ERRORS, build_app, check_issuer, open_archive
+from app.main import STARTUP_ERRORS, build_app, check_issuer, dimse_config, open_archive
 from app.settings import Settings
+from app.tls import https_context
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,8 +49,8 @@ def _parser() -> argparse.ArgumentParser:
         "--move-destination",
         dest="move_destinations",
         action="append",
-        metavar="NAME=HOST:PORT",
-        help="a C-MOVE destination by AE title (repeatable)",
+        metavar="NAME=HOST:PORT[:tls]",
+        help="a C-MOVE destination by AE title, :tls for DICOM TLS (repeatable)",
     )
     serve.add_argument(
         "--dimse-allow",
@@ -55,6 +58,25 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="AE",
         help="a calling AE title allowed to associate (repeatable; default: any)",
+    )
+    serve.add_argument("--tls-cert", help="HTTPS: PEM certificate (chain) file")
+    serve.add_argument("--tls-key", help="HTTPS: PEM private key file (unencrypted)")
+    serve.add_argument("--tls-ca", help="HTTPS: clients must present a certificate this CA signed")
+    serve.add_argument(
+        "--dimse-tls-port", type=int, help="DICOM TLS port (default 0: off; needs a certificate)"
+    )
+    serve.add_argument(
+        "--dimse-tls-ca", help="DICOM TLS: calling AEs must present a certificate this CA signed"
+    )
+    serve.add_argument(
+        "--trusted-proxy",
+        dest="trusted_proxies",
+        action="append",
+        metavar="IP_OR_NETWORK",
+        help="a reverse proxy whose Forwarded / X-Forwarded-* headers are believed (repeatable)",
+    )
+    serve.add_argument(
+        "--public-url", help="what generated links start with, e.g. https://pacs.example.org"
     )
     serve.add_argument(
         "--oidc-issuer", help="require bearer tokens from this OpenID Connect issuer"
@@ -76,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
-    for name in ("move_destinations", "dimse_allowed_aes"):  # repeatable flags
+    for name in ("move_destinations", "dimse_allowed_aes", "trusted_proxies"):  # repeatable
         if overrides.get(name) is not None:
             overrides[name] = ",".join(overrides[name])
     try:
@@ -101,13 +123,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         logging.getLogger("pacs").info("index schema is up to date")
         return 0
-    if settings.dimse_port:
-        try:
-            check_port(settings.host, settings.dimse_port)
-        except OSError as exc:
-            print(f"pacs: {exc}", file=sys.stderr)
-            return 1
+    try:
+        # TLS files and DIMSE ports are checked before anything starts listening.
+        _check_transport(settings)
+    except STARTUP_ERRORS as exc:
+        print(f"pacs: {exc}", file=sys.stderr)
+        return 1
     return _serve(settings)
+
+
+def _check_transport(settings: Settings) -> None:
+    if settings.uses_https:
+        https_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
+    dimse_config(settings)  # builds the DICOM TLS contexts from their files
+    if settings.dimse_port:
+        check_port(settings.host, settings.dimse_port)
+    if settings.dimse_tls_port:
+        check_port(settings.host, settings.dimse_tls_port, "--dimse-tls-port")
 
 
 async def _check_backends(settings: Settings) -> None:
@@ -118,11 +150,18 @@ async def _check_backends(settings: Settings) -> None:
 
 def _serve(settings: Settings) -> int:
     logging.getLogger("pacs").info(
-        "DICOMweb at http://%s:%d/dicomweb, data in %s",
+        "DICOMweb at %s://%s:%d/dicomweb%s, data in %s",
+        "https" if settings.uses_https else "http",
         settings.host,
         settings.port,
+        " (client certificates required)" if settings.tls_ca else "",
         settings.data.resolve(),
     )
+    tls: dict[str, Any] = {}
+    if settings.uses_https:
+        tls = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key}
+        if settings.tls_ca:
+            tls |= {"ssl_ca_certs": settings.tls_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
     if settings.oidc_issuer:
         logging.getLogger("pacs").info("sign-in: bearer tokens of %s", settings.oidc_issuer)
     elif settings.allow_anonymous:
@@ -133,6 +172,10 @@ def _serve(settings: Settings) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=settings.log_level.lower() == "debug",
+        # Forwarded headers are the app's business, from PACS_TRUSTED_PROXIES only: uvicorn
+        # would otherwise believe X-Forwarded-For/-Proto from 127.0.0.1 by default.
+        proxy_headers=False,
+        **tls,
     )
     return 0
 

@@ -20,7 +20,9 @@ from app.services.ports import BlobStore, Index
 from app.settings import Settings
 from app.storage.filesystem import FolderBlobStore
 from app.storage.s3 import S3BlobStore, StorageUnavailable
+from app.tls import dicom_client_context, dicom_server_context
 from app.web.app import create_app
+from app.web.proxies import LinkSettings
 
 log = logging.getLogger("pacs")
 
@@ -115,7 +117,7 @@ async def run_archive(settings: Settings) -> AsyncIterator[Archive]:
     """The open archive with its DICOM (DIMSE) listener, for the lifetime of `pacs serve`."""
     async with open_archive(settings) as archive:
         _announce_backends(settings)
-        if not settings.dimse_port:
+        if not (settings.dimse_port or settings.dimse_tls_port):
             log.info("DICOM (DIMSE) is off (--dimse-port 0)")
             yield archive
             return
@@ -127,13 +129,27 @@ async def run_archive(settings: Settings) -> AsyncIterator[Archive]:
 
 
 def dimse_config(settings: Settings) -> DimseConfig:
+    cert, key = settings.dimse_tls_identity
+    destinations = settings.move_destination_map
     return DimseConfig(
         host=settings.host,
         port=settings.dimse_port,
         ae_title=settings.ae_title.strip(),
-        move_destinations=settings.move_destination_map,
+        move_destinations=destinations,
         allowed_aes=settings.dimse_allowed_ae_titles,
         max_associations=settings.dimse_max_associations,
+        tls_port=settings.dimse_tls_port,
+        tls_context=(
+            dicom_server_context(cert, key, settings.dimse_tls_ca)
+            if settings.dimse_tls_port
+            else None
+        ),
+        tls_client_certificates=bool(settings.dimse_tls_ca),
+        tls_move_context=(
+            dicom_client_context(cert, key, settings.dimse_tls_ca)
+            if any(d.tls for d in destinations.values())
+            else None
+        ),
     )
 
 
@@ -149,9 +165,11 @@ async def check_issuer(settings: Settings) -> None:
 
 
 def build_app(settings: Settings) -> ASGIApp:
+    links = LinkSettings(settings.trusted_proxy_networks, settings.public_base_url)
     config = settings.oidc_config
     return create_app(
         lambda: run_archive(settings),
         cors_origins=settings.cors_origins,
         verifier=TokenVerifier(config) if config else None,
+        links=links,
     )

@@ -5,11 +5,21 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from app.auth.tokens import OidcConfig
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class MoveDestination(NamedTuple):
+    host: str
+    port: int
+    # Associations to it use DICOM TLS (`NAME=host:port:tls`).
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,25 @@ class Settings:
     dimse_allowed_aes: str = ""
     # Associations served at once; more are rejected (transient, local limit exceeded).
     dimse_max_associations: int = 20
+    # HTTPS on `port`: PEM certificate (chain) and unencrypted key; with a CA, HTTP clients
+    # must present a certificate it signed.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    # DICOM TLS (PS3.15 Annex B) on a port of its own beside the plain DIMSE port (0: off),
+    # with its certificate and key (default: the HTTPS ones); with a CA, calling AEs must
+    # present a certificate it signed, and C-MOVE destinations marked tls are checked
+    # against it.
+    dimse_tls_port: int = 0
+    dimse_tls_cert: str = ""
+    dimse_tls_key: str = ""
+    dimse_tls_ca: str = ""
+    # Reverse proxies whose Forwarded / X-Forwarded-* headers are believed: IP addresses or
+    # networks, comma-separated (empty: none).
+    trusted_proxies: str = ""
+    # What every generated link starts with, e.g. https://pacs.example.org/imaging; empty:
+    # from the request (Host header, or the headers of a trusted proxy).
+    public_url: str = ""
     # Sign-in: the OpenID Connect issuer whose bearer tokens are required (empty: no
     # sign-in), and the audience its access tokens must name.
     oidc_issuer: str = ""
@@ -74,6 +103,9 @@ class Settings:
         for ae in self.dimse_allowed_ae_titles:
             _check_ae_title(ae, "PACS_DIMSE_ALLOWED_AES / --dimse-allow")
         _ = self.move_destination_map
+        self._check_tls()
+        _ = self.trusted_proxy_networks
+        _ = self.public_base_url
         if self.oidc_issuer:
             _ = self.oidc_config
         elif not (self.allow_anonymous or _is_loopback(self.host)):
@@ -99,23 +131,94 @@ class Settings:
             hmac_secret=self.oidc_hmac_secret,
         )
 
+    def _check_tls(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("PACS_TLS_CERT and PACS_TLS_KEY (--tls-cert, --tls-key) go together")
+        if self.tls_ca and not self.tls_cert:
+            raise ValueError("PACS_TLS_CA / --tls-ca needs PACS_TLS_CERT and PACS_TLS_KEY")
+        if bool(self.dimse_tls_cert) != bool(self.dimse_tls_key):
+            raise ValueError("PACS_DIMSE_TLS_CERT and PACS_DIMSE_TLS_KEY go together")
+        if not 0 <= self.dimse_tls_port <= 65535:
+            raise ValueError(
+                f"PACS_DIMSE_TLS_PORT / --dimse-tls-port: {self.dimse_tls_port} is not a port"
+            )
+        if self.dimse_tls_port and self.dimse_tls_port == self.dimse_port:
+            raise ValueError(
+                "PACS_DIMSE_TLS_PORT must differ from PACS_DIMSE_PORT (set PACS_DIMSE_PORT=0 "
+                "for DICOM TLS only)"
+            )
+        if self.dimse_tls_port and not self.dimse_tls_identity[0]:
+            raise ValueError(
+                "PACS_DIMSE_TLS_PORT / --dimse-tls-port needs a certificate and key: "
+                "PACS_DIMSE_TLS_CERT and PACS_DIMSE_TLS_KEY, or PACS_TLS_CERT and PACS_TLS_KEY"
+            )
+
     @property
-    def move_destination_map(self) -> dict[str, tuple[str, int]]:
-        """C-MOVE destinations: AE title -> (host, port)."""
+    def uses_https(self) -> bool:
+        return bool(self.tls_cert)
+
+    @property
+    def dimse_tls_identity(self) -> tuple[str, str]:
+        """Certificate and key of DICOM TLS: its own, else those of HTTPS (or empty)."""
+        if self.dimse_tls_cert:
+            return self.dimse_tls_cert, self.dimse_tls_key
+        return self.tls_cert, self.tls_key
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
+        out: list[IPNetwork] = []
+        for item in (part.strip() for part in self.trusted_proxies.split(",")):
+            if not item:
+                continue
+            try:
+                out.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"PACS_TRUSTED_PROXIES / --trusted-proxy: {item!r} is not an IP address "
+                    "or network (e.g. 10.0.0.5 or 10.0.0.0/24)"
+                ) from None
+        return tuple(out)
+
+    @property
+    def public_base_url(self) -> str:
+        """PACS_PUBLIC_URL without its trailing slash (empty when not set)."""
+        url = self.public_url.strip().rstrip("/")
+        if not url:
+            return ""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"PACS_PUBLIC_URL / --public-url: {self.public_url!r} is not an http(s) URL "
+                "(e.g. https://pacs.example.org or https://example.org/pacs)"
+            )
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError(
+                f"PACS_PUBLIC_URL / --public-url: {self.public_url!r} may not have a query, "
+                "a fragment or credentials"
+            )
+        return url
+
+    @property
+    def move_destination_map(self) -> dict[str, MoveDestination]:
+        """C-MOVE destinations: AE title -> host, port and whether to use DICOM TLS."""
         where = "PACS_MOVE_DESTINATIONS / --move-destination"
-        out: dict[str, tuple[str, int]] = {}
+        out: dict[str, MoveDestination] = {}
         for item in (part.strip() for part in self.move_destinations.split(",")):
             if not item:
                 continue
             name, equals, address = item.partition("=")
-            host, colon, port = address.strip().rpartition(":")
+            address = address.strip()
+            tls = address.lower().endswith(":tls")
+            if tls:
+                address = address[: -len(":tls")]
+            host, colon, port = address.rpartition(":")
             name, host = name.strip(), host.strip().removeprefix("[").removesuffix("]")
             if not (equals and colon and host and port.strip().isdigit()):
-                raise ValueError(f"{where}: expected NAME=host:port, got {item!r}")
+                raise ValueError(f"{where}: expected NAME=host:port[:tls], got {item!r}")
             _check_ae_title(name, where)
             if not 0 < int(port) <= 65535:
                 raise ValueError(f"{where}: {port.strip()} is not a port in {item!r}")
-            out[name] = (host, int(port))
+            out[name] = MoveDestination(host, int(port), tls)
         return out
 
     @property
@@ -156,8 +259,9 @@ class Settings:
             raw = env.get(f"PACS_{f.name.upper()}")
             if raw is not None:
                 values[f.name] = _convert(f.name, raw, f.default)
-        settings = cls(**values)
-        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        # One construction, so that checks across settings see variables and flags together.
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
 
 
 def _is_loopback(host: str) -> bool:

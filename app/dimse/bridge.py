@@ -4,6 +4,7 @@ archive's services run on the server's event loop, so each call crosses over."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 from pynetdicom.association import Association
 
 from app.services.archive import Archive
+from app.settings import MoveDestination
 
 T = TypeVar("T")
 
@@ -20,11 +22,18 @@ class DimseConfig:
     host: str
     port: int
     ae_title: str
-    # C-MOVE destinations: AE title -> (host, port).
-    move_destinations: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    # C-MOVE destinations: AE title -> host, port and whether to use DICOM TLS.
+    move_destinations: Mapping[str, MoveDestination] = field(default_factory=dict)
     # Calling AE titles allowed to associate; empty: any.
     allowed_aes: tuple[str, ...] = ()
     max_associations: int = 20
+    # DICOM TLS listener (0: none) and its context; whether that context requires client
+    # certificates (for the log line).
+    tls_port: int = 0
+    tls_context: ssl.SSLContext | None = None
+    tls_client_certificates: bool = False
+    # Context of the associations opened to C-MOVE destinations marked tls.
+    tls_move_context: ssl.SSLContext | None = None
 
 
 @dataclass(frozen=True)

@@ -95,23 +95,30 @@ def handle_move(event: Event, bridge: Bridge) -> Iterator[Any]:
         return
     found = _instances(event, bridge, model, "C-MOVE")
     tally = Tally()
+    address = (destination.host, destination.port)
+    tls: dict[str, Any] = {}
+    if destination.tls:
+        # pynetdicom wraps the socket with (context, server host name for SNI).
+        tls["tls_args"] = (bridge.config.tls_move_context, destination.host)
     if isinstance(found, Dataset):
         # A status with a comment can only follow the destination and a count: the
         # association opened to the destination is released straight away.
-        yield (*destination, {"contexts": sending_contexts(())})
+        yield (*address, {"contexts": sending_contexts(()), **tls})
         yield 1
         yield found, None
         return
     options = {
         "contexts": sending_contexts(found),
         "evt_handlers": [(evt.EVT_ESTABLISHED, _wrap_sender, [tally])],
+        **tls,
     }
-    yield (*destination, options)
+    yield (*address, options)
     yield len(found)
     try:
         yield from _send_each(event, bridge, found, "C-MOVE")
     finally:  # also when pynetdicom stops early (cancel, abort)
-        log.info("C-MOVE from %s to %s (%s:%d): %s", who, name, *destination, tally)
+        via = " over TLS" if destination.tls else ""
+        log.info("C-MOVE from %s to %s (%s:%d%s): %s", who, name, *address, via, tally)
 
 
 def handle_get(event: Event, bridge: Bridge) -> Iterator[Any]:

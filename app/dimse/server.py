@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
@@ -29,6 +31,7 @@ from app.dimse.retrieve import handle_get, handle_move
 from app.dimse.status import Status
 from app.dimse.store import handle_store
 from app.services.archive import Archive
+from app.tls import handshake
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 MAX_PDU = 1 << 20
 # How long associations in progress may run on when the server stops.
 STOP_GRACE_SECONDS = 5.0
+# How long a DICOM TLS client has to complete its handshake.
+TLS_HANDSHAKE_SECONDS = 10.0
 
 
 class DimseServer:
@@ -56,13 +61,15 @@ class DimseServer:
                 scu_role=cx.scu_role,
                 scp_role=cx.scp_role,
             )
-        self._server: ThreadedAssociationServer | None = None
+        self._servers: list[ThreadedAssociationServer] = []
 
     def start(self) -> None:
         # Process-wide pynetdicom switches: spool received datasets to a file, and send a
         # file from disk as it is rather than a decoded dataset.
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.STORE_SEND_CHUNKED_DATASET = True
+        # A TLS peer we refuse (or that refuses us) is a line, not a traceback.
+        logging.getLogger("pynetdicom.transport").addFilter(_without_tls_traceback)
         bridge = self.bridge
         handlers: list[EventHandlerType] = [
             (evt.EVT_REQUESTED, _on_requested),
@@ -75,22 +82,58 @@ class DimseServer:
             (evt.EVT_C_FIND, handle_find, [bridge]),
             (evt.EVT_C_MOVE, handle_move, [bridge]),
             (evt.EVT_C_GET, handle_get, [bridge]),
+            (evt.EVT_CONN_OPEN, _on_connection),
         ]
         config = bridge.config
-        self._server = self.ae.start_server(
-            (config.host, config.port), block=False, evt_handlers=handlers
-        )
-        log.info(
-            "DICOM (DIMSE) AE %s listening on %s:%d", config.ae_title, config.host, config.port
-        )
+        try:
+            if config.port:
+                self._listen(config.port, handlers, None, "--dimse-port")
+                log.info(
+                    "DICOM (DIMSE) AE %s listening on %s:%d",
+                    config.ae_title,
+                    config.host,
+                    config.port,
+                )
+            if config.tls_port and config.tls_context is not None:
+                self._listen(config.tls_port, handlers, config.tls_context, "--dimse-tls-port")
+                log.info(
+                    "DICOM TLS AE %s listening on %s:%d (%s)",
+                    config.ae_title,
+                    config.host,
+                    config.tls_port,
+                    "client certificates required"
+                    if config.tls_client_certificates
+                    else "no client certificate asked for",
+                )
+        except OSError:
+            self.stop()
+            raise
+
+    def _listen(
+        self,
+        port: int,
+        handlers: list[EventHandlerType],
+        context: ssl.SSLContext | None,
+        setting: str,
+    ) -> None:
+        host = self.bridge.config.host
+        try:
+            server = self.ae.start_server(
+                (host, port), block=False, evt_handlers=handlers, ssl_context=context
+            )
+        except OSError as exc:
+            raise OSError(listen_error(host, port, exc, setting)) from exc
+        if server is not None:  # always, with block=False
+            self._servers.append(server)
 
     def stop(self) -> None:
         """Stop listening, let associations in progress finish for a few seconds, then
         abort the rest. Blocking: call it off the event loop, which handlers still use."""
-        if self._server is None:
+        if not self._servers:
             return
-        self._server.shutdown()
-        self._server = None
+        for server in self._servers:
+            server.shutdown()
+        self._servers = []
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         while self._acceptors() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -108,17 +151,14 @@ class DimseServer:
 async def serve_dimse(archive: Archive, config: DimseConfig) -> AsyncIterator[DimseServer]:
     """Run the DIMSE server while the archive is open, on the running event loop."""
     server = DimseServer(Bridge(archive, asyncio.get_running_loop(), config))
-    try:
-        server.start()
-    except OSError as exc:
-        raise OSError(listen_error(config.host, config.port, exc)) from exc
+    server.start()
     try:
         yield server
     finally:
         await asyncio.to_thread(server.stop)
 
 
-def check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int, setting: str = "--dimse-port") -> None:
     """Raise OSError, with a message for the operator, if `port` cannot be listened on; so
     that `pacs serve` says so in one line before it starts anything."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -127,17 +167,54 @@ def check_port(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise OSError(listen_error(host, port, exc)) from exc
+            raise OSError(listen_error(host, port, exc, setting)) from exc
 
 
-def listen_error(host: str, port: int, exc: OSError) -> str:
+def listen_error(host: str, port: int, exc: OSError, setting: str = "--dimse-port") -> str:
     return (
         f"cannot listen for DICOM associations on {host}:{port}: {exc.strerror or exc} "
-        "(set --dimse-port, or 0 to turn DIMSE off)"
+        f"(set {setting}, or 0 to turn it off)"
     )
 
 
 # -- association events ---------------------------------------------------------------
+
+
+def _without_tls_traceback(record: logging.LogRecord) -> bool:
+    if record.exc_info and isinstance(record.exc_info[1], ssl.SSLError):
+        record.exc_info = None
+        record.exc_text = None
+    return True
+
+
+def _on_connection(event: Event) -> None:
+    """Complete the TLS handshake of a DICOM TLS connection (see `app.tls`); one that fails
+    (no client certificate, one from another CA, plain DICOM or a silent client) is closed
+    before any PDU is read."""
+    transport = event.assoc.dul.socket
+    sock = transport.socket if transport is not None else None
+    if transport is None or not isinstance(sock, ssl.SSLSocket):
+        return
+    address = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
+    try:
+        handshake(sock, TLS_HANDSHAKE_SECONDS)
+    except OSError as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc) or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            reason = f"none within {TLS_HANDSHAKE_SECONDS:g} s"
+        log.warning("DICOM TLS connection from %s refused: handshake failed (%s)", address, reason)
+        transport.close()
+        return
+    log.info("DICOM TLS connection from %s: %s", address, _describe(sock))
+
+
+def _describe(sock: ssl.SSLSocket) -> str:
+    """The TLS version and the subject of the client's certificate, for the log line."""
+    # getpeercert(): {"subject": ((("commonName", "SCU"),), ...), ...}
+    subject: Any = (sock.getpeercert() or {}).get("subject", ())
+    names = [f"{name}={value}" for rdn in subject for name, value in rdn]
+    version = sock.version() or "TLS"
+    return f"{version}, client certificate {', '.join(names)!r}" if names else version
 
 
 def _on_requested(event: Event) -> None:

@@ -17,6 +17,7 @@ from app.auth.tokens import TokenVerifier
 from app.services.archive import Archive
 from app.web import qido, rendered, stow, wado, wado_uri
 from app.web.errors import EXCEPTION_HANDLERS
+from app.web.proxies import LinkSettings
 from app.web.signin import SignInMiddleware
 from app.web.urls import DICOMWEB_PREFIX
 
@@ -85,9 +86,11 @@ def create_app(
     *,
     cors_origins: str = "*",
     verifier: TokenVerifier | None = None,
+    links: LinkSettings | None = None,
 ) -> ASGIApp:
     """The ASGI app; `open_archive` opens the backends for the app's lifetime. With a
-    `verifier`, every request but /health needs a bearer token it accepts."""
+    `verifier`, every request but /health needs a bearer token it accepts; `links`
+    says whose forwarded headers to believe and what generated links start with."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -108,6 +111,7 @@ def create_app(
         exception_handlers=dict(EXCEPTION_HANDLERS),
         lifespan=lifespan,
     )
+    inner.state.links = links or LinkSettings()
     guarded: ASGIApp = inner if verifier is None else SignInMiddleware(inner, verifier)
     origins = [o.strip() for o in cors_origins.split(",") if o.strip()]
     # CORS wraps the whole app, outside Starlette's error middleware and sign-in, so that

@@ -1,43 +1,22 @@
-"""Absolute URLs for responses, honouring reverse proxies (Forwarded, X-Forwarded-*)."""
+"""Absolute URLs for responses: PACS_PUBLIC_URL, or the origin the client used (the Host
+header, or a trusted proxy's Forwarded / X-Forwarded-* headers: see `proxies.py`)."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 
+from app.web.proxies import public_origin
+
 DICOMWEB_PREFIX = "/dicomweb"
-
-
-def _forwarded(header: str) -> dict[str, str]:
-    """The first element of an RFC 7239 Forwarded header (the client-facing proxy)."""
-    first = header.split(",", 1)[0]
-    out: dict[str, str] = {}
-    for pair in first.split(";"):
-        name, _, value = pair.partition("=")
-        if value:
-            out[name.strip().lower()] = value.strip().strip('"')
-    return out
 
 
 def base_url(request: Request) -> str:
     """The DICOMweb root as the client sees it, e.g. https://pacs.example.org/dicomweb."""
-    headers = request.headers
-    scheme = request.url.scheme
-    host = headers.get("host") or request.url.netloc
-    if forwarded := headers.get("forwarded"):
-        fields = _forwarded(forwarded)
-        scheme = fields.get("proto", scheme)
-        host = fields.get("host", host)
-    else:
-        if proto := headers.get("x-forwarded-proto"):
-            scheme = proto.split(",", 1)[0].strip()
-        if fwd_host := headers.get("x-forwarded-host"):
-            host = fwd_host.split(",", 1)[0].strip()
-    prefix = headers.get("x-forwarded-prefix", "").split(",", 1)[0].strip().rstrip("/")
     # Inside the DICOMweb mount, root_path already ends with the prefix.
     root = str(request.scope.get("root_path", "")).rstrip("/")
     if not root.endswith(DICOMWEB_PREFIX):
         root += DICOMWEB_PREFIX
-    return f"{scheme}://{host}{prefix}{root}"
+    return f"{public_origin(request)}{root}"
 
 
 def study_url(base: str, study: str) -> str:

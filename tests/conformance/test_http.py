@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
 from pydicom.uid import generate_uid
@@ -16,6 +18,7 @@ from tests.conformance.helpers import (
     value,
 )
 from tests.support.dicom_factory import make_file
+from tests.support.server import running_server
 
 ORIGIN = "http://viewer.example.org:3000"
 
@@ -86,6 +89,23 @@ def test_cors_exposes_headers_a_viewer_reads(http: httpx.Client) -> None:
 
 # --- reverse proxies --------------------------------------------------------------------------
 
+# The proxy's address: the loopback network is 127.0.0.0/8, so a client bound to 127.0.0.2
+# is a different peer from one on 127.0.0.1 on the same machine.
+PROXY = "127.0.0.2"
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An archive that trusts the forwarded headers of PROXY only."""
+    env = {"PACS_TRUSTED_PROXIES": f"{PROXY}/32, 10.0.0.0/8"}
+    with running_server(tmp_path_factory.mktemp("proxied"), env=env) as url:
+        yield url
+
+
+def client(url: str, local_address: str = PROXY) -> httpx.Client:
+    transport = httpx.HTTPTransport(local_address=local_address)
+    return httpx.Client(base_url=f"{url}/dicomweb", transport=transport, timeout=60)
+
 
 @pytest.mark.parametrize(
     ("headers", "base"),
@@ -107,40 +127,104 @@ def test_cors_exposes_headers_a_viewer_reads(http: httpx.Client) -> None:
             "https://images.example.com/dicomweb",
         ),
         (
-            {"Forwarded": "proto=https;host=a.example.com, proto=http;host=internal:8080"},
+            # Two trusted proxies: the outer one (10.1.2.3) saw what the client asked for.
+            {
+                "Forwarded": "for=192.0.2.60;proto=https;host=a.example.com, "
+                "for=10.1.2.3;proto=http;host=internal:8080"
+            },
             "https://a.example.com/dicomweb",
         ),
+        (
+            # A client's own Forwarded element ahead of an untrusted hop is not believed.
+            {
+                "Forwarded": "for=192.0.2.60;host=evil.example.com, "
+                "for=203.0.113.9;proto=https;host=b.example.com"
+            },
+            "https://b.example.com/dicomweb",
+        ),
+        (
+            {
+                "X-Forwarded-For": "192.0.2.60, 10.1.2.3",
+                "X-Forwarded-Proto": "https, http",
+                "X-Forwarded-Host": "c.example.com, internal:8080",
+            },
+            "https://c.example.com/dicomweb",
+        ),
     ],
-    ids=["x-forwarded", "x-forwarded-prefix", "forwarded", "forwarded-chain"],
+    ids=[
+        "x-forwarded",
+        "x-forwarded-prefix",
+        "forwarded",
+        "forwarded-chain",
+        "forwarded-spoofed-ahead",
+        "x-forwarded-chain",
+    ],
 )
-def test_forwarded_headers_change_urls(
-    http: httpx.Client, headers: dict[str, str], base: str
+def test_forwarded_headers_of_a_trusted_proxy_change_urls(
+    proxied: str, headers: dict[str, str], base: str
 ) -> None:
     study, series, sop = generate_uid(), generate_uid(), generate_uid()
     patient = token()
     data = make_file(study=study, series=series, sop=sop, PatientID=patient)
     instance = f"{base}/studies/{study}/series/{series}/instances/{sop}"
 
-    stored = stow(http, [data], headers=headers)
-    assert stored.status_code == 200, stored.text
-    body = stored.json()
-    assert value(body, RETRIEVE_URL) == f"{base}/studies/{study}"
-    [item] = items(body, REFERENCED_SOP_SEQUENCE)
-    assert value(item, RETRIEVE_URL) == instance
+    with client(proxied) as http:
+        stored = stow(http, [data], headers=headers)
+        assert stored.status_code == 200, stored.text
+        body = stored.json()
+        assert value(body, RETRIEVE_URL) == f"{base}/studies/{study}"
+        [item] = items(body, REFERENCED_SOP_SEQUENCE)
+        assert value(item, RETRIEVE_URL) == instance
 
-    [found] = http.get("/studies", params={"PatientID": patient}, headers=headers).json()
-    assert value(found, RETRIEVE_URL) == f"{base}/studies/{study}"
-    [found] = http.get(f"/studies/{study}/series", headers=headers).json()
-    assert value(found, RETRIEVE_URL) == f"{base}/studies/{study}/series/{series}"
-    [found] = http.get("/instances", params={"PatientID": patient}, headers=headers).json()
-    assert value(found, RETRIEVE_URL) == instance
+        [found] = http.get("/studies", params={"PatientID": patient}, headers=headers).json()
+        assert value(found, RETRIEVE_URL) == f"{base}/studies/{study}"
+        [found] = http.get(f"/studies/{study}/series", headers=headers).json()
+        assert value(found, RETRIEVE_URL) == f"{base}/studies/{study}/series/{series}"
+        [found] = http.get("/instances", params={"PatientID": patient}, headers=headers).json()
+        assert value(found, RETRIEVE_URL) == instance
 
-    [meta] = http.get(f"/studies/{study}/metadata", headers=headers).json()
-    assert meta["7FE00010"]["BulkDataURI"].startswith(instance + "/")
+        [meta] = http.get(f"/studies/{study}/metadata", headers=headers).json()
+        assert meta["7FE00010"]["BulkDataURI"].startswith(instance + "/")
 
-    # Without the headers, the URLs name the server itself.
-    [meta] = http.get(f"/studies/{study}/metadata").json()
-    assert meta["7FE00010"]["BulkDataURI"].startswith(f"{http.base_url}".rstrip("/"))
+        # Without the headers, the URLs name the server itself.
+        [meta] = http.get(f"/studies/{study}/metadata").json()
+        assert meta["7FE00010"]["BulkDataURI"].startswith(f"{proxied}/dicomweb/studies/")
+
+
+SPOOFED = {
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "evil.example.com",
+    "X-Forwarded-Prefix": "/phish",
+    "Forwarded": "proto=https;host=evil.example.com",
+}
+
+
+@pytest.mark.parametrize("where", ["untrusted peer", "nothing trusted"])
+def test_forwarded_headers_of_anyone_else_are_ignored(
+    proxied: str, server: str, where: str
+) -> None:
+    """A client on 127.0.0.1 is not the trusted proxy; the shared archive trusts nobody
+    (the default), not even 127.0.0.1, which uvicorn would trust by default."""
+    url = proxied if where == "untrusted peer" else server
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    data = make_file(study=study, series=series, sop=sop, PatientID=token())
+    with client(url, "127.0.0.1") as http:
+        stored = stow(http, [data], headers=SPOOFED)
+        assert stored.status_code == 200, stored.text
+        assert value(stored.json(), RETRIEVE_URL) == f"{url}/dicomweb/studies/{study}"
+        [meta] = http.get(f"/studies/{study}/metadata", headers=SPOOFED).json()
+        uri = meta["7FE00010"]["BulkDataURI"]
+        assert uri.startswith(f"{url}/dicomweb/studies/{study}/series/{series}/"), uri
+
+
+def test_untrusted_host_header_cannot_break_out_of_the_url(server: str) -> None:
+    """A Host header is the client's word; one that is not a host[:port] is not used."""
+    study = generate_uid()
+    with client(server, "127.0.0.1") as http:
+        stored = stow(http, [make_file(study=study)], headers={"Host": "evil.example.com/x?y="})
+    assert stored.status_code in (200, 400), stored.text
+    if stored.status_code == 200:
+        assert "evil.example.com" not in value(stored.json(), RETRIEVE_URL)
 
 
 # --- health and routing -----------------------------------------------------------------------

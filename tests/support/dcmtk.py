@@ -49,15 +49,17 @@ def check(tool: str, *args: str | Path, timeout: float = 60) -> str:
 
 
 @contextmanager
-def storescp(folder: Path, ae_title: str = "STORESCP") -> Iterator[int]:
+def storescp(folder: Path, ae_title: str = "STORESCP", tls: tuple[str, ...] = ()) -> Iterator[int]:
     """A storescp writing what it receives to `folder` exactly as received (+B), accepting
-    every transfer syntax it knows (+xa); yields its port."""
+    every transfer syntax it knows (+xa); yields its port. `tls`: DCMTK's TLS options
+    (`+tls key cert +cf ca`), used by storescp and by the echoscu that checks it is up."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    command = ["storescp", "+B", "+xa", "-aet", ae_title, "-od", str(folder), str(port)]
+    command = ["storescp", "+B", "+xa", *tls, "-aet", ae_title, "-od", str(folder), str(port)]
 
     def answers() -> bool:
-        return run("echoscu", "-aec", ae_title, "127.0.0.1", str(port), timeout=5).returncode == 0
+        echo = run("echoscu", *tls, "-aec", ae_title, "127.0.0.1", str(port), timeout=5)
+        return echo.returncode == 0
 
     log = folder.parent / f"{folder.name}.storescp.log"
     with background_process(command, log, answers, timeout=10):

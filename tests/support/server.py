@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,26 +31,37 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, verify: ssl.SSLContext | bool = True) -> bool:
     try:
-        return httpx.get(url, timeout=1).status_code == 200
+        return httpx.get(url, timeout=1, verify=verify).status_code == 200
     except httpx.TransportError:
         return False
 
 
 @contextmanager
-def running_server(data: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start the server with its data in `data`; yield its base URL (no /dicomweb)."""
-    port = free_port()
+def running_server(
+    data: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    https: ssl.SSLContext | None = None,
+    port: int | None = None,
+) -> Iterator[str]:
+    """Start the server with its data in `data` on `port` (default: a free one); yield its
+    base URL (no /dicomweb). With `https` (the client context that trusts its certificate)
+    the URL is https."""
+    port = port or free_port()
     data.mkdir(parents=True, exist_ok=True)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if https else 'http'}://127.0.0.1:{port}"
     command = [
         sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data", str(data), *args
     ]  # fmt: skip
     # DIMSE off unless asked for (--dimse-port): servers run side by side in the suite.
     environment = {**os.environ, "PACS_DIMSE_PORT": "0", **(env or {})}
     with background_process(
-        command, data / "server.log", lambda: _answers(f"{url}/health"), env=environment
+        command,
+        data / "server.log",
+        lambda: _answers(f"{url}/health", https or True),
+        env=environment,
     ) as process:
         PIDS[url] = process.pid
         try:

@@ -1,0 +1,188 @@
+"""How the client reached us: the scheme, host and path prefix it used and its address, from
+the request itself or, only when the immediate peer is a trusted reverse proxy, from the
+proxy's `Forwarded` (RFC 7239) or `X-Forwarded-*` headers. Anyone else could otherwise put
+their own host name into the links the archive hands out.
+
+Each proxy appends its hop to the right of these headers; starting from the right, a hop is
+believed while the hop on its right was added by a trusted proxy (its `for` address is one),
+so a value a client sent ahead of the first trusted proxy is never used.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# A host with an optional port: a name, an IPv4 address or a bracketed IPv6 address. Anything
+# else (a slash, a space, an "@") would change the meaning of the links built from it.
+_HOST = re.compile(r"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?")
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """What the app needs to build absolute links (from PACS_TRUSTED_PROXIES and
+    PACS_PUBLIC_URL)."""
+
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    # scheme://host[:port][/prefix] without a trailing slash; empty: from each request.
+    public_url: str = ""
+
+    def trusts(self, address: str | None) -> bool:
+        ip = _ip(address)
+        return ip is not None and any(ip in net for net in self.trusted_proxies)
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One proxy's view of the request it forwarded (empty: not said)."""
+
+    client: str = ""
+    proto: str = ""
+    host: str = ""
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """How the client reached us: links start with `scheme://host` + `prefix`."""
+
+    scheme: str
+    host: str
+    prefix: str = ""
+    client: str = ""  # the client's address
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}{self.prefix}"
+
+
+def link_settings(request: HTTPConnection) -> LinkSettings:
+    """The app's LinkSettings (`create_app(links=...)`); none trusted, no public URL in an
+    app built without them."""
+    found = getattr(request.app.state, "links", None)
+    return found if isinstance(found, LinkSettings) else LinkSettings()
+
+
+def public_origin(request: HTTPConnection) -> str:
+    """What every absolute link starts with: PACS_PUBLIC_URL when set, else the origin the
+    client used (see `request_origin`)."""
+    links = link_settings(request)
+    return links.public_url or str(request_origin(request, links))
+
+
+def client_address(request: HTTPConnection) -> str:
+    """The client's address: the immediate peer, or the client a trusted proxy names."""
+    return request_origin(request, link_settings(request)).client
+
+
+def request_origin(request: HTTPConnection, links: LinkSettings) -> Origin:
+    peer = request.client.host if request.client else ""
+    scheme = request.url.scheme
+    host = request.headers.get("host", "")
+    if not _HOST.fullmatch(host):
+        host = request.url.netloc if _HOST.fullmatch(request.url.netloc) else "localhost"
+    direct = Origin(scheme, host, "", peer)
+    if not links.trusts(peer):
+        return direct
+    hops = forwarded_hops(request.headers)
+    if not hops:
+        return direct
+    index = len(hops) - 1
+    while index > 0 and links.trusts(hops[index].client):
+        index -= 1
+    hop = hops[index]
+    return Origin(
+        hop.proto.lower() if hop.proto.lower() in ("http", "https") else scheme,
+        hop.host if _HOST.fullmatch(hop.host) else host,
+        hop.prefix.rstrip("/") if _PREFIX.fullmatch(hop.prefix) else "",
+        hop.client or peer,
+    )
+
+
+def forwarded_hops(headers: Headers) -> list[Hop]:
+    """The hops, left (client side) to right (our side): from `Forwarded` when present,
+    else from the X-Forwarded-For/-Proto/-Host lists aligned on their right; the prefix
+    from X-Forwarded-Prefix (RFC 7239 has none)."""
+    prefixes = _list(headers, "x-forwarded-prefix")
+    if headers.get("forwarded"):
+        hops = [_hop(element) for element in _list(headers, "forwarded")]
+        lists = [[h.client for h in hops], [h.proto for h in hops], [h.host for h in hops]]
+    else:
+        lists = [_list(headers, f"x-forwarded-{name}") for name in ("for", "proto", "host")]
+    count = max(len(values) for values in [*lists, prefixes])
+    # A proxy that sets a header rather than appending to it leaves fewer values than hops:
+    # the outer hops then share the leftmost one.
+    return [
+        Hop(*(_nth_from_right(values, count - i) for values in [*lists, prefixes]))
+        for i in range(count)
+    ]
+
+
+def _list(headers: Headers, name: str) -> list[str]:
+    return _split(",".join(headers.getlist(name)), ",")
+
+
+def _nth_from_right(values: Sequence[str], n: int) -> str:
+    if not values:
+        return ""
+    return values[-n] if n <= len(values) else values[0]
+
+
+def _hop(element: str) -> Hop:
+    pairs: dict[str, str] = {}
+    for pair in _split(element, ";"):
+        name, _, value = pair.partition("=")
+        value = value.strip()
+        if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        pairs.setdefault(name.strip().lower(), value)
+    return Hop(_node_address(pairs.get("for", "")), pairs.get("proto", ""), pairs.get("host", ""))
+
+
+def _node_address(node: str) -> str:
+    """The address of an RFC 7239 node ("192.0.2.1:4711", "[2001:db8::1]:80"), or the node
+    as it is ("unknown", "_hidden") which no trusted network contains."""
+    if node.startswith("["):
+        return node[1:].partition("]")[0]
+    if node.count(":") == 1:
+        return node.partition(":")[0]
+    return node
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """`text` split on `separator` outside double quotes, empty items dropped."""
+    items: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == separator and not quoted:
+            items.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    items.append("".join(current).strip())
+    return [item for item in items if item]
+
+
+def _ip(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address((address or "").strip())
+    except ValueError:
+        return None
+    # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip

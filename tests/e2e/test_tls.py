@@ -1,0 +1,378 @@
+"""HTTPS and DICOM TLS (PS3.15 Annex B) with real clients: curl, DCMTK's echoscu, storescu,
+findscu and movescu, and a storescp with TLS as the C-MOVE destination.
+
+The test makes its own certificate authorities at run time: "site", which signs the
+archive's, the storescp's and the client's certificates and which the archive requires
+client certificates from, and "other", which signs a stranger's certificate.
+"""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from cryptography.hazmat.primitives import serialization
+from pydicom.uid import generate_uid
+
+from tests.support.certificates import Authority, Identity, make_authority
+from tests.support.dcmtk import check, require_dcmtk, run, storescp
+from tests.support.dicom_factory import make_file
+from tests.support.server import free_port, running_server
+
+
+@dataclass(frozen=True)
+class Pki:
+    site: Authority
+    other: Authority
+    pacs: Identity  # the archive's (HTTPS and DICOM TLS)
+    storescp: Identity  # the C-MOVE destination's
+    scu: Identity  # a calling AE's, signed by the site CA
+    stranger: Identity  # a calling AE's, signed by the other CA
+    elsewhere: Identity  # a storescp's, signed by the other CA
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.site.cert)
+
+
+def dcmtk_tls(identity: Identity, ca: Path) -> tuple[str, ...]:
+    """DCMTK's options for TLS with `identity`, trusting `ca`."""
+    return ("+tls", str(identity.key), str(identity.cert), "+cf", str(ca))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    folder = tmp_path_factory.mktemp("pki")
+    site, other = make_authority(folder, "site"), make_authority(folder, "other")
+    return Pki(
+        site,
+        other,
+        site.issue(folder, "pacs"),
+        site.issue(folder, "storescp"),
+        site.issue(folder, "scu", client=True),
+        other.issue(folder, "stranger", client=True),
+        other.issue(folder, "elsewhere"),
+    )
+
+
+@dataclass(frozen=True)
+class Pacs:
+    url: str  # https://127.0.0.1:port
+    dimse_port: int  # plain DICOM
+    tls_port: int  # DICOM TLS
+    moved: Path  # where the TLS storescp writes
+    log: Path
+
+    def tool(
+        self, tool: str, *args: str, tls: tuple[str, ...], files: tuple[Path, ...] = ()
+    ) -> str:
+        """Run a DCMTK tool over DICOM TLS (`tls`: its TLS options); it must succeed."""
+        peer = ("127.0.0.1", str(self.tls_port))
+        return check(tool, *tls, "-aet", "TLSSCU", "-aec", "PACS", *args, *peer, *files)
+
+
+@pytest.fixture(scope="module")
+def pacs(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
+    require_dcmtk()
+    if shutil.which("curl") is None:
+        pytest.fail("curl is not installed (apt-get install curl)")
+    root = tmp_path_factory.mktemp("tls")
+    with (
+        storescp(root / "moved", tls=dcmtk_tls(pki.storescp, pki.site.cert)) as destination,
+        storescp(
+            root / "elsewhere", "ELSEWHERE", tls=dcmtk_tls(pki.elsewhere, pki.other.cert)
+        ) as elsewhere,
+    ):
+        dimse_port, tls_port = free_port(), free_port()
+        args = ["--tls-cert", str(pki.pacs.cert), "--tls-key", str(pki.pacs.key)]
+        args += ["--dimse-port", str(dimse_port), "--dimse-tls-port", str(tls_port)]
+        args += ["--dimse-tls-ca", str(pki.site.cert)]
+        args += ["--move-destination", f"STORESCP=127.0.0.1:{destination}:tls"]
+        args += ["--move-destination", f"ELSEWHERE=127.0.0.1:{elsewhere}:tls"]
+        with running_server(root / "data", *args, https=pki.client_context()) as url:
+            yield Pacs(url, dimse_port, tls_port, root / "moved", root / "data" / "server.log")
+
+
+def curl(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-sS", *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+# -- HTTPS -----------------------------------------------------------------------------
+
+
+def test_https_with_curl(pacs: Pacs, pki: Pki, tmp_path: Path) -> None:
+    study, patient = generate_uid(), f"TLS-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "one.dcm"
+    path.write_bytes(make_file(study=study, PatientID=patient))
+    stored = curl(
+        "--cacert", pki.site.cert, "-X", "POST", "-H", "Content-Type: application/dicom",
+        "--data-binary", f"@{path}", f"{pacs.url}/dicomweb/studies",
+    )  # fmt: skip
+    assert stored.returncode == 0, stored.stderr
+    assert f"{pacs.url}/dicomweb/studies/{study}" in stored.stdout  # RetrieveURL is https
+
+    health = curl("--cacert", pki.site.cert, "-w", "%{http_code}", f"{pacs.url}/health")
+    assert (health.returncode, health.stdout) == (0, '{"status":"ok"}200'), health.stderr
+    found = curl(
+        "--cacert", pki.site.cert, "-w", "\n%{http_code}",
+        f"{pacs.url}/dicomweb/studies?PatientID={patient}",
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    body, status = found.stdout.rsplit("\n", 1)
+    assert status == "200"
+    assert study in body and f'"{pacs.url}/dicomweb/studies/{study}"' in body
+
+
+def test_https_certificate_is_checked(pacs: Pacs, pki: Pki) -> None:
+    """curl without the site CA does not trust the archive; with another CA neither."""
+    assert curl(f"{pacs.url}/health").returncode == 60  # peer certificate cannot be verified
+    assert curl("--cacert", pki.other.cert, f"{pacs.url}/health").returncode == 60
+
+
+def test_plain_http_to_the_https_port_fails(pacs: Pacs) -> None:
+    plain = curl("-w", "%{http_code}", pacs.url.replace("https://", "http://") + "/health")
+    assert plain.returncode != 0 and "200" not in plain.stdout, plain
+
+
+def test_announces_https(pacs: Pacs) -> None:
+    port = pacs.url.rsplit(":", 1)[1]
+    assert f"DICOMweb at https://127.0.0.1:{port}/dicomweb" in pacs.log.read_text()
+
+
+def test_https_client_certificates(pki: Pki, tmp_path: Path) -> None:
+    """With PACS_TLS_CA, an HTTP client must present a certificate that CA signed."""
+    context = pki.client_context()
+    context.load_cert_chain(pki.scu.cert, pki.scu.key)
+    args = ["--tls-cert", str(pki.pacs.cert), "--tls-key", str(pki.pacs.key)]
+    with running_server(
+        tmp_path / "data", *args, env={"PACS_TLS_CA": str(pki.site.cert)}, https=context
+    ) as url:
+        ca = ("--cacert", pki.site.cert)
+        good = curl(*ca, "--cert", pki.scu.cert, "--key", pki.scu.key, f"{url}/health")
+        assert (good.returncode, good.stdout) == (0, '{"status":"ok"}'), good.stderr
+        assert curl(*ca, f"{url}/health").returncode != 0
+        stranger = curl(
+            *ca, "--cert", pki.stranger.cert, "--key", pki.stranger.key, f"{url}/health"
+        )
+        assert stranger.returncode != 0
+
+
+# -- DICOM TLS -------------------------------------------------------------------------
+
+
+def test_dcmtk_over_dicom_tls(pacs: Pacs, pki: Pki, tmp_path: Path) -> None:
+    tls = dcmtk_tls(pki.scu, pki.site.cert)
+    assert "Received Echo Response (Success)" in pacs.tool("echoscu", "-v", tls=tls)
+    patient, study, sop = f"DTLS-{uuid.uuid4().hex[:8]}", generate_uid(), generate_uid()
+    path = tmp_path / "sent.dcm"
+    path.write_bytes(make_file(study=study, sop=sop, PatientID=patient))
+    stored = pacs.tool("storescu", "-v", tls=tls, files=(path,))
+    assert "Received Store Response (Success)" in stored
+    found = pacs.tool(
+        "findscu", "-v", "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientID={patient}",
+        "-k", "StudyInstanceUID", tls=tls,
+    )  # fmt: skip
+    assert study in found and "Received Final Find Response (Success)" in found
+    log = pacs.log.read_text()
+    assert "client certificate 'commonName=scu'" in log
+    # The plain DICOM port stays open beside the TLS one.
+    check("echoscu", "-aec", "PACS", "127.0.0.1", str(pacs.dimse_port))
+
+
+def test_dicom_tls_only_without_client_certificates(pki: Pki, tmp_path: Path) -> None:
+    """--dimse-port 0 leaves DICOM TLS alone; without --dimse-tls-ca no client certificate is
+    asked for, so DCMTK's anonymous TLS (+tla) is served."""
+    require_dcmtk()
+    tls_port = free_port()
+    args = ["--dimse-tls-port", str(tls_port)]
+    env = {
+        "PACS_DIMSE_PORT": "0",
+        "PACS_DIMSE_TLS_CERT": str(pki.pacs.cert),
+        "PACS_DIMSE_TLS_KEY": str(pki.pacs.key),
+    }
+    with running_server(tmp_path / "data", *args, env=env):
+        echo = check(
+            "echoscu",
+            "-v",
+            "+tla",
+            "+cf",
+            pki.site.cert,
+            "-aec",
+            "PACS",
+            "127.0.0.1",
+            str(tls_port),
+        )
+        assert "Received Echo Response (Success)" in echo
+        log = (tmp_path / "data" / "server.log").read_text()
+        assert f"DICOM TLS AE PACS listening on 127.0.0.1:{tls_port} (no client certificate" in log
+        assert "DICOM (DIMSE) AE PACS listening" not in log
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("no certificate", "PEER_DID_NOT_RETURN_A_CERTIFICATE"),
+        ("another CA", "CERTIFICATE_VERIFY_FAILED"),
+        ("no TLS", "WRONG_VERSION_NUMBER"),
+    ],
+)
+def test_dicom_tls_refuses_clients_without_a_site_certificate(
+    pacs: Pacs, pki: Pki, case: str, reason: str
+) -> None:
+    options = {
+        "no certificate": ("+tla", "+cf", str(pki.site.cert)),  # anonymous TLS
+        "another CA": dcmtk_tls(pki.stranger, pki.site.cert),
+        "no TLS": (),
+    }[case]
+    before = pacs.log.read_text().count(reason)
+    done = run("echoscu", *options, "-aec", "PACS", "127.0.0.1", str(pacs.tls_port))
+    assert done.returncode != 0, done.stdout
+    assert "Received Echo Response" not in done.stdout
+    assert "Association Request Failed" in done.stdout
+    log = pacs.log.read_text()
+    assert log.count(reason) == before + 1, log[-2000:]
+    assert "refused: handshake failed" in log
+
+
+def test_dcmtk_checks_the_archive_certificate(pacs: Pacs, pki: Pki) -> None:
+    """A client trusting only the other CA refuses the archive (its certificate is the site's)."""
+    done = run(
+        "echoscu", *dcmtk_tls(pki.scu, pki.other.cert), "-aec", "PACS",
+        "127.0.0.1", str(pacs.tls_port),
+    )  # fmt: skip
+    assert done.returncode != 0 and "Received Echo Response" not in done.stdout
+
+
+def test_c_move_to_a_tls_destination(pacs: Pacs, pki: Pki, tmp_path: Path) -> None:
+    tls = dcmtk_tls(pki.scu, pki.site.cert)
+    study, sops = generate_uid(), [generate_uid(), generate_uid()]
+    for number, sop in enumerate(sops, 1):
+        path = tmp_path / f"{number}.dcm"
+        path.write_bytes(make_file(study=study, sop=sop, InstanceNumber=number))
+        pacs.tool("storescu", tls=tls, files=(path,))
+    # DCMTK's movescu has no TLS options: the request comes in on the plain port, the
+    # archive's association to the destination is the TLS one.
+    moved = check(
+        "movescu", "-v", "-S", "-aet", "MOVESCU", "-aec", "PACS", "-aem", "STORESCP",
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+        "127.0.0.1", str(pacs.dimse_port),
+    )  # fmt: skip
+    assert "Received Final Move Response (Success)" in moved, moved
+    arrived = {str(pydicom.dcmread(p).SOPInstanceUID): p for p in pacs.moved.iterdir()}
+    assert set(sops) <= set(arrived)
+    for number, sop in enumerate(sops, 1):
+        sent = pydicom.dcmread(tmp_path / f"{number}.dcm")
+        assert pydicom.dcmread(arrived[sop]).PixelData == sent.PixelData
+    assert " over TLS): 2 sent, 0 with warnings, 0 failed" in pacs.log.read_text()
+
+
+def test_c_move_to_a_tls_destination_from_another_ca_fails(pacs: Pacs, tmp_path: Path) -> None:
+    """The destination's certificate must chain to PACS_DIMSE_TLS_CA: nothing is sent."""
+    study = generate_uid()
+    check(
+        "storescu", "-aec", "PACS", "127.0.0.1", str(pacs.dimse_port),
+        _write(tmp_path / "one.dcm", make_file(study=study)),
+    )  # fmt: skip
+    done = run(
+        "movescu", "-v", "-S", "-aet", "MOVESCU", "-aec", "PACS", "-aem", "ELSEWHERE",
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+        "127.0.0.1", str(pacs.dimse_port),
+    )  # fmt: skip
+    assert "Received Final Move Response (Success)" not in done.stdout, done.stdout
+    # pynetdicom answers A801 when it cannot associate with the destination.
+    assert "Received Final Move Response (Refused: MoveDestinationUnknown)" in done.stdout
+    log = pacs.log.read_text()
+    assert "CERTIFICATE_VERIFY_FAILED" in log and "Traceback" not in log
+    assert not any((pacs.moved.parent / "elsewhere").iterdir())
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+# -- bad settings stop the server at start ---------------------------------------------
+
+
+def _serve(tmp_path: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(free_port())]
+    command += ["--data", str(tmp_path / "data"), "--dimse-port", "0", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing cert", "certificate '{missing}' is not a readable file"),
+        ("encrypted key", "the private key is encrypted; give an unencrypted PEM key"),
+        ("key of another cert", "the private key '{stranger_key}' does not belong to"),
+        ("cert is not PEM", "cannot read '{pacs_key}' and '{pacs_key}' as a PEM certificate"),
+        ("cert without key", "PACS_TLS_CERT and PACS_TLS_KEY (--tls-cert, --tls-key) go together"),
+        ("missing HTTPS CA", "PACS_TLS_CA: CA certificate '{missing}' is not a readable file"),
+        ("DICOM TLS without cert", "PACS_DIMSE_TLS_PORT / --dimse-tls-port needs a certificate"),
+        ("bad DICOM TLS CA", "PACS_DIMSE_TLS_CA: cannot read '{pacs_key}' as PEM CA certificates"),
+    ],
+)
+def test_bad_tls_settings_stop_the_server_with_one_line(
+    pki: Pki, tmp_path: Path, case: str, message: str
+) -> None:
+    missing = tmp_path / "missing.pem"
+    encrypted = tmp_path / "encrypted.key"
+    key = serialization.load_pem_private_key(pki.pacs.key.read_bytes(), None)
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    pacs = ("--tls-cert", pki.pacs.cert, "--tls-key", pki.pacs.key)
+    args = {
+        "missing cert": ("--tls-cert", missing, "--tls-key", pki.pacs.key),
+        "encrypted key": ("--tls-cert", pki.pacs.cert, "--tls-key", encrypted),
+        "key of another cert": ("--tls-cert", pki.pacs.cert, "--tls-key", pki.stranger.key),
+        "cert is not PEM": ("--tls-cert", pki.pacs.key, "--tls-key", pki.pacs.key),
+        "cert without key": ("--tls-cert", pki.pacs.cert),
+        "missing HTTPS CA": (*pacs, "--tls-ca", missing),
+        "DICOM TLS without cert": ("--dimse-tls-port", str(free_port())),
+        "bad DICOM TLS CA": (
+            *pacs,
+            "--dimse-tls-port",
+            free_port(),
+            "--dimse-tls-ca",
+            pki.pacs.key,
+        ),
+    }[case]
+    done = _serve(tmp_path, *args)
+    assert done.returncode in (1, 2), done.stderr
+    expected = message.format(missing=missing, stranger_key=pki.stranger.key, pacs_key=pki.pacs.key)
+    # One line, after the INFO lines of the start-up check of the index.
+    errors = [line for line in done.stderr.splitlines() if " INFO " not in line]
+    assert len(errors) == 1 and errors[0].startswith("pacs: "), done.stderr
+    assert expected in errors[0], done.stderr
+
+
+def test_dicom_tls_contexts(pki: Pki) -> None:
+    """TLS 1.2 or later both ways (PS3.15 B.9, BCP 195); client certificates required only
+    with a CA; destinations' certificates always checked."""
+    from app.tls import dicom_client_context, dicom_server_context
+
+    cert, key, ca = str(pki.pacs.cert), str(pki.pacs.key), str(pki.site.cert)
+    for context in (dicom_server_context(cert, key), dicom_client_context(cert, key, ca)):
+        assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert dicom_server_context(cert, key).verify_mode == ssl.CERT_NONE
+    assert dicom_server_context(cert, key, ca).verify_mode == ssl.CERT_REQUIRED
+    assert dicom_client_context().verify_mode == ssl.CERT_REQUIRED

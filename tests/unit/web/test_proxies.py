@@ -1,0 +1,114 @@
+"""Which origin the archive's links get: from the request, from a trusted proxy's headers,
+or PACS_PUBLIC_URL; table-driven over requests built from ASGI scopes."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+
+from app.web.proxies import LinkSettings, client_address
+from app.web.urls import base_url
+
+TRUSTED = LinkSettings(
+    (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32")),
+)
+
+
+def request(
+    headers: dict[str, str] | list[tuple[str, str]],
+    *,
+    peer: str = "10.0.0.5",
+    scheme: str = "http",
+    links: LinkSettings = TRUSTED,
+    root_path: str = "/dicomweb",
+) -> Request:
+    app = Starlette()
+    app.state.links = links
+    pairs = list(headers.items()) if isinstance(headers, dict) else headers
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "scheme": scheme,
+        "server": ("127.0.0.1", 8080),
+        "client": (peer, 51000),
+        "path": f"{root_path}/studies",
+        "root_path": root_path,
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in pairs],
+        "app": app,
+    }
+    return Request(scope)
+
+
+HOST = {"Host": "pacs.local:8080"}
+DIRECT = "http://pacs.local:8080/dicomweb"
+PROXY, OTHER = "10.0.0.5", "192.0.2.1"  # a trusted peer, an untrusted one
+
+
+@pytest.mark.parametrize(
+    ("headers", "peer", "expected"),
+    [
+        # Direct: the Host header, with its port.
+        ({}, OTHER, DIRECT),
+        # An untrusted peer's forwarded headers are ignored, whichever kind.
+        ({"X-Forwarded-Host": "evil.org"}, OTHER, DIRECT),
+        ({"Forwarded": "host=evil.org;proto=https"}, OTHER, DIRECT),
+        ({"X-Forwarded-Prefix": "/x"}, OTHER, DIRECT),
+        # A trusted one's are used, IPv6 and IPv4-mapped peers too.
+        ({"X-Forwarded-Host": "a.org", "X-Forwarded-Proto": "https"}, PROXY, "https://a.org/dicomweb"),
+        ({"X-Forwarded-Host": "a.org"}, "2001:db8::7", "http://a.org/dicomweb"),
+        ({"X-Forwarded-Host": "a.org"}, "::ffff:10.1.1.1", "http://a.org/dicomweb"),
+        (
+            {"Forwarded": 'for="[2001:db8::9]:4711";host="[2001:db8::1]:8443";proto=https'},
+            PROXY,
+            "https://[2001:db8::1]:8443/dicomweb",
+        ),
+        ({"X-Forwarded-Prefix": "/pacs/"}, PROXY, "http://pacs.local:8080/pacs/dicomweb"),
+        # Values that are not a host, a scheme or a path are not used.
+        ({"X-Forwarded-Host": "evil.org/x?"}, PROXY, DIRECT),
+        ({"X-Forwarded-Proto": "javascript"}, PROXY, DIRECT),
+        ({"X-Forwarded-Prefix": "//evil.org"}, PROXY, DIRECT),
+        ({"Host": "a b"}, OTHER, "http://127.0.0.1:8080/dicomweb"),
+        # Chains, right to left while the hop was added by a trusted proxy.
+        ({"Forwarded": "for=192.0.2.9;host=a.org, for=10.2.2.2;host=b"}, PROXY, "http://a.org/dicomweb"),
+        ({"Forwarded": "for=192.0.2.9;host=a.org, for=_hidden;host=b"}, PROXY, "http://b/dicomweb"),
+        ({"X-Forwarded-For": "192.0.2.9, 10.2.2.2", "X-Forwarded-Host": "a.org"}, PROXY, "http://a.org/dicomweb"),
+        ({"X-Forwarded-For": "192.0.2.9, 198.51.100.1", "X-Forwarded-Host": "x.org, a.org"}, PROXY, "http://a.org/dicomweb"),
+    ],
+)  # fmt: skip
+def test_base_url(headers: dict[str, str], peer: str, expected: str) -> None:
+    assert base_url(request({**HOST, **headers}, peer=peer)) == expected
+
+
+def test_forwarded_headers_repeated_are_one_list() -> None:
+    headers = [
+        ("Host", "h"),
+        ("Forwarded", "for=192.0.2.9;host=a.org"),
+        ("Forwarded", "for=10.9.9.9;host=b"),
+    ]
+    assert base_url(request(headers)) == "http://a.org/dicomweb"  # fmt: skip
+
+
+def test_public_url_wins() -> None:
+    links = LinkSettings(TRUSTED.trusted_proxies, "https://example.org/imaging")
+    headers = {**HOST, "X-Forwarded-Host": "a.org", "X-Forwarded-Prefix": "/x"}
+    assert base_url(request(headers, links=links)) == "https://example.org/imaging/dicomweb"
+    assert base_url(request(HOST, links=links, peer="192.0.2.1")) == (
+        "https://example.org/imaging/dicomweb"
+    )
+
+
+def test_nothing_trusted_by_default() -> None:
+    headers = {**HOST, "X-Forwarded-Host": "a.org"}
+    assert base_url(request(headers, peer="127.0.0.1", links=LinkSettings())) == (
+        "http://pacs.local:8080/dicomweb"
+    )
+
+
+def test_client_address() -> None:
+    headers = {"X-Forwarded-For": "192.0.2.9, 10.2.2.2"}
+    assert client_address(request(headers)) == "192.0.2.9"
+    assert client_address(request(headers, peer="192.0.2.1")) == "192.0.2.1"
