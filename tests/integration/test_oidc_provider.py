@@ -4,12 +4,16 @@ keys rotate at run time, and short-lived tokens do expire."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import time
 from typing import Any
 
 import pytest
 from joserfc import jwt
-from joserfc.errors import BadSignatureError, ExpiredTokenError, InvalidKeyIdError
+from joserfc.errors import BadSignatureError, ExpiredTokenError, InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 
 from tests.support.oidc import (
@@ -110,6 +114,25 @@ def test_forged_token_verifies_with_the_published_key(oidc_provider: OpenIdProvi
     decoded = jwt.decode(token, oidc_provider.key_set())
     assert decoded.header["kid"] == oidc_provider.kid
     assert decoded.claims["nbf"] == now + 3600
+
+
+def test_forged_claims_can_be_removed(oidc_provider: OpenIdProvider) -> None:
+    token = oidc_provider.sign({"exp": None, "sub": None})
+    claims = jwt.decode(token, oidc_provider.key_set()).claims
+    assert "exp" not in claims and "sub" not in claims and claims["iss"] == oidc_provider.issuer
+
+
+def test_hmac_token_keyed_with_the_public_key(oidc_provider: OpenIdProvider) -> None:
+    pem = oidc_provider.public_key_pem
+    assert pem.startswith(b"-----BEGIN PUBLIC KEY-----")
+    token = oidc_provider.sign_hmac({"scope": "pacs:admin"}, pem)
+    signing_input, _, mac = token.rpartition(".")
+    expected = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
+    assert base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4)) == expected
+    header = json.loads(base64.urlsafe_b64decode(signing_input.split(".")[0] + "=="))
+    assert header == {"alg": "HS256", "kid": oidc_provider.kid, "typ": "at+jwt"}
+    with pytest.raises(JoseError):  # not an RS256 signature of the provider's key
+        jwt.decode(token, oidc_provider.key_set(), algorithms=["RS256"])
 
 
 def test_rotation_signs_with_a_new_key_and_keeps_the_old_one_published(

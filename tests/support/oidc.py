@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import secrets
 import shutil
@@ -211,11 +212,21 @@ class OpenIdProvider:
         self._keys = [key] if retire else [key, *self._keys]
         return str(key["kid"])
 
-    def sign(self, claims: Mapping[str, Any], *, header: Mapping[str, Any] | None = None) -> str:
-        """A token signed with the provider's current private key, with the usual claims unless
-        `claims` overrides them (None removes one): for tokens the provider would not issue."""
+    @property
+    def public_key_pem(self) -> bytes:
+        """The current signing key's public key as PEM: what an algorithm-confusion attack
+        uses as an HMAC secret."""
+        return self._private_key().as_pem(private=False)
+
+    def _private_key(self) -> RSAKey | ECKey:
+        key = self._keys[0]
+        return RSAKey.import_key(key) if key["kty"] == "RSA" else ECKey.import_key(key)
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        """The claims of an access token of SERVICE for the archive, valid now, with
+        `overrides` (None removes a claim)."""
         now = int(time.time())
-        payload: dict[str, Any] = {
+        claims: dict[str, Any] = {
             "iss": self.issuer,
             "aud": self.audience,
             "sub": SERVICE,
@@ -224,13 +235,30 @@ class OpenIdProvider:
             "exp": now + ACCESS_TOKEN_TTL,
             "jti": secrets.token_hex(8),
             "scope": "pacs:read",
-            **claims,
+            **overrides,
         }
-        payload = {k: v for k, v in payload.items() if v is not None}
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def sign(self, claims: Mapping[str, Any], *, header: Mapping[str, Any] | None = None) -> str:
+        """A token signed with the provider's current private key, with the claims of
+        `self.claims(**claims)` and the header the provider gives (kid, typ at+jwt) updated
+        with `header`: for tokens the provider would not issue (expired, not yet valid...)."""
         key = self._keys[0]
         protected = {"alg": key["alg"], "kid": key["kid"], "typ": "at+jwt", **(header or {})}
-        imported = RSAKey.import_key(key) if key["kty"] == "RSA" else ECKey.import_key(key)
-        return jwt.encode(protected, payload, imported, algorithms=[protected["alg"]])
+        payload = self.claims(**claims)
+        return jwt.encode(protected, payload, self._private_key(), algorithms=[protected["alg"]])
+
+    def sign_hmac(self, claims: Mapping[str, Any], secret: bytes, alg: str = "HS256") -> str:
+        """A token MACed with `secret` (e.g. `public_key_pem`) under the current key's kid,
+        built by hand: JOSE libraries rightly refuse a public key as an HMAC secret."""
+        digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}[alg]
+        header = {"alg": alg, "kid": self.kid, "typ": "at+jwt"}
+        signing_input = ".".join(
+            _b64url(json.dumps(part, separators=(",", ":")).encode())
+            for part in (header, self.claims(**claims))
+        )
+        mac = hmac.new(secret, signing_input.encode(), digest).digest()
+        return f"{signing_input}.{_b64url(mac)}"
 
     # --- tokens ---------------------------------------------------------------------------------
 
@@ -307,7 +335,7 @@ class OpenIdProvider:
                     "redirect_uri": redirect_uri,
                     "scope": " ".join(["openid", *scopes]),
                     "state": state,
-                    "code_challenge": base64.urlsafe_b64encode(digest).decode().rstrip("="),
+                    "code_challenge": _b64url(digest),
                     "code_challenge_method": "S256",
                 },
             )
@@ -361,6 +389,10 @@ class OpenIdProvider:
             "PACS_OIDC_TENANTS_CLAIM": TENANTS_CLAIM,
             **overrides,
         }
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
 def find_node() -> str:
