@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser serve test lint typecheck unit clean
+.PHONY: install browser oidc-provider serve test lint typecheck unit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ install: $(STAMP)
 browser:
 	bash tests/e2e/ohif/install.sh
 
+# The OpenID Provider of the sign-in tests (tests/support/oidc/install.sh): Node.js and
+# `npm ci` of oidc-provider when missing or stale; outside CI a failure is a warning (they skip).
+oidc-provider:
+	bash tests/support/oidc/install.sh
+
 serve: install
 	$(BIN)/pacs serve $(ARGS)
 
@@ -30,7 +35,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install browser
+unit: install browser oidc-provider
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit

@@ -6,6 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.oidc import OpenIdProvider, running_provider
 from tests.support.server import running_server
 
 
@@ -30,3 +31,11 @@ def http(server: str) -> Iterator[httpx.Client]:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenIdProvider]:
+    """A real OpenID Provider (tests/support/oidc.py) shared by the session: rotate its key
+    only with retire=False here; a test that retires keys starts its own provider."""
+    with running_provider(tmp_path_factory.mktemp("oidc")) as provider:
+        yield provider

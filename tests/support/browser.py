@@ -117,15 +117,15 @@ class _ViewerHandler(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def serve_viewer(dist: Path, app_config: str) -> Iterator[str]:
-    """Serve the viewer in `dist` with `app_config` as its app-config.js on a free loopback
-    port (a thread of this process); yield its base URL.
+def serve_viewer(dist: Path, app_config: str, port: int = 0) -> Iterator[str]:
+    """Serve the viewer in `dist` with `app_config` as its app-config.js on loopback `port`
+    (a free one by default; a thread of this process); yield its base URL.
 
     No cross-origin isolation headers (COOP/COEP): the viewer does not require it
     (cornerstone3D uses SharedArrayBuffer only where the page has it), so the archive's CORS
     headers are all that its cross-origin requests need."""
     handler = type("Handler", (_ViewerHandler,), {"app_config": app_config.encode()})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(dist)))
+    server = ThreadingHTTPServer(("127.0.0.1", port), partial(handler, directory=str(dist)))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="ohif-static", daemon=True)
     thread.start()
@@ -137,10 +137,14 @@ def serve_viewer(dist: Path, app_config: str) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def app_config(dicomweb_root: str) -> str:
-    """OHIF's app-config.js from the template, with its data source pointing at the archive."""
+def app_config(dicomweb_root: str, oidc: dict[str, Any] | None = None) -> str:
+    """OHIF's app-config.js from the template, with its data source pointing at the archive
+    and, with `oidc`, sign-in through that OpenID Connect client (OHIF's `oidc` setting)."""
     template = (OHIF_DIR / "app-config.template.js").read_text()
-    return template.replace("__DICOMWEB_ROOT__", json.dumps(dicomweb_root))
+    config = template.replace("__DICOMWEB_ROOT__", json.dumps(dicomweb_root))
+    if oidc is not None:
+        config += f"window.config.oidc = [{json.dumps(oidc)}];\n"
+    return config
 
 
 # --- the driver --------------------------------------------------------------------------------

@@ -3,14 +3,17 @@
 // Reads one JSON request on standard input:
 //   { chromium, viewerUrl, archiveOrigin, artifacts, stepMs, budgetMs,
 //     blank: { minStddev, minLevels }, probes: { name: [x, y] },
-//     studies: [{ key, studyInstanceUID, shownName }] }
+//     studies: [{ key, studyInstanceUID, shownName }],
+//     login: { providerOrigin, username, password } }       (login: only for a viewer with sign-in)
 // opens the study list, then each study in the viewer, and prints one JSON line with what it
 // saw: the study list (names found, rows), per study the viewport's pixel statistics (with the
 // brightness at each probe, a point of the image given in [-1, 1] from its centre) and corner
-// texts, every response of the archive (status, type, CORS header), every archive request that
-// got none, console errors and uncaught exceptions, each tagged with its step ("study-list" or
-// a study key). Progress goes to standard error. This script only observes and takes the
-// screenshots (into `artifacts`); the Python test asserts.
+// texts, every response of the archive (status, type, CORS header, whether the request carried
+// a bearer token), every archive request that got none, console errors and uncaught
+// exceptions, each tagged with its step ("study-list" or a study key). With `login`, the
+// viewer sends the browser to the OpenID Provider first: the driver signs in on its login page
+// and reports where it went ("signIn"). Progress goes to standard error. This script only
+// observes and takes the screenshots (into `artifacts`); the Python test asserts.
 //
 // Each step waits at most `stepMs`; once `budgetMs` is spent the remaining steps are skipped,
 // so that a broken archive fails the test in minutes with a report rather than by a timeout.
@@ -27,14 +30,18 @@ const isArchive = (url) => url.startsWith(`${archiveOrigin}/`);
 
 const result = {
   webgl: null, // the WebGL renderer the viewer gets (SwiftShader here), or null
+  signIn: null, // with `login`: { loginPage, returnedTo } or { error }
+  bearerClaims: [], // iss, sub, aud, scope, client_id of each distinct bearer token sent
   studyList: null,
   studies: {},
-  responses: [], // every archive response: { step, method, url, status, contentType, allowOrigin }
+  // every archive response: { step, method, url, status, contentType, allowOrigin, bearer }
+  responses: [],
   failedRequests: [], // archive requests without a response: { step, method, url, error }
   consoleErrors: [],
   pageErrors: [],
 };
 let step = 'start';
+const tokensSeen = new Set(); // bearer tokens already in result.bearerClaims
 
 const browser = await chromium.launch({
   executablePath: request.chromium,
@@ -101,22 +108,44 @@ function watch(page) {
       result.failedRequests.push({ step, method: req.method(), url: req.url(), error });
     }
   });
-  page.on('response', (res) => {
+  page.on('response', async (res) => {
     if (!isArchive(res.url())) return;
+    const seenIn = step;
     const headers = res.headers();
+    // Whether a token was sent, never the token itself (the report is kept as an artifact).
+    const authorization = await res.request().headerValue('authorization').catch(() => null);
+    noteClaims(authorization);
     result.responses.push({
-      step,
+      step: seenIn,
       method: res.request().method(),
       url: res.url(),
       status: res.status(),
       contentType: headers['content-type'] ?? null,
       allowOrigin: headers['access-control-allow-origin'] ?? null,
+      bearer: /^Bearer \S+$/.test(authorization ?? ''),
     });
   });
   page.on('console', (message) => {
-    if (message.type() === 'error') result.consoleErrors.push({ step, text: message.text() });
+    if (message.type() === 'error') {
+      // For a resource that failed to load, location() names it.
+      result.consoleErrors.push({ step, text: message.text(), url: message.location()?.url });
+    }
   });
   page.on('pageerror', (error) => result.pageErrors.push({ step, text: String(error) }));
+}
+
+// Which token the viewer sent: the claims that say who issued it, to whom, for what.
+function noteClaims(authorization) {
+  const token = /^Bearer (\S+)$/.exec(authorization ?? '')?.[1];
+  if (!token || tokensSeen.has(token)) return;
+  tokensSeen.add(token);
+  try {
+    const claims = JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString('utf8'));
+    const { iss, sub, aud, scope, client_id: clientId } = claims;
+    result.bearerClaims.push({ iss, sub, aud, scope, clientId });
+  } catch {
+    result.bearerClaims.push({ error: 'not a JWT' });
+  }
 }
 
 // Wait until no archive request has been in flight for `quietMs` (at most `maxMs`), so that
@@ -141,6 +170,9 @@ async function archiveSettled(page, quietMs = 1500, maxMs = 20000) {
 async function studyList(page) {
   log('study list');
   await page.goto(`${viewerUrl}/`);
+  if (request.login) {
+    result.signIn = await signIn(page, request.login).catch((error) => ({ error: String(error) }));
+  }
   const deadline = Date.now() + stepMs;
   const found = [];
   for (const { shownName } of request.studies) {
@@ -159,6 +191,22 @@ async function studyList(page) {
     trs.map((tr) => [...tr.cells].map((td) => td.innerText.trim())),
   );
   return { found, rows };
+}
+
+// The viewer has sent the browser to the provider: fill in its login page and wait until the
+// viewer has the code exchanged (its /callback) and is back on its own page.
+async function signIn(page, { providerOrigin, username, password }) {
+  log('sign-in');
+  await page.waitForURL((url) => url.href.startsWith(`${providerOrigin}/interaction/`));
+  const loginPage = page.url().split('?')[0];
+  await page.screenshot({ path: join(artifacts, 'sign-in.png') });
+  await page.getByLabel('Username').fill(username);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.waitForURL(
+    (url) => url.href.startsWith(`${viewerUrl}/`) && !url.pathname.startsWith('/callback'),
+  );
+  return { loginPage, returnedTo: page.url() };
 }
 
 async function openStudy(page, study) {
