@@ -121,10 +121,19 @@ async def run_archive(settings: Settings) -> AsyncIterator[Archive]:
             log.info("DICOM (DIMSE) is off (--dimse-port 0)")
             yield archive
             return
+        config = dimse_config(settings)
+        if config.known_callers_only and not config.required_calling_aes:
+            # pynetdicom reads an empty list of required AEs as "anyone": stay closed.
+            log.warning(
+                "DICOM (DIMSE) is off: sign-in is on and no calling AE title is known; "
+                "list them in PACS_DIMSE_AE_POLICY or PACS_DIMSE_ALLOWED_AES"
+            )
+            yield archive
+            return
         if settings.log_level.lower() != "debug":
             # pynetdicom logs every PDU and message at INFO; our own lines summarise them.
             logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        async with serve_dimse(archive, dimse_config(settings)):
+        async with serve_dimse(archive, config):
             yield archive
 
 
@@ -138,6 +147,7 @@ def dimse_config(settings: Settings) -> DimseConfig:
         move_destinations=destinations,
         allowed_aes=settings.dimse_allowed_ae_titles,
         ae_policies=settings.dimse_ae_policies,
+        known_callers_only=bool(settings.oidc_issuer),
         max_associations=settings.dimse_max_associations,
         tls_port=settings.dimse_tls_port,
         tls_context=(

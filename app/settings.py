@@ -94,6 +94,8 @@ class Settings:
     oidc_permissions_claim: str = "scope"
     oidc_permission_prefix: str = "pacs:"
     oidc_tenants_claim: str = "tenants"
+    # Clock difference tolerated when checking exp, nbf and iat.
+    oidc_leeway_seconds: int = 30
     # Serve everyone without sign-in on an address other than loopback.
     allow_anonymous: bool = False
     # Audit messages (PS3.15 A.5) to a syslog collector: udp://host:514 or tls://host:6514
@@ -139,6 +141,7 @@ class Settings:
             permission_prefix=self.oidc_permission_prefix,
             tenants_claim=self.oidc_tenants_claim,
             hmac_secret=self.oidc_hmac_secret,
+            leeway_seconds=self.oidc_leeway_seconds,
         )
 
     def _check_tls(self) -> None:

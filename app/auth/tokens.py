@@ -73,7 +73,8 @@ class OidcConfig:
     # Shared secret for HS* tokens; without it no HMAC algorithm is accepted.
     hmac_secret: str = ""
     leeway_seconds: int = 30
-    refetch_interval: float = 10.0
+    # Least time between two fetches of the JWKS for unknown key ids.
+    refetch_interval: float = 2.0
     http_timeout: float = 5.0
 
     def __post_init__(self) -> None:
@@ -84,6 +85,8 @@ class OidcConfig:
             )
         if self.algorithms & HMAC_ALGORITHMS and not self.hmac_secret:
             raise ValueError("PACS_OIDC_ALGORITHMS: HS* algorithms need PACS_OIDC_HMAC_SECRET")
+        if not 0 <= self.leeway_seconds <= 300:
+            raise ValueError("PACS_OIDC_LEEWAY_SECONDS: between 0 and 300 seconds")
         if not self.audience:
             raise ValueError("PACS_OIDC_AUDIENCE: required with PACS_OIDC_ISSUER")
 

@@ -39,11 +39,15 @@ class DimseConfig:
     # What each calling AE may do, and its tenant.
     ae_policies: AePolicies = field(default_factory=AePolicies)
 
+    # Only calling AE titles named by the allow-list or the policy may associate (the
+    # archive requires sign-in over HTTP, so DIMSE callers must be known too).
+    known_callers_only: bool = False
+
     @property
     def required_calling_aes(self) -> tuple[str, ...]:
-        """Who may associate: nobody is refused without an allow-list; with one, the AEs
-        named by the policy are allowed too."""
-        if not self.allowed_aes:
+        """Who may associate: without an allow-list anyone, unless only known callers may
+        (then the policy's AEs); with one, the AEs named by the policy are allowed too."""
+        if not (self.allowed_aes or self.known_callers_only):
             return ()
         return tuple(dict.fromkeys((*self.allowed_aes, *self.ae_policies.by_ae)))
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.auth.principal import Access
+from app.auth.principal import Access, Permission
 from app.dicom.uid import is_valid_uid
 from app.imaging.display import Window, window_problem
 from app.imaging.render import RENDERED_MEDIA_TYPES, RenderOptions, Viewport
@@ -142,6 +142,8 @@ def _annotation(query: Mapping[str, str]) -> frozenset[str]:
 async def retrieve(request: Request) -> Response:
     archive: Archive = request.app.state.archive
     access = request_access(request)
+    # Before the parameters are judged: a caller who may not read learns nothing more.
+    access.require(Permission.READ)
     query = request.query_params
     if query.get("requestType") != "WADO":
         raise BadRequest("requestType=WADO is required")
