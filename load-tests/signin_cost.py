@@ -13,8 +13,10 @@ provider's token endpoint (client credentials, pacs:read, RS256 unless `--alg ES
 for each block and reused within it, as a viewer or service reuses its token until it expires.
 
 The table shows medians over rounds, and the difference "with minus without": per round (the
-two blocks of a pair run back to back), then the median of the rounds. Every answer is checked
-(status and content) after its block, so that checking takes no time from the timed requests.
+two blocks of a pair run back to back), then the median of the rounds. `--control` also sends
+the token to the archive without sign-in, which ignores it: what the token's bytes alone cost.
+Every answer is checked (status and content) after its block, so that checking takes no time
+from the timed requests.
 
 Then `TokenVerifier.principal()` (what the sign-in middleware calls: verify + claims ->
 Principal) is timed in process with its keys cached, for an RS256 and an ES256 token, step by
@@ -58,12 +60,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from joserfc import jwt
+from starlette.types import Message, Receive, Scope, Send
 
 from app.auth.tokens import OidcConfig, TokenVerifier, principal_from_claims, unverified_header
+from app.web.signin import SignInMiddleware
 from tests.support import oidc
 
 REPO = Path(__file__).resolve().parent.parent
 WITHOUT, WITH = "without", "with"  # sign-in
+# --control: the archive without sign-in, sent the same token anyway (its bytes, not checked).
+IGNORED = "token ignored"
 READ = ("pacs:read",)
 JSON_ACCEPT = workload.JSON_ACCEPT
 
@@ -187,7 +193,7 @@ async def run_block(
         problem = f"HTTP {status} {body[:200]!r}" if status != 200 else None
         problem = problem or query.check(i, json.loads(body))
         if problem:
-            phase.errors.append(f"{archive.name} sign-in, GET {query.path(i)}: {problem}")
+            phase.errors.append(f"archive {archive.name!r}, GET {query.path(i)}: {problem}")
     return Block(number, archive.name, query.key, in_flight, phase, client_cpu, foreign)
 
 
@@ -200,7 +206,7 @@ async def store(archive: Archive, corpus: workload.Corpus, in_flight: int = 4) -
             response = await archive.client.post(
                 "/studies", content=body, headers={"Content-Type": content_type}
             )
-            workload.check(response, f"STOW to the archive {archive.name} sign-in")
+            workload.check(response, f"STOW to the archive {archive.name!r}")
             return len(inst.data)
 
         return send
@@ -216,14 +222,16 @@ async def check_sign_in(archive: Archive) -> None:
     else the comparison would be of two archives without sign-in."""
     async with httpx.AsyncClient(base_url=archive.server.url) as anonymous:
         status = (await anonymous.get("/studies?limit=1")).status_code
-    expected = 200 if archive.token is None else 401
+    expected = 401 if archive.name == WITH else 200
     if status != expected:
-        raise workload.Failure(f"archive {archive.name} sign-in: {status} without a token")
+        raise workload.Failure(f"archive {archive.name!r}: {status} without a token")
 
 
-def pair_order(number: int, index: int) -> list[str]:
-    """Which archive goes first in the `index`-th pair of blocks of round `number`."""
-    return [WITHOUT, WITH] if (number + index) % 2 else [WITH, WITHOUT]
+def order(names: Sequence[str], number: int, index: int) -> list[str]:
+    """The order of the `index`-th group of blocks of round `number`: rotated from group to
+    group and round to round, so that each archive goes first as often as the others."""
+    shift = (number + index) % len(names)
+    return [*names[shift:], *names[:shift]]
 
 
 async def measure_round(
@@ -232,8 +240,11 @@ async def measure_round(
     args: argparse.Namespace,
     number: int,
 ) -> list[Block]:
-    for name in pair_order(number, 0):
-        await store(archives[name], corpus)
+    names = list(archives)
+    for name in order(names, number, 0):
+        if name != IGNORED:  # the same archive as WITHOUT
+            await store(archives[name], corpus)
+    for name in order(names, number, 0):
         await check_sign_in(archives[name])
         # Warm-up: every query, with every connection of the pool opened.
         for query in queries(corpus):
@@ -243,7 +254,7 @@ async def measure_round(
     blocks = []
     plan = [(q, n) for n in (1, args.concurrency) for q in queries(corpus)]
     for index, (query, in_flight) in enumerate(plan):
-        for name in pair_order(number, index):
+        for name in order(names, number, index):
             block = await run_block(archives[name], query, args.requests, in_flight, number)
             blocks.append(block)
             if block.phase.errors:
@@ -255,9 +266,11 @@ def run_round(
     provider: oidc.OpenIdProvider, corpus: workload.Corpus, args: argparse.Namespace, number: int
 ) -> list[Block]:
     """Two fresh archives (started in alternating order; the same settings but sign-in),
-    the corpus stored in both, every query timed against both."""
+    the corpus stored in both, every query timed against both (and, with --control, against
+    the one without sign-in sent the token anyway)."""
     print(f"== round {number}", file=sys.stderr, flush=True)
     env: dict[str, dict[str, str]] = {WITHOUT: {}, WITH: provider.archive_env()}
+    names = [WITHOUT, WITH, IGNORED] if args.control else [WITHOUT, WITH]
 
     def token(scopes: Sequence[str]) -> str:
         return provider.token(scopes=scopes)
@@ -267,18 +280,19 @@ def run_round(
         headers = {"Accept": JSON_ACCEPT, "Accept-Encoding": "identity"}
         async with AsyncExitStack() as stack:
             archives = {}
-            for name, server in started.items():
+            for name in names:  # one client each: its own keep-alive connections
+                server = started[WITHOUT if name == IGNORED else name]
                 client = httpx.AsyncClient(
                     base_url=server.url, limits=limits, headers=headers, timeout=args.timeout
                 )
                 await stack.enter_async_context(client)
-                archives[name] = Archive(name, server, client, token if name == WITH else None)
+                archives[name] = Archive(name, server, client, token if name != WITHOUT else None)
             return await measure_round(archives, corpus, args, number)
 
     with ExitStack() as stack:
         started = {
             name: stack.enter_context(servers.pacs_server(args.pacs, args.keep, env[name]))
-            for name in pair_order(number, 0)
+            for name in order([WITHOUT, WITH], number, 0)
         }
         return asyncio.run(run(started))
 
@@ -313,11 +327,23 @@ def public_key_check(provider: oidc.OpenIdProvider, token: str) -> Callable[[], 
     return lambda: key.verify(raw, message, padding.PKCS1v15(), hashes.SHA256())
 
 
+async def nothing(scope: Scope, receive: Receive, send: Send) -> None:
+    """An ASGI app that answers nothing: what is left is the middleware's own work."""
+
+
+async def nothing_received() -> Message:
+    return {"type": "http.disconnect"}
+
+
+async def nothing_sent(message: Message) -> None:
+    raise AssertionError(f"the middleware answered: {message}")
+
+
 def time_verifier(
     provider: oidc.OpenIdProvider, alg: str, number: int, repeat: int
 ) -> dict[str, list[float]]:
-    """Microseconds per call of each step of `principal()` for a token signed with `alg`,
-    one figure per repeat (`number` calls each)."""
+    """Microseconds per call of the sign-in middleware and of each step of what it calls, for
+    a token signed with `alg`: one figure per repeat (`number` calls each)."""
     if provider.signing_key["alg"] != alg:
         provider.rotate_key(alg)
     token = provider.token(scopes=READ)
@@ -330,7 +356,21 @@ def time_verifier(
     key = provider.key_set().get_by_kid(unverified_header(token)["kid"])
     claims = jwt.decode(token, key, algorithms=[alg]).claims
     registry = verifier._registry  # the verifier's own claims rules
+    middleware = SignInMiddleware(nothing, verifier)
+    scope = {
+        "type": "http",
+        "path": "/dicomweb/studies",
+        "client": ("127.0.0.1", 50000),
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"accept", JSON_ACCEPT.encode()),
+            (b"authorization", f"Bearer {token}".encode()),
+        ],
+    }
     steps: dict[str, Callable[[], object]] = {
+        "SignInMiddleware, an empty app behind it": lambda: finish(
+            middleware(dict(scope), nothing_received, nothing_sent)
+        ),
         "principal(): all the middleware calls": lambda: finish(
             verifier.principal(token, "127.0.0.1")
         ),
@@ -341,11 +381,13 @@ def time_verifier(
         "verify: claims checked (iss, aud, exp, sub)": lambda: registry.validate(claims),
         "Principal from the claims": lambda: principal_from_claims(config, claims),
     }
-    figures = {}
-    for label, step in steps.items():
+    figures: dict[str, list[float]] = {label: [] for label in steps}
+    for step in steps.values():
         step()  # warm-up, and proof that it works on this token
-        times = timeit.repeat(step, number=number, repeat=repeat)
-        figures[label] = [t / number * 1e6 for t in times]
+    # Repeats outermost: a burst of other work on the machine hits every step alike.
+    for _ in range(repeat):
+        for label, step in steps.items():
+            figures[label].append(timeit.timeit(step, number=number) / number * 1e6)
     loop.run_until_complete(verifier.close())
     loop.close()
     return figures
@@ -369,19 +411,23 @@ def http_table(blocks: list[Block], labels: dict[str, str], rounds: int) -> list
             if (b.archive, b.query, b.in_flight) == (archive, query, in_flight)
         ]
 
-    def diff(query: str, in_flight: int, name: str) -> float:
+    def diff(query: str, in_flight: int, name: str, archive: str = WITH) -> float:
         pairs = zip(
-            figure(WITH, query, in_flight, name),
+            figure(archive, query, in_flight, name),
             figure(WITHOUT, query, in_flight, name),
             strict=True,
         )
         return median([w - wo for w, wo in pairs])
+
+    control = any(b.archive == IGNORED for b in blocks)
 
     rows = [
         ["query", "in flight", "p50 without", "p50 with", "p50 +", "p95 without", "p95 with",
          "p95 +", "p99 without", "p99 with", "req/s without", "req/s with",
          "server CPU + ms/req"]
     ]  # fmt: skip
+    if control:
+        rows[0] += ["p50 token ignored", "p50 + (ignored)"]
     seen = dict.fromkeys((b.query, b.in_flight) for b in blocks)
     for query, in_flight in sorted(seen, key=lambda k: k[1]):
         row = [labels[query], str(in_flight)]
@@ -397,6 +443,11 @@ def http_table(blocks: list[Block], labels: dict[str, str], rounds: int) -> list
                 compare.fmt(median(figure(WITH, query, in_flight, name)), digits),
             ]
         row.append(f"{diff(query, in_flight, 'server_cpu_ms_per_req'):+.2f}")
+        if control:
+            row += [
+                compare.fmt(median(figure(IGNORED, query, in_flight, "p50_ms")), 2),
+                f"{diff(query, in_flight, 'p50_ms', IGNORED):+.2f}",
+            ]
         rows.append(row)
     rows[0][2] += f" (ms, median of {rounds})"
     return rows
@@ -429,6 +480,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=["RS256", "ES256"],
         default="RS256",
         help="signature algorithm of the tokens sent to the archive",
+    )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also time the archive without sign-in sent the same token (the bytes alone)",
     )
     parser.add_argument("--verify-calls", type=int, default=2000, help="per timeit repeat")
     parser.add_argument("--verify-repeats", type=int, default=7, help="timeit repeats")
