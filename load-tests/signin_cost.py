@@ -22,7 +22,7 @@ Then `TokenVerifier.principal()` (what the sign-in middleware calls: verify + cl
 Principal) is timed in process with its keys cached, for an RS256 and an ES256 token, step by
 step, so that the difference above is explained.
 
-    .venv/bin/python load-tests/signin_cost.py --rounds 7 --json signin.json
+    .venv/bin/python load-tests/signin_cost.py --rounds 11 --requests 150 --control --json s.json
 
 Run it from the repository (any working directory): tests/support is found next to load-tests.
 """
@@ -57,7 +57,7 @@ import httpx
 import servers
 import stow_qido_wado as workload
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from joserfc import jwt
 from starlette.types import Message, Receive, Scope, Send
@@ -324,7 +324,9 @@ def public_key_check(provider: oidc.OpenIdProvider, token: str) -> Callable[[], 
         half = len(raw) // 2
         der = encode_dss_signature(int.from_bytes(raw[:half]), int.from_bytes(raw[half:]))
         return lambda: key.verify(der, message, ec.ECDSA(hashes.SHA256()))
-    return lambda: key.verify(raw, message, padding.PKCS1v15(), hashes.SHA256())
+    if isinstance(key, rsa.RSAPublicKey):
+        return lambda: key.verify(raw, message, padding.PKCS1v15(), hashes.SHA256())
+    raise TypeError(f"not an RSA or EC key: {type(key).__name__}")
 
 
 async def nothing(scope: Scope, receive: Receive, send: Send) -> None:
@@ -468,8 +470,8 @@ def load() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="fresh archive pairs, medians")
-    parser.add_argument("--requests", type=int, default=200, help="GETs per timed block")
+    parser.add_argument("--rounds", type=int, default=11, help="fresh archive pairs, medians")
+    parser.add_argument("--requests", type=int, default=150, help="GETs per timed block")
     parser.add_argument("--warmup", type=int, default=40, help="GETs per query before timing")
     parser.add_argument("--concurrency", type=int, default=8, help="in flight, second pass")
     parser.add_argument("--studies", type=int, default=20, help="studies stored in each")
