@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,8 +146,11 @@ def _workdir(prefix: str, keep: bool) -> Iterator[Path]:
 
 
 @contextmanager
-def pacs_server(pacs: str | None = None, keep: bool = False) -> Iterator[Server]:
-    """A fresh `pacs serve` with its default SQLite index and folder storage."""
+def pacs_server(
+    pacs: str | None = None, keep: bool = False, env: Mapping[str, str] | None = None
+) -> Iterator[Server]:
+    """A fresh `pacs serve` with its default SQLite index and folder storage; `env` adds
+    PACS_* settings to this process's environment (e.g. sign-in)."""
     with _workdir("bench-pacs-", keep) as work:
         port = free_port()
         data = work / "data"
@@ -163,7 +166,9 @@ def pacs_server(pacs: str | None = None, keep: bool = False) -> Iterator[Server]
             "0",
         ]
         with log.open("wb") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            )
         server = Server("ours", f"http://127.0.0.1:{port}/dicomweb", process, data, log)
         try:
             _wait_ready(server, f"http://127.0.0.1:{port}/health", 60)
