@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import datetime
 
 from app.auth.audit import AuditEvent
 from app.auth.principal import Access, Permission
-from app.services.ports import Index
+from app.services.ports import Index, StoredInstance, StoredMetadata
 from app.services.syslog import SyslogSender
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,30 @@ log = logging.getLogger(__name__)
 BATCH = 200
 # Index write attempts per batch and the pause before each retry, in seconds.
 RETRY_PAUSES = (0.2, 1.0, 5.0)
+
+
+def per_study(
+    template: AuditEvent, found: Iterable[StoredInstance | StoredMetadata]
+) -> list[AuditEvent]:
+    """`template` once per study of `found`, each naming that study's series, instances,
+    SOP classes and patient (PS3.15 A.5.3: one study per message)."""
+    studies: dict[str, list[StoredInstance | StoredMetadata]] = {}
+    for item in found:
+        studies.setdefault(item.study_instance_uid, []).append(item)
+    events = []
+    for study, items in studies.items():
+        classes = [i.sop_class_uid for i in items if isinstance(i, StoredInstance)]
+        events.append(
+            replace(
+                template,
+                study_instance_uid=study,
+                series_instance_uids=tuple(dict.fromkeys(i.series_instance_uid for i in items)),
+                sop_instance_uids=tuple(i.sop_instance_uid for i in items),
+                sop_class_uids=tuple(dict.fromkeys(classes)),
+                patient_id=next((i.patient_id for i in items if i.patient_id), None),
+            )
+        )
+    return events
 
 
 class AuditService:
