@@ -4,10 +4,10 @@ One `pacs serve` with sign-in on (the real OpenID provider of tests/support/oidc
 DIMSE on with an allow-list and an AE policy, and its audit messages going to Debian's
 rsyslog over TLS. The day: a service stores a study by STOW-RS; a signed-in user searches
 (QIDO-RS) and views it (WADO-RS instance, metadata, rendered); a modality stores a second
-study with storescu; a workstation finds it (findscu) and moves it to a storescp
-(movescu); two requests come without a valid token (none, garbage); the user tries a
-STOW-RS without the write permission (403); the modality tries a C-FIND its policy does not
-allow (0124); and an AE that is not allowed tries to associate.
+study with storescu; a workstation finds it (findscu), moves it to a storescp (movescu)
+and gets the first one (getscu); two requests come without a valid token (none, garbage);
+the user tries a STOW-RS without the write permission (403); the modality tries a C-FIND
+its policy does not allow (0124); and an AE that is not allowed tries to associate.
 
 Then the admin API holds exactly the expected events (action, outcome, who, study,
 patient), each from the right address, and the collector received the same events as
@@ -39,7 +39,7 @@ from tests.support.rsyslog import Collector, running_rsyslog
 from tests.support.server import free_port, running_server
 
 MODALITY, WORKSTATION, STRANGER, DESTINATION = "MODALITY", "WORKSTATION", "STRANGER", "DEST"
-POLICY = f"{MODALITY}=echo,store;{WORKSTATION}=echo,find,move"
+POLICY = f"{MODALITY}=echo,store;{WORKSTATION}=echo,find,move,get"
 # "<input> <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID - BOM MSG", as rsyslog wrote it.
 _RECEIVED = re.compile(rb"\S+ <\d+>1 \S+ \S+ \S+ \S+ \S+ - \xef\xbb\xbf(?P<xml><\?xml .*)")
 GARBAGE_TOKEN = "not-a-jwt-but-a-secret-looking-string"
@@ -74,6 +74,7 @@ class Day:
             ("instances-transferred", "C", 0, MODALITY, *dimse),  # C-STORE
             ("query", "E", 0, WORKSTATION, None, None),  # C-FIND
             ("instances-transferred", "R", 0, WORKSTATION, *dimse),  # C-MOVE
+            ("instances-transferred", "R", 0, WORKSTATION, *web),  # C-GET
             ("user-authentication", "E", 4, "anonymous", None, None),  # no token
             ("user-authentication", "E", 4, "anonymous", None, None),  # garbage token
             ("security-alert", "E", 4, self.reader_subject, None, None),  # STOW-RS, 403
@@ -184,6 +185,13 @@ def _live_the_day(
         "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={dimse_study}",
     )  # fmt: skip
     assert "Received Final Move Response (Success)" in moved, moved
+    got = root / "got"
+    got.mkdir()
+    fetched = dcmtk(
+        port, "getscu", WORKSTATION, "-S", "-od", str(got),
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={web_study}",
+    )  # fmt: skip
+    assert "Number of Completed Suboperations : 1" in fetched, fetched
     # Two failed sign-ins, a 403, a refused C-FIND, a rejected association.
     assert httpx.get(f"{api}/studies", timeout=30).status_code == 401
     garbage = httpx.get(f"{api}/studies", headers=bearer(GARBAGE_TOKEN), timeout=30)
@@ -255,8 +263,12 @@ def test_the_trail_holds_the_days_events(day: Day) -> None:
     )
     assert stow_event["protocol"] == "DICOMweb" and stow_event["sopInstanceUIDs"] == [day.sop]
     assert store_event["protocol"] == "DIMSE"
-    (move,) = (e for e in by_action["instances-transferred"] if e["aeTitle"] == WORKSTATION)
-    assert move["destination"] == DESTINATION
+    move, get = sorted(
+        (e for e in by_action["instances-transferred"] if e["aeTitle"] == WORKSTATION),
+        key=lambda e: e["destination"] is None,
+    )
+    assert move["destination"] == DESTINATION and move["studyInstanceUID"] == day.dimse_study
+    assert get["destination"] is None and get["studyInstanceUID"] == day.web_study
     assert len(list(day.moved.iterdir())) == 1  # and the study really went there
     qido, find = sorted(by_action["query"], key=lambda e: e["protocol"])
     assert f"PatientID={day.web_patient}" in qido["query"]
