@@ -10,8 +10,9 @@ the user tries a STOW-RS without the write permission (403); the modality tries 
 its policy does not allow (0124); and an AE that is not allowed tries to associate.
 
 Then the admin API holds exactly the expected events (action, outcome, who, study,
-patient), each from the right address, and the collector received the same events as
-PS3.15 audit messages.
+patient), each from the right address (two requests come through a trusted proxy: theirs
+is the client the proxy names), and the collector received the same events as PS3.15
+audit messages.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ POLICY = f"{MODALITY}=echo,store;{WORKSTATION}=echo,find,move,get"
 # "<input> <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID - BOM MSG", as rsyslog wrote it.
 _RECEIVED = re.compile(rb"\S+ <\d+>1 \S+ \S+ \S+ \S+ \S+ - \xef\xbb\xbf(?P<xml><\?xml .*)")
 GARBAGE_TOKEN = "not-a-jwt-but-a-secret-looking-string"
+# Two requests come through a proxy the archive trusts (127.0.0.1): their client is this.
+PROXIED = {"X-Forwarded-For": "203.0.113.9"}
 
 # (action, EventActionCode, outcome, who, study, patient): one row per expected event.
 Row = tuple[str, str, int, str, str | None, str | None]
@@ -138,6 +141,7 @@ def day(oidc_provider: OpenIdProvider, tmp_path_factory: pytest.TempPathFactory)
             PACS_AUDIT_SYSLOG_CA=str(collector.pki.ca),
             PACS_DIMSE_AE_POLICY=POLICY,
             PACS_DIMSE_ALLOWED_AES=f"{MODALITY},{WORKSTATION}",
+            PACS_TRUSTED_PROXIES="127.0.0.1",
         )
         args = ["--dimse-port", str(port)]
         args += ["--move-destination", f"{DESTINATION}=127.0.0.1:{destination_port}"]
@@ -161,7 +165,9 @@ def _live_the_day(
         stored = stow(http, [web_file], headers=bearer(writer))
         assert stored.status_code == 200, stored.text
         # QIDO-RS, WADO-RS (instance, metadata, rendered) by the signed-in user.
-        found = http.get("/studies", params={"PatientID": web_patient}, headers=bearer(reader))
+        found = http.get(
+            "/studies", params={"PatientID": web_patient}, headers={**bearer(reader), **PROXIED}
+        )
         assert found.status_code == 200 and len(found.json()) == 1, found.text
         instance = f"/studies/{web_study}/series/{series}/instances/{sop}"
         dicom = {"Accept": "application/dicom", **bearer(reader)}
@@ -194,7 +200,7 @@ def _live_the_day(
     assert "Number of Completed Suboperations : 1" in fetched, fetched
     # Two failed sign-ins, a 403, a refused C-FIND, a rejected association.
     assert httpx.get(f"{api}/studies", timeout=30).status_code == 401
-    garbage = httpx.get(f"{api}/studies", headers=bearer(GARBAGE_TOKEN), timeout=30)
+    garbage = httpx.get(f"{api}/studies", headers={**bearer(GARBAGE_TOKEN), **PROXIED}, timeout=30)
     assert garbage.status_code == 401
     with httpx.Client(base_url=api, timeout=30) as http:
         refused = stow(http, [make_file(study=web_study)], headers=bearer(reader))
@@ -245,7 +251,10 @@ def test_the_trail_holds_the_days_events(day: Day) -> None:
     expected = day.expected()
     events = day_events(day.url, day.admin, len(expected))
     assert Counter(row(e) for e in events) == Counter(expected)
-    assert all(e["address"] == "127.0.0.1" for e in events), [e["address"] for e in events]
+    # The real client's address: the proxy's client for the two proxied requests.
+    proxied = [e for e in events if e["address"] == PROXIED["X-Forwarded-For"]]
+    assert sorted(e["action"] for e in proxied) == ["query", "user-authentication"], proxied
+    assert all(e["address"] == "127.0.0.1" for e in events if e not in proxied), events
     by_action: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         by_action.setdefault(event["action"], []).append(event)
