@@ -22,7 +22,7 @@ from app.auth.audit import (
     EventActionCode,
     EventOutcome,
 )
-from app.auth.principal import Access
+from app.auth.principal import DEFAULT_TENANT, Access
 from app.dimse.bridge import Bridge, access_for, policy_of
 from app.dimse.status import not_authorized
 from app.services.audit import per_study
@@ -119,17 +119,26 @@ def record_transfer(
 def record_rejected(bridge: Bridge, assoc: Association, reason: str) -> None:
     """A refused association (Security Alert, Node Authentication)."""
     calling = assoc.requestor.ae_title.strip()
+    record_refused_node(bridge, assoc.requestor.address, reason, calling)
+
+
+def record_refused_node(
+    bridge: Bridge, address: str | None, reason: str, calling: str | None = None
+) -> None:
+    """A peer refused before any request: an association (with its calling AE title) or a
+    DICOM TLS connection whose handshake failed (without one)."""
+    tenant = bridge.config.ae_policies.of(calling).tenant if calling else DEFAULT_TENANT
     bridge.archive.audit.record(
         AuditEvent(
             AuditAction.SECURITY_ALERT,
             AuditProtocol.DIMSE,
             outcome=EventOutcome.MINOR_FAILURE,
             reason=reason,
-            tenant=bridge.config.ae_policies.of(calling).tenant,
+            tenant=tenant,
             event_type=AuditEventType.NODE_AUTHENTICATION,
             subject=calling,
             ae_title=calling,
-            address=assoc.requestor.address,
+            address=address,
             called=bridge.config.ae_title.strip(),
         )
     )

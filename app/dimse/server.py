@@ -26,7 +26,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from app.auth.ae_policy import DimseService
 from app.dicom.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from app.dimse.audit import record_rejected, refuse
+from app.dimse.audit import record_refused_node, record_rejected, refuse
 from app.dimse.bridge import Bridge, DimseConfig, peer, policy_of
 from app.dimse.contexts import prefer_receiver_syntaxes, supported_contexts
 from app.dimse.find import handle_find
@@ -85,7 +85,7 @@ class DimseServer:
             (evt.EVT_C_FIND, handle_find, [bridge]),
             (evt.EVT_C_MOVE, handle_move, [bridge]),
             (evt.EVT_C_GET, handle_get, [bridge]),
-            (evt.EVT_CONN_OPEN, _on_connection),
+            (evt.EVT_CONN_OPEN, _on_connection, [bridge]),
         ]
         config = bridge.config
         try:
@@ -190,7 +190,7 @@ def _without_tls_traceback(record: logging.LogRecord) -> bool:
     return True
 
 
-def _on_connection(event: Event) -> None:
+def _on_connection(event: Event, bridge: Bridge) -> None:
     """Complete the TLS handshake of a DICOM TLS connection (see `app.tls`); one that fails
     (no client certificate, one from another CA, plain DICOM or a silent client) is closed
     before any PDU is read."""
@@ -207,6 +207,9 @@ def _on_connection(event: Event) -> None:
             reason = f"none within {TLS_HANDSHAKE_SECONDS:g} s"
         log.warning("DICOM TLS connection from %s refused: handshake failed (%s)", address, reason)
         transport.close()
+        record_refused_node(
+            bridge, event.assoc.requestor.address, f"DICOM TLS handshake failed ({reason})"
+        )
         return
     log.info("DICOM TLS connection from %s: %s", address, _describe(sock))
 
