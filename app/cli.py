@@ -16,6 +16,7 @@ from app.dimse.server import check_port
 from app.main import STARTUP_ERRORS, build_app, check_issuer, dimse_config, open_archive
 from app.settings import Settings
 from app.tls import https_context
+from app.web.access_log import without_query_strings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -183,6 +184,7 @@ def _serve(settings: Settings) -> int:
         logging.getLogger("pacs").info("sign-in: bearer tokens of %s", settings.oidc_issuer)
     elif settings.allow_anonymous:
         logging.getLogger("pacs").warning("no sign-in: anyone who can reach the archive may use it")
+    without_query_strings()
     uvicorn.run(
         build_app(settings),
         host=settings.host,

@@ -20,10 +20,12 @@ from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from app.auth.ae_policy import DimseService
+from app.auth.audit import EventOutcome
 from app.dicom.levels import SPECIFIC_CHARACTER_SET, Level
+from app.dimse.audit import record_query, refuse
 from app.dimse.bridge import Bridge, access_for, peer, policy_of
 from app.dimse.contexts import FIND_MODELS
-from app.dimse.status import Status, not_authorized, with_comment
+from app.dimse.status import Status, with_comment
 from app.query.identifier import QUERY_RETRIEVE_LEVEL, UNIQUE_KEYS, Model, parse_identifier
 from app.query.matching import QueryError
 from app.services.ports import Json
@@ -40,23 +42,33 @@ Response = tuple[int | Dataset, Dataset | None]
 
 
 def handle_find(event: Event, bridge: Bridge) -> Iterator[Response]:
-    model = FIND_MODELS[str(event.request.AffectedSOPClassUID)]
+    sop_class = str(event.request.AffectedSOPClassUID)
+    model = FIND_MODELS[sop_class]
     who = peer(event.assoc)
     policy = policy_of(event.assoc, bridge)
     if not policy.allows(DimseService.FIND):
         log.info("C-FIND from %s refused: not authorized", who)
-        yield not_authorized(event.assoc, DimseService.FIND), None
+        yield refuse(event.assoc, bridge, DimseService.FIND), None
         return
     access = access_for(event.assoc, policy)
+    request: Dataset | None = None
+
+    def audit(outcome: EventOutcome = EventOutcome.SUCCESS, reason: str = "") -> None:
+        record_query(
+            event.assoc, bridge, access, request, sop_class, outcome=outcome, reason=reason
+        )
+
     try:
         request = event.identifier
         query = parse_identifier(request, model)
     except QueryError as exc:
         log.info("C-FIND from %s refused: %s", who, exc)
+        audit(EventOutcome.MINOR_FAILURE, str(exc))
         yield with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
         return
     except Exception as exc:  # pydicom raises many types for an undecodable identifier
         log.info("C-FIND from %s: cannot decode the identifier: %s", who, exc)
+        audit(EventOutcome.MINOR_FAILURE, "cannot decode the identifier")
         yield with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "cannot decode"), None
         return
     sent = 0
@@ -68,8 +80,11 @@ def handle_find(event: Event, bridge: Bridge) -> Iterator[Response]:
             )
         except Exception:
             log.exception("C-FIND from %s: the search failed", who)
+            audit(EventOutcome.SERIOUS_FAILURE, "the search failed")
             yield with_comment(Status.PROCESSING_FAILURE, "the search failed"), None
             return
+        if offset == 0:
+            audit()  # answered (whether or not the caller reads every match)
         for attrs in page:
             if event.is_cancelled:
                 log.info("C-FIND %s from %s: cancelled after %d matches", query.level, who, sent)

@@ -37,9 +37,10 @@ from pynetdicom.status import code_to_category
 
 from app.auth.ae_policy import DimseService
 from app.dicom.transfer_syntax import NATIVE_LITTLE_ENDIAN
+from app.dimse.audit import record_transfer, refuse
 from app.dimse.bridge import Bridge, access_for, peer, policy_of
 from app.dimse.contexts import GET_MODELS, MOVE_MODELS, sending_contexts
-from app.dimse.status import Status, not_authorized, with_comment
+from app.dimse.status import Status, with_comment
 from app.query.identifier import Model, parse_retrieve_identifier
 from app.query.matching import QueryError
 from app.services.errors import StorageInconsistent
@@ -84,6 +85,12 @@ class Tally:
         text = f"{self.completed} sent, {self.warning} with warnings, {self.failed} failed"
         return f"{text} ({'; '.join(self.errors[:3])})" if self.errors else text
 
+    def failure(self, total: int) -> str:
+        """Why not every sub-operation succeeded, for the audit trail ("" if they did)."""
+        if self.failed or self.completed + self.warning < total:
+            return f"{self.completed + self.warning} of {total} sent: {self}"
+        return ""
+
 
 def handle_move(event: Event, bridge: Bridge) -> Iterator[Any]:
     model = MOVE_MODELS[str(event.request.AffectedSOPClassUID)]
@@ -120,6 +127,8 @@ def handle_move(event: Event, bridge: Bridge) -> Iterator[Any]:
     finally:  # also when pynetdicom stops early (cancel, abort)
         via = " over TLS" if destination.tls else ""
         log.info("C-MOVE from %s to %s (%s:%d%s): %s", who, name, *address, via, tally)
+        failure = tally.failure(len(found))
+        record_transfer(event.assoc, bridge, found, destination=name, failure=failure)
 
 
 def handle_get(event: Event, bridge: Bridge) -> Iterator[Any]:
@@ -138,6 +147,8 @@ def handle_get(event: Event, bridge: Bridge) -> Iterator[Any]:
     finally:  # also when pynetdicom stops early (cancel, abort)
         restore()
         log.info("C-GET from %s: %s", peer(assoc), tally)
+        failure = tally.failure(len(found))
+        record_transfer(assoc, bridge, found, destination=None, failure=failure)
 
 
 def _instances(
@@ -150,7 +161,7 @@ def _instances(
     policy = policy_of(event.assoc, bridge)
     if not policy.allows(service):
         log.info("%s from %s refused: not authorized", operation, who)
-        return not_authorized(event.assoc, service)
+        return refuse(event.assoc, bridge, service)
     access = access_for(event.assoc, policy)
     try:
         query = parse_retrieve_identifier(event.identifier, model)

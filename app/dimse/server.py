@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
@@ -25,6 +26,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from app.auth.ae_policy import DimseService
 from app.dicom.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from app.dimse.audit import record_refused_node, record_rejected, refuse
 from app.dimse.bridge import Bridge, DimseConfig, peer, policy_of
 from app.dimse.contexts import prefer_receiver_syntaxes, supported_contexts
 from app.dimse.find import handle_find
@@ -75,7 +77,7 @@ class DimseServer:
         handlers: list[EventHandlerType] = [
             (evt.EVT_REQUESTED, _on_requested),
             (evt.EVT_ACCEPTED, _on_accepted),
-            (evt.EVT_REJECTED, _on_rejected, [self.ae]),
+            (evt.EVT_REJECTED, _on_rejected, [self.ae, bridge]),
             (evt.EVT_RELEASED, _on_released),
             (evt.EVT_ABORTED, _on_aborted),
             (evt.EVT_C_ECHO, _on_echo, [bridge]),
@@ -83,7 +85,7 @@ class DimseServer:
             (evt.EVT_C_FIND, handle_find, [bridge]),
             (evt.EVT_C_MOVE, handle_move, [bridge]),
             (evt.EVT_C_GET, handle_get, [bridge]),
-            (evt.EVT_CONN_OPEN, _on_connection),
+            (evt.EVT_CONN_OPEN, _on_connection, [bridge]),
         ]
         config = bridge.config
         try:
@@ -188,7 +190,7 @@ def _without_tls_traceback(record: logging.LogRecord) -> bool:
     return True
 
 
-def _on_connection(event: Event) -> None:
+def _on_connection(event: Event, bridge: Bridge) -> None:
     """Complete the TLS handshake of a DICOM TLS connection (see `app.tls`); one that fails
     (no client certificate, one from another CA, plain DICOM or a silent client) is closed
     before any PDU is read."""
@@ -205,6 +207,9 @@ def _on_connection(event: Event) -> None:
             reason = f"none within {TLS_HANDSHAKE_SECONDS:g} s"
         log.warning("DICOM TLS connection from %s refused: handshake failed (%s)", address, reason)
         transport.close()
+        record_refused_node(
+            bridge, event.assoc.requestor.address, f"DICOM TLS handshake failed ({reason})"
+        )
         return
     log.info("DICOM TLS connection from %s: %s", address, _describe(sock))
 
@@ -239,7 +244,7 @@ def _on_accepted(event: Event) -> None:
     )
 
 
-def _on_rejected(event: Event, ae: AE) -> None:
+def _on_rejected(event: Event, ae: AE, bridge: Bridge) -> None:
     assoc = event.assoc
     calling = assoc.requestor.ae_title
     allowed = [a.strip() for a in ae.require_calling_aet]
@@ -248,6 +253,7 @@ def _on_rejected(event: Event, ae: AE) -> None:
     else:
         reason = f"too many associations (at most {ae.maximum_associations})"
     log.warning("association with %s rejected: %s", peer(assoc), reason)
+    record_rejected(bridge, assoc, reason)
 
 
 def _on_released(event: Event) -> None:
@@ -258,9 +264,9 @@ def _on_aborted(event: Event) -> None:
     log.info("association with %s aborted", peer(event.assoc))
 
 
-def _on_echo(event: Event, bridge: Bridge) -> int:
+def _on_echo(event: Event, bridge: Bridge) -> int | Dataset:
     if not policy_of(event.assoc, bridge).allows(DimseService.ECHO):
         log.info("C-ECHO from %s refused: not authorized", peer(event.assoc))
-        return int(Status.NOT_AUTHORIZED)
+        return refuse(event.assoc, bridge, DimseService.ECHO)
     log.info("C-ECHO from %s", peer(event.assoc))
     return int(Status.SUCCESS)

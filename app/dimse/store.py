@@ -27,8 +27,9 @@ from pynetdicom.events import Event
 
 from app.auth.ae_policy import DimseService
 from app.dicom.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from app.dimse.audit import refuse, store_event
 from app.dimse.bridge import Bridge, access_for, peer, policy_of
-from app.dimse.status import Status, not_authorized, with_comment
+from app.dimse.status import Status, with_comment
 from app.services.store import FailureReason, Spooled, StoreResult
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def handle_store(event: Event, bridge: Bridge) -> Dataset | int:
     policy = policy_of(event.assoc, bridge)
     if not policy.allows(DimseService.STORE):
         log.info("C-STORE from %s refused: not authorized", peer(event.assoc))
-        return not_authorized(event.assoc, DimseService.STORE)
+        return refuse(event.assoc, bridge, DimseService.STORE)
     access = access_for(event.assoc, policy)
     try:
         spooled = spool_received(
@@ -73,7 +74,8 @@ def handle_store(event: Event, bridge: Bridge) -> Dataset | int:
             source_ae=event.assoc.requestor.ae_title,
             folder=bridge.archive.store.spool_dir,
         )
-        result = bridge.run(bridge.archive.store.store_file(access, spooled))
+        audit = store_event(event.assoc, bridge, access)
+        result = bridge.run(bridge.archive.store.store_file(access, spooled, audit=audit))
     except OSError as exc:
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         log.error("C-STORE %s: cannot spool the received dataset: %s", sop_instance, exc)

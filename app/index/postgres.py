@@ -16,6 +16,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -47,6 +48,7 @@ from app.services.ports import (
     SearchHit,
     StoredInstance,
     StoredMetadata,
+    audit_outcome,
 )
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ _RETRYABLE = (
 
 _METADATA_COLUMNS = """
     study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
-    instance.metadata::text
+    instance.metadata::text, study.patient_id
 """
 # As in SQLite, which sorts NULL first: instances without a number come first.
 _ORDER = (
@@ -110,13 +112,23 @@ class PostgresIndex:
     # -- writes ------------------------------------------------------------------------
 
     async def add_instance(
-        self, tenant: str, record: InstanceRecord, *, overwrite: bool
+        self,
+        tenant: str,
+        record: InstanceRecord,
+        *,
+        overwrite: bool,
+        audit: AuditEvent | None = None,
     ) -> AddResult:
         meta, meta_json = _storable(record.metadata)
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
-                    return await _add(conn, tenant, record, meta, meta_json, overwrite=overwrite)
+                    added = await _add(conn, tenant, record, meta, meta_json, overwrite=overwrite)
+                    if audit is None:
+                        return added
+                    event = audit_outcome(audit, added.outcome)
+                    await postgres_audit.insert_audit_event(conn, event)
+                    return replace(added, audit=event)
             except _RETRYABLE as exc:
                 if attempt == _ATTEMPTS:
                     raise
@@ -155,7 +167,7 @@ class PostgresIndex:
             _METADATA_COLUMNS, tenant, study_instance_uid, series_instance_uid, sop_instance_uid
         )
         rows = await self._pool.fetch(sql, *params)
-        return [StoredMetadata(r[0], r[1], r[2], r[3].encode()) for r in rows]
+        return [StoredMetadata(r[0], r[1], r[2], r[3].encode(), patient_id=r[4]) for r in rows]
 
     # -- audit trail (app/index/postgres_audit.py) -------------------------------------
 

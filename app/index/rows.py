@@ -27,7 +27,7 @@ from app.services.ports import InstanceRecord, Json, SearchHit, StoredInstance
 INSTANCE_COLUMNS = """
     study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
     instance.sop_class_uid, instance.transfer_syntax_uid, instance.blob_key, instance.size,
-    instance.sha256, instance.encapsulated, instance.frames, instance.bulk
+    instance.sha256, instance.encapsulated, instance.frames, instance.bulk, study.patient_id
 """
 # Retrieval order of instances(); metadata() uses the same.
 ORDER_COLUMNS = ("series.series_number", "series.pk", "instance.instance_number", "instance.pk")
@@ -83,6 +83,7 @@ def stored_instance(row: Row) -> StoredInstance:
         encapsulated=bool(row["encapsulated"]),
         frames=_frames(row["frames"]),
         bulk={k: BulkRange(o, n, vr) for k, (o, n, vr) in orjson.loads(row["bulk"]).items()},
+        patient_id=row["patient_id"],
     )
 
 

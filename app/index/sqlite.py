@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +43,7 @@ from app.services.ports import (
     SearchHit,
     StoredInstance,
     StoredMetadata,
+    audit_outcome,
 )
 
 log = logging.getLogger(__name__)
@@ -100,9 +102,14 @@ class SqliteIndex:
     # -- writes ------------------------------------------------------------------------
 
     async def add_instance(
-        self, tenant: str, record: InstanceRecord, *, overwrite: bool
+        self,
+        tenant: str,
+        record: InstanceRecord,
+        *,
+        overwrite: bool,
+        audit: AuditEvent | None = None,
     ) -> AddResult:
-        return await self._write(lambda db: _add(db, tenant, record, overwrite))
+        return await self._write(lambda db: _add_audited(db, tenant, record, overwrite, audit))
 
     # -- reads -------------------------------------------------------------------------
 
@@ -135,12 +142,13 @@ class SqliteIndex:
     ) -> list[StoredMetadata]:
         where, params = _scope(tenant, study_instance_uid, series_instance_uid, sop_instance_uid)
         sql = f"""SELECT study.study_instance_uid, series.series_instance_uid,
-                         instance.sop_instance_uid, instance.metadata FROM instance
+                         instance.sop_instance_uid, instance.metadata, study.patient_id
+                  FROM instance
                   JOIN series ON series.pk = instance.series_fk
                   JOIN study ON study.pk = instance.study_fk
                   WHERE {where} ORDER BY {_ORDER}"""
         rows = await self._read(lambda db: db.execute(sql, params).fetchall())
-        return [StoredMetadata(r[0], r[1], r[2], r[3].encode()) for r in rows]
+        return [StoredMetadata(r[0], r[1], r[2], r[3].encode(), patient_id=r[4]) for r in rows]
 
     # -- audit trail (app/index/sqlite_audit.py) ---------------------------------------
 
@@ -192,18 +200,38 @@ def _open(path: Path, readers: int) -> tuple[sqlite3.Connection, list[sqlite3.Co
 
 def _transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
     """Run `fn` in a write transaction; BEGIN IMMEDIATE also orders us against other
-    processes using the same file. A result that changed nothing is rolled back."""
+    processes using the same file. A result that changed nothing (and kept no audit
+    event) is rolled back."""
     db.execute("BEGIN IMMEDIATE")
     try:
         result = fn(db)
     except BaseException:
         db.rollback()
         raise
-    if isinstance(result, AddResult) and result.outcome in (Outcome.IDENTICAL, Outcome.CONFLICT):
+    if (
+        isinstance(result, AddResult)
+        and result.outcome in (Outcome.IDENTICAL, Outcome.CONFLICT)
+        and result.audit is None
+    ):
         db.rollback()
     else:
         db.commit()
     return result
+
+
+def _add_audited(
+    db: sqlite3.Connection,
+    tenant: str,
+    record: InstanceRecord,
+    overwrite: bool,
+    audit: AuditEvent | None,
+) -> AddResult:
+    added = _add(db, tenant, record, overwrite)
+    if audit is None:
+        return added
+    event = audit_outcome(audit, added.outcome)
+    sqlite_audit.insert_audit_event(db, event)
+    return replace(added, audit=event)
 
 
 def _add(db: sqlite3.Connection, tenant: str, record: InstanceRecord, overwrite: bool) -> AddResult:

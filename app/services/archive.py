@@ -33,15 +33,18 @@ class Archive:
         host = socket.gethostname()
         source = AuditSource(f"pacs@{host}", host, ae_title=settings.ae_title.strip())
         sender = SyslogSender.from_settings(settings.audit_syslog, settings.audit_syslog_ca, source)
+        audit = AuditService(index, sender)
         return cls(
             settings=settings,
             index=index,
             blobs=blobs,
-            store=StoreService(index, blobs, settings.spool_dir, overwrite=settings.overwrite),
+            store=StoreService(
+                index, blobs, settings.spool_dir, audit, overwrite=settings.overwrite
+            ),
             search=SearchService(index),
             retrieve=retrieve,
             imaging=ImagingService(retrieve),
-            audit=AuditService(index, sender),
+            audit=audit,
         )
 
     async def close(self) -> None:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import datetime
 
 from app.auth.audit import AuditEvent
 from app.auth.principal import Access, Permission
-from app.services.ports import Index
+from app.services.ports import Index, StoredInstance, StoredMetadata
 from app.services.syslog import SyslogSender
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,32 @@ log = logging.getLogger(__name__)
 BATCH = 200
 # Index write attempts per batch and the pause before each retry, in seconds.
 RETRY_PAUSES = (0.2, 1.0, 5.0)
+# How long the writer waits for more events before writing a batch, in seconds.
+LINGER = 0.05
+
+
+def per_study(
+    template: AuditEvent, found: Iterable[StoredInstance | StoredMetadata]
+) -> list[AuditEvent]:
+    """`template` once per study of `found`, each naming that study's series, instances,
+    SOP classes and patient (PS3.15 A.5.3: one study per message)."""
+    studies: dict[str, list[StoredInstance | StoredMetadata]] = {}
+    for item in found:
+        studies.setdefault(item.study_instance_uid, []).append(item)
+    events = []
+    for study, items in studies.items():
+        classes = [i.sop_class_uid for i in items if isinstance(i, StoredInstance)]
+        events.append(
+            replace(
+                template,
+                study_instance_uid=study,
+                series_instance_uids=tuple(dict.fromkeys(i.series_instance_uid for i in items)),
+                sop_instance_uids=tuple(i.sop_instance_uid for i in items),
+                sop_class_uids=tuple(dict.fromkeys(classes)),
+                patient_id=next((i.patient_id for i in items if i.patient_id), None),
+            )
+        )
+    return events
 
 
 class AuditService:
@@ -36,11 +63,13 @@ class AuditService:
         *,
         queue_size: int = 100_000,
         retry_pauses: tuple[float, ...] = RETRY_PAUSES,
+        linger: float = LINGER,
     ) -> None:
         self._index = index
         self.sender = sender
         self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(queue_size)
         self._retry_pauses = retry_pauses
+        self._linger = linger
         # The loop the service is built on (the server's); threads hand events to it.
         self._loop: asyncio.AbstractEventLoop | None = None
         with contextlib.suppress(RuntimeError):
@@ -125,6 +154,10 @@ class AuditService:
     async def _write_batches(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self._linger and self._queue.qsize() < BATCH:
+                # Let the events of the next requests join: one index transaction (one
+                # fsync) per batch instead of per request, off every request's path.
+                await asyncio.sleep(self._linger)
             while len(batch) < BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

@@ -6,13 +6,13 @@ Services depend on these protocols only; `app/index/` and `app/storage/` impleme
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.auth.audit import AuditEvent
+from app.auth.audit import AuditEvent, EventActionCode, EventOutcome
 from app.dicom.instance import PIXEL_DATA_PATHS, BulkRange, FrameRanges
 from app.query.model import Query
 
@@ -34,6 +34,8 @@ class StoredInstance:
     encapsulated: bool
     frames: tuple[FrameRanges, ...]
     bulk: dict[str, BulkRange]
+    # The study's Patient ID, for the audit trail (None when the index did not say).
+    patient_id: str | None = field(default=None, kw_only=True)
 
     @property
     def pixel_data(self) -> BulkRange | None:
@@ -56,6 +58,7 @@ class StoredMetadata:
     sop_instance_uid: str
     # DICOM JSON as stored (UTF-8), BulkDataURI placeholders unresolved.
     json: bytes
+    patient_id: str | None = field(default=None, kw_only=True)
 
 
 class Outcome(StrEnum):
@@ -70,6 +73,25 @@ class AddResult:
     outcome: Outcome
     # Blob that is no longer referenced and may be deleted (the replaced one).
     orphan_blob_key: str | None = None
+    # The audit event kept in the same transaction (see `Index.add_instance`).
+    audit: AuditEvent | None = None
+
+
+def audit_outcome(event: AuditEvent, outcome: Outcome) -> AuditEvent:
+    """The audit event of storing an instance, for what the index made of it: a
+    replacement is an update, a conflict a failure; storing identical bytes again changes
+    nothing but is still a transfer that succeeded."""
+    if outcome is Outcome.REPLACED:
+        return replace(event, action_code=EventActionCode.UPDATE)
+    if outcome is Outcome.CONFLICT:
+        return replace(
+            event,
+            outcome=EventOutcome.MINOR_FAILURE,
+            reason="another object with this SOP Instance UID is stored; nothing changed",
+        )
+    if outcome is Outcome.IDENTICAL:
+        return replace(event, reason="already stored with the same content")
+    return event
 
 
 @dataclass(frozen=True)
@@ -90,10 +112,17 @@ class Index(Protocol):
     here; protocol layers decide which tenant a request acts on."""
 
     async def add_instance(
-        self, tenant: str, record: InstanceRecord, *, overwrite: bool
+        self,
+        tenant: str,
+        record: InstanceRecord,
+        *,
+        overwrite: bool,
+        audit: AuditEvent | None = None,
     ) -> AddResult:
         """Index an instance of `tenant` whose blob is already stored, atomically with its
-        counts."""
+        counts. `audit`, when given, is kept in the same transaction whatever the outcome
+        (committed with the instance or not at all), as `audit_outcome` adjusts it; the
+        result carries the event as kept."""
         ...
 
     async def search(self, tenant: str, query: Query) -> list[SearchHit]: ...

@@ -1,8 +1,14 @@
 """Store use case: spool an incoming object, parse it, put its blob, index it.
 
-Shared by STOW-RS and (later) C-STORE. The order makes partial writes invisible: the
+Shared by STOW-RS and C-STORE. The order makes partial writes invisible: the
 blob is stored under a fresh key first and only then indexed in one transaction; any
 failure before the commit deletes the blob, so no query ever sees a half-stored object.
+
+Every object offered is audited (DICOM Instances Transferred, one event per instance): the
+protocol layer passes an event naming the caller, the service adds what was stored. A
+stored (or refused duplicate) instance's event is kept in the index transaction of the
+instance itself; an object that never reached the index (unreadable, wrong study, storage
+full) is recorded through the audit service.
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
 from typing import BinaryIO
 
+from app.auth.audit import AuditEvent, EventOutcome
 from app.auth.principal import Access, Permission
 from app.dicom.instance import ParsedInstance
 from app.dicom.parse import DicomParseError, parse_instance
+from app.services.audit import AuditService
 from app.services.ports import BlobStore, Index, InstanceRecord, Outcome
 
 log = logging.getLogger(__name__)
@@ -61,10 +69,17 @@ class Spooled:
 
 class StoreService:
     def __init__(
-        self, index: Index, blobs: BlobStore, spool_dir: Path, *, overwrite: bool = False
+        self,
+        index: Index,
+        blobs: BlobStore,
+        spool_dir: Path,
+        audit: AuditService,
+        *,
+        overwrite: bool = False,
     ) -> None:
         self.index = index
         self.blobs = blobs
+        self.audit = audit
         self.spool_dir = spool_dir
         self.overwrite = overwrite
         spool_dir.mkdir(parents=True, exist_ok=True)
@@ -127,17 +142,24 @@ class StoreService:
         chunks: AsyncIterable[bytes],
         *,
         study_instance_uid: str | None = None,
+        audit: AuditEvent,
     ) -> StoreResult:
+        """Store one streamed object; `audit` names the caller (see the module text)."""
         access.require(Permission.WRITE)
         try:
             spooled, parsed = await self._receive(chunks, parse=True)
         except OSError as exc:
-            return _resource_failure(exc)
+            return self._refused(audit, _resource_failure(exc))
         assert parsed is not None
-        return await self._store(access.tenant, spooled, parsed, study_instance_uid)
+        return await self._store(access.tenant, spooled, parsed, study_instance_uid, audit)
 
     async def store_file(
-        self, access: Access, spooled: Spooled, *, study_instance_uid: str | None = None
+        self,
+        access: Access,
+        spooled: Spooled,
+        *,
+        study_instance_uid: str | None = None,
+        audit: AuditEvent,
     ) -> StoreResult:
         """Store a spooled Part 10 file; the file is consumed whatever the outcome."""
         try:
@@ -146,18 +168,48 @@ class StoreService:
         except BaseException:
             await asyncio.to_thread(spooled.path.unlink, True)
             raise
-        return await self._store(access.tenant, spooled, parsed, study_instance_uid)
+        return await self._store(access.tenant, spooled, parsed, study_instance_uid, audit)
+
+    def _refused(
+        self, audit: AuditEvent, result: StoreResult, patient_id: str | None = None
+    ) -> StoreResult:
+        """Record an object that did not reach the index, and return its result."""
+        serious = result.reason in (
+            FailureReason.OUT_OF_RESOURCES,
+            FailureReason.PROCESSING_FAILURE,
+        )
+        self.audit.record(
+            replace(
+                audit,
+                outcome=EventOutcome.SERIOUS_FAILURE if serious else EventOutcome.MINOR_FAILURE,
+                # Our own texts: parse errors and UID mismatches name no patient data.
+                reason=result.message,
+                study_instance_uid=result.study_instance_uid,
+                series_instance_uids=_one(result.series_instance_uid),
+                sop_instance_uids=_one(result.sop_instance_uid),
+                sop_class_uids=_one(result.sop_class_uid),
+                patient_id=patient_id,
+            )
+        )
+        return result
 
     async def _store(
-        self, tenant: str, spooled: Spooled, parsed: Parsed, study_instance_uid: str | None
+        self,
+        tenant: str,
+        spooled: Spooled,
+        parsed: Parsed,
+        study_instance_uid: str | None,
+        audit: AuditEvent,
     ) -> StoreResult:
         moved = False
         try:
             if isinstance(parsed, DicomParseError):
-                return StoreResult(
-                    False, reason=FailureReason.CANNOT_UNDERSTAND, message=str(parsed)
+                return self._refused(
+                    audit,
+                    StoreResult(False, reason=FailureReason.CANNOT_UNDERSTAND, message=str(parsed)),
                 )
             result = _result_for(parsed)
+            patient_id = _patient_id(parsed)
             if study_instance_uid is not None and parsed.study_instance_uid != study_instance_uid:
                 result.ok = False
                 result.reason = FailureReason.STUDY_UID_MISMATCH
@@ -165,22 +217,37 @@ class StoreService:
                     f"StudyInstanceUID {parsed.study_instance_uid} does not match "
                     f"the study {study_instance_uid} of the request URL"
                 )
-                return result
+                return self._refused(audit, result, patient_id)
             # Under the tenant's segment (app/storage/keys.py): tenants never share a blob.
             key = f"{tenant}/{uuid.uuid4().hex}"
             try:
                 await self.blobs.put(key, spooled.path)
             except OSError as exc:
-                return _resource_failure(exc, result)
+                return self._refused(audit, _resource_failure(exc, result), patient_id)
             moved = True
-            await self._index(tenant, parsed, spooled, key, result)
+            event = replace(
+                audit,
+                study_instance_uid=parsed.study_instance_uid,
+                series_instance_uids=(parsed.series_instance_uid,),
+                sop_instance_uids=(parsed.sop_instance_uid,),
+                sop_class_uids=(parsed.sop_class_uid,),
+                patient_id=patient_id,
+            )
+            await self._index(tenant, parsed, spooled, key, result, event=event)
             return result
         finally:
             if not moved:
                 await asyncio.to_thread(spooled.path.unlink, True)
 
     async def _index(
-        self, tenant: str, parsed: ParsedInstance, spooled: Spooled, key: str, result: StoreResult
+        self,
+        tenant: str,
+        parsed: ParsedInstance,
+        spooled: Spooled,
+        key: str,
+        result: StoreResult,
+        *,
+        event: AuditEvent,
     ) -> None:
         record = InstanceRecord(
             study_instance_uid=parsed.study_instance_uid,
@@ -195,12 +262,26 @@ class StoreService:
             frames=parsed.frames,
             bulk=parsed.bulk,
             metadata=parsed.metadata,
+            patient_id=event.patient_id,
         )
         try:
-            added = await self.index.add_instance(tenant, record, overwrite=self.overwrite)
-        except BaseException:
+            added = await self.index.add_instance(
+                tenant, record, overwrite=self.overwrite, audit=event
+            )
+        except BaseException as exc:
             await self.blobs.delete(key)
+            if isinstance(exc, Exception):
+                # The index failed: nothing was kept, not even the event; say so elsewhere.
+                self.audit.record(
+                    replace(
+                        event,
+                        outcome=EventOutcome.SERIOUS_FAILURE,
+                        reason=f"the index failed ({type(exc).__name__}); nothing was stored",
+                    )
+                )
             raise
+        if added.audit is not None:
+            self.audit.forward(added.audit)
         if added.outcome in (Outcome.IDENTICAL, Outcome.CONFLICT):
             await self.blobs.delete(key)
         if added.orphan_blob_key:
@@ -215,6 +296,15 @@ class StoreService:
         elif added.outcome is Outcome.REPLACED:
             result.warnings.append("replaced the instance stored with this SOPInstanceUID")
         log.debug("store %s: %s", parsed.sop_instance_uid, added.outcome)
+
+
+def _one(value: str | None) -> tuple[str, ...]:
+    return (value,) if value else ()
+
+
+def _patient_id(parsed: ParsedInstance) -> str | None:
+    values = parsed.metadata.get("00100020", {}).get("Value")
+    return str(values[0]) if values else None
 
 
 # A parse outcome: what ingest learned, or why the object cannot be stored.

@@ -6,6 +6,7 @@ from __future__ import annotations
 from starlette.requests import HTTPConnection
 
 from app.auth.principal import DEFAULT_TENANT, Access, Principal, anonymous, check_tenant
+from app.web.proxies import client_address
 
 PRINCIPAL_KEY = "principal"
 
@@ -15,7 +16,7 @@ def request_principal(request: HTTPConnection) -> Principal:
     if isinstance(found, Principal):
         return found
     # No sign-in middleware in front of this app: the archive runs without sign-in.
-    return anonymous(request.client.host if request.client else None)
+    return anonymous(client_address(request) or None)
 
 
 def request_access(request: HTTPConnection) -> Access:

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 
 from app.auth.tokens import TokenVerifier
 from app.services.archive import Archive
-from app.web import audit, qido, rendered, stow, wado, wado_uri
+from app.web import audit, auditing, qido, rendered, stow, wado, wado_uri
 from app.web.errors import EXCEPTION_HANDLERS
 from app.web.proxies import LinkSettings
 from app.web.signin import SignInMiddleware
@@ -116,7 +116,19 @@ def create_app(
         lifespan=lifespan,
     )
     inner.state.links = links or LinkSettings()
-    guarded: ASGIApp = inner if verifier is None else SignInMiddleware(inner, verifier)
+
+    async def sign_in_refused(
+        address: str | None, path: str, code: str | None, reason: str
+    ) -> None:
+        archive: Archive | None = getattr(inner.state, "archive", None)
+        if archive is not None:  # None only before start-up completes
+            auditing.sign_in_refused(archive, address, path, reason)
+
+    guarded: ASGIApp = (
+        inner
+        if verifier is None
+        else SignInMiddleware(inner, verifier, sign_in_refused, inner.state.links)
+    )
     origins = [o.strip() for o in cors_origins.split(",") if o.strip()]
     # CORS wraps the whole app, outside Starlette's error middleware and sign-in, so that
     # even an unexpected 500 or a 401 carries the headers a browser needs to show the error.

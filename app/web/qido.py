@@ -9,11 +9,13 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.auth.audit import EventOutcome
 from app.dicom.levels import RETRIEVE_URL, Level
-from app.query.qido import parse_qido
+from app.query.qido import QueryError, parse_qido
 from app.services.archive import Archive
 from app.services.errors import NotAcceptable
 from app.web.access import request_access
+from app.web.auditing import record_query
 from app.web.errors import path_uids
 from app.web.negotiation import parse_accept
 from app.web.urls import base_url, instance_url, series_url, study_url
@@ -59,14 +61,19 @@ def _search(level: Level) -> Callable[[Request], Awaitable[Response]]:
         if series:
             scope[0x0020000E] = series
             fixed.append(Level.SERIES)
-        query = parse_qido(
-            list(request.query_params.multi_items()),
-            level,
-            scope=scope,
-            default_limit=archive.settings.qido_default_limit,
-            max_limit=archive.settings.qido_max_limit,
-        )
-        results = await archive.search.search(access, query, fixed)
+        try:
+            query = parse_qido(
+                list(request.query_params.multi_items()),
+                level,
+                scope=scope,
+                default_limit=archive.settings.qido_default_limit,
+                max_limit=archive.settings.qido_max_limit,
+            )
+            results = await archive.search.search(access, query, fixed)
+        except QueryError as exc:
+            record_query(request, access, study, EventOutcome.MINOR_FAILURE, str(exc))
+            raise
+        record_query(request, access, study)
         base = base_url(request)
         key = f"{RETRIEVE_URL:08X}"
         for attrs in results:

@@ -15,6 +15,7 @@ from dataclasses import replace
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.auth.audit import AuditAction
 from app.auth.principal import Access
 from app.imaging.render import RenderOptions, Viewport
 from app.services.archive import Archive
@@ -22,6 +23,7 @@ from app.services.errors import BadRequest, NotAcceptable, NotFound
 from app.services.imaging import PixelSource
 from app.services.ports import StoredInstance
 from app.web.access import request_access
+from app.web.auditing import record_read
 from app.web.errors import path_uids
 from app.web.render_params import NotRenderable, RenderParamError, parse_render_options
 from app.web.streaming import Part, bytes_part, multipart_response
@@ -53,7 +55,9 @@ def _has_pixels(instance: StoredInstance) -> bool:
 async def _instances(request: Request, access: Access) -> list[StoredInstance]:
     study, series, sop = path_uids(request)
     assert study is not None
-    return await _archive(request).retrieve.instances(access, study, series, sop)
+    found = await _archive(request).retrieve.instances(access, study, series, sop)
+    record_read(request, access, AuditAction.INSTANCES_ACCESSED, found)
+    return found
 
 
 def _image_response(data: bytes, media_type: str) -> Response:

@@ -12,12 +12,14 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth.principal import Principal
 from app.auth.tokens import InvalidToken, IssuerUnavailable, TokenVerifier
 from app.web.access import PRINCIPAL_KEY
 from app.web.errors import error_response
+from app.web.proxies import LinkSettings, request_origin
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +27,9 @@ log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health"})
 REALM = "pacs"
 
-# Told of every refused request (address, RFC 6750 code, reason), for the audit trail.
-RefusalListener = Callable[[str | None, str | None, str], Awaitable[None]]
+# Told of every refused request (client address, path, RFC 6750 code, reason), for the
+# audit trail. The reason is the text the client is given, which never quotes the token.
+RefusalListener = Callable[[str | None, str, str | None, str], Awaitable[None]]
 
 
 def challenge(code: str | None = None, description: str | None = None) -> str:
@@ -58,24 +61,27 @@ class SignInMiddleware:
         app: ASGIApp,
         verifier: TokenVerifier,
         on_refused: RefusalListener | None = None,
+        links: LinkSettings | None = None,
     ) -> None:
         self.app = app
         self.verifier = verifier
         self.on_refused = on_refused
+        self.links = links or LinkSettings()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        address = client[0] if client else None
+        # The real client, not a trusted proxy in front of us (the route table is not
+        # reached yet, so the link settings come from here rather than the app).
+        address = request_origin(HTTPConnection(scope), self.links).client or None
         try:
             principal: Principal = await self.verifier.principal(
                 bearer_token(Headers(scope=scope)), address
             )
         except InvalidToken as exc:
             if self.on_refused is not None:
-                await self.on_refused(address, exc.code, str(exc))
+                await self.on_refused(address, scope["path"], exc.code, str(exc))
             headers = {"WWW-Authenticate": challenge(exc.code, str(exc) if exc.code else None)}
             await error_response(401, str(exc), headers)(scope, receive, send)
             return

@@ -15,6 +15,7 @@ from app.dicom.multipart import MultipartError, iter_parts, parse_media_type
 from app.services.archive import Archive
 from app.services.store import FailureReason, StoreResult
 from app.web.access import request_access
+from app.web.auditing import store_event
 from app.web.errors import PayloadTooLarge, UnsupportedMediaType, path_uids
 from app.web.urls import base_url, instance_url, study_url
 
@@ -46,7 +47,11 @@ async def store_instances(request: Request) -> Response:
     body = _limited(request, limit)
     results: list[StoreResult] = []
     if media_type == "application/dicom":
-        results.append(await archive.store.store_stream(access, body, study_instance_uid=study))
+        results.append(
+            await archive.store.store_stream(
+                access, body, study_instance_uid=study, audit=store_event(request, access)
+            )
+        )
     elif media_type == "multipart/related":
         part_type = params.get("type", "application/dicom").lower()
         if part_type != "application/dicom":
@@ -57,7 +62,7 @@ async def store_instances(request: Request) -> Response:
         boundary = params.get("boundary")
         if not boundary:
             raise MultipartError("the Content-Type has no boundary parameter")
-        await _store_parts(archive, access, body, boundary, study=study, results=results)
+        await _store_parts(request, archive, access, body, boundary, study=study, results=results)
     else:
         raise UnsupportedMediaType(
             f"Content-Type {media_type or '(none)'!r} is not supported: send "
@@ -67,6 +72,7 @@ async def store_instances(request: Request) -> Response:
 
 
 async def _store_parts(
+    request: Request,
     archive: Archive,
     access: Access,
     body: AsyncIterator[bytes],
@@ -76,6 +82,7 @@ async def _store_parts(
     results: list[StoreResult],
 ) -> None:
     number = 0
+    audit = store_event(request, access)
     try:
         async for part in iter_parts(body, boundary):
             number += 1
@@ -89,7 +96,9 @@ async def _store_parts(
                     )
                 )
                 continue
-            result = await archive.store.store_stream(access, part, study_instance_uid=study)
+            result = await archive.store.store_stream(
+                access, part, study_instance_uid=study, audit=audit
+            )
             if not result.ok and not result.sop_instance_uid:
                 result.message = f"part {number}: {result.message}"
             results.append(result)

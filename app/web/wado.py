@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from app.auth.audit import AuditAction
 from app.auth.principal import Access
 from app.dicom.instance import BULK_BASE, FrameRanges
 from app.dicom.multipart import closing, content_type_header, new_boundary, part_head
@@ -19,6 +20,7 @@ from app.services.imaging import PixelSource
 from app.services.ports import StoredInstance
 from app.services.retrieve import Swap
 from app.web.access import request_access
+from app.web.auditing import record_read
 from app.web.download import wants_zip, zipped
 from app.web.errors import path_uids
 from app.web.negotiation import (
@@ -110,6 +112,7 @@ async def retrieve_instances(request: Request) -> Response:
     study, series, sop = path_uids(request)
     assert study is not None
     instances = await archive.retrieve.instances(access, study, series, sop)
+    record_read(request, access, AuditAction.INSTANCES_TRANSFERRED, instances)
     accept = parse_accept(request.headers.get("accept"))
     if wants_zip(accept):
         return await zipped(request, archive, access, instances)
@@ -196,7 +199,9 @@ async def retrieve_metadata(request: Request) -> Response:
         raise NotAcceptable("metadata is available as application/dicom+json only")
     study, series, sop = path_uids(request)
     assert study is not None
-    found = await archive.retrieve.metadata(request_access(request), study, series, sop)
+    access = request_access(request)
+    found = await archive.retrieve.metadata(access, study, series, sop)
+    record_read(request, access, AuditAction.INSTANCES_ACCESSED, found)
     base = base_url(request)
     placeholder = BULK_BASE.encode()
 
@@ -227,7 +232,9 @@ async def _instance(request: Request, access: Access) -> StoredInstance:
     archive = _archive(request)
     study, series, sop = path_uids(request)
     assert study is not None and series is not None and sop is not None
-    return (await archive.retrieve.instances(access, study, series, sop))[0]
+    found = await archive.retrieve.instances(access, study, series, sop)
+    record_read(request, access, AuditAction.INSTANCES_ACCESSED, found)  # frames, bulk data
+    return found[0]
 
 
 async def _send_frames(

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.auth.audit import AuditAction
 from app.auth.principal import Access, Permission
 from app.dicom.uid import is_valid_uid
 from app.imaging.display import Window, window_problem
@@ -22,6 +23,7 @@ from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable, Unsupported
 from app.services.ports import StoredInstance
 from app.web.access import request_access
+from app.web.auditing import record_read
 from app.web.negotiation import parse_accept
 from app.web.render_params import RenderParamError, parse_annotation
 from app.web.rendered import render_instance
@@ -152,6 +154,10 @@ async def retrieve(request: Request) -> Response:
         raise Unsupported("anonymize=yes is not supported: the archive returns data as stored")
     media_type = _content_type(query)
     instances = await archive.retrieve.instances(access, study, series, sop)
+    action = (
+        AuditAction.INSTANCES_TRANSFERRED if media_type == DICOM else AuditAction.INSTANCES_ACCESSED
+    )
+    record_read(request, access, action, instances[:1])
     if media_type == DICOM:
         syntax = query.get("transferSyntax")
         if syntax is not None and not is_valid_uid(syntax):

@@ -12,11 +12,13 @@ import shutil
 import ssl
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -238,6 +240,7 @@ def test_dicom_tls_refuses_clients_without_a_site_certificate(
         "no TLS": (),
     }[case]
     before = pacs.log.read_text().count(reason)
+    audited_before = audited_refusals(pacs, pki, reason)
     done = run("echoscu", *options, "-aec", "PACS", "127.0.0.1", str(pacs.tls_port))
     assert done.returncode != 0, done.stdout
     assert "Received Echo Response" not in done.stdout
@@ -245,6 +248,26 @@ def test_dicom_tls_refuses_clients_without_a_site_certificate(
     log = pacs.log.read_text()
     assert log.count(reason) == before + 1, log[-2000:]
     assert "refused: handshake failed" in log
+    # And the audit trail has it: a Security Alert (Node Authentication) from the address.
+    deadline = time.monotonic() + 10
+    while not (refusals := audited_refusals(pacs, pki, reason)) > audited_before:
+        assert time.monotonic() < deadline, f"{refusals} audited refusals for {reason}"
+        time.sleep(0.1)
+
+
+def audited_refusals(pacs: Pacs, pki: Pki, reason: str) -> int:
+    """Refused TLS connections in the audit trail whose reason names `reason`."""
+    answer = httpx.get(
+        f"{pacs.url}/dicomweb/audit", params={"limit": "1000"}, verify=pki.client_context()
+    )
+    assert answer.status_code == 200, answer.text
+    return sum(
+        1
+        for e in answer.json()
+        if e["eventType"] == "Node Authentication"
+        and e["address"] == "127.0.0.1"
+        and reason in (e["reason"] or "")
+    )
 
 
 def test_dcmtk_checks_the_archive_certificate(pacs: Pacs, pki: Pki) -> None:

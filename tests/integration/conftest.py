@@ -103,7 +103,13 @@ class Records:
             frames=parsed.frames,
             bulk=parsed.bulk,
             metadata=parsed.metadata,
+            patient_id=_patient_id(parsed.metadata),
         )
+
+
+def _patient_id(metadata: dict[str, Any]) -> str | None:
+    values = metadata.get("00100020", {}).get("Value")
+    return str(values[0]) if values else None
 
 
 @pytest.fixture

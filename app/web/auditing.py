@@ -1,0 +1,120 @@
+"""How DICOMweb requests reach the audit trail: the one place that turns a request and its
+`Access` into audit events (who, from where, on which path), so handlers stay one line.
+
+Reads are handed to `AuditService.record`, which queues them: no index write on the
+request's path. Stores are audited by the store service (in the index transaction), with
+the event `store_event` makes here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from starlette.requests import HTTPConnection
+
+from app.auth.audit import (
+    AuditAction,
+    AuditEvent,
+    AuditEventType,
+    AuditProtocol,
+    EventActionCode,
+    EventOutcome,
+)
+from app.auth.principal import DEFAULT_TENANT, Access, UnknownTenant, anonymous, check_tenant
+from app.services.archive import Archive
+from app.services.audit import per_study
+from app.services.ports import StoredInstance, StoredMetadata
+from app.web.urls import DICOMWEB_PREFIX, TENANTS_PATH
+
+_TENANT_PREFIX = f"{DICOMWEB_PREFIX}{TENANTS_PATH}/"
+
+
+def _record(request: HTTPConnection, event: AuditEvent) -> None:
+    # No archive only in an app whose lifespan has not run (a request refused up front).
+    archive: Archive | None = getattr(request.app.state, "archive", None)
+    if archive is not None:
+        archive.audit.record(event)
+
+
+def request_event(
+    request: HTTPConnection, access: Access, action: AuditAction, **what: object
+) -> AuditEvent:
+    """An event for `request`: the caller of `access`, the path it asked for."""
+    return AuditEvent.of(access, action, AuditProtocol.DICOMWEB, called=request.url.path, **what)
+
+
+def store_event(request: HTTPConnection, access: Access) -> AuditEvent:
+    """What the store service fills in for each instance of a STOW-RS request."""
+    return request_event(
+        request, access, AuditAction.INSTANCES_TRANSFERRED, action_code=EventActionCode.CREATE
+    )
+
+
+def record_read(
+    request: HTTPConnection,
+    access: Access,
+    action: AuditAction,
+    found: Iterable[StoredInstance | StoredMetadata],
+) -> None:
+    """Instances sent (INSTANCES_TRANSFERRED) or shown (INSTANCES_ACCESSED): one event per
+    study."""
+    for event in per_study(request_event(request, access, action), found):
+        _record(request, event)
+
+
+def record_query(
+    request: HTTPConnection,
+    access: Access,
+    study: str | None,
+    outcome: EventOutcome = EventOutcome.SUCCESS,
+    reason: str = "",
+) -> None:
+    """A QIDO-RS search, with its query string as asked."""
+    event = request_event(
+        request,
+        access,
+        AuditAction.QUERY,
+        query=request.url.query,
+        study_instance_uid=study,
+        outcome=outcome,
+        reason=reason,
+    )
+    _record(request, event)
+
+
+def record_forbidden(request: HTTPConnection, access: Access, reason: str) -> None:
+    """A request refused for want of a permission (403)."""
+    event = request_event(
+        request,
+        access,
+        AuditAction.SECURITY_ALERT,
+        event_type=AuditEventType.USE_OF_RESTRICTED_FUNCTION,
+        outcome=EventOutcome.MINOR_FAILURE,
+        reason=reason,
+    )
+    _record(request, event)
+
+
+def sign_in_refused(archive: Archive, address: str | None, path: str, reason: str) -> None:
+    """A request without a token the archive accepts (401). The reason is the RFC 6750
+    text the client was given, which never quotes the token."""
+    event = AuditEvent.of(
+        Access(anonymous(address), _tenant_of(path)),
+        AuditAction.USER_AUTHENTICATION,
+        AuditProtocol.DICOMWEB,
+        event_type=AuditEventType.LOGIN,
+        outcome=EventOutcome.MINOR_FAILURE,
+        reason=reason,
+        called=path,
+    )
+    archive.audit.record(event)
+
+
+def _tenant_of(path: str) -> str:
+    """The tenant a path names (before routing, which has not happened for a 401)."""
+    if not path.startswith(_TENANT_PREFIX):
+        return DEFAULT_TENANT
+    try:
+        return check_tenant(path[len(_TENANT_PREFIX) :].partition("/")[0])
+    except UnknownTenant:
+        return DEFAULT_TENANT
