@@ -51,7 +51,11 @@ def _time(name: str, text: str) -> datetime:
             f"{name}={text!r} is not an ISO 8601 date or date-time "
             "(e.g. 2024-03-01 or 2024-03-01T08:00:00Z)"
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    try:
+        # Compared and stored in UTC: near the ends of the calendar that can overflow.
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise BadRequest(f"{name}={text!r} is out of range once converted to UTC") from None
 
 
 def _integer(name: str, text: str, low: int, high: int) -> int:
@@ -67,6 +71,9 @@ def _integer(name: str, text: str, low: int, high: int) -> int:
 def _text(name: str, text: str) -> str:
     if not text.strip():
         raise BadRequest(f"{name} is empty")
+    # No stored patient ID or user holds one, and PostgreSQL text cannot hold NUL.
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise BadRequest(f"{name} contains a control character")
     return text
 
 

@@ -99,6 +99,11 @@ def test_tenants_do_not_see_each_other(http: httpx.Client) -> None:
         ({"offset": "-1"}, "offset=-1 is out of range"),
         ({"study": "not-a-uid"}, "study='not-a-uid' is not a Study Instance UID"),
         ({"patient": ""}, "patient is empty"),
+        # Regressions: these gave 500s (OverflowError in astimezone; NUL on PostgreSQL).
+        ({"since": "0001-01-01T00:00:00+14:00"}, "is out of range once converted to UTC"),
+        ({"until": "9999-12-31T23:00-05:00"}, "is out of range once converted to UTC"),
+        ({"patient": "PAT\x00-1"}, "patient contains a control character"),
+        ({"user": "a\x1bb"}, "user contains a control character"),
         ({"PatientID": "x"}, "unknown query parameter 'PatientID'"),
     ],
 )
