@@ -102,7 +102,10 @@ def record_transfer(
     failure: str = "",
 ) -> None:
     """Instances sent by C-MOVE (to `destination`) or C-GET: one event per study; a failed
-    or unfinished sub-operation makes the outcome a failure, `failure` says which."""
+    or unfinished sub-operation makes the outcome a failure, `failure` says which. Nothing
+    matched is a failed transfer too, recorded once."""
+    if not instances:
+        failure = failure or "no stored instance matches the identifier"
     template = association_event(
         assoc,
         bridge,
@@ -112,7 +115,7 @@ def record_transfer(
         outcome=EventOutcome.MINOR_FAILURE if failure else EventOutcome.SUCCESS,
         reason=failure,
     )
-    for event in per_study(template, instances):
+    for event in per_study(template, instances) or [template]:
         bridge.archive.audit.record(event)
 
 

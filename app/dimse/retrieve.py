@@ -121,8 +121,8 @@ def handle_move(event: Event, bridge: Bridge) -> Iterator[Any]:
         **tls,
     }
     yield (*address, options)
-    yield len(found)
-    try:
+    try:  # pynetdicom drops the generator after a count of 0: still audited
+        yield len(found)
         yield from _send_each(event, bridge, found, "C-MOVE")
     finally:  # also when pynetdicom stops early (cancel, abort)
         via = " over TLS" if destination.tls else ""
@@ -140,9 +140,9 @@ def handle_get(event: Event, bridge: Bridge) -> Iterator[Any]:
         return
     tally = Tally()
     assoc = event.assoc
-    yield len(found)
     restore = _wrap_sender(event, tally)
-    try:
+    try:  # pynetdicom drops the generator after a count of 0: still audited
+        yield len(found)
         yield from _send_each(event, bridge, found, "C-GET")
     finally:  # also when pynetdicom stops early (cancel, abort)
         restore()

@@ -8,7 +8,8 @@ the event `store_event` makes here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
+from typing import TypeVar
 
 from starlette.requests import HTTPConnection
 
@@ -23,10 +24,12 @@ from app.auth.audit import (
 from app.auth.principal import DEFAULT_TENANT, Access, UnknownTenant, anonymous, check_tenant
 from app.services.archive import Archive
 from app.services.audit import per_study
+from app.services.errors import NotFound
 from app.services.ports import StoredInstance, StoredMetadata
 from app.web.urls import DICOMWEB_PREFIX, TENANTS_PATH
 
 _TENANT_PREFIX = f"{DICOMWEB_PREFIX}{TENANTS_PATH}/"
+Found = TypeVar("Found", bound=StoredInstance | StoredMetadata)
 
 
 def _record(request: HTTPConnection, event: AuditEvent) -> None:
@@ -60,6 +63,32 @@ def record_read(
     study."""
     for event in per_study(request_event(request, access, action), found):
         _record(request, event)
+
+
+async def audited_read(
+    request: HTTPConnection,
+    access: Access,
+    action: AuditAction,
+    study: str,
+    lookup: Awaitable[list[Found]],
+) -> list[Found]:
+    """What `lookup` finds, recorded as `record_read` does; when nothing is stored there,
+    a failed read (MINOR_FAILURE) of the study the URL named, and the NotFound raised on."""
+    try:
+        found = await lookup
+    except NotFound as exc:
+        event = request_event(
+            request,
+            access,
+            action,
+            outcome=EventOutcome.MINOR_FAILURE,
+            reason=str(exc),
+            study_instance_uid=study,
+        )
+        _record(request, event)
+        raise
+    record_read(request, access, action, found)
+    return found
 
 
 def record_query(

@@ -23,7 +23,7 @@ from app.services.errors import BadRequest, NotAcceptable, NotFound
 from app.services.imaging import PixelSource
 from app.services.ports import StoredInstance
 from app.web.access import request_access
-from app.web.auditing import record_read
+from app.web.auditing import audited_read
 from app.web.errors import path_uids
 from app.web.render_params import NotRenderable, RenderParamError, parse_render_options
 from app.web.streaming import Part, bytes_part, multipart_response
@@ -55,9 +55,13 @@ def _has_pixels(instance: StoredInstance) -> bool:
 async def _instances(request: Request, access: Access) -> list[StoredInstance]:
     study, series, sop = path_uids(request)
     assert study is not None
-    found = await _archive(request).retrieve.instances(access, study, series, sop)
-    record_read(request, access, AuditAction.INSTANCES_ACCESSED, found)
-    return found
+    return await audited_read(
+        request,
+        access,
+        AuditAction.INSTANCES_ACCESSED,
+        study,
+        _archive(request).retrieve.instances(access, study, series, sop),
+    )
 
 
 def _image_response(data: bytes, media_type: str) -> Response:

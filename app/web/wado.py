@@ -20,7 +20,7 @@ from app.services.imaging import PixelSource
 from app.services.ports import StoredInstance
 from app.services.retrieve import Swap
 from app.web.access import request_access
-from app.web.auditing import record_read
+from app.web.auditing import audited_read
 from app.web.download import wants_zip, zipped
 from app.web.errors import path_uids
 from app.web.negotiation import (
@@ -111,8 +111,13 @@ async def retrieve_instances(request: Request) -> Response:
     access = request_access(request)
     study, series, sop = path_uids(request)
     assert study is not None
-    instances = await archive.retrieve.instances(access, study, series, sop)
-    record_read(request, access, AuditAction.INSTANCES_TRANSFERRED, instances)
+    instances = await audited_read(
+        request,
+        access,
+        AuditAction.INSTANCES_TRANSFERRED,
+        study,
+        archive.retrieve.instances(access, study, series, sop),
+    )
     accept = parse_accept(request.headers.get("accept"))
     if wants_zip(accept):
         return await zipped(request, archive, access, instances)
@@ -200,8 +205,13 @@ async def retrieve_metadata(request: Request) -> Response:
     study, series, sop = path_uids(request)
     assert study is not None
     access = request_access(request)
-    found = await archive.retrieve.metadata(access, study, series, sop)
-    record_read(request, access, AuditAction.INSTANCES_ACCESSED, found)
+    found = await audited_read(
+        request,
+        access,
+        AuditAction.INSTANCES_ACCESSED,
+        study,
+        archive.retrieve.metadata(access, study, series, sop),
+    )
     base = base_url(request)
     placeholder = BULK_BASE.encode()
 
@@ -232,8 +242,13 @@ async def _instance(request: Request, access: Access) -> StoredInstance:
     archive = _archive(request)
     study, series, sop = path_uids(request)
     assert study is not None and series is not None and sop is not None
-    found = await archive.retrieve.instances(access, study, series, sop)
-    record_read(request, access, AuditAction.INSTANCES_ACCESSED, found)  # frames, bulk data
+    found = await audited_read(  # frames, bulk data
+        request,
+        access,
+        AuditAction.INSTANCES_ACCESSED,
+        study,
+        archive.retrieve.instances(access, study, series, sop),
+    )
     return found[0]
 
 

@@ -23,7 +23,7 @@ from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable, Unsupported
 from app.services.ports import StoredInstance
 from app.web.access import request_access
-from app.web.auditing import record_read
+from app.web.auditing import audited_read
 from app.web.negotiation import parse_accept
 from app.web.render_params import RenderParamError, parse_annotation
 from app.web.rendered import render_instance
@@ -153,11 +153,11 @@ async def retrieve(request: Request) -> Response:
     if query.get("anonymize", "").lower() == "yes":
         raise Unsupported("anonymize=yes is not supported: the archive returns data as stored")
     media_type = _content_type(query)
-    instances = await archive.retrieve.instances(access, study, series, sop)
     action = (
         AuditAction.INSTANCES_TRANSFERRED if media_type == DICOM else AuditAction.INSTANCES_ACCESSED
     )
-    record_read(request, access, action, instances[:1])
+    lookup = archive.retrieve.instances(access, study, series, sop)
+    instances = (await audited_read(request, access, action, study, lookup))[:1]
     if media_type == DICOM:
         syntax = query.get("transferSyntax")
         if syntax is not None and not is_valid_uid(syntax):

@@ -161,3 +161,38 @@ def test_every_stored_offer_is_recorded(http: httpx.Client) -> None:
     assert found[1]["reason"] == "already stored with the same content"
     assert "nothing changed" in found[2]["reason"]
     assert found[4]["studyInstanceUID"] != study  # the object's own study, refused
+
+
+NOT_FOUND = [
+    # (path below the study that is not stored, Accept, action)
+    ("", 'multipart/related; type="application/dicom"', TRANSFERRED),
+    ("/metadata", "application/dicom+json", ACCESSED),
+    ("/series/{uid}/instances/{uid}/frames/1", "multipart/related", ACCESSED),
+    ("/rendered", "image/png", ACCESSED),
+]
+
+
+@pytest.mark.parametrize(("path", "accept", "action"), NOT_FOUND)
+def test_a_read_of_nothing_stored_is_a_failed_read(
+    http: httpx.Client, path: str, accept: str, action: str
+) -> None:
+    """Regression: a 404 left no event (record_read ran only once instances were found)."""
+    tenant, study = f"t-{uuid.uuid4().hex[:12]}", generate_uid()
+    url = f"tenants/{tenant}/studies/{study}{path.format(uid=generate_uid())}"
+    answer = http.get(url, headers={"Accept": accept})
+    assert answer.status_code == 404, answer.text
+    (read,) = events(http, tenant, 1)
+    assert (read["action"], read["eventActionCode"], read["outcome"]) == (action, "R", 4)
+    assert read["studyInstanceUID"] == study
+    assert read["reason"] == answer.json()["error"]
+
+
+def test_a_wado_uri_read_of_nothing_stored_is_a_failed_read(http: httpx.Client) -> None:
+    """Regression: a WADO-URI 404 left no event."""
+    tenant, study, series, sop = f"t-{uuid.uuid4().hex[:12]}", *(generate_uid() for _ in "123")
+    wado = f"tenants/{tenant}/wado"
+    uids = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+    answer = http.get(wado, params={**uids, "contentType": "application/dicom"})
+    assert answer.status_code == 404, answer.text
+    (read,) = events(http, tenant, 1)
+    assert (read["action"], read["outcome"], read["studyInstanceUID"]) == (TRANSFERRED, 4, study)

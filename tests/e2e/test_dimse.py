@@ -17,6 +17,7 @@ import io
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -459,6 +460,29 @@ def test_getscu_series(pacs: Pacs, sent: Sent, tmp_path: Path) -> None:
     assert set(received) == set(expected)
     for sop in expected:
         assert_same_as_sent(received[sop], sop, sent)
+
+
+NOTHING_MATCHED = "no stored instance matches the identifier"
+
+
+def test_getscu_of_nothing_stored_is_a_failed_transfer(pacs: Pacs, tmp_path: Path) -> None:
+    """Regression: a C-GET that matched nothing left no audit event."""
+    pacs.tool(
+        "getscu", "GETSCU", "-S", "-od", tmp_path,
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={generate_uid()}",
+    )  # fmt: skip
+    assert not any(tmp_path.iterdir())
+    with httpx.Client(base_url=f"{pacs.url}/dicomweb", timeout=30) as http:
+        deadline = time.monotonic() + 10
+        while True:
+            found = http.get("audit", params={"user": "GETSCU", "limit": "20"}).json()
+            failed = [e for e in found if e["reason"] == NOTHING_MATCHED]
+            if failed or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert failed, found
+    assert (failed[0]["action"], failed[0]["outcome"]) == ("instances-transferred", 4)
+    assert failed[0]["aeTitle"] == "GETSCU" and failed[0]["destination"] is None
 
 
 def test_getscu_whole_study_with_compressed_file(pacs: Pacs, sent: Sent, tmp_path: Path) -> None:
