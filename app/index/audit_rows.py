@@ -121,7 +121,7 @@ def audit_event(row: Row, when: datetime) -> AuditEvent:
 def audit_filter(
     mark: Callable[[int], str],
     time: Callable[[datetime], Any],
-    tenant: str | None,
+    tenant: str,
     *,
     patient_id: str | None,
     subject: str | None,
@@ -129,7 +129,7 @@ def audit_filter(
     since: datetime | None,
     until: datetime | None,
 ) -> tuple[str, list[Any]]:
-    """WHERE clause (or "TRUE") and its parameters; `mark(n)` is the n-th placeholder
+    """WHERE clause and its parameters; `mark(n)` is the n-th placeholder
     (1-based). Values are always bound. `since` is inclusive, `until` exclusive."""
     clauses: list[str] = []
     params: list[Any] = []
@@ -138,8 +138,10 @@ def audit_filter(
         params.append(value)
         clauses.append(condition.format(mark(len(params))))
 
-    if tenant is not None:
-        add("tenant = {}", tenant)
+    if not isinstance(tenant, str):
+        # DESIGN: a query without a tenant is a bug, not "every tenant".
+        raise TypeError(f"an audit search needs a tenant, not {tenant!r}")
+    add("tenant = {}", tenant)
     if patient_id is not None:
         add("patient_id = {}", patient_id)
     if subject is not None:
@@ -150,4 +152,4 @@ def audit_filter(
         add("event_time >= {}", time(since))
     if until is not None:
         add("event_time < {}", time(until))
-    return (" AND ".join(clauses) or "1 = 1"), params
+    return " AND ".join(clauses), params

@@ -177,7 +177,7 @@ class PostgresIndex:
 
     async def search_audit(
         self,
-        tenant: str | None,
+        tenant: str,
         *,
         patient_id: str | None = None,
         subject: str | None = None,

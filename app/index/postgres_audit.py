@@ -37,7 +37,7 @@ async def insert_audit_events(conn: asyncpg.Connection, events: Iterable[AuditEv
 
 async def search_audit(
     conn: asyncpg.Connection | asyncpg.Pool,
-    tenant: str | None,
+    tenant: str,
     *,
     patient_id: str | None = None,
     subject: str | None = None,

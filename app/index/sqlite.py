@@ -158,7 +158,7 @@ class SqliteIndex:
 
     async def search_audit(
         self,
-        tenant: str | None,
+        tenant: str,
         *,
         patient_id: str | None = None,
         subject: str | None = None,

@@ -36,7 +36,7 @@ def insert_audit_events(db: sqlite3.Connection, events: Iterable[AuditEvent]) ->
 
 def search_audit(
     db: sqlite3.Connection,
-    tenant: str | None,
+    tenant: str,
     *,
     patient_id: str | None = None,
     subject: str | None = None,

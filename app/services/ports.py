@@ -153,7 +153,7 @@ class Index(Protocol):
 
     async def search_audit(
         self,
-        tenant: str | None,
+        tenant: str,
         *,
         patient_id: str | None = None,
         subject: str | None = None,
@@ -163,8 +163,8 @@ class Index(Protocol):
         limit: int = 100,
         offset: int = 0,
     ) -> list[AuditEvent]:
-        """Audit events, newest first; tenant None: every tenant. `since` is inclusive,
-        `until` exclusive; each filter given must match."""
+        """Audit events of `tenant`, newest first. `since` is inclusive, `until`
+        exclusive; each filter given must match."""
         ...
 
     async def close(self) -> None: ...
