@@ -153,6 +153,8 @@ class AuditEvent:
     study_instance_uid: str | None = None
     series_instance_uids: tuple[str, ...] = ()
     sop_instance_uids: tuple[str, ...] = ()
+    # The SOP Class UID of each of `sop_instance_uids`, in the same order; empty when the
+    # classes are not known (metadata reads).
     sop_class_uids: tuple[str, ...] = ()
     patient_id: str | None = None
     # Queries: the query as asked (QIDO query string; C-FIND keys as Keyword=value&...),
@@ -165,6 +167,8 @@ class AuditEvent:
             raise ValueError("AuditEvent.when must be timezone-aware")
         if self.when.utcoffset():
             object.__setattr__(self, "when", self.when.astimezone(UTC))
+        if self.sop_class_uids and len(self.sop_class_uids) != len(self.sop_instance_uids):
+            raise ValueError("AuditEvent.sop_class_uids must pair with sop_instance_uids")
 
     @property
     def effective_action_code(self) -> EventActionCode:

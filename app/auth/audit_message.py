@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -33,6 +34,12 @@ LIFE_CYCLE_CREATION = "1"
 # AuditSourceTypeCode: "Application Server process tier in a multi-tier system".
 APPLICATION_SERVER = "4"
 XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
+# Characters XML 1.0 cannot hold, even escaped (2.2 Char): C0 controls but tab, LF and CR
+# (ESC of ISO 2022 Patient IDs, NUL), surrogates, U+FFFE and U+FFFF.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# Instances and series listed per study at most (PS3.15 A.5.3 lets a message leave the
+# instance list out): a large series must not make a message too long to send over UDP.
+MAX_LISTED = 100
 
 
 @dataclass(frozen=True)
@@ -45,8 +52,18 @@ class AuditSource:
     enterprise_site_id: str | None = None
 
 
-def audit_message(event: AuditEvent, source: AuditSource) -> bytes:
-    """The PS3.15 A.5 AuditMessage of `event`: UTF-8 XML with its declaration."""
+def audit_message(event: AuditEvent, source: AuditSource, max_bytes: int | None = None) -> bytes:
+    """The PS3.15 A.5 AuditMessage of `event`: UTF-8 XML with its declaration. Lists at
+    most MAX_LISTED instances and series per study, none if that still makes the message
+    longer than `max_bytes`; NumberOfInstances and a "...NotListed" detail keep the
+    counts."""
+    message = _message(event, source, MAX_LISTED)
+    if max_bytes is not None and len(message) > max_bytes:
+        message = _message(event, source, 0)
+    return message
+
+
+def _message(event: AuditEvent, source: AuditSource, listed: int) -> bytes:
     root = ET.Element("AuditMessage")
     _event_identification(root, event)
     for participant in _active_participants(event, source):
@@ -56,9 +73,10 @@ def audit_message(event: AuditEvent, source: AuditSource) -> bytes:
         root, "AuditSourceIdentification", {**site, "AuditSourceID": source.source_id}
     )
     ET.SubElement(audit_source, "AuditSourceTypeCode", {"csd-code": APPLICATION_SERVER})
-    for participant_object in _participant_objects(event):
+    for participant_object in _participant_objects(event, listed):
         root.append(participant_object)
-    return XML_DECLARATION + ET.tostring(root, encoding="unicode").encode("utf-8")
+    text = _NOT_XML.sub("\ufffd", ET.tostring(root, encoding="unicode"))
+    return XML_DECLARATION + text.encode("utf-8", "replace")
 
 
 def _coded(parent: ET.Element, name: str, code: Code) -> ET.Element:
@@ -171,14 +189,14 @@ def _active_participants(event: AuditEvent, source: AuditSource) -> list[ET.Elem
     return participants
 
 
-def _participant_objects(event: AuditEvent) -> list[ET.Element]:
+def _participant_objects(event: AuditEvent, listed: int) -> list[ET.Element]:
     objects: list[ET.Element] = []
     if event.action is AuditAction.AUDIT_LOG_USED:
         objects.append(_audit_log_object(event))
     if event.action is AuditAction.QUERY and event.query is not None:
         objects.append(_query_object(event))
     if event.study_instance_uid:
-        objects.append(_study_object(event))
+        objects.append(_study_object(event, listed))
     if event.patient_id:
         patient = ET.Element(
             "ParticipantObjectIdentification",
@@ -236,7 +254,7 @@ def _audit_log_object(event: AuditEvent) -> ET.Element:
     return log
 
 
-def _study_object(event: AuditEvent) -> ET.Element:
+def _study_object(event: AuditEvent, listed: int) -> ET.Element:
     assert event.study_instance_uid is not None
     attributes = {
         "ParticipantObjectID": event.study_instance_uid,
@@ -250,16 +268,39 @@ def _study_object(event: AuditEvent) -> ET.Element:
         attributes["ParticipantObjectDataLifeCycle"] = LIFE_CYCLE_CREATION
     study = ET.Element("ParticipantObjectIdentification", attributes)
     _coded(study, "ParticipantObjectIDTypeCode", STUDY_INSTANCE_UID)
-    for series in event.series_instance_uids:
-        detail = {"type": "SeriesInstanceUID", "value": _base64(series)}
-        ET.SubElement(study, "ParticipantObjectDetail", detail)
-    if event.sop_instance_uids:
-        # One SOPClass element lists the instances; its UID only when they share one class.
-        counted = {"NumberOfInstances": str(len(event.sop_instance_uids))}
-        if len(event.sop_class_uids) == 1:
-            counted = {"UID": event.sop_class_uids[0], **counted}
+    for series in event.series_instance_uids[:listed]:
+        _detail(study, "SeriesInstanceUID", series)
+    instances = _instances_by_class(event)
+    total = len(event.sop_instance_uids)
+    left_out = {
+        "SeriesNotListed": max(len(event.series_instance_uids) - listed, 0),
+        "InstancesNotListed": total - min(listed, total) if instances else total,
+    }
+    for name, count in left_out.items():
+        if count:
+            _detail(study, name, str(count))
+    if instances:
         description = ET.SubElement(study, "ParticipantObjectDescription")
-        sop_class = ET.SubElement(description, "SOPClass", counted)
-        for uid in event.sop_instance_uids:
-            ET.SubElement(sop_class, "Instance", {"UID": uid})
+        budget = listed
+        for sop_class_uid, uids in instances.items():
+            counted = {"UID": sop_class_uid, "NumberOfInstances": str(len(uids))}
+            sop_class = ET.SubElement(description, "SOPClass", counted)
+            for uid in uids[:budget]:
+                ET.SubElement(sop_class, "Instance", {"UID": uid})
+            budget = max(budget - len(uids), 0)
     return study
+
+
+def _detail(parent: ET.Element, kind: str, value: str) -> None:
+    ET.SubElement(parent, "ParticipantObjectDetail", {"type": kind, "value": _base64(value)})
+
+
+def _instances_by_class(event: AuditEvent) -> dict[str, list[str]]:
+    """SOP Class UID -> its instances; empty when the classes are not known, as the
+    schema's SOPClass needs its UID."""
+    by_class: dict[str, list[str]] = {}
+    if not event.sop_class_uids:
+        return by_class
+    for sop_class_uid, uid in zip(event.sop_class_uids, event.sop_instance_uids, strict=True):
+        by_class.setdefault(sop_class_uid, []).append(uid)
+    return by_class

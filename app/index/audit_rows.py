@@ -111,11 +111,18 @@ def audit_event(row: Row, when: datetime) -> AuditEvent:
         study_instance_uid=row["study_instance_uid"],
         series_instance_uids=tuple(detail.get("series_instance_uids", ())),
         sop_instance_uids=tuple(detail.get("sop_instance_uids", ())),
-        sop_class_uids=tuple(detail.get("sop_class_uids", ())),
+        sop_class_uids=_paired(detail),
         patient_id=row["patient_id"],
         query=detail.get("query"),
         query_sop_class_uid=detail.get("query_sop_class_uid"),
     )
+
+
+def _paired(detail: dict[str, Any]) -> tuple[str, ...]:
+    """The stored SOP classes if they pair with the instances (rows written before they
+    did list each class once)."""
+    classes = tuple(detail.get("sop_class_uids", ()))
+    return classes if len(classes) == len(detail.get("sop_instance_uids", ())) else ()
 
 
 def audit_filter(

@@ -41,6 +41,7 @@ def per_study(
         studies.setdefault(item.study_instance_uid, []).append(item)
     events = []
     for study, items in studies.items():
+        # Each instance's class, when every one is known (metadata does not say).
         classes = [i.sop_class_uid for i in items if isinstance(i, StoredInstance)]
         events.append(
             replace(
@@ -48,7 +49,7 @@ def per_study(
                 study_instance_uid=study,
                 series_instance_uids=tuple(dict.fromkeys(i.series_instance_uid for i in items)),
                 sop_instance_uids=tuple(i.sop_instance_uid for i in items),
-                sop_class_uids=tuple(dict.fromkeys(classes)),
+                sop_class_uids=tuple(classes) if len(classes) == len(items) else (),
                 patient_id=next((i.patient_id for i in items if i.patient_id), None),
             )
         )

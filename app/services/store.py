@@ -187,7 +187,8 @@ class StoreService:
                 study_instance_uid=result.study_instance_uid,
                 series_instance_uids=_one(result.series_instance_uid),
                 sop_instance_uids=_one(result.sop_instance_uid),
-                sop_class_uids=_one(result.sop_class_uid),
+                # Paired with the instance: no class without its instance.
+                sop_class_uids=_one(result.sop_class_uid) if result.sop_instance_uid else (),
                 patient_id=patient_id,
             )
         )

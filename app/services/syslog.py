@@ -39,6 +39,8 @@ MSGID = "IHE+RFC-3881"
 BOM = b"\xef\xbb\xbf"
 # The largest payload of one IPv4 UDP datagram; a longer message cannot go over UDP.
 UDP_MAX = 65507
+# The longest RFC 5424 header syslog_message writes (PRI, time, host, app, procid, MSGID).
+SYSLOG_HEADER_MAX = 512
 DEFAULT_PORTS = {"udp": 514, "tls": 6514}
 DROP_LOG_INTERVAL = 60.0  # seconds
 
@@ -230,7 +232,9 @@ class SyslogSender:
                 self._queue.task_done()
 
     def _message(self, event: AuditEvent) -> bytes:
-        xml = audit_message(event, self.source)
+        # Over UDP the whole message must fit one datagram (with its syslog header).
+        limit = UDP_MAX - SYSLOG_HEADER_MAX if self.target.transport == "udp" else None
+        xml = audit_message(event, self.source, limit)
         return syslog_message(
             event, xml, hostname=self._hostname, app_name=self._app_name, procid="-"
         )

@@ -18,7 +18,7 @@ from app.auth.audit import (
     EventActionCode,
     EventOutcome,
 )
-from app.auth.audit_message import AuditSource, audit_message
+from app.auth.audit_message import MAX_LISTED, AuditSource, audit_message
 from app.auth.principal import Access, Permission, Principal
 
 SOURCE = AuditSource("pacs@archive-1", "archive-1", ae_title="PACS", enterprise_site_id="clinic")
@@ -131,7 +131,7 @@ def test_instances_stored_over_dimse() -> None:
         address="10.1.2.3",
         study_instance_uid="1.2.3",
         sop_instance_uids=("1.2.3.1.1", "1.2.3.1.2"),
-        sop_class_uids=("1.2.840.10008.5.1.4.1.1.2",),
+        sop_class_uids=("1.2.840.10008.5.1.4.1.1.2",) * 2,
         series_instance_uids=("1.2.3.1",),
         patient_id="PAT-7",
     )
@@ -366,6 +366,108 @@ def test_xml_special_characters_are_escaped() -> None:
     root = parse(event)
     assert root.findtext("EventIdentification/EventOutcomeDescription") == 'bad "token" <script>&'
     assert participants(root)[0].attrib["UserID"] == "a&b<c>"
+
+
+CT, MR = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+
+
+def test_instances_of_several_sop_classes_each_get_their_sop_class() -> None:
+    """Regression: instances of two classes gave one SOPClass without the UID the schema
+    requires."""
+    event = AuditEvent(
+        AuditAction.INSTANCES_TRANSFERRED,
+        AuditProtocol.DICOMWEB,
+        when=WHEN,
+        study_instance_uid="1.2.3",
+        sop_instance_uids=("1.2.3.1", "1.2.3.2", "1.2.3.3"),
+        sop_class_uids=(CT, MR, CT),
+    )
+    [study] = objects(parse(event), "110180")
+    found = {
+        c.attrib["UID"]: (c.attrib["NumberOfInstances"], [i.attrib["UID"] for i in c])
+        for c in study.iterfind("ParticipantObjectDescription/SOPClass")
+    }
+    assert found == {CT: ("2", ["1.2.3.1", "1.2.3.3"]), MR: ("1", ["1.2.3.2"])}
+
+
+def test_instances_of_unknown_class_get_no_sop_class() -> None:
+    event = AuditEvent(
+        AuditAction.INSTANCES_ACCESSED,
+        AuditProtocol.DICOMWEB,
+        when=WHEN,
+        study_instance_uid="1.2.3",
+        sop_instance_uids=("1.2.3.1",),
+    )
+    [study] = objects(parse(event), "110180")
+    assert study.find("ParticipantObjectDescription") is None
+    [detail] = study.iterfind("ParticipantObjectDetail")
+    assert (detail.attrib["type"], base64.b64decode(detail.attrib["value"])) == (
+        "InstancesNotListed",
+        b"1",
+    )
+    with pytest.raises(ValueError, match="pair"):
+        AuditEvent(
+            AuditAction.QUERY,
+            AuditProtocol.DIMSE,
+            sop_instance_uids=("1",),
+            sop_class_uids=(CT, MR),
+        )
+
+
+def test_control_characters_do_not_make_the_xml_ill_formed() -> None:
+    """Regression: an ESC (ISO 2022 Patient ID) or NUL gave XML no parser accepts."""
+    event = AuditEvent(
+        AuditAction.QUERY,
+        AuditProtocol.DIMSE,
+        when=WHEN,
+        reason="bad\x00reason",
+        subject="AE\x07",
+        study_instance_uid="1.2.3",
+        patient_id="\x1b$BPAT\x1b(B",
+        query="PatientID=\x1b$B",
+    )
+    root = parse(event)  # parses: well-formed
+    [patient] = objects(root, "2")
+    assert patient.attrib["ParticipantObjectID"] == "\ufffd$BPAT\ufffd(B"
+    assert participants(root)[0].attrib["UserID"] == "AE\ufffd"
+    assert root.findtext("EventIdentification/EventOutcomeDescription") == "bad\ufffdreason"
+
+
+def large_series(count: int) -> AuditEvent:
+    prefix = "1.2.826.0.1.3680043.8.498.1234567890123456789012345."
+    return AuditEvent(
+        AuditAction.INSTANCES_TRANSFERRED,
+        AuditProtocol.DICOMWEB,
+        when=WHEN,
+        study_instance_uid="1.2.3",
+        series_instance_uids=tuple(f"{prefix}{n}.0" for n in range(count)),
+        sop_instance_uids=tuple(f"{prefix}{n}" for n in range(count)),
+        sop_class_uids=(CT,) * count,
+    )
+
+
+def test_a_large_series_is_listed_in_part() -> None:
+    """Regression: every instance was listed; a series of thousands made a message longer
+    than a UDP datagram, dropped whole."""
+    event = large_series(5000)
+    xml = audit_message(event, SOURCE)
+    assert len(xml) < 65507 // 2
+    [study] = objects(check_schema(ET.fromstring(xml)), "110180")
+    [sop_class] = study.iterfind("ParticipantObjectDescription/SOPClass")
+    assert sop_class.attrib["NumberOfInstances"] == "5000"
+    assert len(sop_class) == MAX_LISTED
+    details = {
+        d.attrib["type"]: base64.b64decode(d.attrib["value"]).decode()
+        for d in study.iterfind("ParticipantObjectDetail")
+        if d.attrib["type"] != "SeriesInstanceUID"
+    }
+    assert details == {"SeriesNotListed": "4900", "InstancesNotListed": "4900"}
+    # Under a byte limit none are listed, the counts stay.
+    small = audit_message(event, SOURCE, max_bytes=len(xml) - 1)
+    [study] = objects(check_schema(ET.fromstring(small)), "110180")
+    [sop_class] = study.iterfind("ParticipantObjectDescription/SOPClass")
+    assert (sop_class.attrib["NumberOfInstances"], len(sop_class)) == ("5000", 0)
+    assert len(audit_message(large_series(MAX_LISTED), SOURCE)) < len(xml)
 
 
 def test_naive_times_are_refused_and_others_kept_in_utc() -> None:

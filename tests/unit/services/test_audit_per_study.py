@@ -31,7 +31,7 @@ def test_one_event_per_study_in_order() -> None:
     assert first.study_instance_uid == "1"
     assert first.series_instance_uids == ("1.1", "1.2")
     assert first.sop_instance_uids == ("1.1.1", "1.1.2", "1.2.1")
-    assert first.sop_class_uids == (CT, MR)
+    assert first.sop_class_uids == (CT, MR, CT)  # each instance's class, in order
     assert first.patient_id == "PAT-1"
     assert first.subject == "WS" and first.when == TEMPLATE.when
     assert (second.study_instance_uid, second.sop_instance_uids) == ("2", ("2.1.1",))
