@@ -2,10 +2,11 @@
 
 Services and protocol layers call `record(event)`; it never blocks and never fails the
 request. A background task writes queued events to the index in batches (each batch one
-transaction), retrying a failed write; an event that still cannot be written is logged
-(without patient data) and counted, never dropped silently. Writes of data record their
-event in the data's own transaction (`insert_audit_event` of the index backend) and call
-`forward(event)` afterwards, which only sends it to the collector.
+transaction), retrying a failed write; an event that still cannot be written is counted
+and logged (without patient data; one line a minute at most), never dropped silently.
+Writes of data record their event in the data's own transaction (`insert_audit_event` of
+the index backend) and call `forward(event)` afterwards, which only sends it to the
+collector.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime
@@ -29,6 +31,9 @@ BATCH = 200
 RETRY_PAUSES = (0.2, 1.0, 5.0)
 # How long the writer waits for more events before writing a batch, in seconds.
 LINGER = 0.05
+# At most one log line about lost events per this many seconds: refused callers can make
+# events faster than a failing index loses them, and must not flood the log.
+LOSS_LOG_INTERVAL = 60.0
 
 
 def per_study(
@@ -76,8 +81,9 @@ class AuditService:
         with contextlib.suppress(RuntimeError):
             self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[None] | None = None
-        # Events that could not be kept in the index (each one logged).
+        # Events that could not be kept in the index (logged, LOSS_LOG_INTERVAL apart).
         self.lost = 0
+        self._loss_logged = -LOSS_LOG_INTERVAL
 
     def record(self, event: AuditEvent) -> None:
         """Keep `event` in the index and send it to the collector; returns at once.
@@ -185,5 +191,15 @@ class AuditService:
 
     def _lose(self, events: list[AuditEvent], why: str) -> None:
         self.lost += len(events)
-        for event in events:
-            log.error("audit: event not kept in the index, %s: %s", why, event.summary())
+        now = time.monotonic()
+        if now - self._loss_logged < LOSS_LOG_INTERVAL:
+            return
+        self._loss_logged = now
+        log.error(
+            "audit: event not kept in the index, %s: %s (%d lost so far; "
+            "one line per %.0f s at most)",
+            why,
+            events[-1].summary(),
+            self.lost,
+            LOSS_LOG_INTERVAL,
+        )

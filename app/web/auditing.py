@@ -126,9 +126,16 @@ def record_forbidden(request: HTTPConnection, access: Access, reason: str) -> No
 
 def sign_in_refused(archive: Archive, address: str | None, path: str, reason: str) -> None:
     """A request without a token the archive accepts (401). The reason is the RFC 6750
-    text the client was given, which never quotes the token."""
+    text the client was given, which never quotes the token.
+
+    Kept in the default tenant's trail, whatever tenant the URL names: a caller nobody
+    signed in must not be able to write into the trail of a tenant of its choosing. The
+    reason says which tenant the URL named."""
+    named = _tenant_of(path)
+    if named != DEFAULT_TENANT:
+        reason = f"{reason} (the URL names tenant {named!r})"
     event = AuditEvent.of(
-        Access(anonymous(address), _tenant_of(path)),
+        Access(anonymous(address), DEFAULT_TENANT),
         AuditAction.USER_AUTHENTICATION,
         AuditProtocol.DICOMWEB,
         event_type=AuditEventType.LOGIN,

@@ -91,7 +91,7 @@ async def test_recorded_and_forwarded_events_reach_index_and_collector(
     await service.close()
 
 
-async def test_an_index_that_fails_gets_retries_then_a_log_line_per_event(
+async def test_an_index_that_fails_gets_retries_then_a_log_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     index = await SqliteIndex.open(tmp_path / "index.sqlite")
@@ -108,12 +108,29 @@ async def test_an_index_that_fails_gets_retries_then_a_log_line_per_event(
         service.record(query(2))
         await service.flush()
     assert service.lost == 2
-    lost = [r for r in caplog.records if "not kept in the index" in r.getMessage()]
-    assert len(lost) == 2
+    # One line for both: a line per lost event would let refused callers flood the log.
+    [lost] = [r for r in caplog.records if "not kept in the index" in r.getMessage()]
+    assert "2 lost so far" in lost.getMessage()
     retries = [r for r in caplog.records if "retrying" in r.getMessage()]
     assert len(retries) == 2
     text = caplog.text
     for patient_data in ("PAT-SECRET", "DOE", "19700101", "1.2.3.999"):
         assert patient_data not in text
-    assert "query" in lost[0].getMessage()  # which kind of event was lost is said
+    assert "query" in lost.getMessage()  # which kind of event was lost is said
+    await service.close()
+
+
+async def test_a_full_queue_does_not_flood_the_log(
+    index: Index, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: each event lost to a full queue (unauthenticated callers can make them
+    fast) was one ERROR line."""
+    service = AuditService(index, queue_size=1)
+    with caplog.at_level(logging.WARNING, logger="app.services.audit"):
+        for n in range(1000):
+            service.record(query(n))
+        await service.flush()
+    assert service.lost == 999
+    [lost] = [r for r in caplog.records if "not kept in the index" in r.getMessage()]
+    assert "the audit queue is full" in lost.getMessage()
     await service.close()

@@ -4,20 +4,19 @@ are the real ones; a small middleware stands in for sign-in."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth.principal import Permission, Principal
 from app.main import open_archive
 from app.settings import Settings
 from app.web.access import PRINCIPAL_KEY
 from app.web.app import create_app
+from tests.support.asgi import lifespan
 from tests.support.dicom_factory import make_file
 
 READER = Principal("reader", frozenset({Permission.READ}), frozenset({"clinic-a"}))
@@ -32,27 +31,6 @@ class SignedIn:
         if scope["type"] == "http":
             scope.setdefault("state", {})[PRINCIPAL_KEY] = self.principal
         await self.app(scope, receive, send)
-
-
-@asynccontextmanager
-async def lifespan(app: ASGIApp) -> AsyncIterator[None]:
-    """Run the app's lifespan (its archive open) as a server would, around the block."""
-    inbox: asyncio.Queue[Message] = asyncio.Queue()
-    reached = {"startup": asyncio.Event(), "shutdown": asyncio.Event()}
-
-    async def send(message: Message) -> None:
-        phase, _, outcome = message["type"].removeprefix("lifespan.").partition(".")
-        assert outcome == "complete", message
-        reached[phase].set()
-
-    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-    task = asyncio.create_task(app(scope, inbox.get, send))
-    for phase, complete in reached.items():
-        await inbox.put({"type": f"lifespan.{phase}"})
-        await asyncio.wait_for(complete.wait(), 10)
-        if phase == "startup":
-            yield
-    await asyncio.wait_for(task, 10)
 
 
 @pytest.fixture

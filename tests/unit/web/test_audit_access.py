@@ -1,26 +1,27 @@
 """Only admins of a tenant read its audit trail: a signed-in caller without the admin
 permission, or an admin of other tenants, gets 403 before anything else is looked at.
-(The sign-in middleware puts the principal in the request scope; here a wrapper does.)"""
+(The sign-in middleware puts the principal in the request scope; here a wrapper does.)
+The app and its archive (SQLite, folder) are the real ones, lifespan included."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.auth.principal import Permission, Principal
+from app.auth.audit import AuditAction, AuditEventType
+from app.auth.principal import DEFAULT_TENANT, Permission, Principal
+from app.main import open_archive
 from app.services.archive import Archive
+from app.settings import Settings
 from app.web.access import PRINCIPAL_KEY
 from app.web.app import create_app
-
-
-@contextlib.asynccontextmanager
-async def no_archive() -> AsyncIterator[Archive]:
-    raise AssertionError("a refused request must not reach the archive")
-    yield  # pragma: no cover
+from app.web.auditing import sign_in_refused
+from tests.support.asgi import lifespan
 
 
 def signed_in(app: ASGIApp, principal: Principal) -> ASGIApp:
@@ -32,24 +33,64 @@ def signed_in(app: ASGIApp, principal: Principal) -> ASGIApp:
     return wrapped
 
 
+@pytest.fixture
+async def archive(tmp_path: Path) -> AsyncIterator[Archive]:
+    async with open_archive(Settings.from_env({}, data=tmp_path, dimse_port=0)) as opened:
+        yield opened
+
+
 READER = Principal("reader", frozenset({Permission.READ}), None, address="10.0.0.1")
 ADMIN_OF_A = Principal("admin-a", frozenset(Permission), frozenset({"a"}))
 
 
 @pytest.mark.parametrize(
-    ("principal", "path", "message"),
+    ("principal", "path", "tenant", "message"),
     [
-        (READER, "/dicomweb/audit", "this request needs the admin permission"),
-        (READER, "/dicomweb/audit?limit=nonsense", "this request needs the admin permission"),
-        (READER, "/dicomweb/tenants/a/audit", "this request needs the admin permission"),
-        (ADMIN_OF_A, "/dicomweb/tenants/b/audit", "not allowed on tenant 'b'"),
-        (ADMIN_OF_A, "/dicomweb/audit", "not allowed on tenant 'default'"),
+        (READER, "/dicomweb/audit", "default", "this request needs the admin permission"),
+        (
+            READER,
+            "/dicomweb/audit?limit=nonsense",
+            "default",
+            "this request needs the admin permission",
+        ),
+        (READER, "/dicomweb/tenants/a/audit", "a", "this request needs the admin permission"),
+        (ADMIN_OF_A, "/dicomweb/tenants/b/audit", "b", "not allowed on tenant 'b'"),
+        (ADMIN_OF_A, "/dicomweb/audit", "default", "not allowed on tenant 'default'"),
     ],
 )
-async def test_refused(principal: Principal, path: str, message: str) -> None:
-    app = signed_in(create_app(no_archive), principal)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://pacs") as client:
+async def test_refused(
+    archive: Archive, principal: Principal, path: str, tenant: str, message: str
+) -> None:
+    # Regression: with httpx.ASGITransport alone the lifespan never ran, so the app had
+    # no archive and a request that got past the check could not have been noticed.
+    app = create_app(lambda: contextlib.nullcontext(archive))
+    transport = httpx.ASGITransport(app=signed_in(app, principal))
+    async with (
+        lifespan(app),
+        httpx.AsyncClient(transport=transport, base_url="http://pacs") as client,
+    ):
         answer = await client.get(path)
     assert answer.status_code == 403
     assert answer.json() == {"status": 403, "error": message}
+    await archive.audit.flush()
+    # The refusal is in the trail; a search of the trail (Audit Log Used) is not.
+    [event] = await archive.index.search_audit(tenant)
+    assert (event.action, event.event_type) == (
+        AuditAction.SECURITY_ALERT,
+        AuditEventType.USE_OF_RESTRICTED_FUNCTION,
+    )
+    assert event.subject == principal.subject
+
+
+async def test_a_401_is_kept_in_the_default_tenants_trail(archive: Archive) -> None:
+    """Regression: a caller nobody signed in put events into the trail of whichever tenant
+    its URL named."""
+    challenge = 'Bearer realm="pacs", error="invalid_token"'
+    sign_in_refused(archive, "203.0.113.9", "/dicomweb/tenants/clinic-b/studies", challenge)
+    await archive.audit.flush()
+    assert await archive.index.search_audit("clinic-b") == []
+    [event] = await archive.index.search_audit(DEFAULT_TENANT)
+    assert event.action is AuditAction.USER_AUTHENTICATION
+    assert event.reason == f"{challenge} (the URL names tenant 'clinic-b')"
+    assert event.called == "/dicomweb/tenants/clinic-b/studies"
+    assert event.address == "203.0.113.9"
