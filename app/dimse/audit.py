@@ -13,8 +13,7 @@ from urllib.parse import urlencode
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 
-from app.auth.ae_policy import DimseService
-from app.auth.audit import (
+from app.audit.event import (
     AuditAction,
     AuditEvent,
     AuditEventType,
@@ -22,6 +21,7 @@ from app.auth.audit import (
     EventActionCode,
     EventOutcome,
 )
+from app.auth.ae_policy import DimseService
 from app.auth.principal import DEFAULT_TENANT, Access
 from app.dimse.bridge import Bridge, access_for, policy_of
 from app.dimse.status import not_authorized

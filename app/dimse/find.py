@@ -19,8 +19,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
+from app.audit.event import EventOutcome
 from app.auth.ae_policy import DimseService
-from app.auth.audit import EventOutcome
 from app.dicom.levels import SPECIFIC_CHARACTER_SET, Level
 from app.dimse.audit import record_query, refuse
 from app.dimse.bridge import Bridge, access_for, peer, policy_of

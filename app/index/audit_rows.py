@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from app.auth.audit import (
+from app.audit.event import (
     AuditAction,
     AuditEvent,
     AuditEventType,

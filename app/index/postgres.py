@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from app.auth.audit import AuditEvent
+from app.audit.event import AuditEvent
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
 from app.index import postgres_audit
 from app.index.migrations import IndexUnavailable, SchemaError, latest_version, migrations

@@ -12,7 +12,7 @@ from datetime import datetime
 
 import asyncpg
 
-from app.auth.audit import AuditEvent
+from app.audit.event import AuditEvent
 from app.index.audit_rows import AUDIT_COLUMNS, AUDIT_ORDER, audit_event, audit_filter, audit_values
 
 _INSERT = (

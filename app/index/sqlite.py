@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.auth.audit import AuditEvent
+from app.audit.event import AuditEvent
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
 from app.index import sqlite_audit
 from app.index.migrations import SchemaError, latest_version, migrations

@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from app.auth.audit import AuditEvent
+from app.audit.event import AuditEvent
 from app.index.audit_rows import AUDIT_COLUMNS, AUDIT_ORDER, audit_event, audit_filter, audit_values
 
 _INSERT = (

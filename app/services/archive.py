@@ -5,14 +5,14 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from app.auth.audit_message import AuditSource
+from app.audit.message import AuditSource
+from app.audit.syslog import SyslogSender
 from app.services.audit import AuditService
 from app.services.imaging import ImagingService
 from app.services.ports import BlobStore, Index
 from app.services.retrieve import RetrieveService
 from app.services.search import SearchService
 from app.services.store import StoreService
-from app.services.syslog import SyslogSender
 from app.settings import Settings
 
 

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime
 
-from app.auth.audit import AuditEvent
+from app.audit.event import AuditEvent
+from app.audit.syslog import SyslogSender
 from app.auth.principal import Access, Permission
 from app.services.ports import Index, StoredInstance, StoredMetadata
-from app.services.syslog import SyslogSender
 
 log = logging.getLogger(__name__)
 

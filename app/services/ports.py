@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.auth.audit import AuditEvent, EventActionCode, EventOutcome
+from app.audit.event import AuditEvent, EventActionCode, EventOutcome
 from app.dicom.instance import PIXEL_DATA_PATHS, BulkRange, FrameRanges
 from app.query.model import Query
 

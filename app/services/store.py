@@ -25,7 +25,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import BinaryIO
 
-from app.auth.audit import AuditEvent, EventOutcome
+from app.audit.event import AuditEvent, EventOutcome
 from app.auth.principal import Access, Permission
 from app.dicom.instance import ParsedInstance
 from app.dicom.parse import DicomParseError, parse_instance

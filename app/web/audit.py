@@ -14,7 +14,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.auth.audit import AuditAction, AuditEvent, AuditProtocol
+from app.audit.event import AuditAction, AuditEvent, AuditProtocol
 from app.auth.principal import Permission
 from app.dicom.uid import is_valid_uid
 from app.services.archive import Archive

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from starlette.requests import HTTPConnection
 
-from app.auth.audit import (
+from app.audit.event import (
     AuditAction,
     AuditEvent,
     AuditEventType,

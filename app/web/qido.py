@@ -9,7 +9,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.auth.audit import EventOutcome
+from app.audit.event import EventOutcome
 from app.dicom.levels import RETRIEVE_URL, Level
 from app.query.qido import QueryError, parse_qido
 from app.services.archive import Archive

@@ -15,7 +15,7 @@ from dataclasses import replace
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.auth.audit import AuditAction
+from app.audit.event import AuditAction
 from app.auth.principal import Access
 from app.imaging.render import RenderOptions, Viewport
 from app.services.archive import Archive

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from app.auth.audit import AuditAction
+from app.audit.event import AuditAction
 from app.auth.principal import Access
 from app.dicom.instance import BULK_BASE, FrameRanges
 from app.dicom.multipart import closing, content_type_header, new_boundary, part_head

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.auth.audit import AuditAction
+from app.audit.event import AuditAction
 from app.auth.principal import Access, Permission
 from app.dicom.uid import is_valid_uid
 from app.imaging.display import Window, window_problem

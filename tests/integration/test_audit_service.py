@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from app.auth.audit import AuditAction, AuditEvent, AuditProtocol
-from app.auth.audit_message import AuditSource
+from app.audit.event import AuditAction, AuditEvent, AuditProtocol
+from app.audit.message import AuditSource
+from app.audit.syslog import SyslogSender, parse_syslog_url
 from app.auth.principal import Access, Forbidden, Permission, Principal
 from app.index.sqlite import SqliteIndex
 from app.services.audit import BATCH, AuditService
 from app.services.ports import Index
-from app.services.syslog import SyslogSender, parse_syslog_url
 from tests.support.rsyslog import Collector, running_rsyslog
 
 ADMIN = Access(Principal("root", frozenset(Permission), None), "default")

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.auth.audit import AuditAction, AuditEvent, AuditProtocol, EventActionCode, EventOutcome
-from app.auth.audit_message import AuditSource
-from app.services.syslog import SyslogSender, parse_syslog_url
+from app.audit.event import AuditAction, AuditEvent, AuditProtocol, EventActionCode, EventOutcome
+from app.audit.message import AuditSource
+from app.audit.syslog import SyslogSender, parse_syslog_url
 from tests.support.certificates import make_pki
 from tests.support.rsyslog import Collector, running_rsyslog
 from tests.support.server import free_port, running_server
@@ -160,7 +160,7 @@ async def test_a_full_queue_drops_counts_and_logs_once(
     drop is logged (then at most once a minute)."""
     target = parse_syslog_url(f"tls://localhost:{free_port()}")
     sender = SyslogSender(target, SOURCE, ca_file=str(make_pki(tmp_path).ca), queue_size=2)
-    with caplog.at_level(logging.WARNING, logger="app.services.syslog"):
+    with caplog.at_level(logging.WARNING, logger="app.audit.syslog"):
         for _ in range(10):
             sender.send(stored())
     assert sender.dropped == 8

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import asyncpg
 import pytest
 
-from app.auth.audit import (
+from app.audit.event import (
     AuditAction,
     AuditEvent,
     AuditEventType,

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from pydicom.uid import generate_uid
 
-from app.auth.audit import (
+from app.audit.event import (
     AuditAction,
     AuditEvent,
     AuditProtocol,

@@ -3,7 +3,7 @@ returned by study and names each study's series, instances, SOP classes and pati
 
 from __future__ import annotations
 
-from app.auth.audit import AuditAction, AuditEvent, AuditProtocol
+from app.audit.event import AuditAction, AuditEvent, AuditProtocol
 from app.services.audit import per_study
 from app.services.ports import StoredInstance, StoredMetadata
 

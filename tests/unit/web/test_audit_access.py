@@ -13,7 +13,7 @@ import httpx
 import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.auth.audit import AuditAction, AuditEventType
+from app.audit.event import AuditAction, AuditEventType
 from app.auth.principal import DEFAULT_TENANT, Permission, Principal
 from app.main import open_archive
 from app.services.archive import Archive

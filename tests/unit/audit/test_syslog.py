@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.auth.audit import AuditAction, AuditEvent, AuditProtocol, EventOutcome
-from app.services.syslog import (
+from app.audit.event import AuditAction, AuditEvent, AuditProtocol, EventOutcome
+from app.audit.syslog import (
     SyslogTarget,
     octet_counted,
     parse_syslog_url,

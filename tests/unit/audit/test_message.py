@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.auth.audit import (
+from app.audit.event import (
     AuditAction,
     AuditEvent,
     AuditEventType,
@@ -18,7 +18,7 @@ from app.auth.audit import (
     EventActionCode,
     EventOutcome,
 )
-from app.auth.audit_message import MAX_LISTED, AuditSource, audit_message
+from app.audit.message import MAX_LISTED, AuditSource, audit_message
 from app.auth.principal import Access, Permission, Principal
 
 SOURCE = AuditSource("pacs@archive-1", "archive-1", ae_title="PACS", enterprise_site_id="clinic")

@@ -2,7 +2,7 @@
 
 Pure data. Services and protocol layers build an `AuditEvent` per access to patient data
 (and per refused sign-in or association); `app/services/audit.py` keeps it in the index and
-sends it to a syslog collector as a PS3.15 audit message (`app/auth/audit_message.py`).
+sends it to a syslog collector as a PS3.15 audit message (`app/audit/message.py`).
 
 An event holds patient data (Patient ID, the text of a query, which may name a patient and
 a birth date): that is what the audit trail is for, but none of it may reach the

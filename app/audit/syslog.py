@@ -21,8 +21,8 @@ from datetime import UTC
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from app.auth.audit import AuditEvent, EventOutcome
-from app.auth.audit_message import AuditSource, audit_message
+from app.audit.event import AuditEvent, EventOutcome
+from app.audit.message import AuditSource, audit_message
 
 log = logging.getLogger(__name__)
 

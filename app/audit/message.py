@@ -13,7 +13,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from app.auth.audit import AuditAction, AuditEvent, AuditProtocol, Code, EventActionCode
+from app.audit.event import AuditAction, AuditEvent, AuditProtocol, Code, EventActionCode
 
 # Active participant roles (CID 402).
 SOURCE_ROLE = Code("110153", "DCM", "Source Role ID")
