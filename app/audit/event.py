@@ -11,9 +11,11 @@ application log. `summary()` is the only text about an event meant for the log.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from enum import IntEnum, StrEnum
+from enum import Enum, IntEnum, StrEnum
+from typing import Any
 
 from app.auth.principal import DEFAULT_TENANT, Access
 
@@ -186,6 +188,40 @@ class AuditEvent:
             f"tenant={self.tenant} protocol={self.protocol} at {self.when.isoformat()}"
         )
 
+    def record(self) -> dict[str, Any]:
+        """Every field by name as a plain value (enums as their values, tuples as lists,
+        `when` as it is): what a store keeps, read back by `from_record`."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> AuditEvent:
+        """The event `record()` gave; fields it lacks take their defaults."""
+        action_code = record.get("action_code")
+        event_type = record.get("event_type")
+        return cls(
+            action=AuditAction(record["action"]),
+            protocol=AuditProtocol(record["protocol"]),
+            outcome=EventOutcome(record.get("outcome", EventOutcome.SUCCESS)),
+            reason=record.get("reason") or "",
+            tenant=record["tenant"],
+            when=record["when"],
+            action_code=EventActionCode(action_code) if action_code else None,
+            event_type=AuditEventType(event_type) if event_type else None,
+            subject=record.get("subject"),
+            client=record.get("client"),
+            ae_title=record.get("ae_title"),
+            address=record.get("address"),
+            called=record.get("called"),
+            destination=record.get("destination"),
+            study_instance_uid=record.get("study_instance_uid"),
+            series_instance_uids=tuple(record.get("series_instance_uids") or ()),
+            sop_instance_uids=tuple(record.get("sop_instance_uids") or ()),
+            sop_class_uids=tuple(record.get("sop_class_uids") or ()),
+            patient_id=record.get("patient_id"),
+            query=record.get("query"),
+            query_sop_class_uid=record.get("query_sop_class_uid"),
+        )
+
     @classmethod
     def of(
         cls,
@@ -204,3 +240,11 @@ class AuditEvent:
             **what,
         }
         return cls(action, protocol, **fields_)  # type: ignore[arg-type]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value

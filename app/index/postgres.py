@@ -17,13 +17,11 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from app.audit.event import AuditEvent
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
 from app.index import postgres_audit
 from app.index.migrations import IndexUnavailable, SchemaError, latest_version, migrations
@@ -42,6 +40,8 @@ from app.query.model import Query
 from app.query.sql import POSTGRES, compile_search
 from app.services.ports import (
     AddResult,
+    AuditEvent,
+    AuditQuery,
     InstanceRecord,
     Json,
     Outcome,
@@ -175,29 +175,8 @@ class PostgresIndex:
         async with self._pool.acquire() as conn, conn.transaction():
             await postgres_audit.insert_audit_events(conn, events)
 
-    async def search_audit(
-        self,
-        tenant: str,
-        *,
-        patient_id: str | None = None,
-        subject: str | None = None,
-        study: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[AuditEvent]:
-        return await postgres_audit.search_audit(
-            self._pool,
-            tenant,
-            patient_id=patient_id,
-            subject=subject,
-            study=study,
-            since=since,
-            until=until,
-            limit=limit,
-            offset=offset,
-        )
+    async def search_audit(self, tenant: str, query: AuditQuery) -> list[AuditEvent]:
+        return await postgres_audit.search_audit(self._pool, tenant, query)
 
 
 # -- connecting and migrating ----------------------------------------------------------

@@ -12,8 +12,8 @@ from datetime import datetime
 
 import asyncpg
 
-from app.audit.event import AuditEvent
-from app.index.audit_rows import AUDIT_COLUMNS, AUDIT_ORDER, audit_event, audit_filter, audit_values
+from app.index.audit_rows import AUDIT_COLUMNS, audit_event, audit_search, audit_values
+from app.services.ports import AuditEvent, AuditQuery
 
 _INSERT = (
     f"INSERT INTO audit_event ({', '.join(AUDIT_COLUMNS)})"
@@ -36,31 +36,8 @@ async def insert_audit_events(conn: asyncpg.Connection, events: Iterable[AuditEv
 
 
 async def search_audit(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    tenant: str,
-    *,
-    patient_id: str | None = None,
-    subject: str | None = None,
-    study: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: int = 100,
-    offset: int = 0,
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, query: AuditQuery
 ) -> list[AuditEvent]:
-    where, params = audit_filter(
-        lambda n: f"${n}",
-        _time,
-        tenant,
-        patient_id=patient_id,
-        subject=subject,
-        study=study,
-        since=since,
-        until=until,
-    )
-    n = len(params)
-    sql = (
-        f"SELECT {_SELECT} FROM audit_event WHERE {where}"
-        f" ORDER BY {AUDIT_ORDER} LIMIT ${n + 1} OFFSET ${n + 2}"
-    )
-    rows = await conn.fetch(sql, *params, limit, offset)
+    sql, params = audit_search(tenant, query, mark=lambda n: f"${n}", time=_time, select=_SELECT)
+    rows = await conn.fetch(sql, *params)
     return [audit_event(row, row["event_time"]) for row in rows]

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.audit.event import AuditEvent
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
 from app.index import sqlite_audit
 from app.index.migrations import SchemaError, latest_version, migrations
@@ -37,6 +36,8 @@ from app.query.model import Query
 from app.query.sql import SQLITE, compile_search
 from app.services.ports import (
     AddResult,
+    AuditEvent,
+    AuditQuery,
     InstanceRecord,
     Json,
     Outcome,
@@ -156,31 +157,8 @@ class SqliteIndex:
         batch = tuple(events)
         await self._write(lambda db: sqlite_audit.insert_audit_events(db, batch))
 
-    async def search_audit(
-        self,
-        tenant: str,
-        *,
-        patient_id: str | None = None,
-        subject: str | None = None,
-        study: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[AuditEvent]:
-        return await self._read(
-            lambda db: sqlite_audit.search_audit(
-                db,
-                tenant,
-                patient_id=patient_id,
-                subject=subject,
-                study=study,
-                since=since,
-                until=until,
-                limit=limit,
-                offset=offset,
-            )
-        )
+    async def search_audit(self, tenant: str, query: AuditQuery) -> list[AuditEvent]:
+        return await self._read(lambda db: sqlite_audit.search_audit(db, tenant, query))
 
 
 def _open(path: Path, readers: int) -> tuple[sqlite3.Connection, list[sqlite3.Connection]]:

@@ -11,8 +11,8 @@ import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from app.audit.event import AuditEvent
-from app.index.audit_rows import AUDIT_COLUMNS, AUDIT_ORDER, audit_event, audit_filter, audit_values
+from app.index.audit_rows import AUDIT_COLUMNS, audit_event, audit_search, audit_values
+from app.services.ports import AuditEvent, AuditQuery
 
 _INSERT = (
     f"INSERT INTO audit_event ({', '.join(AUDIT_COLUMNS)})"
@@ -34,31 +34,7 @@ def insert_audit_events(db: sqlite3.Connection, events: Iterable[AuditEvent]) ->
     db.executemany(_INSERT, [audit_values(event, _time) for event in events])
 
 
-def search_audit(
-    db: sqlite3.Connection,
-    tenant: str,
-    *,
-    patient_id: str | None = None,
-    subject: str | None = None,
-    study: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: int = 100,
-    offset: int = 0,
-) -> list[AuditEvent]:
-    where, params = audit_filter(
-        lambda _: "?",
-        _time,
-        tenant,
-        patient_id=patient_id,
-        subject=subject,
-        study=study,
-        since=since,
-        until=until,
-    )
-    sql = (
-        f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit_event WHERE {where}"
-        f" ORDER BY {AUDIT_ORDER} LIMIT ? OFFSET ?"
-    )
-    rows = db.execute(sql, (*params, limit, offset)).fetchall()
+def search_audit(db: sqlite3.Connection, tenant: str, query: AuditQuery) -> list[AuditEvent]:
+    sql, params = audit_search(tenant, query, mark=lambda _: "?", time=_time)
+    rows = db.execute(sql, params).fetchall()
     return [audit_event(row, datetime.fromisoformat(row["event_time"])) for row in rows]

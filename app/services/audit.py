@@ -17,9 +17,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from datetime import datetime
 
 from app.audit.event import AuditEvent
+from app.audit.query import AuditQuery
 from app.audit.syslog import SyslogSender
 from app.auth.principal import Access, Permission
 from app.services.ports import Index, StoredInstance, StoredMetadata
@@ -119,30 +119,10 @@ class AuditService:
         self._loop.call_soon_threadsafe(method, event)
         return False
 
-    async def search(
-        self,
-        access: Access,
-        *,
-        patient_id: str | None = None,
-        subject: str | None = None,
-        study: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[AuditEvent]:
+    async def search(self, access: Access, query: AuditQuery) -> list[AuditEvent]:
         """The audit trail of the caller's tenant, newest first (admin only)."""
         access.require(Permission.ADMIN)
-        return await self._index.search_audit(
-            access.tenant,
-            patient_id=patient_id,
-            subject=subject,
-            study=study,
-            since=since,
-            until=until,
-            limit=limit,
-            offset=offset,
-        )
+        return await self._index.search_audit(access.tenant, query)
 
     async def flush(self) -> None:
         """Wait until every event recorded so far is in the index (or logged as lost)."""

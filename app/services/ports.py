@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.audit.event import AuditEvent, EventActionCode, EventOutcome
+# Re-exported ("as"): the index reaches the audit model through this module only
+# (DESIGN: index imports dicom, query and services.ports).
+from app.audit.event import AuditEvent as AuditEvent  # noqa: PLC0414
+from app.audit.event import EventActionCode, EventOutcome
+from app.audit.query import AuditQuery as AuditQuery  # noqa: PLC0414
 from app.dicom.instance import PIXEL_DATA_PATHS, BulkRange, FrameRanges
 from app.query.model import Query
 
@@ -151,20 +154,8 @@ class Index(Protocol):
         """Keep audit events, all in one transaction of their own."""
         ...
 
-    async def search_audit(
-        self,
-        tenant: str,
-        *,
-        patient_id: str | None = None,
-        subject: str | None = None,
-        study: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[AuditEvent]:
-        """Audit events of `tenant`, newest first. `since` is inclusive, `until`
-        exclusive; each filter given must match."""
+    async def search_audit(self, tenant: str, query: AuditQuery) -> list[AuditEvent]:
+        """Audit events of `tenant` that `query` matches, newest first."""
         ...
 
     async def close(self) -> None: ...

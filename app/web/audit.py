@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.audit.event import AuditAction, AuditEvent, AuditProtocol
+from app.audit.query import AuditQuery
 from app.auth.principal import Permission
 from app.dicom.uid import is_valid_uid
 from app.services.archive import Archive
@@ -103,13 +104,8 @@ def event_json(event: AuditEvent) -> dict[str, Any]:
     }
 
 
-async def search_audit(request: Request) -> Response:
-    access = request_access(request)
-    # Refuse a caller without the permission before saying anything about the request.
-    access.require(Permission.ADMIN)
-    accept = parse_accept(request.headers.get("accept"))
-    if not any(r.media_type in _JSON_TYPES for r in accept):
-        raise NotAcceptable("the audit trail is available as application/json only")
+def audit_query(request: Request) -> AuditQuery:
+    """The search the query parameters ask for; BadRequest for any bad one."""
     params = _single(request)
     study = params.get("study")
     if study is not None and not is_valid_uid(study):
@@ -118,9 +114,7 @@ async def search_audit(request: Request) -> Response:
     until = _time("until", params["until"]) if "until" in params else None
     if since and until and since > until:
         raise BadRequest("since is later than until")
-    archive: Archive = request.app.state.archive
-    events = await archive.audit.search(
-        access,
+    return AuditQuery(
         patient_id=_text("patient", params["patient"]) if "patient" in params else None,
         subject=_text("user", params["user"]) if "user" in params else None,
         study=study,
@@ -129,6 +123,17 @@ async def search_audit(request: Request) -> Response:
         limit=_integer("limit", params.get("limit", str(DEFAULT_LIMIT)), 1, MAX_LIMIT),
         offset=_integer("offset", params.get("offset", "0"), 0, 10**9),
     )
+
+
+async def search_audit(request: Request) -> Response:
+    access = request_access(request)
+    # Refuse a caller without the permission before saying anything about the request.
+    access.require(Permission.ADMIN)
+    accept = parse_accept(request.headers.get("accept"))
+    if not any(r.media_type in _JSON_TYPES for r in accept):
+        raise NotAcceptable("the audit trail is available as application/json only")
+    archive: Archive = request.app.state.archive
+    events = await archive.audit.search(access, audit_query(request))
     archive.audit.record(
         AuditEvent.of(
             access,

@@ -14,6 +14,7 @@ import pytest
 
 from app.audit.event import AuditAction, AuditEvent, AuditProtocol
 from app.audit.message import AuditSource
+from app.audit.query import AuditQuery
 from app.audit.syslog import SyslogSender, parse_syslog_url
 from app.auth.principal import Access, Forbidden, Permission, Principal
 from app.index.sqlite import SqliteIndex
@@ -46,7 +47,7 @@ async def test_many_events_are_written_in_batches(index: Index) -> None:
     for n in range(count):
         service.record(query(n))
     await service.flush()
-    found = await service.search(ADMIN, limit=1000)
+    found = await service.search(ADMIN, AuditQuery(limit=1000))
     assert sorted(e.subject or "" for e in found) == sorted(f"user-{n}" for n in range(count))
     assert service.lost == 0
     await service.close()
@@ -61,7 +62,7 @@ async def test_events_recorded_on_other_threads(index: Index) -> None:
         await asyncio.to_thread(thread.join)
     await asyncio.sleep(0)  # the handed-over events run on the loop
     await service.flush()
-    assert len(await service.search(ADMIN)) == 8
+    assert len(await service.search(ADMIN, AuditQuery())) == 8
     await service.close()
 
 
@@ -69,10 +70,10 @@ async def test_searching_needs_the_admin_permission(index: Index) -> None:
     service = AuditService(index)
     reader = Access(Principal("r", frozenset({Permission.READ}), None))
     with pytest.raises(Forbidden):
-        await service.search(reader)
+        await service.search(reader, AuditQuery())
     other_tenant = Access(Principal("a", frozenset(Permission), frozenset({"a"})), "b")
     with pytest.raises(Forbidden):
-        await service.search(other_tenant)
+        await service.search(other_tenant, AuditQuery())
     await service.close()
 
 
@@ -86,7 +87,7 @@ async def test_recorded_and_forwarded_events_reach_index_and_collector(
     service.forward(query(2))
     await service.flush()
     assert await sender.flush(10)
-    assert [e.subject for e in await service.search(ADMIN)] == ["user-1"]
+    assert [e.subject for e in await service.search(ADMIN, AuditQuery())] == ["user-1"]
     assert len(collector.wait_for(2)) == 2
     await service.close()
 

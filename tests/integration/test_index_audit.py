@@ -18,6 +18,7 @@ from app.audit.event import (
     EventActionCode,
     EventOutcome,
 )
+from app.audit.query import AuditQuery
 from app.index import postgres_audit, sqlite_audit
 from app.services.ports import Index
 from tests.integration.conftest import Backend
@@ -61,7 +62,7 @@ async def test_an_event_comes_back_whole(index: Index) -> None:
         query_sop_class_uid="1.2.840.10008.5.1.4.1.2.2.1",
     )
     await index.add_audit_events([stored])
-    [found] = await index.search_audit("clinic-a")
+    [found] = await index.search_audit("clinic-a", AuditQuery())
     assert found == stored
     assert found.when == datetime(2024, 3, 1, 8, 30, 15, 123000, tzinfo=UTC)
 
@@ -77,7 +78,7 @@ async def test_filters_and_order(index: Index) -> None:
     await index.add_audit_events(events)
 
     async def minutes(tenant: str, **filters: object) -> list[int]:
-        found = await index.search_audit(tenant, **filters)  # type: ignore[arg-type]
+        found = await index.search_audit(tenant, AuditQuery(**filters))  # type: ignore[arg-type]
         return [int((e.when - T0).total_seconds() // 60) for e in found]
 
     assert await minutes("a") == [4, 2, 1, 0]  # newest first, tenant b left out
@@ -106,20 +107,20 @@ async def test_a_search_without_a_tenant_is_refused(index: Index) -> None:
     """Regression: tenant None searched every tenant's trail (DESIGN: a bug, not a default)."""
     await index.add_audit_events([event(0, tenant="a"), event(1, tenant="b")])
     with pytest.raises(TypeError, match="needs a tenant"):
-        await index.search_audit(None)  # type: ignore[arg-type]
+        await index.search_audit(None, AuditQuery())  # type: ignore[arg-type]
 
 
 async def test_values_are_bound_not_formatted(index: Index) -> None:
     await index.add_audit_events([event(0, subject="x' OR '1'='1", patient_id="P\x00Q")])
-    assert await index.search_audit("default", subject="x") == []
-    [found] = await index.search_audit("default", subject="x' OR '1'='1")
+    assert await index.search_audit("default", AuditQuery(subject="x")) == []
+    [found] = await index.search_audit("default", AuditQuery(subject="x' OR '1'='1"))
     assert found.patient_id == "PQ"  # NUL dropped: PostgreSQL text cannot hold it
 
 
 async def test_events_of_the_same_millisecond_keep_their_order(index: Index) -> None:
     await index.add_audit_events([event(0, subject="first"), event(0, subject="second")])
     await index.add_audit_events([event(0, subject="third")])
-    found = await index.search_audit("default")
+    found = await index.search_audit("default", AuditQuery())
     assert [e.subject for e in found] == ["third", "second", "first"]
 
 
@@ -149,4 +150,4 @@ async def test_an_event_written_in_a_data_transaction_rolls_back_with_it(
                     raise RuntimeError("the data write failed")
         finally:
             await conn.close()
-    assert [e.subject for e in await index.search_audit("default")] == ["committed"]
+    assert [e.subject for e in await index.search_audit("default", AuditQuery())] == ["committed"]

@@ -16,6 +16,7 @@ from app.audit.event import (
     EventActionCode,
     EventOutcome,
 )
+from app.audit.query import AuditQuery
 from app.index import postgres_audit, sqlite_audit
 from app.services.ports import Index, InstanceRecord, Outcome
 from tests.integration.conftest import TENANT, Backend, Records
@@ -38,7 +39,7 @@ def transferred(record: InstanceRecord) -> AuditEvent:
 
 async def trail(index: Index, record: InstanceRecord) -> list[AuditEvent]:
     """The events of the record's study, oldest first (nothing queues: no flush needed)."""
-    found = await index.search_audit(TENANT, study=record.study_instance_uid)
+    found = await index.search_audit(TENANT, AuditQuery(study=record.study_instance_uid))
     return sorted(found, key=lambda e: e.when)
 
 

@@ -14,6 +14,7 @@ import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.audit.event import AuditAction, AuditEventType
+from app.audit.query import AuditQuery
 from app.auth.principal import DEFAULT_TENANT, Permission, Principal
 from app.main import open_archive
 from app.services.archive import Archive
@@ -74,7 +75,7 @@ async def test_refused(
     assert answer.json() == {"status": 403, "error": message}
     await archive.audit.flush()
     # The refusal is in the trail; a search of the trail (Audit Log Used) is not.
-    [event] = await archive.index.search_audit(tenant)
+    [event] = await archive.index.search_audit(tenant, AuditQuery())
     assert (event.action, event.event_type) == (
         AuditAction.SECURITY_ALERT,
         AuditEventType.USE_OF_RESTRICTED_FUNCTION,
@@ -88,8 +89,8 @@ async def test_a_401_is_kept_in_the_default_tenants_trail(archive: Archive) -> N
     challenge = 'Bearer realm="pacs", error="invalid_token"'
     sign_in_refused(archive, "203.0.113.9", "/dicomweb/tenants/clinic-b/studies", challenge)
     await archive.audit.flush()
-    assert await archive.index.search_audit("clinic-b") == []
-    [event] = await archive.index.search_audit(DEFAULT_TENANT)
+    assert await archive.index.search_audit("clinic-b", AuditQuery()) == []
+    [event] = await archive.index.search_audit(DEFAULT_TENANT, AuditQuery())
     assert event.action is AuditAction.USER_AUTHENTICATION
     assert event.reason == f"{challenge} (the URL names tenant 'clinic-b')"
     assert event.called == "/dicomweb/tenants/clinic-b/studies"

@@ -1,0 +1,40 @@
+"""The import direction of DESIGN.md, checked on the source: `index` and `storage` import
+only `dicom`, `query`, `services.ports` and their own package."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+APP = Path(__file__).resolve().parents[2] / "app"
+
+
+def app_imports(package: str) -> dict[str, set[str]]:
+    """Module file -> the `app.*` modules it imports."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((APP / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        found[str(path.relative_to(APP.parent))] = {n for n in names if n.startswith("app.")}
+    return found
+
+
+def within(module: str, allowed: tuple[str, ...]) -> bool:
+    return any(module == a or module.startswith(f"{a}.") for a in allowed)
+
+
+@pytest.mark.parametrize("package", ["index", "storage"])
+def test_backends_import_only_dicom_query_and_the_ports(package: str) -> None:
+    """Regression: the index's audit modules imported the audit model from app.auth."""
+    allowed = ("app.dicom", "app.query", "app.services.ports", f"app.{package}")
+    wrong = {
+        path: sorted(m for m in modules if not within(m, allowed))
+        for path, modules in app_imports(package).items()
+    }
+    assert {path: found for path, found in wrong.items() if found} == {}
