@@ -41,6 +41,7 @@ from app.query.sql import POSTGRES, compile_search
 from app.services.ports import (
     AddResult,
     AuditEvent,
+    AuditFor,
     AuditQuery,
     InstanceRecord,
     Json,
@@ -48,7 +49,6 @@ from app.services.ports import (
     SearchHit,
     StoredInstance,
     StoredMetadata,
-    audit_outcome,
 )
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class PostgresIndex:
         record: InstanceRecord,
         *,
         overwrite: bool,
-        audit: AuditEvent | None = None,
+        audit: AuditFor | None = None,
     ) -> AddResult:
         meta, meta_json = _storable(record.metadata)
         for attempt in range(1, _ATTEMPTS + 1):
@@ -126,7 +126,7 @@ class PostgresIndex:
                     added = await _add(conn, tenant, record, meta, meta_json, overwrite=overwrite)
                     if audit is None:
                         return added
-                    event = audit_outcome(audit, added.outcome)
+                    event = audit(added.outcome)
                     await postgres_audit.insert_audit_event(conn, event)
                     return replace(added, audit=event)
             except _RETRYABLE as exc:

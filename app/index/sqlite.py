@@ -37,6 +37,7 @@ from app.query.sql import SQLITE, compile_search
 from app.services.ports import (
     AddResult,
     AuditEvent,
+    AuditFor,
     AuditQuery,
     InstanceRecord,
     Json,
@@ -44,7 +45,6 @@ from app.services.ports import (
     SearchHit,
     StoredInstance,
     StoredMetadata,
-    audit_outcome,
 )
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class SqliteIndex:
         record: InstanceRecord,
         *,
         overwrite: bool,
-        audit: AuditEvent | None = None,
+        audit: AuditFor | None = None,
     ) -> AddResult:
         return await self._write(lambda db: _add_audited(db, tenant, record, overwrite, audit))
 
@@ -202,12 +202,12 @@ def _add_audited(
     tenant: str,
     record: InstanceRecord,
     overwrite: bool,
-    audit: AuditEvent | None,
+    audit: AuditFor | None,
 ) -> AddResult:
     added = _add(db, tenant, record, overwrite)
     if audit is None:
         return added
-    event = audit_outcome(audit, added.outcome)
+    event = audit(added.outcome)
     sqlite_audit.insert_audit_event(db, event)
     return replace(added, audit=event)
 

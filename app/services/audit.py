@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from app.audit.event import AuditEvent
+from app.audit.event import AuditEvent, EventActionCode, EventOutcome
 from app.audit.query import AuditQuery
 from app.audit.syslog import SyslogSender
 from app.auth.principal import Access, Permission
-from app.services.ports import Index, StoredInstance, StoredMetadata
+from app.services.ports import Index, Outcome, StoredInstance, StoredMetadata
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,23 @@ def per_study(
             )
         )
     return events
+
+
+def audit_outcome(event: AuditEvent, outcome: Outcome) -> AuditEvent:
+    """The audit event of storing an instance, for what the index made of it: a
+    replacement is an update, a conflict a failure; storing identical bytes again changes
+    nothing but is still a transfer that succeeded."""
+    if outcome is Outcome.REPLACED:
+        return replace(event, action_code=EventActionCode.UPDATE)
+    if outcome is Outcome.CONFLICT:
+        return replace(
+            event,
+            outcome=EventOutcome.MINOR_FAILURE,
+            reason="another object with this SOP Instance UID is stored; nothing changed",
+        )
+    if outcome is Outcome.IDENTICAL:
+        return replace(event, reason="already stored with the same content")
+    return event
 
 
 class AuditService:

@@ -5,8 +5,8 @@ Services depend on these protocols only; `app/index/` and `app/storage/` impleme
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,7 +14,6 @@ from typing import Any, Protocol
 # Re-exported ("as"): the index reaches the audit model through this module only
 # (DESIGN: index imports dicom, query and services.ports).
 from app.audit.event import AuditEvent as AuditEvent  # noqa: PLC0414
-from app.audit.event import EventActionCode, EventOutcome
 from app.audit.query import AuditQuery as AuditQuery  # noqa: PLC0414
 from app.dicom.instance import PIXEL_DATA_PATHS, BulkRange, FrameRanges
 from app.query.model import Query
@@ -80,21 +79,10 @@ class AddResult:
     audit: AuditEvent | None = None
 
 
-def audit_outcome(event: AuditEvent, outcome: Outcome) -> AuditEvent:
-    """The audit event of storing an instance, for what the index made of it: a
-    replacement is an update, a conflict a failure; storing identical bytes again changes
-    nothing but is still a transfer that succeeded."""
-    if outcome is Outcome.REPLACED:
-        return replace(event, action_code=EventActionCode.UPDATE)
-    if outcome is Outcome.CONFLICT:
-        return replace(
-            event,
-            outcome=EventOutcome.MINOR_FAILURE,
-            reason="another object with this SOP Instance UID is stored; nothing changed",
-        )
-    if outcome is Outcome.IDENTICAL:
-        return replace(event, reason="already stored with the same content")
-    return event
+# What the index keeps as the audit event of storing an instance, for the outcome it
+# found (app/services/audit.py: audit_outcome): decided by the service, kept by the index
+# in the instance's transaction.
+AuditFor = Callable[["Outcome"], AuditEvent]
 
 
 @dataclass(frozen=True)
@@ -120,12 +108,12 @@ class Index(Protocol):
         record: InstanceRecord,
         *,
         overwrite: bool,
-        audit: AuditEvent | None = None,
+        audit: AuditFor | None = None,
     ) -> AddResult:
         """Index an instance of `tenant` whose blob is already stored, atomically with its
-        counts. `audit`, when given, is kept in the same transaction whatever the outcome
-        (committed with the instance or not at all), as `audit_outcome` adjusts it; the
-        result carries the event as kept."""
+        counts. `audit`, when given, makes the event of the outcome, which is kept in the
+        same transaction whatever the outcome (committed with the instance or not at
+        all); the result carries the event as kept."""
         ...
 
     async def search(self, tenant: str, query: Query) -> list[SearchHit]: ...

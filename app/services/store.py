@@ -22,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,7 +30,7 @@ from app.audit.event import AuditEvent, EventOutcome
 from app.auth.principal import Access, Permission
 from app.dicom.instance import ParsedInstance
 from app.dicom.parse import DicomParseError, parse_instance
-from app.services.audit import AuditService
+from app.services.audit import AuditService, audit_outcome
 from app.services.ports import BlobStore, Index, InstanceRecord, Outcome
 
 log = logging.getLogger(__name__)
@@ -267,7 +268,7 @@ class StoreService:
         )
         try:
             added = await self.index.add_instance(
-                tenant, record, overwrite=self.overwrite, audit=event
+                tenant, record, overwrite=self.overwrite, audit=partial(audit_outcome, event)
             )
         except BaseException as exc:
             await self.blobs.delete(key)

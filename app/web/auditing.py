@@ -26,6 +26,7 @@ from app.services.archive import Archive
 from app.services.audit import per_study
 from app.services.errors import NotFound
 from app.services.ports import StoredInstance, StoredMetadata
+from app.web.access import request_access
 from app.web.urls import DICOMWEB_PREFIX, TENANTS_PATH
 
 _TENANT_PREFIX = f"{DICOMWEB_PREFIX}{TENANTS_PATH}/"
@@ -111,8 +112,13 @@ def record_query(
     _record(request, event)
 
 
-def record_forbidden(request: HTTPConnection, access: Access, reason: str) -> None:
-    """A request refused for want of a permission (403)."""
+def record_forbidden(request: HTTPConnection, reason: str) -> None:
+    """A request refused for want of a permission (403), by the caller and on the tenant
+    of the request."""
+    try:
+        access = request_access(request)
+    except UnknownTenant:
+        return  # answered 400 elsewhere; a 403 always has a valid tenant
     event = request_event(
         request,
         access,

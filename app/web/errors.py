@@ -21,7 +21,6 @@ from app.services.errors import (
     StorageInconsistent,
     Unsupported,
 )
-from app.web.access import request_access
 from app.web.auditing import record_forbidden
 from app.web.ranges import RangeNotSatisfiable
 
@@ -58,7 +57,7 @@ async def handle_known(request: Request, exc: Exception) -> Response:
     if isinstance(exc, Forbidden):
         # RFC 6750 3.1: a valid token without the permission the request needs.
         challenge = 'Bearer realm="pacs", error="insufficient_scope"'
-        _audit_forbidden(request, str(exc))
+        record_forbidden(request, str(exc))
         return error_response(403, str(exc), {"WWW-Authenticate": challenge})
     for kind, status in _STATUS.items():
         if isinstance(exc, kind):
@@ -67,14 +66,6 @@ async def handle_known(request: Request, exc: Exception) -> Response:
             return error_response(status, str(exc))
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal error; see the server log")
-
-
-def _audit_forbidden(request: Request, reason: str) -> None:
-    try:
-        access = request_access(request)
-    except UnknownTenant:
-        return  # answered 400 elsewhere; a 403 always has a valid tenant
-    record_forbidden(request, access, reason)
 
 
 async def handle_range(request: Request, exc: Exception) -> Response:

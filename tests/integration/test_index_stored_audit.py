@@ -5,6 +5,7 @@ their event in the same transaction, and a transaction that fails keeps neither.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import pytest
 from pydicom.uid import generate_uid
@@ -18,6 +19,7 @@ from app.audit.event import (
 )
 from app.audit.query import AuditQuery
 from app.index import postgres_audit, sqlite_audit
+from app.services.audit import audit_outcome
 from app.services.ports import Index, InstanceRecord, Outcome
 from tests.integration.conftest import TENANT, Backend, Records
 
@@ -60,12 +62,16 @@ async def test_each_outcome_keeps_its_event(index: Index, records: Records) -> N
     first = records.make(sop=sop, seed=1, PatientID="PAT-AUDIT")
     assert first.patient_id == "PAT-AUDIT"
     event = transferred(first)
-    stored = await index.add_instance(TENANT, first, overwrite=False, audit=event)
+    stored = await index.add_instance(
+        TENANT, first, overwrite=False, audit=partial(audit_outcome, event)
+    )
     assert stored.outcome is Outcome.STORED
     assert stored.audit == event
 
     again = replace(first, blob_key="another-key")
-    identical = await index.add_instance(TENANT, again, overwrite=True, audit=transferred(again))
+    identical = await index.add_instance(
+        TENANT, again, overwrite=True, audit=partial(audit_outcome, transferred(again))
+    )
     assert identical.outcome is Outcome.IDENTICAL
     assert summary(identical.audit) == (
         EventOutcome.SUCCESS,
@@ -77,7 +83,9 @@ async def test_each_outcome_keeps_its_event(index: Index, records: Records) -> N
     )
 
     other = records.make(sop=sop, study=first.study_instance_uid, seed=2, PatientID="PAT-AUDIT")
-    conflict = await index.add_instance(TENANT, other, overwrite=False, audit=transferred(other))
+    conflict = await index.add_instance(
+        TENANT, other, overwrite=False, audit=partial(audit_outcome, transferred(other))
+    )
     assert conflict.outcome is Outcome.CONFLICT
     assert conflict.audit is not None
     assert conflict.audit.outcome is EventOutcome.MINOR_FAILURE
@@ -87,7 +95,9 @@ async def test_each_outcome_keeps_its_event(index: Index, records: Records) -> N
         first.sha256
     ]
 
-    replaced = await index.add_instance(TENANT, other, overwrite=True, audit=transferred(other))
+    replaced = await index.add_instance(
+        TENANT, other, overwrite=True, audit=partial(audit_outcome, transferred(other))
+    )
     assert replaced.outcome is Outcome.REPLACED
     assert replaced.audit is not None
     assert replaced.audit.effective_action_code is EventActionCode.UPDATE
@@ -122,12 +132,16 @@ async def test_a_failed_event_write_keeps_no_instance(
         monkeypatch.setattr(postgres_audit, "insert_audit_event", postgres_refuses)
     record = records.make(PatientID="PAT-GONE")
     with pytest.raises(Refused):
-        await index.add_instance(TENANT, record, overwrite=False, audit=transferred(record))
+        await index.add_instance(
+            TENANT, record, overwrite=False, audit=partial(audit_outcome, transferred(record))
+        )
     monkeypatch.undo()
     assert await index.instances(TENANT, record.study_instance_uid) == []
     assert await trail(index, record) == []
     # The index is still usable, and the same instance stores with its event.
-    again = await index.add_instance(TENANT, record, overwrite=False, audit=transferred(record))
+    again = await index.add_instance(
+        TENANT, record, overwrite=False, audit=partial(audit_outcome, transferred(record))
+    )
     assert again.outcome is Outcome.STORED
     assert [e.patient_id for e in await trail(index, record)] == ["PAT-GONE"]
 
