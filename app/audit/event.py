@@ -228,18 +228,23 @@ class AuditEvent:
         access: Access,
         action: AuditAction,
         protocol: AuditProtocol,
-        **what: object,
+        *,
+        called: str | None = None,
+        ae_title: str | None = None,
     ) -> AuditEvent:
-        """An event for the caller of `access` (subject, client, address, tenant)."""
+        """An event for the caller of `access` (subject, client, address, tenant) on
+        `called`; what it is about is added with `dataclasses.replace` (type-checked)."""
         principal = access.principal
-        fields_ = {
-            "tenant": access.tenant,
-            "subject": principal.subject,
-            "client": principal.client,
-            "address": principal.address,
-            **what,
-        }
-        return cls(action, protocol, **fields_)  # type: ignore[arg-type]
+        return cls(
+            action,
+            protocol,
+            tenant=access.tenant,
+            subject=principal.subject,
+            client=principal.client,
+            address=principal.address,
+            ae_title=ae_title,
+            called=called,
+        )
 
 
 def _plain(value: Any) -> Any:

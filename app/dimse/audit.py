@@ -8,6 +8,7 @@ never blocks, so a handler records and goes on.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from urllib.parse import urlencode
 
 from pydicom.dataset import Dataset
@@ -30,7 +31,7 @@ from app.services.ports import StoredInstance
 
 
 def association_event(
-    assoc: Association, bridge: Bridge, access: Access, action: AuditAction, **what: object
+    assoc: Association, bridge: Bridge, access: Access, action: AuditAction
 ) -> AuditEvent:
     """An event for a request on `assoc`, made by the caller of `access`."""
     return AuditEvent.of(
@@ -39,14 +40,14 @@ def association_event(
         AuditProtocol.DIMSE,
         ae_title=assoc.requestor.ae_title.strip(),
         called=bridge.config.ae_title.strip(),
-        **what,
     )
 
 
 def store_event(assoc: Association, bridge: Bridge, access: Access) -> AuditEvent:
     """What the store service fills in for a C-STORE request."""
-    return association_event(
-        assoc, bridge, access, AuditAction.INSTANCES_TRANSFERRED, action_code=EventActionCode.CREATE
+    return replace(
+        association_event(assoc, bridge, access, AuditAction.INSTANCES_TRANSFERRED),
+        action_code=EventActionCode.CREATE,
     )
 
 
@@ -55,11 +56,13 @@ def refuse(assoc: Association, bridge: Bridge, service: DimseService) -> Dataset
     Security Alert (Use of Restricted Function)."""
     status = not_authorized(assoc, service)
     bridge.archive.audit.record(
-        association_event(
-            assoc,
-            bridge,
-            access_for(assoc, policy_of(assoc, bridge)),
-            AuditAction.SECURITY_ALERT,
+        replace(
+            association_event(
+                assoc,
+                bridge,
+                access_for(assoc, policy_of(assoc, bridge)),
+                AuditAction.SECURITY_ALERT,
+            ),
             event_type=AuditEventType.USE_OF_RESTRICTED_FUNCTION,
             outcome=EventOutcome.MINOR_FAILURE,
             reason=str(status.ErrorComment),
@@ -80,11 +83,8 @@ def record_query(
 ) -> None:
     """A C-FIND request, its keys written `Keyword=value&...`."""
     bridge.archive.audit.record(
-        association_event(
-            assoc,
-            bridge,
-            access,
-            AuditAction.QUERY,
+        replace(
+            association_event(assoc, bridge, access, AuditAction.QUERY),
             query=query_text(identifier),
             query_sop_class_uid=sop_class_uid,
             outcome=outcome,
@@ -106,11 +106,13 @@ def record_transfer(
     matched is a failed transfer too, recorded once."""
     if not instances:
         failure = failure or "no stored instance matches the identifier"
-    template = association_event(
-        assoc,
-        bridge,
-        access_for(assoc, policy_of(assoc, bridge)),
-        AuditAction.INSTANCES_TRANSFERRED,
+    template = replace(
+        association_event(
+            assoc,
+            bridge,
+            access_for(assoc, policy_of(assoc, bridge)),
+            AuditAction.INSTANCES_TRANSFERRED,
+        ),
         destination=destination,
         outcome=EventOutcome.MINOR_FAILURE if failure else EventOutcome.SUCCESS,
         reason=failure,

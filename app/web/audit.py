@@ -7,6 +7,7 @@ audited (Audit Log Used, PS3.15 A.5.3.1).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -135,11 +136,10 @@ async def search_audit(request: Request) -> Response:
     archive: Archive = request.app.state.archive
     events = await archive.audit.search(access, audit_query(request))
     archive.audit.record(
-        AuditEvent.of(
-            access,
-            AuditAction.AUDIT_LOG_USED,
-            AuditProtocol.DICOMWEB,
-            called=request.url.path,
+        replace(
+            AuditEvent.of(
+                access, AuditAction.AUDIT_LOG_USED, AuditProtocol.DICOMWEB, called=request.url.path
+            ),
             query=request.url.query or None,
         )
     )

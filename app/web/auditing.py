@@ -9,6 +9,7 @@ the event `store_event` makes here.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable
+from dataclasses import replace
 from typing import TypeVar
 
 from starlette.requests import HTTPConnection
@@ -40,17 +41,16 @@ def _record(request: HTTPConnection, event: AuditEvent) -> None:
         archive.audit.record(event)
 
 
-def request_event(
-    request: HTTPConnection, access: Access, action: AuditAction, **what: object
-) -> AuditEvent:
+def request_event(request: HTTPConnection, access: Access, action: AuditAction) -> AuditEvent:
     """An event for `request`: the caller of `access`, the path it asked for."""
-    return AuditEvent.of(access, action, AuditProtocol.DICOMWEB, called=request.url.path, **what)
+    return AuditEvent.of(access, action, AuditProtocol.DICOMWEB, called=request.url.path)
 
 
 def store_event(request: HTTPConnection, access: Access) -> AuditEvent:
     """What the store service fills in for each instance of a STOW-RS request."""
-    return request_event(
-        request, access, AuditAction.INSTANCES_TRANSFERRED, action_code=EventActionCode.CREATE
+    return replace(
+        request_event(request, access, AuditAction.INSTANCES_TRANSFERRED),
+        action_code=EventActionCode.CREATE,
     )
 
 
@@ -78,10 +78,8 @@ async def audited_read(
     try:
         found = await lookup
     except NotFound as exc:
-        event = request_event(
-            request,
-            access,
-            action,
+        event = replace(
+            request_event(request, access, action),
             outcome=EventOutcome.MINOR_FAILURE,
             reason=str(exc),
             study_instance_uid=study,
@@ -100,10 +98,8 @@ def record_query(
     reason: str = "",
 ) -> None:
     """A QIDO-RS search, with its query string as asked."""
-    event = request_event(
-        request,
-        access,
-        AuditAction.QUERY,
+    event = replace(
+        request_event(request, access, AuditAction.QUERY),
         query=request.url.query,
         study_instance_uid=study,
         outcome=outcome,
@@ -119,10 +115,8 @@ def record_forbidden(request: HTTPConnection, reason: str) -> None:
         access = request_access(request)
     except UnknownTenant:
         return  # answered 400 elsewhere; a 403 always has a valid tenant
-    event = request_event(
-        request,
-        access,
-        AuditAction.SECURITY_ALERT,
+    event = replace(
+        request_event(request, access, AuditAction.SECURITY_ALERT),
         event_type=AuditEventType.USE_OF_RESTRICTED_FUNCTION,
         outcome=EventOutcome.MINOR_FAILURE,
         reason=reason,
@@ -140,14 +134,16 @@ def sign_in_refused(archive: Archive, address: str | None, path: str, reason: st
     named = _tenant_of(path)
     if named != DEFAULT_TENANT:
         reason = f"{reason} (the URL names tenant {named!r})"
-    event = AuditEvent.of(
-        Access(anonymous(address), DEFAULT_TENANT),
-        AuditAction.USER_AUTHENTICATION,
-        AuditProtocol.DICOMWEB,
+    event = replace(
+        AuditEvent.of(
+            Access(anonymous(address), DEFAULT_TENANT),
+            AuditAction.USER_AUTHENTICATION,
+            AuditProtocol.DICOMWEB,
+            called=path,
+        ),
         event_type=AuditEventType.LOGIN,
         outcome=EventOutcome.MINOR_FAILURE,
         reason=reason,
-        called=path,
     )
     archive.audit.record(event)
 

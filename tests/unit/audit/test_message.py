@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -195,12 +196,14 @@ def test_retrieve_over_dicomweb_by_a_signed_in_user() -> None:
         Principal("alice", frozenset({Permission.READ}), None, client="viewer", address="::1"),
         "clinic-a",
     )
-    event = AuditEvent.of(
-        access,
-        AuditAction.INSTANCES_TRANSFERRED,
-        AuditProtocol.DICOMWEB,
+    event = replace(
+        AuditEvent.of(
+            access,
+            AuditAction.INSTANCES_TRANSFERRED,
+            AuditProtocol.DICOMWEB,
+            called="/dicomweb/studies/1.2.3",
+        ),
         when=WHEN,
-        called="/dicomweb/studies/1.2.3",
         study_instance_uid="1.2.3",
         patient_id="PAT-7",
     )
