@@ -23,6 +23,7 @@ from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable
 from app.web.access import request_access
 from app.web.negotiation import parse_accept
+from app.web.params import query_int
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -58,16 +59,6 @@ def _time(name: str, text: str) -> datetime:
         return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
     except OverflowError:
         raise BadRequest(f"{name}={text!r} is out of range once converted to UTC") from None
-
-
-def _integer(name: str, text: str, low: int, high: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise BadRequest(f"{name}={text!r} is not an integer") from None
-    if not low <= value <= high:
-        raise BadRequest(f"{name}={value} is out of range ({low} to {high})")
-    return value
 
 
 def _text(name: str, text: str) -> str:
@@ -121,9 +112,13 @@ def audit_query(request: Request) -> AuditQuery:
         study=study,
         since=since,
         until=until,
-        limit=_integer("limit", params.get("limit", str(DEFAULT_LIMIT)), 1, MAX_LIMIT),
-        offset=_integer("offset", params.get("offset", "0"), 0, 10**9),
+        limit=_or(query_int(params, "limit", 1, MAX_LIMIT), DEFAULT_LIMIT),
+        offset=_or(query_int(params, "offset", 0, 10**9), 0),
     )
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 async def search_audit(request: Request) -> Response:

@@ -25,6 +25,7 @@ from app.services.ports import StoredInstance
 from app.web.access import request_access
 from app.web.auditing import audited_read
 from app.web.negotiation import parse_accept
+from app.web.params import query_int
 from app.web.render_params import RenderParamError, parse_annotation
 from app.web.rendered import render_instance
 from app.web.wado import plan_response
@@ -62,19 +63,6 @@ def _uid(query: Mapping[str, str], name: str) -> str:
         raise BadRequest(f"WADO-URI request without {name}")
     if not is_valid_uid(value):
         raise BadRequest(f"invalid {name} {value!r}: not a DICOM UID")
-    return value
-
-
-def _int(query: Mapping[str, str], name: str, low: int, high: int) -> int | None:
-    raw = query.get(name)
-    if raw is None:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"invalid {name}={raw!r}: expected an integer") from None
-    if not low <= value <= high:
-        raise BadRequest(f"invalid {name}={value}: expected {low} to {high}")
     return value
 
 
@@ -184,9 +172,9 @@ async def _rendered(
     instance: StoredInstance,
 ) -> Response:
     source = await archive.imaging.open(access, instance)
-    rows, columns = _int(query, "rows", 1, 16384), _int(query, "columns", 1, 16384)
-    quality = _int(query, "imageQuality", 1, 100)
-    frame = _int(query, "frameNumber", 1, 2**31)
+    rows, columns = query_int(query, "rows", 1, 16384), query_int(query, "columns", 1, 16384)
+    quality = query_int(query, "imageQuality", 1, 100)
+    frame = query_int(query, "frameNumber", 1, 2**31)
     region = _region(query)
     height, width = int(source.header.get("Rows") or 1), int(source.header.get("Columns") or 1)
     viewport: Viewport | None = None

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -31,6 +31,19 @@ from joserfc.jwk import ECKey, KeyParameters, KeySet, RSAKey
 from tests.support.browser import require
 from tests.support.processes import background_process
 from tests.support.server import free_port
+
+if TYPE_CHECKING:  # annotations only: no run-time dependency on typing_extensions
+    from typing_extensions import Unpack
+
+
+class TokenClaims(TypedDict, total=False):
+    """What a client credentials request may ask for beyond its scopes: a tenants claim
+    (a list, or a string such as "*"), extra claims, another resource server."""
+
+    tenants: list[str] | str | None
+    extra_claims: Mapping[str, Any] | None
+    resource: str | None
+
 
 RUNNER_DIR = Path(__file__).resolve().parent / "oidc"
 SETUP_HINT = "run `make test` (tests/support/oidc/install.sh runs npm ci there)"
@@ -267,10 +280,8 @@ class OpenIdProvider:
         client: str = SERVICE,
         scopes: Sequence[str] | None = ("pacs:read",),
         *,
-        tenants: list[str] | str | None = None,
-        extra_claims: Mapping[str, Any] | None = None,
-        resource: str | None = None,
         secret: str | None = None,
+        **asked: Unpack[TokenClaims],
     ) -> httpx.Response:
         """The token endpoint's answer to a client credentials request of `client`
         (authenticated with its secret, or with `secret`)."""
@@ -280,11 +291,11 @@ class OpenIdProvider:
         form: dict[str, str] = {"grant_type": "client_credentials"}
         if scopes is not None:
             form["scope"] = " ".join(scopes)
-        if tenants is not None:
+        if (tenants := asked.get("tenants")) is not None:
             form["tenants"] = json.dumps(tenants)
-        if extra_claims:
+        if extra_claims := asked.get("extra_claims"):
             form["extra_claims"] = json.dumps(dict(extra_claims))
-        if resource is not None:
+        if (resource := asked.get("resource")) is not None:
             form["resource"] = resource
         return self._http.post(self.discovery()["token_endpoint"], data=form, auth=(client, secret))
 
@@ -292,17 +303,12 @@ class OpenIdProvider:
         self,
         client: str = SERVICE,
         scopes: Sequence[str] | None = ("pacs:read",),
-        *,
-        tenants: list[str] | str | None = None,
-        extra_claims: Mapping[str, Any] | None = None,
-        resource: str | None = None,
+        **asked: Unpack[TokenClaims],
     ) -> str:
         """An access token (a JWT) for `client` with `scopes` and, when given, this tenants
         claim (a list, or a string such as "*"); without, the client's own (none by default:
         the default tenant only). For another resource server with `resource`."""
-        response = self.token_response(
-            client, scopes, tenants=tenants, extra_claims=extra_claims, resource=resource
-        )
+        response = self.token_response(client, scopes, **asked)
         assert response.status_code == 200, f"token for {client}: {response.text}"
         token: str = response.json()["access_token"]
         return token
