@@ -8,7 +8,7 @@ the event `store_event` makes here.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
@@ -88,6 +88,36 @@ async def audited_read(
         raise
     record_read(request, access, action, found)
     return found
+
+
+def audited_stream(
+    request: HTTPConnection,
+    access: Access,
+    action: AuditAction,
+    found: Sequence[StoredInstance],
+    chunks: AsyncIterator[bytes],
+) -> AsyncIterator[bytes]:
+    """`chunks` as they come; if they fail part-way (a blob the store cannot read), a
+    failed read (SERIOUS_FAILURE) of `found` too, next to the event of the start: the
+    trail must not say only "success" for a response cut off."""
+
+    async def guarded() -> AsyncIterator[bytes]:
+        sent = 0
+        try:
+            async for chunk in chunks:
+                sent += len(chunk)
+                yield chunk
+        except Exception as exc:
+            template = replace(
+                request_event(request, access, action),
+                outcome=EventOutcome.SERIOUS_FAILURE,
+                reason=f"the response stopped after {sent} bytes ({type(exc).__name__})",
+            )
+            for event in per_study(template, found):
+                _record(request, event)
+            raise
+
+    return guarded()
 
 
 def record_query(

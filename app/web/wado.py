@@ -20,7 +20,7 @@ from app.services.imaging import PixelSource
 from app.services.ports import StoredInstance
 from app.services.retrieve import Swap
 from app.web.access import request_access
-from app.web.auditing import audited_read
+from app.web.auditing import audited_read, audited_stream
 from app.web.download import wants_zip, zipped
 from app.web.errors import path_uids
 from app.web.negotiation import (
@@ -128,7 +128,7 @@ async def retrieve_instances(request: Request) -> Response:
                 "application/dicom holds one instance; ask for multipart/related; "
                 'type="application/dicom" to retrieve a study or series'
             )
-        return await _single_instance(request, archive, plans[0])
+        return await _single_instance(request, archive, access, plans[0])
     boundary = new_boundary()
 
     async def body() -> AsyncIterator[bytes]:
@@ -142,8 +142,9 @@ async def retrieve_instances(request: Request) -> Response:
             yield b"\r\n"
         yield closing(boundary)
 
+    transferred = AuditAction.INSTANCES_TRANSFERRED
     return StreamingResponse(
-        await opened(body()),
+        await opened(audited_stream(request, access, transferred, instances, body())),
         media_type=content_type_header(boundary, "application/dicom"),
     )
 
@@ -156,11 +157,16 @@ async def plan_response(
     accept: list[MediaRange],
 ) -> Response:
     """One instance as a single application/dicom body, converted as `accept` asks."""
-    return await _single_instance(request, archive, await _plan(archive, access, instance, accept))
+    plan = await _plan(archive, access, instance, accept)
+    return await _single_instance(request, archive, access, plan)
 
 
-async def _single_instance(request: Request, archive: Archive, plan: _Plan) -> Response:
+async def _single_instance(
+    request: Request, archive: Archive, access: Access, plan: _Plan
+) -> Response:
     content, length = _instance_body(archive, plan)
+    transferred = AuditAction.INSTANCES_TRANSFERRED
+    content = audited_stream(request, access, transferred, [plan.instance], content)
     headers = {"Accept-Ranges": "bytes"} if plan.transcoder is None else {}
     if plan.transcoder is None:
         byte_range = requested_range(request, plan.instance.size, plan.instance.sha256)

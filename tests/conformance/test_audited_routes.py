@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from tests.support.dicom_factory import make_file
+from tests.support.server import running_server
 
 TRANSFERRED, ACCESSED, QUERY = "instances-transferred", "instances-accessed", "query"
 
@@ -196,3 +198,36 @@ def test_a_wado_uri_read_of_nothing_stored_is_a_failed_read(http: httpx.Client) 
     assert answer.status_code == 404, answer.text
     (read,) = events(http, tenant, 1)
     assert (read["action"], read["outcome"], read["studyInstanceUID"]) == (TRANSFERRED, 4, study)
+
+
+def test_a_response_cut_off_midway_is_a_failed_read(tmp_path: Path) -> None:
+    """Regression: a WADO-RS stream that failed after it started (a blob the store could
+    not read) stayed "success" in the trail."""
+    tenant, study, series = f"t-{uuid.uuid4().hex[:12]}", generate_uid(), generate_uid()
+    sops = [generate_uid() for _ in range(2)]
+    with (
+        running_server(tmp_path / "data") as url,
+        httpx.Client(base_url=f"{url}/dicomweb", timeout=30) as http,
+    ):
+        for number, sop in enumerate(sops, start=1):
+            data = make_file(study=study, series=series, sop=sop, InstanceNumber=number)
+            stored = http.post(
+                f"tenants/{tenant}/studies",
+                content=data,
+                headers={"Content-Type": "application/dicom"},
+            )
+            assert stored.status_code == 200, stored.text
+        # The second instance's blob is gone: the first part is sent, then the stream fails.
+        blobs = [p for p in (tmp_path / "data").rglob("*") if p.is_file() and tenant in str(p)]
+        [second] = [p for p in blobs if sops[1].encode() in p.read_bytes()]
+        second.unlink()
+        accept = 'multipart/related; type="application/dicom"'
+        with pytest.raises(httpx.HTTPError):
+            answer = http.get(f"tenants/{tenant}/studies/{study}", headers={"Accept": accept})
+            answer.raise_for_status()
+        found = sorted(events(http, tenant, 4), key=lambda e: (e["time"], e["outcome"]))
+    reads = [(e["action"], e["outcome"]) for e in found if e["eventActionCode"] == "R"]
+    assert reads == [(TRANSFERRED, 0), (TRANSFERRED, 8)]
+    [failed] = [e for e in found if e["outcome"] == 8]
+    assert failed["studyInstanceUID"] == study and failed["sopInstanceUIDs"] == sops
+    assert failed["reason"].startswith("the response stopped after ")
