@@ -138,6 +138,10 @@ def _unknown_key_token(provider: OpenIdProvider) -> str:
     return jwt.encode(header, provider.claims(), key, algorithms=["RS256"])
 
 
+def _forged_header(provider: OpenIdProvider, header: dict[str, Any]) -> str:
+    return f"{_b64(header)}.{_b64(provider.claims())}.c2ln"
+
+
 def _unsigned_token(provider: OpenIdProvider) -> str:
     return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(provider.claims())}."
 
@@ -163,7 +167,13 @@ def bad_tokens(oidc_provider: OpenIdProvider) -> dict[str, tuple[str, str]]:
             p.sign_hmac({"scope": "pacs:read pacs:write pacs:admin"}, p.public_key_pem),
             "algorithm 'HS256' is not accepted",
         ),
-        "unknown kid": (_unknown_key_token(p), "unknown key"),
+        "unknown kid": (_unknown_key_token(p), "a key the issuer does not publish"),
+        # Header values that are not ASCII must not reach the WWW-Authenticate header.
+        "non-ASCII alg": (_forged_header(p, {"alg": "\u20ac"}), "algorithm of this token"),
+        "non-ASCII kid": (
+            _forged_header(p, {"alg": "RS256", "kid": "\u20ac\n"}),
+            "a key the issuer does not publish",
+        ),
     }
 
 
