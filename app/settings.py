@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from app.auth.ae_policy import AePolicies, PolicyError, parse_ae_policy
+from app.auth.principal import DEFAULT_TENANT, UnknownTenant, check_tenant
 from app.auth.tokens import OidcConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -94,6 +95,8 @@ class Settings:
     oidc_permissions_claim: str = "scope"
     oidc_permission_prefix: str = "pacs:"
     oidc_tenants_claim: str = "tenants"
+    # Tenants of a token without that claim, comma-separated (empty: none).
+    oidc_tenants_when_absent: str = DEFAULT_TENANT
     # Clock difference tolerated when checking exp, nbf and iat.
     oidc_leeway_seconds: int = 30
     # Serve everyone without sign-in on an address other than loopback.
@@ -142,6 +145,11 @@ class Settings:
             tenants_claim=self.oidc_tenants_claim,
             hmac_secret=self.oidc_hmac_secret,
             leeway_seconds=self.oidc_leeway_seconds,
+            tenants_when_absent=frozenset(
+                _tenant_setting(t.strip(), "PACS_OIDC_TENANTS_WHEN_ABSENT")
+                for t in self.oidc_tenants_when_absent.split(",")
+                if t.strip()
+            ),
         )
 
     def _check_tls(self) -> None:
@@ -282,6 +290,13 @@ class Settings:
         # One construction, so that checks across settings see variables and flags together.
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _tenant_setting(name: str, where: str) -> str:
+    try:
+        return check_tenant(name)
+    except UnknownTenant as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _is_loopback(host: str) -> bool:
