@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,13 @@ from starlette.routing import BaseRoute, Mount, Route
 from app.web.app import create_app
 from tests.support.dcmtk import require_dcmtk, run
 from tests.support.dicom_factory import make_file
-from tests.support.oidc import SERVICE, SHORT_LIVED, SHORT_TTL, OpenIdProvider
+from tests.support.oidc import (
+    SERVICE,
+    SHORT_LIVED,
+    SHORT_TTL,
+    OpenIdProvider,
+    running_provider,
+)
 from tests.support.server import free_port, running_server
 
 # Path parameters of the walk: well-formed values, so that a route refusing them would be
@@ -168,6 +175,7 @@ def bad_tokens(oidc_provider: OpenIdProvider) -> dict[str, tuple[str, str]]:
             "algorithm 'HS256' is not accepted",
         ),
         "unknown kid": (_unknown_key_token(p), "a key the issuer does not publish"),
+        "not an access token": (p.sign({}, header={"typ": "logout+jwt"}), "not an access token"),
         # Header values that are not ASCII must not reach the WWW-Authenticate header.
         "non-ASCII alg": (_forged_header(p, {"alg": "\u20ac"}), "algorithm of this token"),
         "non-ASCII kid": (
@@ -318,6 +326,27 @@ def test_a_real_token_expires(oidc_provider: OpenIdProvider, tmp_path: Path) -> 
         refused = httpx.get(f"{url}/dicomweb/studies", headers=auth)
         assert refused.status_code == 401
         assert refused.json()["error"] == "the token has expired"
+
+
+def test_tokens_signed_with_cached_keys_work_while_the_issuer_is_down(tmp_path: Path) -> None:
+    with ExitStack() as archive:
+        with running_provider(tmp_path / "idp") as provider:
+            good = provider.token(scopes=["pacs:read"])
+            forged = _unknown_key_token(provider)
+            # The archive loads the issuer's keys at start.
+            url = archive.enter_context(
+                running_server(tmp_path / "data", env=provider.archive_env())
+            )
+        # The provider has stopped: known keys still verify, and an unknown kid is refused
+        # as such (401) rather than blamed on the issuer (503), also inside the refetch
+        # interval.
+        auth = {"Authorization": f"Bearer {good}"}
+        assert httpx.get(f"{url}/dicomweb/studies", headers=auth).status_code == 200
+        time.sleep(2.1)  # past the refetch interval: the first forged token tries the issuer
+        for _ in range(2):
+            auth = {"Authorization": f"Bearer {forged}"}
+            refused = httpx.get(f"{url}/dicomweb/studies", headers=auth)
+            assert refused.status_code == 401, refused.text
 
 
 def test_an_unreachable_issuer_stops_the_server_at_start(tmp_path: Path) -> None:
