@@ -299,21 +299,35 @@ def test_an_ai_service_signs_in_with_client_credentials_through_authlib(
     assert response.status_code == 200, response.text
 
 
-def test_a_rotated_key_is_fetched_without_a_restart(
-    oidc_provider: OpenIdProvider, http: httpx.Client
-) -> None:
-    before = oidc_provider.token(scopes=["pacs:read"])
-    auth = {"Authorization": f"Bearer {before}"}
-    assert http.get("/dicomweb/studies", headers=auth).status_code == 200
-    time.sleep(2.1)  # the archive fetches the keys again at most every 2 s
-    kid = oidc_provider.rotate_key()
-    after = oidc_provider.token(scopes=["pacs:read"])
-    assert json.loads(base64.urlsafe_b64decode(after.split(".")[0] + "==")).get("kid") == kid
-    auth = {"Authorization": f"Bearer {after}"}
-    assert http.get("/dicomweb/studies", headers=auth).status_code == 200
-    # Tokens signed with the older key, still published, stay valid.
-    auth = {"Authorization": f"Bearer {before}"}
-    assert http.get("/dicomweb/studies", headers=auth).status_code == 200
+def test_a_rotated_key_is_fetched_without_a_restart(tmp_path: Path) -> None:
+    """Its own provider: rotating the shared one would change what other tests see."""
+    with (
+        running_provider(tmp_path / "idp") as provider,
+        running_server(tmp_path / "data", env=provider.archive_env()) as url,
+        httpx.Client(base_url=f"{url}/dicomweb") as http,
+    ):
+        before = provider.token(scopes=["pacs:read"])
+        assert http.get("/studies", headers=_bearer(before)).status_code == 200
+        time.sleep(2.1)  # the archive fetches the keys again at most every 2 s
+        kid = provider.rotate_key()
+        after = provider.token(scopes=["pacs:read"])
+        assert json.loads(base64.urlsafe_b64decode(after.split(".")[0] + "=="))["kid"] == kid
+        assert http.get("/studies", headers=_bearer(after)).status_code == 200
+        # Tokens signed with the older key, still published, stay valid...
+        assert http.get("/studies", headers=_bearer(before)).status_code == 200
+        # ... until the issuer stops publishing it.
+        time.sleep(2.1)
+        newest = provider.rotate_key(retire=True)
+        latest = provider.token(scopes=["pacs:read"])
+        assert json.loads(base64.urlsafe_b64decode(latest.split(".")[0] + "=="))["kid"] == newest
+        assert http.get("/studies", headers=_bearer(latest)).status_code == 200
+        refused = http.get("/studies", headers=_bearer(before))
+        assert refused.status_code == 401
+        assert "a key the issuer does not publish" in refused.json()["error"]
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def test_a_real_token_expires(oidc_provider: OpenIdProvider, tmp_path: Path) -> None:
