@@ -383,7 +383,8 @@ def dimse_archive(
     """An archive with sign-in on, knowing one calling AE (WS1); its DIMSE port."""
     require_dcmtk()
     port = free_port()
-    args = ["--dimse-port", str(port), "--dimse-ae-policy", "WS1=all"]
+    policy = "WS1=all from 127.0.0.1; FAR=all from 192.0.2.0/24"
+    args = ["--dimse-port", str(port), "--dimse-ae-policy", policy]
     with running_server(
         tmp_path_factory.mktemp("signin-dimse"), *args, env=oidc_provider.archive_env()
     ):
@@ -411,3 +412,8 @@ def test_unknown_calling_aes_get_nothing_but_a_rejected_association(
         assert "Association Rejected" in done.stdout, (tool, done.stdout)
     echo = run("echoscu", "-aet", "WS1", "-aec", "PACS", *peer)
     assert echo.returncode == 0, echo.stdout
+    # A known AE title calling from an address its entry does not name may do nothing.
+    echo = run("echoscu", "-v", "-aet", "FAR", "-aec", "PACS", *peer)
+    assert "0x124" in echo.stdout, echo.stdout  # 0124 Refused: Not authorized
+    find = run("findscu", "-v", "-aet", "FAR", "-aec", "PACS", "-S", *key, *peer)
+    assert "0x124" in find.stdout or "Not authorized" in find.stdout, find.stdout
