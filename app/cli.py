@@ -77,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a reverse proxy whose Forwarded / X-Forwarded-* headers are believed (repeatable)",
     )
     serve.add_argument(
+        "--trusted-proxy-headers",
+        choices=["x-forwarded", "forwarded"],
+        help="the headers the trusted proxies set; only these are read (default x-forwarded)",
+    )
+    serve.add_argument(
         "--public-url", help="what generated links start with, e.g. https://pacs.example.org"
     )
     serve.add_argument(

@@ -176,7 +176,11 @@ async def check_issuer(settings: Settings) -> None:
 
 
 def build_app(settings: Settings) -> ASGIApp:
-    links = LinkSettings(settings.trusted_proxy_networks, settings.public_base_url)
+    links = LinkSettings(
+        settings.trusted_proxy_networks,
+        settings.public_base_url,
+        settings.trusted_proxy_header_family,
+    )
     config = settings.oidc_config
     return create_app(
         lambda: run_archive(settings),

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from app.auth.ae_policy import AePolicies, PolicyError, parse_ae_policy
 from app.auth.tokens import OidcConfig
+from app.web.proxies import ProxyHeaders
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -79,6 +80,9 @@ class Settings:
     # Reverse proxies whose Forwarded / X-Forwarded-* headers are believed: IP addresses or
     # networks, comma-separated (empty: none).
     trusted_proxies: str = ""
+    # Which of those headers they set: x-forwarded or forwarded (RFC 7239); only that family
+    # is read, as proxies pass the other through from the client.
+    trusted_proxy_headers: str = "x-forwarded"
     # What every generated link starts with, e.g. https://pacs.example.org/imaging; empty:
     # from the request (Host header, or the headers of a trusted proxy).
     public_url: str = ""
@@ -117,6 +121,7 @@ class Settings:
         self._check_tls()
         _ = self.dimse_ae_policies
         _ = self.trusted_proxy_networks
+        _ = self.trusted_proxy_header_family
         _ = self.public_base_url
         if self.oidc_issuer:
             _ = self.oidc_config
@@ -191,6 +196,17 @@ class Settings:
                     "or network (e.g. 10.0.0.5 or 10.0.0.0/24)"
                 ) from None
         return tuple(out)
+
+    @property
+    def trusted_proxy_header_family(self) -> ProxyHeaders:
+        try:
+            return ProxyHeaders(self.trusted_proxy_headers.strip().lower())
+        except ValueError:
+            raise ValueError(
+                "PACS_TRUSTED_PROXY_HEADERS / --trusted-proxy-headers: "
+                f"{self.trusted_proxy_headers!r} is not one of "
+                f"{', '.join(family.value for family in ProxyHeaders)}"
+            ) from None
 
     @property
     def public_base_url(self) -> str:
