@@ -97,7 +97,23 @@ def client_address(request: HTTPConnection) -> str:
     return request_origin(request, link_settings(request)).client
 
 
+# Where a request's Origin is kept once computed (the scope's state, shared by the sign-in
+# middleware and the routes of one request).
+ORIGIN_KEY = "pacs.origin"
+
+
 def request_origin(request: HTTPConnection, links: LinkSettings) -> Origin:
+    """The request's Origin, computed at its first use (sign-in, for the client address)
+    and kept in the scope's state for the links and the audit trail."""
+    state = request.scope.setdefault("state", {})
+    found = state.get(ORIGIN_KEY)
+    if isinstance(found, Origin):
+        return found
+    state[ORIGIN_KEY] = origin = _origin(request, links)
+    return origin
+
+
+def _origin(request: HTTPConnection, links: LinkSettings) -> Origin:
     peer = request.client.host if request.client else ""
     scheme = request.url.scheme
     host = request.headers.get("host", "")

@@ -7,9 +7,11 @@ import ipaddress
 
 import pytest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection, Request
 
-from app.web.proxies import LinkSettings, ProxyHeaders, client_address
+from app.web import proxies
+from app.web.proxies import LinkSettings, ProxyHeaders, client_address, request_origin
 from app.web.urls import base_url
 
 TRUSTED = LinkSettings(
@@ -148,3 +150,25 @@ def test_x_forwarded_is_the_default_family() -> None:
     from a trusted peer is not read unless PACS_TRUSTED_PROXY_HEADERS=forwarded."""
     assert LinkSettings().proxy_headers is ProxyHeaders.X_FORWARDED
     assert base_url(request({**HOST, **BY_RFC7239_PROXY})) == DIRECT
+
+
+def test_the_origin_is_computed_once_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the sign-in middleware (on the bare scope), then every link and the
+    audit trail's client address each read the forwarded headers again."""
+    parsed: list[Headers] = []
+    hops = proxies.forwarded_hops
+
+    def counting(headers: Headers, family: ProxyHeaders) -> list[proxies.Hop]:
+        parsed.append(headers)
+        return hops(headers, family)
+
+    monkeypatch.setattr(proxies, "forwarded_hops", counting)
+    first = request({**HOST, "X-Forwarded-For": "192.0.2.9", "X-Forwarded-Host": "a.org"})
+    assert request_origin(HTTPConnection(first.scope), TRUSTED).client == "192.0.2.9"
+    assert base_url(first) == base_url(first) == "http://a.org/dicomweb"
+    assert client_address(first) == "192.0.2.9"
+    assert len(parsed) == 1
+    # Each request has its own.
+    second = request({**HOST, "X-Forwarded-For": "192.0.2.7"})
+    assert (client_address(second), base_url(second)) == ("192.0.2.7", DIRECT)
+    assert len(parsed) == 2
