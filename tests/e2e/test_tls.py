@@ -9,12 +9,16 @@ client certificates from, and "other", which signs a stranger's certificate.
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +150,62 @@ def test_plain_http_to_the_https_port_fails(pacs: Pacs) -> None:
 def test_announces_https(pacs: Pacs) -> None:
     port = pacs.url.rsplit(":", 1)[1]
     assert f"DICOMweb at https://127.0.0.1:{port}/dicomweb" in pacs.log.read_text()
+
+
+def handshake(url: str, context: ssl.SSLContext) -> str:
+    """The TLS version a connection to `url` agrees on with `context`."""
+    host, port = url.removeprefix("https://").split(":")
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        return str(tls.version())
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_https_serves_tls_1_2_and_1_3(pacs: Pacs, pki: Certificates, version: str) -> None:
+    context = pki.site.client_context()
+    context.minimum_version = context.maximum_version = ssl.TLSVersion[version]
+    assert handshake(pacs.url, context) == version.replace("_", ".")
+
+
+def tls_1_1(context: ssl.SSLContext) -> ssl.SSLContext:
+    """`context` limited to TLS 1.1, at OpenSSL's security level 0, which allows it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLSVersion.TLSv1_1
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return context
+
+
+@contextmanager
+def tls_1_1_server(identity: Pki) -> Iterator[str]:
+    """A bare TLS server that accepts TLS 1.1 (one connection), on a free port."""
+    context = tls_1_1(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    context.load_cert_chain(identity.cert, identity.key)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def accept() -> None:
+            connection, _ = listener.accept()
+            with suppress(OSError), context.wrap_socket(connection, server_side=True):
+                pass
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}"
+        thread.join(timeout=10)
+
+
+def test_https_refuses_a_tls_1_1_client(pacs: Pacs, pki: Certificates) -> None:
+    """PS3.15 B.9 (BCP 195): TLS 1.2 or later, over HTTPS as over DICOM TLS."""
+    client = tls_1_1(pki.site.client_context())
+    with tls_1_1_server(pki.site) as willing:  # the client does speak TLS 1.1
+        assert handshake(willing, client) == "TLSv1.1"
+    with pytest.raises(ssl.SSLError) as refused:
+        handshake(pacs.url, client)
+    # The archive hangs up on the ClientHello (asyncio drops OpenSSL's protocol_version
+    # alert).
+    assert refused.value.reason in ("UNEXPECTED_EOF_WHILE_READING", "TLSV1_ALERT_PROTOCOL_VERSION")
 
 
 def test_https_client_certificates(pki: Certificates, tmp_path: Path) -> None:
