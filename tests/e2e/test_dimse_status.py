@@ -1,8 +1,8 @@
 """DIMSE statuses and edge cases, with pynetdicom as the peer: what DCMTK's tools cannot easily
 provoke. C-STORE: exact bytes, duplicates, coercion warnings, a corrupt dataset. C-FIND: a bad
-identifier, C-CANCEL. C-MOVE: an unknown destination, sub-operation counts when the
-destination refuses some or all instances. Associations: unsupported SOP classes and the
-association limit.
+identifier, C-CANCEL. C-MOVE: an unknown destination, a refusal by the AE policy,
+sub-operation counts when the destination refuses some or all instances. Associations:
+unsupported SOP classes and the association limit.
 
 The C-MOVE destination is a pynetdicom storage SCP in this process that keeps what it
 receives and refuses the SOP Instance UIDs it is told to.
