@@ -12,9 +12,11 @@ from urllib.parse import urlsplit
 
 from app.auth.ae_policy import AePolicies, PolicyError, parse_ae_policy
 from app.auth.tokens import OidcConfig
-from app.web.proxies import ProxyHeaders
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The values of PACS_TRUSTED_PROXY_HEADERS, as app.web.proxies.ProxyHeaders names them: the
+# settings, which app.dimse imports too, stay clear of the web layer.
+PROXY_HEADER_FAMILIES = ("x-forwarded", "forwarded")
 
 
 class MoveDestination(NamedTuple):
@@ -198,15 +200,15 @@ class Settings:
         return tuple(out)
 
     @property
-    def trusted_proxy_header_family(self) -> ProxyHeaders:
-        try:
-            return ProxyHeaders(self.trusted_proxy_headers.strip().lower())
-        except ValueError:
+    def trusted_proxy_header_family(self) -> str:
+        """x-forwarded or forwarded (app.web.proxies.ProxyHeaders)."""
+        family = self.trusted_proxy_headers.strip().lower()
+        if family not in PROXY_HEADER_FAMILIES:
             raise ValueError(
                 "PACS_TRUSTED_PROXY_HEADERS / --trusted-proxy-headers: "
-                f"{self.trusted_proxy_headers!r} is not one of "
-                f"{', '.join(family.value for family in ProxyHeaders)}"
-            ) from None
+                f"{self.trusted_proxy_headers!r} is not one of {', '.join(PROXY_HEADER_FAMILIES)}"
+            )
+        return family
 
     @property
     def public_base_url(self) -> str:

@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from app.settings import MoveDestination, Settings
+from app.settings import PROXY_HEADER_FAMILIES, MoveDestination, Settings
 from app.web.proxies import ProxyHeaders
 
 
@@ -41,9 +41,10 @@ def test_trusted_proxies() -> None:
 def test_trusted_proxy_headers() -> None:
     """One family only, X-Forwarded-* unless said otherwise; a boolean (uvicorn's
     --proxy-headers) or both families are refused at start."""
-    assert Settings().trusted_proxy_header_family is ProxyHeaders.X_FORWARDED
+    assert Settings().trusted_proxy_header_family == ProxyHeaders.X_FORWARDED
     forwarded = Settings.from_env({"PACS_TRUSTED_PROXY_HEADERS": " Forwarded "})
-    assert forwarded.trusted_proxy_header_family is ProxyHeaders.FORWARDED
+    assert forwarded.trusted_proxy_header_family == ProxyHeaders.FORWARDED
+    assert {ProxyHeaders(f) for f in PROXY_HEADER_FAMILIES} == set(ProxyHeaders)
     for value in ("true", "x-forwarded,forwarded", ""):
         with pytest.raises(ValueError, match="PACS_TRUSTED_PROXY_HEADERS / --trusted-proxy-head"):
             Settings(trusted_proxy_headers=value)
