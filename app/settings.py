@@ -15,6 +15,9 @@ from app.auth.principal import DEFAULT_TENANT, UnknownTenant, check_tenant
 from app.auth.tokens import OidcConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The values of PACS_TRUSTED_PROXY_HEADERS, as app.web.proxies.ProxyHeaders names them: the
+# settings, which app.dimse imports too, stay clear of the web layer.
+PROXY_HEADER_FAMILIES = ("x-forwarded", "forwarded")
 
 
 class MoveDestination(NamedTuple):
@@ -80,6 +83,9 @@ class Settings:
     # Reverse proxies whose Forwarded / X-Forwarded-* headers are believed: IP addresses or
     # networks, comma-separated (empty: none).
     trusted_proxies: str = ""
+    # Which of those headers they set: x-forwarded or forwarded (RFC 7239); only that family
+    # is read, as proxies pass the other through from the client.
+    trusted_proxy_headers: str = "x-forwarded"
     # What every generated link starts with, e.g. https://pacs.example.org/imaging; empty:
     # from the request (Host header, or the headers of a trusted proxy).
     public_url: str = ""
@@ -120,6 +126,7 @@ class Settings:
         self._check_tls()
         _ = self.dimse_ae_policies
         _ = self.trusted_proxy_networks
+        _ = self.trusted_proxy_header_family
         _ = self.public_base_url
         if self.oidc_issuer:
             _ = self.oidc_config
@@ -199,6 +206,17 @@ class Settings:
                     "or network (e.g. 10.0.0.5 or 10.0.0.0/24)"
                 ) from None
         return tuple(out)
+
+    @property
+    def trusted_proxy_header_family(self) -> str:
+        """x-forwarded or forwarded (app.web.proxies.ProxyHeaders)."""
+        family = self.trusted_proxy_headers.strip().lower()
+        if family not in PROXY_HEADER_FAMILIES:
+            raise ValueError(
+                "PACS_TRUSTED_PROXY_HEADERS / --trusted-proxy-headers: "
+                f"{self.trusted_proxy_headers!r} is not one of {', '.join(PROXY_HEADER_FAMILIES)}"
+            )
+        return family
 
     @property
     def public_base_url(self) -> str:
