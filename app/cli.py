@@ -77,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a reverse proxy whose Forwarded / X-Forwarded-* headers are believed (repeatable)",
     )
     serve.add_argument(
+        "--trusted-proxy-headers",
+        choices=["x-forwarded", "forwarded"],
+        help="the headers the trusted proxies set; only these are read (default x-forwarded)",
+    )
+    serve.add_argument(
         "--public-url", help="what generated links start with, e.g. https://pacs.example.org"
     )
     serve.add_argument(
@@ -143,21 +148,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         # TLS files and DIMSE ports are checked before anything starts listening.
-        _check_transport(settings)
+        https = _check_transport(settings)
     except STARTUP_ERRORS as exc:
         print(f"pacs: {exc}", file=sys.stderr)
         return 1
-    return _serve(settings)
+    return _serve(settings, https)
 
 
-def _check_transport(settings: Settings) -> None:
+def _check_transport(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTPS context (None: plain HTTP), once DIMSE's settings are checked too."""
+    https = None
     if settings.uses_https:
-        https_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
+        https = https_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
     dimse_config(settings)  # builds the DICOM TLS contexts from their files
     if settings.dimse_port:
         check_port(settings.host, settings.dimse_port)
     if settings.dimse_tls_port:
         check_port(settings.host, settings.dimse_tls_port, "--dimse-tls-port")
+    return https
 
 
 async def _check_backends(settings: Settings) -> None:
@@ -166,7 +174,7 @@ async def _check_backends(settings: Settings) -> None:
     await check_issuer(settings)
 
 
-def _serve(settings: Settings) -> int:
+def _serve(settings: Settings, https: ssl.SSLContext | None) -> int:
     logging.getLogger("pacs").info(
         "DICOMweb at %s://%s:%d/dicomweb%s, data in %s",
         "https" if settings.uses_https else "http",
@@ -175,28 +183,30 @@ def _serve(settings: Settings) -> int:
         " (client certificates required)" if settings.tls_ca else "",
         settings.data.resolve(),
     )
-    tls: dict[str, Any] = {}
-    if settings.uses_https:
-        tls = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key}
-        if settings.tls_ca:
-            tls |= {"ssl_ca_certs": settings.tls_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
     if settings.oidc_issuer:
         logging.getLogger("pacs").info("sign-in: bearer tokens of %s", settings.oidc_issuer)
     elif settings.allow_anonymous:
         logging.getLogger("pacs").warning("no sign-in: anyone who can reach the archive may use it")
     without_query_strings()
-    uvicorn.run(
-        build_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=settings.log_level.lower() == "debug",
+    uvicorn.run(build_app(settings), **uvicorn_options(settings, https))
+    return 0
+
+
+def uvicorn_options(settings: Settings, https: ssl.SSLContext | None) -> dict[str, Any]:
+    """uvicorn's settings; HTTPS with `https` itself (from `_check_transport`), as uvicorn
+    would otherwise build a second context from the files, with its own defaults."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "access_log": settings.log_level.lower() == "debug",
         # Forwarded headers are the app's business, from PACS_TRUSTED_PROXIES only: uvicorn
         # would otherwise believe X-Forwarded-For/-Proto from 127.0.0.1 by default.
-        proxy_headers=False,
-        **tls,
-    )
-    return 0
+        "proxy_headers": False,
+    }
+    if https is not None:
+        options["ssl_context_factory"] = lambda config, default: https
+    return options
 
 
 if __name__ == "__main__":

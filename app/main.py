@@ -22,7 +22,7 @@ from app.storage.filesystem import FolderBlobStore
 from app.storage.s3 import S3BlobStore, StorageUnavailable
 from app.tls import dicom_client_context, dicom_server_context
 from app.web.app import create_app
-from app.web.proxies import LinkSettings
+from app.web.proxies import LinkSettings, ProxyHeaders
 
 log = logging.getLogger("pacs")
 
@@ -176,7 +176,11 @@ async def check_issuer(settings: Settings) -> None:
 
 
 def build_app(settings: Settings) -> ASGIApp:
-    links = LinkSettings(settings.trusted_proxy_networks, settings.public_base_url)
+    links = LinkSettings(
+        settings.trusted_proxy_networks,
+        settings.public_base_url,
+        ProxyHeaders(settings.trusted_proxy_header_family),
+    )
     config = settings.oidc_config
     return create_app(
         lambda: run_archive(settings),

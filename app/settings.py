@@ -11,9 +11,13 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from app.auth.ae_policy import AePolicies, PolicyError, parse_ae_policy
+from app.auth.principal import DEFAULT_TENANT, UnknownTenant, check_tenant
 from app.auth.tokens import OidcConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The values of PACS_TRUSTED_PROXY_HEADERS, as app.web.proxies.ProxyHeaders names them: the
+# settings, which app.dimse imports too, stay clear of the web layer.
+PROXY_HEADER_FAMILIES = ("x-forwarded", "forwarded")
 
 
 class MoveDestination(NamedTuple):
@@ -79,6 +83,9 @@ class Settings:
     # Reverse proxies whose Forwarded / X-Forwarded-* headers are believed: IP addresses or
     # networks, comma-separated (empty: none).
     trusted_proxies: str = ""
+    # Which of those headers they set: x-forwarded or forwarded (RFC 7239); only that family
+    # is read, as proxies pass the other through from the client.
+    trusted_proxy_headers: str = "x-forwarded"
     # What every generated link starts with, e.g. https://pacs.example.org/imaging; empty:
     # from the request (Host header, or the headers of a trusted proxy).
     public_url: str = ""
@@ -94,6 +101,8 @@ class Settings:
     oidc_permissions_claim: str = "scope"
     oidc_permission_prefix: str = "pacs:"
     oidc_tenants_claim: str = "tenants"
+    # Tenants of a token without that claim, comma-separated (empty: none).
+    oidc_tenants_when_absent: str = DEFAULT_TENANT
     # Clock difference tolerated when checking exp, nbf and iat.
     oidc_leeway_seconds: int = 30
     # Serve everyone without sign-in on an address other than loopback.
@@ -117,6 +126,7 @@ class Settings:
         self._check_tls()
         _ = self.dimse_ae_policies
         _ = self.trusted_proxy_networks
+        _ = self.trusted_proxy_header_family
         _ = self.public_base_url
         if self.oidc_issuer:
             _ = self.oidc_config
@@ -142,6 +152,11 @@ class Settings:
             tenants_claim=self.oidc_tenants_claim,
             hmac_secret=self.oidc_hmac_secret,
             leeway_seconds=self.oidc_leeway_seconds,
+            tenants_when_absent=frozenset(
+                _tenant_setting(t.strip(), "PACS_OIDC_TENANTS_WHEN_ABSENT")
+                for t in self.oidc_tenants_when_absent.split(",")
+                if t.strip()
+            ),
         )
 
     def _check_tls(self) -> None:
@@ -191,6 +206,17 @@ class Settings:
                     "or network (e.g. 10.0.0.5 or 10.0.0.0/24)"
                 ) from None
         return tuple(out)
+
+    @property
+    def trusted_proxy_header_family(self) -> str:
+        """x-forwarded or forwarded (app.web.proxies.ProxyHeaders)."""
+        family = self.trusted_proxy_headers.strip().lower()
+        if family not in PROXY_HEADER_FAMILIES:
+            raise ValueError(
+                "PACS_TRUSTED_PROXY_HEADERS / --trusted-proxy-headers: "
+                f"{self.trusted_proxy_headers!r} is not one of {', '.join(PROXY_HEADER_FAMILIES)}"
+            )
+        return family
 
     @property
     def public_base_url(self) -> str:
@@ -282,6 +308,13 @@ class Settings:
         # One construction, so that checks across settings see variables and flags together.
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _tenant_setting(name: str, where: str) -> str:
+    try:
+        return check_tenant(name)
+    except UnknownTenant as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _is_loopback(host: str) -> bool:

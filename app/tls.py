@@ -60,12 +60,16 @@ def _load_ca(context: ssl.SSLContext, ca: str, where: str) -> None:
 
 
 def https_context(cert: str, key: str, ca: str = "") -> ssl.SSLContext:
-    """The context uvicorn will build from the same files (uvicorn builds its own; this one
-    checks them at start)."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    """The one context uvicorn serves HTTPS with (`ssl_context_factory`): TLS 1.2 or later,
+    as DICOM TLS, whatever the defaults of uvicorn, Python and OpenSSL; with `ca`, a client
+    must present a certificate that CA signed (that CA only: not the system's CAs, which
+    `ssl.create_default_context` would add), or the handshake fails."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     _load_identity(context, cert, key, "PACS_TLS_CERT / PACS_TLS_KEY")
     if ca:
         _load_ca(context, ca, "PACS_TLS_CA")
+        context.verify_mode = ssl.CERT_REQUIRED
     return context
 
 

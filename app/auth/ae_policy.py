@@ -1,16 +1,19 @@
 """What each calling AE title may do over DIMSE, and which tenant it belongs to.
 
-Written `AE=services[@tenant]`, entries separated by `;`, services by `,`:
+Written `AE=services[@tenant][ from NETWORK ...]`, entries separated by `;`, services by `,`:
 
-    MODALITY1=echo,store@clinic-a; WS1=echo,find,move,get@clinic-b; ROUTER=all
+    MODALITY1=echo,store@clinic-a from 10.1.2.0/24; WS1=echo,find,move,get@clinic-b; ROUTER=all
 
 Services are `echo`, `store`, `find`, `move`, `get`, or `all`; without `@tenant` the AE
-belongs to the default tenant. An AE title not listed may use every service on the default
-tenant (whether it may associate at all is the allow-list's business).
+belongs to the default tenant. An AE title is only what the caller says it is: `from`
+binds it to addresses (IPs or networks, space-separated), so that the same title from
+elsewhere may use no service at all. An AE title not listed may use every service on the
+default tenant (whether it may associate at all is the allow-list's business).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -41,6 +44,7 @@ PERMISSION_OF: Mapping[DimseService, Permission] = {
     DimseService.GET: Permission.READ,
 }
 ALL_SERVICES = frozenset(DimseService)
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class PolicyError(ValueError):
@@ -51,6 +55,17 @@ class PolicyError(ValueError):
 class AePolicy:
     services: frozenset[DimseService] = ALL_SERVICES
     tenant: str = DEFAULT_TENANT
+    # Where the AE may call from; empty: anywhere.
+    networks: tuple[IPNetwork, ...] = ()
+
+    def admits(self, address: str | None) -> bool:
+        if not self.networks:
+            return True
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
 
     def allows(self, service: DimseService) -> bool:
         return service in self.services
@@ -63,12 +78,19 @@ class AePolicy:
         return Access(self.principal(ae_title, address), self.tenant)
 
 
+# What an AE calling from an address its entry does not name may do.
+NO_SERVICES = AePolicy(services=frozenset())
+
+
 @dataclass(frozen=True)
 class AePolicies:
     by_ae: Mapping[str, AePolicy] = field(default_factory=dict)
 
-    def of(self, ae_title: str) -> AePolicy:
-        return self.by_ae.get(ae_title.strip(), AePolicy())
+    def of(self, ae_title: str, address: str | None = None) -> AePolicy:
+        """The policy of a calling AE at `address`: none of the services when its entry
+        binds it to other addresses."""
+        policy = self.by_ae.get(ae_title.strip(), AePolicy())
+        return policy if policy.admits(address) else NO_SERVICES
 
 
 def parse_ae_policy(text: str) -> AePolicies:
@@ -85,9 +107,12 @@ def parse_ae_policy(text: str) -> AePolicies:
             )
         if ae in by_ae:
             raise PolicyError(f"AE title {ae!r} is listed twice")
+        rest, _, addresses = rest.partition(" from ")
         names, at, tenant = rest.partition("@")
         by_ae[ae] = AePolicy(
-            _services(names, entry), _tenant(tenant, entry) if at else DEFAULT_TENANT
+            _services(names, entry),
+            _tenant(tenant, entry) if at else DEFAULT_TENANT,
+            _networks(addresses, entry),
         )
     return AePolicies(by_ae)
 
@@ -109,6 +134,13 @@ def _services(text: str, entry: str) -> frozenset[DimseService]:
             f"{', '.join(known)} (or all); {'got ' + repr(unknown[0]) if unknown else 'none given'}"
         )
     return frozenset(known[n] for n in names)
+
+
+def _networks(text: str, entry: str) -> tuple[IPNetwork, ...]:
+    try:
+        return tuple(ipaddress.ip_network(part, strict=False) for part in text.split())
+    except ValueError as exc:
+        raise PolicyError(f"{entry!r}: after 'from', IP addresses or networks: {exc}") from None
 
 
 def _tenant(text: str, entry: str) -> str:

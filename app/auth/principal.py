@@ -15,7 +15,7 @@ from app.services.errors import ArchiveError
 
 DEFAULT_TENANT = "default"
 # Tenant names appear in URLs, blob keys and audit records: keep them plain.
-_TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 class Permission(StrEnum):
@@ -34,7 +34,7 @@ class UnknownTenant(ArchiveError):
 
 
 def check_tenant(name: str) -> str:
-    if not _TENANT_NAME.fullmatch(name):
+    if not TENANT_NAME.fullmatch(name):
         raise UnknownTenant(
             f"invalid tenant {name!r}: 1 to 63 lower-case letters, digits, '-' or '_'"
         )

@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import json
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from joserfc import jwt
@@ -42,6 +44,9 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
+# JOSE header `typ` values of access tokens (RFC 9068), or of a plain JWT.
+_ACCESS_TYPES = frozenset({"at+jwt", "jwt"})
+KNOWN_ALGORITHMS = HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS | {"none"}
 # Longest token considered: real ones are a few KB; anything larger is refused unparsed.
 MAX_TOKEN_BYTES = 16 * 1024
 ALL_TENANTS = "*"
@@ -70,6 +75,9 @@ class OidcConfig:
     # A claim value grants permission P when it equals prefix + P (e.g. "pacs:read").
     permission_prefix: str = "pacs:"
     tenants_claim: str = "tenants"
+    # Tenants of a token without the tenants claim (empty: none, for deployments where
+    # every token must name its tenants).
+    tenants_when_absent: frozenset[str] = frozenset({DEFAULT_TENANT})
     # Shared secret for HS* tokens; without it no HMAC algorithm is accepted.
     hmac_secret: str = ""
     leeway_seconds: int = 30
@@ -89,10 +97,39 @@ class OidcConfig:
             raise ValueError("PACS_OIDC_LEEWAY_SECONDS: between 0 and 300 seconds")
         if not self.audience:
             raise ValueError("PACS_OIDC_AUDIENCE: required with PACS_OIDC_ISSUER")
+        if not secure_url(self.issuer):
+            raise ValueError(
+                f"PACS_OIDC_ISSUER: {self.issuer!r} must be an https URL (http only on loopback)"
+            )
 
 
 def _segment(data: str) -> Any:
     return json.loads(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)))
+
+
+def secure_url(url: str) -> bool:
+    """https, or http on a loopback address (a provider on the same machine, as in tests):
+    keys fetched over plain http elsewhere could be swapped on the way."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    if parts.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def _signing_key(keys: KeySet, kid: str | None) -> Any:
+    """The key with this id that may verify signatures (RFC 7517 `use`), or None."""
+    try:
+        key = keys.get_by_kid(kid)
+    except InvalidKeyIdError:
+        return None
+    return key if key.get("use") in (None, "sig") else None
 
 
 def unverified_header(token: str) -> dict[str, Any]:
@@ -129,7 +166,7 @@ class TokenVerifier:
         self._client = client or httpx.AsyncClient(timeout=config.http_timeout)
         self._keys: KeySet | None = None
         self._jwks_uri: str | None = None
-        self._fetched_at = float("-inf")
+        self._tried_at = float("-inf")
         self._lock = asyncio.Lock()
         self._hmac = OctKey.import_key(config.hmac_secret) if config.hmac_secret else None
         leeway = config.leeway_seconds
@@ -156,15 +193,16 @@ class TokenVerifier:
                     f"{discovery.get('issuer')!r}, not {self.config.issuer!r}"
                 )
             jwks_uri = discovery.get("jwks_uri")
-            if not isinstance(jwks_uri, str):
-                raise IssuerUnavailable(f"the discovery document at {url} has no jwks_uri")
+            if not isinstance(jwks_uri, str) or not secure_url(jwks_uri):
+                raise IssuerUnavailable(
+                    f"the discovery document at {url} has no jwks_uri on https (or loopback)"
+                )
             self._jwks_uri = jwks_uri
         jwks = await self._get_json(self._jwks_uri)
         try:
             self._keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
         except (JoseError, KeyError, TypeError, ValueError) as exc:
             raise IssuerUnavailable(f"the issuer's JWKS cannot be read: {exc}") from None
-        self._fetched_at = time.monotonic()
         log.info("loaded %d signing keys of %s", len(self._keys.keys), self.config.issuer)
 
     async def _get_json(self, url: str) -> dict[str, Any]:
@@ -185,26 +223,31 @@ class TokenVerifier:
 
     async def _key_for(self, kid: str | None) -> Any:
         keys = self._keys
-        if keys is not None:
-            try:
-                return keys.get_by_kid(kid)
-            except InvalidKeyIdError:
-                pass
+        if keys is not None and (key := _signing_key(keys, kid)) is not None:
+            return key
         async with self._lock:
             # Another request may have fetched the new keys while we waited.
-            if self._keys is not keys and self._keys is not None:
+            fresh = self._keys
+            if fresh is not keys and fresh is not None and (key := _signing_key(fresh, kid)):
+                return key
+            # At most one attempt per interval, failed ones included, so that tokens with
+            # made-up key ids cannot make us hammer the issuer (or wait on it when it is down).
+            if (
+                self._keys is None
+                or time.monotonic() - self._tried_at >= self.config.refetch_interval
+            ):
+                self._tried_at = time.monotonic()
                 try:
-                    return self._keys.get_by_kid(kid)
-                except InvalidKeyIdError:
-                    pass
-            stale = time.monotonic() - self._fetched_at >= self.config.refetch_interval
-            if self._keys is None or stale:
-                await self._fetch_keys()
+                    await self._fetch_keys()
+                except IssuerUnavailable as exc:
+                    if self._keys is None:
+                        raise
+                    log.warning("keeping the cached signing keys: %s", exc)
         assert self._keys is not None
-        try:
-            return self._keys.get_by_kid(kid)
-        except InvalidKeyIdError:
-            raise InvalidToken(f"the token is signed with an unknown key (kid {kid!r})") from None
+        if (key := _signing_key(self._keys, kid)) is None:
+            # The kid is the caller's text: not echoed back.
+            raise InvalidToken("the token is signed with a key the issuer does not publish")
+        return key
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -213,9 +256,16 @@ class TokenVerifier:
         if len(token) > MAX_TOKEN_BYTES:
             raise InvalidToken("the bearer token is too long")
         header = unverified_header(token)
+        typ = header.get("typ")
+        if typ is not None and str(typ).lower().removeprefix("application/") not in _ACCESS_TYPES:
+            # RFC 9068: an ID token or logout token is not an access token.
+            raise InvalidToken("the token is not an access token (typ)")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.config.algorithms:
-            raise InvalidToken(f"the token's signature algorithm {alg!r} is not accepted")
+            # Name the algorithm only when it is one (the header is the caller's text).
+            known = alg in KNOWN_ALGORITHMS if isinstance(alg, str) else False
+            named = f"{alg!r}" if known else "of this token"
+            raise InvalidToken(f"the signature algorithm {named} is not accepted")
         if alg in HMAC_ALGORITHMS:
             key: Any = self._hmac
         else:
@@ -262,7 +312,7 @@ def principal_from_claims(
     tenant_values = claim_values(claims, config.tenants_claim)
     tenants: frozenset[str] | None
     if tenant_values is None:
-        tenants = frozenset({DEFAULT_TENANT})
+        tenants = config.tenants_when_absent
     elif ALL_TENANTS in tenant_values:
         tenants = None
     else:

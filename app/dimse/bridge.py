@@ -65,8 +65,8 @@ class Bridge:
 
 
 def policy_of(assoc: Association, bridge: Bridge) -> AePolicy:
-    """The policy of the calling AE of an association we accepted."""
-    return bridge.config.ae_policies.of(assoc.requestor.ae_title)
+    """The policy of the calling AE of an association we accepted, from where it calls."""
+    return bridge.config.ae_policies.of(assoc.requestor.ae_title, assoc.requestor.address)
 
 
 def access_for(assoc: Association, policy: AePolicy) -> Access:

@@ -62,7 +62,9 @@ def handle_find(event: Event, bridge: Bridge) -> Iterator[Response]:
         request = event.identifier
         query = parse_identifier(request, model)
     except QueryError as exc:
-        log.info("C-FIND from %s refused: %s", who, exc)
+        # The reason quotes the caller's values (names, dates): the response and the audit
+        # trail carry it, the application log does not.
+        log.info("C-FIND from %s refused: an invalid identifier", who)
         audit(EventOutcome.MINOR_FAILURE, str(exc))
         yield with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
         return
@@ -140,5 +142,5 @@ def _from_json(tag: int, value: Any) -> DataElement | None:
     try:
         return Dataset.from_json({key: value})[tag]
     except (ValueError, TypeError, KeyError) as exc:
-        log.warning("C-FIND: cannot return %s: %s", key, exc)
+        log.warning("C-FIND: cannot return %s (%s)", key, type(exc).__name__)
         return None

@@ -36,6 +36,7 @@ from pynetdicom.events import Event
 from pynetdicom.status import code_to_category
 
 from app.auth.ae_policy import DimseService
+from app.auth.principal import Access
 from app.dicom.transfer_syntax import NATIVE_LITTLE_ENDIAN
 from app.dimse.audit import record_transfer, refuse
 from app.dimse.bridge import Bridge, access_for, peer, policy_of
@@ -92,29 +93,33 @@ class Tally:
         return ""
 
 
-def handle_move(event: Event, bridge: Bridge) -> Iterator[Any]:
+def handle_move(event: Event, bridge: Bridge, answer_only: tuple[str, int]) -> Iterator[Any]:
+    """`answer_only`: where an answer with a status alone goes (see `answer_only.py`)."""
     model = MOVE_MODELS[str(event.request.AffectedSOPClassUID)]
     who = peer(event.assoc)
+    # The policy first: a caller that may not move must not learn from A801 which
+    # destinations exist, nor make us associate with one.
+    policy = policy_of(event.assoc, bridge)
+    if not policy.allows(DimseService.MOVE):
+        log.info("C-MOVE from %s refused: not authorized", who)
+        yield from _status_only(answer_only, refuse(event.assoc, bridge, DimseService.MOVE))
+        return
     name = (event.move_destination or "").strip()
     destination = bridge.config.move_destinations.get(name)
     if destination is None:
         log.info("C-MOVE from %s refused: unknown move destination %r", who, name)
         yield None, None  # pynetdicom answers A801 Move Destination Unknown
         return
-    found = _instances(event, bridge, model, DimseService.MOVE)
+    found = _instances(event, bridge, model, access_for(event.assoc, policy), "C-MOVE")
+    if isinstance(found, Dataset):
+        yield from _status_only(answer_only, found)
+        return
     tally = Tally()
     address = (destination.host, destination.port)
     tls: dict[str, Any] = {}
     if destination.tls:
         # pynetdicom wraps the socket with (context, server host name for SNI).
         tls["tls_args"] = (bridge.config.tls_move_context, destination.host)
-    if isinstance(found, Dataset):
-        # A status with a comment can only follow the destination and a count: the
-        # association opened to the destination is released straight away.
-        yield (*address, {"contexts": sending_contexts(()), **tls})
-        yield 1
-        yield found, None
-        return
     options = {
         "contexts": sending_contexts(found),
         "evt_handlers": [(evt.EVT_ESTABLISHED, _wrap_sender, [tally])],
@@ -131,9 +136,22 @@ def handle_move(event: Event, bridge: Bridge) -> Iterator[Any]:
         record_transfer(event.assoc, bridge, found, destination=name, failure=failure)
 
 
+def _status_only(answer_only: tuple[str, int], status: Dataset) -> Iterator[Any]:
+    """A C-MOVE answered with `status`: a status with a comment can only follow a
+    destination and a count, so the association goes to the answer-only listener."""
+    yield (*answer_only, {"contexts": sending_contexts(())})
+    yield 1
+    yield status, None
+
+
 def handle_get(event: Event, bridge: Bridge) -> Iterator[Any]:
     model = GET_MODELS[str(event.request.AffectedSOPClassUID)]
-    found = _instances(event, bridge, model, DimseService.GET)
+    policy = policy_of(event.assoc, bridge)
+    if policy.allows(DimseService.GET):
+        found = _instances(event, bridge, model, access_for(event.assoc, policy), "C-GET")
+    else:
+        log.info("C-GET from %s refused: not authorized", peer(event.assoc))
+        found = refuse(event.assoc, bridge, DimseService.GET)
     if isinstance(found, Dataset):
         yield 1
         yield found, None
@@ -152,17 +170,11 @@ def handle_get(event: Event, bridge: Bridge) -> Iterator[Any]:
 
 
 def _instances(
-    event: Event, bridge: Bridge, model: Model, service: DimseService
+    event: Event, bridge: Bridge, model: Model, access: Access, operation: str
 ) -> list[StoredInstance] | Dataset:
-    """The instances of the calling AE's tenant the identifier names, or the failure
-    status to answer with."""
+    """The instances of the caller's tenant the identifier names, or the failure status
+    to answer with."""
     who = peer(event.assoc)
-    operation = f"C-{service.upper()}"
-    policy = policy_of(event.assoc, bridge)
-    if not policy.allows(service):
-        log.info("%s from %s refused: not authorized", operation, who)
-        return refuse(event.assoc, bridge, service)
-    access = access_for(event.assoc, policy)
     try:
         query = parse_retrieve_identifier(event.identifier, model)
     except QueryError as exc:

@@ -26,6 +26,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from app.auth.ae_policy import DimseService
 from app.dicom.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from app.dimse.answer_only import AnswerOnly
 from app.dimse.audit import record_refused_node, record_rejected, refuse
 from app.dimse.bridge import Bridge, DimseConfig, peer, policy_of
 from app.dimse.contexts import prefer_receiver_syntaxes, supported_contexts
@@ -65,6 +66,7 @@ class DimseServer:
                 scp_role=cx.scp_role,
             )
         self._servers: list[ThreadedAssociationServer] = []
+        self.answer_only = AnswerOnly(config.ae_title)
 
     def start(self) -> None:
         # Process-wide pynetdicom switches: spool received datasets to a file, and send a
@@ -74,6 +76,7 @@ class DimseServer:
         # A TLS peer we refuse (or that refuses us) is a line, not a traceback.
         logging.getLogger("pynetdicom.transport").addFilter(_without_tls_traceback)
         bridge = self.bridge
+        self.answer_only.start()
         handlers: list[EventHandlerType] = [
             (evt.EVT_REQUESTED, _on_requested),
             (evt.EVT_ACCEPTED, _on_accepted),
@@ -83,7 +86,7 @@ class DimseServer:
             (evt.EVT_C_ECHO, _on_echo, [bridge]),
             (evt.EVT_C_STORE, handle_store, [bridge]),
             (evt.EVT_C_FIND, handle_find, [bridge]),
-            (evt.EVT_C_MOVE, handle_move, [bridge]),
+            (evt.EVT_C_MOVE, handle_move, [bridge, self.answer_only.address]),
             (evt.EVT_C_GET, handle_get, [bridge]),
             (evt.EVT_CONN_OPEN, _on_connection, [bridge]),
         ]
@@ -133,6 +136,7 @@ class DimseServer:
         """Stop listening, let associations in progress finish for a few seconds, then
         abort the rest. Blocking: call it off the event loop, which handlers still use."""
         if not self._servers:
+            self.answer_only.stop()
             return
         for server in self._servers:
             server.shutdown()
@@ -144,6 +148,7 @@ class DimseServer:
             assoc.abort()
         for assoc in self.ae.active_associations:
             assoc.join(timeout=STOP_GRACE_SECONDS)
+        self.answer_only.stop()  # last: associations that finished above may have used it
         log.info("DICOM (DIMSE) AE %s stopped", self.bridge.config.ae_title)
 
     def _acceptors(self) -> list[Association]:

@@ -5,6 +5,7 @@ Services depend on these protocols only; `app/index/` and `app/storage/` impleme
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 # (DESIGN: index imports dicom, query and services.ports).
 from app.audit.event import AuditEvent as AuditEvent  # noqa: PLC0414
 from app.audit.query import AuditQuery as AuditQuery  # noqa: PLC0414
+from app.auth.principal import check_tenant
 from app.dicom.instance import PIXEL_DATA_PATHS, BulkRange, FrameRanges
 from app.query.model import Query
 
@@ -147,6 +149,18 @@ class Index(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+_BLOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def blob_key(tenant: str, blob_id: str) -> str:
+    """The key of a new blob: its tenant's segment and an internal id (a uuid4 hex), so two
+    tenants' objects never share a key and an operator sees whose data a blob is. Keys
+    written before tenants existed are a bare id; they stay valid (the index records them)."""
+    if not _BLOB_ID.fullmatch(blob_id):
+        raise ValueError(f"invalid blob id {blob_id!r}")
+    return f"{check_tenant(tenant)}/{blob_id}"
 
 
 class BlobStore(Protocol):

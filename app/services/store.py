@@ -31,7 +31,7 @@ from app.auth.principal import Access, Permission
 from app.dicom.instance import ParsedInstance
 from app.dicom.parse import DicomParseError, parse_instance
 from app.services.audit import AuditService, audit_outcome
-from app.services.ports import BlobStore, Index, InstanceRecord, Outcome
+from app.services.ports import BlobStore, Index, InstanceRecord, Outcome, blob_key
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class StoreService:
                 )
                 return self._refused(audit, result, patient_id)
             # Under the tenant's segment (app/storage/keys.py): tenants never share a blob.
-            key = f"{tenant}/{uuid.uuid4().hex}"
+            key = blob_key(tenant, uuid.uuid4().hex)
             try:
                 await self.blobs.put(key, spooled.path)
             except OSError as exc:

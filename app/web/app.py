@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -13,13 +14,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
-from app.auth.tokens import TokenVerifier
+from app.auth.tokens import IssuerUnavailable, TokenVerifier
 from app.services.archive import Archive
 from app.web import audit, auditing, qido, rendered, stow, wado, wado_uri
+from app.web.access import ANONYMOUS_ALLOWED_KEY
 from app.web.errors import EXCEPTION_HANDLERS
 from app.web.proxies import LinkSettings
 from app.web.signin import SignInMiddleware
 from app.web.urls import DICOMWEB_PREFIX, TENANTS_PATH
+
+log = logging.getLogger(__name__)
 
 _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
@@ -98,6 +102,11 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_archive() as archive:
             app.state.archive = archive
+            if verifier is not None:
+                try:
+                    await verifier.load()  # the first request need not wait for the keys
+                except IssuerUnavailable as exc:
+                    log.warning("signing keys not loaded yet (fetched on demand): %s", exc)
             try:
                 yield
             finally:
@@ -116,6 +125,7 @@ def create_app(
         lifespan=lifespan,
     )
     inner.state.links = links or LinkSettings()
+    setattr(inner.state, ANONYMOUS_ALLOWED_KEY, verifier is None)
 
     async def sign_in_refused(
         address: str | None, path: str, code: str | None, reason: str

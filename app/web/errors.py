@@ -49,6 +49,24 @@ _STATUS: dict[type[Exception], int] = {
 }
 
 
+REALM = "pacs"
+# RFC 6750 3: error_description is %x20-21 / %x23-5B / %x5D-7E.
+_DESCRIPTION_CHARACTERS = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+
+
+def challenge(code: str | None = None, description: str | None = None) -> str:
+    """A `WWW-Authenticate: Bearer` challenge (RFC 6750 section 3)."""
+    params = [f'realm="{REALM}"']
+    if code:
+        params.append(f'error="{code}"')
+    if description:
+        text = "".join(
+            c if c in _DESCRIPTION_CHARACTERS else "'" if c == '"' else "?" for c in description
+        )
+        params.append(f'error_description="{text}"')
+    return "Bearer " + ", ".join(params)
+
+
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     return JSONResponse({"status": status, "error": message}, status_code=status, headers=headers)
 

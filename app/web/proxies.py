@@ -1,7 +1,11 @@
 """How the client reached us: the scheme, host and path prefix it used and its address, from
 the request itself or, only when the immediate peer is a trusted reverse proxy, from the
-proxy's `Forwarded` (RFC 7239) or `X-Forwarded-*` headers. Anyone else could otherwise put
-their own host name into the links the archive hands out.
+proxy's headers. Anyone else could otherwise put their own host name into the links the
+archive hands out.
+
+Only the header family the proxies set is read (PACS_TRUSTED_PROXY_HEADERS): a proxy passes
+the other family through as the client wrote it, so reading both would let a client's own
+`Forwarded` header beat nginx's `X-Forwarded-*` ones.
 
 Each proxy appends its hop to the right of these headers; starting from the right, a hop is
 believed while the hop on its right was added by a trusted proxy (its `for` address is one),
@@ -14,6 +18,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
@@ -26,14 +31,24 @@ _HOST = re.compile(r"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 _PREFIX = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?")
 
 
+class ProxyHeaders(StrEnum):
+    """The header family trusted proxies set (PACS_TRUSTED_PROXY_HEADERS)."""
+
+    # X-Forwarded-For/-Proto/-Host/-Prefix: nginx, HAProxy, Traefik, AWS and most others.
+    X_FORWARDED = "x-forwarded"
+    # RFC 7239 `Forwarded`, which has no prefix (PACS_PUBLIC_URL sets one).
+    FORWARDED = "forwarded"
+
+
 @dataclass(frozen=True)
 class LinkSettings:
-    """What the app needs to build absolute links (from PACS_TRUSTED_PROXIES and
-    PACS_PUBLIC_URL)."""
+    """What the app needs to build absolute links (from PACS_TRUSTED_PROXIES,
+    PACS_TRUSTED_PROXY_HEADERS and PACS_PUBLIC_URL)."""
 
     trusted_proxies: tuple[IPNetwork, ...] = ()
     # scheme://host[:port][/prefix] without a trailing slash; empty: from each request.
     public_url: str = ""
+    proxy_headers: ProxyHeaders = ProxyHeaders.X_FORWARDED
 
     def trusts(self, address: str | None) -> bool:
         ip = _ip(address)
@@ -82,7 +97,23 @@ def client_address(request: HTTPConnection) -> str:
     return request_origin(request, link_settings(request)).client
 
 
+# Where a request's Origin is kept once computed (the scope's state, shared by the sign-in
+# middleware and the routes of one request).
+ORIGIN_KEY = "pacs.origin"
+
+
 def request_origin(request: HTTPConnection, links: LinkSettings) -> Origin:
+    """The request's Origin, computed at its first use (sign-in, for the client address)
+    and kept in the scope's state for the links and the audit trail."""
+    state = request.scope.setdefault("state", {})
+    found = state.get(ORIGIN_KEY)
+    if isinstance(found, Origin):
+        return found
+    state[ORIGIN_KEY] = origin = _origin(request, links)
+    return origin
+
+
+def _origin(request: HTTPConnection, links: LinkSettings) -> Origin:
     peer = request.client.host if request.client else ""
     scheme = request.url.scheme
     host = request.headers.get("host", "")
@@ -91,7 +122,7 @@ def request_origin(request: HTTPConnection, links: LinkSettings) -> Origin:
     direct = Origin(scheme, host, "", peer)
     if not links.trusts(peer):
         return direct
-    hops = forwarded_hops(request.headers)
+    hops = forwarded_hops(request.headers, links.proxy_headers)
     if not hops:
         return direct
     index = len(hops) - 1
@@ -106,16 +137,17 @@ def request_origin(request: HTTPConnection, links: LinkSettings) -> Origin:
     )
 
 
-def forwarded_hops(headers: Headers) -> list[Hop]:
-    """The hops, left (client side) to right (our side): from `Forwarded` when present,
-    else from the X-Forwarded-For/-Proto/-Host lists aligned on their right; the prefix
-    from X-Forwarded-Prefix (RFC 7239 has none)."""
-    prefixes = _list(headers, "x-forwarded-prefix")
-    if headers.get("forwarded"):
+def forwarded_hops(headers: Headers, family: ProxyHeaders) -> list[Hop]:
+    """The hops, left (client side) to right (our side), from the headers of `family` only:
+    the elements of `Forwarded`, or the X-Forwarded-For/-Proto/-Host/-Prefix lists aligned
+    on their right."""
+    if family is ProxyHeaders.FORWARDED:
         hops = [_hop(element) for element in _list(headers, "forwarded")]
         lists = [[h.client for h in hops], [h.proto for h in hops], [h.host for h in hops]]
+        prefixes: list[str] = []
     else:
         lists = [_list(headers, f"x-forwarded-{name}") for name in ("for", "proto", "host")]
+        prefixes = _list(headers, "x-forwarded-prefix")
     count = max(len(values) for values in [*lists, prefixes])
     # A proxy that sets a header rather than appending to it leaves fewer values than hops:
     # the outer hops then share the leftmost one.

@@ -18,29 +18,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.auth.principal import Principal
 from app.auth.tokens import InvalidToken, IssuerUnavailable, TokenVerifier
 from app.web.access import PRINCIPAL_KEY
-from app.web.errors import error_response
+from app.web.errors import challenge, error_response
 from app.web.proxies import LinkSettings, request_origin
 
 log = logging.getLogger(__name__)
 
 # Paths anyone may call: liveness only, nothing that holds or names patient data.
 PUBLIC_PATHS = frozenset({"/health"})
-REALM = "pacs"
 
 # Told of every refused request (client address, path, RFC 6750 code, reason), for the
 # audit trail. The reason is the text the client is given, which never quotes the token.
 RefusalListener = Callable[[str | None, str, str | None, str], Awaitable[None]]
-
-
-def challenge(code: str | None = None, description: str | None = None) -> str:
-    """A `WWW-Authenticate: Bearer` challenge (RFC 6750 section 3)."""
-    params = [f'realm="{REALM}"']
-    if code:
-        params.append(f'error="{code}"')
-    if description:
-        # The description is our own text, but keep it a valid quoted-string.
-        params.append('error_description="{}"'.format(description.replace('"', "'")))
-    return "Bearer " + ", ".join(params)
 
 
 def bearer_token(headers: Headers) -> str:
@@ -50,6 +38,8 @@ def bearer_token(headers: Headers) -> str:
     if len(values) > 1:
         raise InvalidToken("more than one Authorization header", "invalid_request")
     scheme, _, token = values[0].strip().partition(" ")
+    # RFC 6750 would answer invalid_request with 400; issue 9 asks 401 for every credential
+    # the archive cannot use, so clients have one answer to act on (sign in again).
     if scheme.lower() != "bearer" or not token.strip() or " " in token.strip():
         raise InvalidToken("the Authorization header must be 'Bearer <token>'", "invalid_request")
     return token.strip()

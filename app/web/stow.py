@@ -152,5 +152,6 @@ def _response(request: Request, study: str | None, results: list[StoreResult]) -
         body["00081199"] = {"vr": "SQ", "Value": [_item(r, base) for r in stored]}
     status = 200 if not failed else (202 if stored else 409)
     for r in failed:
-        log.info("STOW failure: %s", r.message)
+        # The reason code only: messages may quote the object's own values.
+        log.info("STOW failure: %s", r.reason.name if r.reason else "unknown")
     return Response(orjson.dumps(body), status_code=status, media_type=DICOM_JSON)

@@ -96,9 +96,20 @@ PROXY = "127.0.0.2"
 
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An archive that trusts the forwarded headers of PROXY only."""
+    """An archive that trusts the X-Forwarded-* headers (the default) of PROXY only."""
     env = {"PACS_TRUSTED_PROXIES": f"{PROXY}/32, 10.0.0.0/8"}
     with running_server(tmp_path_factory.mktemp("proxied"), env=env) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def proxied_rfc7239(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An archive that trusts the `Forwarded` headers of PROXY only."""
+    env = {
+        "PACS_TRUSTED_PROXIES": f"{PROXY}/32, 10.0.0.0/8",
+        "PACS_TRUSTED_PROXY_HEADERS": "forwarded",
+    }
+    with running_server(tmp_path_factory.mktemp("proxied-rfc7239"), env=env) as url:
         yield url
 
 
@@ -150,6 +161,17 @@ def client(url: str, local_address: str = PROXY) -> httpx.Client:
             },
             "https://c.example.com/dicomweb",
         ),
+        (
+            # Regression: a client's own Forwarded header, which an X-Forwarded-* proxy such
+            # as nginx passes on, beat the proxy's headers.
+            {
+                "X-Forwarded-For": "192.0.2.60",
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "d.example.com",
+                "Forwarded": "for=198.51.100.1;proto=http;host=evil.example.com",
+            },
+            "https://d.example.com/dicomweb",
+        ),
     ],
     ids=[
         "x-forwarded",
@@ -158,11 +180,15 @@ def client(url: str, local_address: str = PROXY) -> httpx.Client:
         "forwarded-chain",
         "forwarded-spoofed-ahead",
         "x-forwarded-chain",
+        "x-forwarded-beats-a-clients-forwarded",
     ],
 )
 def test_forwarded_headers_of_a_trusted_proxy_change_urls(
-    proxied: str, headers: dict[str, str], base: str
+    request: pytest.FixtureRequest, headers: dict[str, str], base: str
 ) -> None:
+    # X-Forwarded-* cases go to the default archive, `Forwarded` ones to the RFC 7239 one.
+    rfc7239 = "X-Forwarded-Host" not in headers
+    proxied: str = request.getfixturevalue("proxied_rfc7239" if rfc7239 else "proxied")
     study, series, sop = generate_uid(), generate_uid(), generate_uid()
     patient = token()
     data = make_file(study=study, series=series, sop=sop, PatientID=patient)

@@ -1,8 +1,8 @@
 """DIMSE statuses and edge cases, with pynetdicom as the peer: what DCMTK's tools cannot easily
 provoke. C-STORE: exact bytes, duplicates, coercion warnings, a corrupt dataset. C-FIND: a bad
-identifier, C-CANCEL. C-MOVE: an unknown destination, sub-operation counts when the
-destination refuses some or all instances. Associations: unsupported SOP classes and the
-association limit.
+identifier, C-CANCEL. C-MOVE: an unknown destination, a refusal by the AE policy,
+sub-operation counts when the destination refuses some or all instances. Associations:
+unsupported SOP classes and the association limit.
 
 The C-MOVE destination is a pynetdicom storage SCP in this process that keeps what it
 receives and refuses the SOP Instance UIDs it is told to.
@@ -49,6 +49,7 @@ STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 MAX_ASSOCIATIONS = 3
+NO_MOVE = "NOMOVE"  # an AE whose policy leaves out C-MOVE
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Destination:
     received: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # uid -> (ts, bytes)
     refuse: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    associations: int = 0  # requested of it so far
 
     @contextmanager
     def running(self) -> Iterator[Destination]:
@@ -68,7 +70,7 @@ class Destination:
         ae.add_supported_context(VERIFICATION)
         for cx in StoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, self.syntaxes)
-        handlers = [(evt.EVT_C_STORE, self.handle_store)]
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_REQUESTED, self.count)]
         server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
         try:
             yield self
@@ -78,6 +80,10 @@ class Destination:
     @property
     def option(self) -> tuple[str, str]:
         return "--move-destination", f"{self.ae_title}=127.0.0.1:{self.port}"
+
+    def count(self, event: Event) -> None:
+        with self.lock:
+            self.associations += 1
 
     def handle_store(self, event: Event) -> int:
         sop = str(event.request.AffectedSOPInstanceUID)
@@ -111,7 +117,11 @@ class Pacs:
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
     port = free_port()
-    env = {"PACS_DIMSE_MAX_ASSOCIATIONS": str(MAX_ASSOCIATIONS)}
+    env = {
+        "PACS_DIMSE_MAX_ASSOCIATIONS": str(MAX_ASSOCIATIONS),
+        # Other AEs keep every service.
+        "PACS_DIMSE_AE_POLICY": f"{NO_MOVE}=echo,find,get",
+    }
     with (
         Destination("DEST", list(ALL_TRANSFER_SYNTAXES)).running() as destination,
         Destination("IMPLICIT", [ImplicitVRLittleEndian]).running() as implicit,
@@ -279,10 +289,33 @@ def test_move_to_an_unknown_destination(assoc: Association) -> None:
     assert status.Status == 0xA801
 
 
-def test_move_identifier_without_its_unique_key(assoc: Association) -> None:
+def test_move_identifier_without_its_unique_key(pacs: Pacs, assoc: Association) -> None:
+    before = pacs.destination.associations
     status, _ = final(assoc.send_c_move(query("STUDY", PatientID="P"), "DEST", STUDY_ROOT_MOVE))
     assert status.Status == 0xA900
     assert "StudyInstanceUID" in status.ErrorComment
+    assert pacs.destination.associations == before  # an answer alone: DEST is not called
+
+
+def test_a_refused_move_does_not_tell_which_destinations_exist(pacs: Pacs) -> None:
+    """Regression: the destination was looked up before the AE policy was checked, so an AE
+    without the move right got A801 for unknown destinations and 0124 for known ones (after
+    an association to them)."""
+    study = generate_uid()
+    pacs.stow([make_file(study=study)])
+    before = pacs.destination.associations
+    assoc = pacs.associate(STUDY_ROOT_MOVE, ae_title=NO_MOVE)
+    assert assoc.is_established
+    try:
+        for destination in ("DEST", "NOWHERE"):
+            identifier = query("STUDY", StudyInstanceUID=study)
+            status, _ = final(assoc.send_c_move(identifier, destination, STUDY_ROOT_MOVE))
+            assert status.Status == 0x0124, destination
+            assert status.ErrorComment == f"AE {NO_MOVE} may not use C-MOVE"
+            assert status.NumberOfCompletedSuboperations == 0
+    finally:
+        assoc.release()
+    assert pacs.destination.associations == before
 
 
 def test_move_nothing_matches(assoc: Association) -> None:

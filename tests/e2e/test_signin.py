@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,13 @@ from starlette.routing import BaseRoute, Mount, Route
 from app.web.app import create_app
 from tests.support.dcmtk import require_dcmtk, run
 from tests.support.dicom_factory import make_file
-from tests.support.oidc import SERVICE, SHORT_LIVED, SHORT_TTL, OpenIdProvider
+from tests.support.oidc import (
+    SERVICE,
+    SHORT_LIVED,
+    SHORT_TTL,
+    OpenIdProvider,
+    running_provider,
+)
 from tests.support.server import free_port, running_server
 
 # Path parameters of the walk: well-formed values, so that a route refusing them would be
@@ -138,6 +145,10 @@ def _unknown_key_token(provider: OpenIdProvider) -> str:
     return jwt.encode(header, provider.claims(), key, algorithms=["RS256"])
 
 
+def _forged_header(provider: OpenIdProvider, header: dict[str, Any]) -> str:
+    return f"{_b64(header)}.{_b64(provider.claims())}.c2ln"
+
+
 def _unsigned_token(provider: OpenIdProvider) -> str:
     return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(provider.claims())}."
 
@@ -163,7 +174,14 @@ def bad_tokens(oidc_provider: OpenIdProvider) -> dict[str, tuple[str, str]]:
             p.sign_hmac({"scope": "pacs:read pacs:write pacs:admin"}, p.public_key_pem),
             "algorithm 'HS256' is not accepted",
         ),
-        "unknown kid": (_unknown_key_token(p), "unknown key"),
+        "unknown kid": (_unknown_key_token(p), "a key the issuer does not publish"),
+        "not an access token": (p.sign({}, header={"typ": "logout+jwt"}), "not an access token"),
+        # Header values that are not ASCII must not reach the WWW-Authenticate header.
+        "non-ASCII alg": (_forged_header(p, {"alg": "\u20ac"}), "algorithm of this token"),
+        "non-ASCII kid": (
+            _forged_header(p, {"alg": "RS256", "kid": "\u20ac\n"}),
+            "a key the issuer does not publish",
+        ),
     }
 
 
@@ -281,21 +299,35 @@ def test_an_ai_service_signs_in_with_client_credentials_through_authlib(
     assert response.status_code == 200, response.text
 
 
-def test_a_rotated_key_is_fetched_without_a_restart(
-    oidc_provider: OpenIdProvider, http: httpx.Client
-) -> None:
-    before = oidc_provider.token(scopes=["pacs:read"])
-    auth = {"Authorization": f"Bearer {before}"}
-    assert http.get("/dicomweb/studies", headers=auth).status_code == 200
-    time.sleep(2.1)  # the archive fetches the keys again at most every 2 s
-    kid = oidc_provider.rotate_key()
-    after = oidc_provider.token(scopes=["pacs:read"])
-    assert json.loads(base64.urlsafe_b64decode(after.split(".")[0] + "==")).get("kid") == kid
-    auth = {"Authorization": f"Bearer {after}"}
-    assert http.get("/dicomweb/studies", headers=auth).status_code == 200
-    # Tokens signed with the older key, still published, stay valid.
-    auth = {"Authorization": f"Bearer {before}"}
-    assert http.get("/dicomweb/studies", headers=auth).status_code == 200
+def test_a_rotated_key_is_fetched_without_a_restart(tmp_path: Path) -> None:
+    """Its own provider: rotating the shared one would change what other tests see."""
+    with (
+        running_provider(tmp_path / "idp") as provider,
+        running_server(tmp_path / "data", env=provider.archive_env()) as url,
+        httpx.Client(base_url=f"{url}/dicomweb") as http,
+    ):
+        before = provider.token(scopes=["pacs:read"])
+        assert http.get("/studies", headers=_bearer(before)).status_code == 200
+        time.sleep(2.1)  # the archive fetches the keys again at most every 2 s
+        kid = provider.rotate_key()
+        after = provider.token(scopes=["pacs:read"])
+        assert json.loads(base64.urlsafe_b64decode(after.split(".")[0] + "=="))["kid"] == kid
+        assert http.get("/studies", headers=_bearer(after)).status_code == 200
+        # Tokens signed with the older key, still published, stay valid...
+        assert http.get("/studies", headers=_bearer(before)).status_code == 200
+        # ... until the issuer stops publishing it.
+        time.sleep(2.1)
+        newest = provider.rotate_key(retire=True)
+        latest = provider.token(scopes=["pacs:read"])
+        assert json.loads(base64.urlsafe_b64decode(latest.split(".")[0] + "=="))["kid"] == newest
+        assert http.get("/studies", headers=_bearer(latest)).status_code == 200
+        refused = http.get("/studies", headers=_bearer(before))
+        assert refused.status_code == 401
+        assert "a key the issuer does not publish" in refused.json()["error"]
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def test_a_real_token_expires(oidc_provider: OpenIdProvider, tmp_path: Path) -> None:
@@ -308,6 +340,27 @@ def test_a_real_token_expires(oidc_provider: OpenIdProvider, tmp_path: Path) -> 
         refused = httpx.get(f"{url}/dicomweb/studies", headers=auth)
         assert refused.status_code == 401
         assert refused.json()["error"] == "the token has expired"
+
+
+def test_tokens_signed_with_cached_keys_work_while_the_issuer_is_down(tmp_path: Path) -> None:
+    with ExitStack() as archive:
+        with running_provider(tmp_path / "idp") as provider:
+            good = provider.token(scopes=["pacs:read"])
+            forged = _unknown_key_token(provider)
+            # The archive loads the issuer's keys at start.
+            url = archive.enter_context(
+                running_server(tmp_path / "data", env=provider.archive_env())
+            )
+        # The provider has stopped: known keys still verify, and an unknown kid is refused
+        # as such (401) rather than blamed on the issuer (503), also inside the refetch
+        # interval.
+        auth = {"Authorization": f"Bearer {good}"}
+        assert httpx.get(f"{url}/dicomweb/studies", headers=auth).status_code == 200
+        time.sleep(2.1)  # past the refetch interval: the first forged token tries the issuer
+        for _ in range(2):
+            auth = {"Authorization": f"Bearer {forged}"}
+            refused = httpx.get(f"{url}/dicomweb/studies", headers=auth)
+            assert refused.status_code == 401, refused.text
 
 
 def test_an_unreachable_issuer_stops_the_server_at_start(tmp_path: Path) -> None:
@@ -330,7 +383,8 @@ def dimse_archive(
     """An archive with sign-in on, knowing one calling AE (WS1); its DIMSE port."""
     require_dcmtk()
     port = free_port()
-    args = ["--dimse-port", str(port), "--dimse-ae-policy", "WS1=all"]
+    policy = "WS1=all from 127.0.0.1; FAR=all from 192.0.2.0/24"
+    args = ["--dimse-port", str(port), "--dimse-ae-policy", policy]
     with running_server(
         tmp_path_factory.mktemp("signin-dimse"), *args, env=oidc_provider.archive_env()
     ):
@@ -358,3 +412,8 @@ def test_unknown_calling_aes_get_nothing_but_a_rejected_association(
         assert "Association Rejected" in done.stdout, (tool, done.stdout)
     echo = run("echoscu", "-aet", "WS1", "-aec", "PACS", *peer)
     assert echo.returncode == 0, echo.stdout
+    # A known AE title calling from an address its entry does not name may do nothing.
+    echo = run("echoscu", "-v", "-aet", "FAR", "-aec", "PACS", *peer)
+    assert "0x124" in echo.stdout, echo.stdout  # 0124 Refused: Not authorized
+    find = run("findscu", "-v", "-aet", "FAR", "-aec", "PACS", "-S", *key, *peer)
+    assert "0x124" in find.stdout or "Not authorized" in find.stdout, find.stdout

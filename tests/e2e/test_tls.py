@@ -9,12 +9,16 @@ client certificates from, and "other", which signs a stranger's certificate.
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,24 +28,19 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from pydicom.uid import generate_uid
 
-from tests.support.certificates import Authority, Identity, make_authority
+from tests.support.certificates import Identity, Pki, make_pki
 from tests.support.dcmtk import check, require_dcmtk, run, storescp
 from tests.support.dicom_factory import make_file
 from tests.support.server import free_port, running_server
 
 
 @dataclass(frozen=True)
-class Pki:
-    site: Authority
-    other: Authority
-    pacs: Identity  # the archive's (HTTPS and DICOM TLS)
-    storescp: Identity  # the C-MOVE destination's
+class Certificates:
+    site: Pki  # the site CA, and the archive's identity (HTTPS and DICOM TLS)
+    other: Pki  # another CA, and the identity of a storescp it signed
+    storescp: Identity  # the C-MOVE destination's, signed by the site CA
     scu: Identity  # a calling AE's, signed by the site CA
     stranger: Identity  # a calling AE's, signed by the other CA
-    elsewhere: Identity  # a storescp's, signed by the other CA
-
-    def client_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.site.cert)
 
 
 def dcmtk_tls(identity: Identity, ca: Path) -> tuple[str, ...]:
@@ -50,17 +49,16 @@ def dcmtk_tls(identity: Identity, ca: Path) -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     folder = tmp_path_factory.mktemp("pki")
-    site, other = make_authority(folder, "site"), make_authority(folder, "other")
-    return Pki(
+    site = make_pki(folder, "pacs", name="site")
+    other = make_pki(folder, "elsewhere", name="other")
+    return Certificates(
         site,
         other,
-        site.issue(folder, "pacs"),
-        site.issue(folder, "storescp"),
-        site.issue(folder, "scu", client=True),
-        other.issue(folder, "stranger", client=True),
-        other.issue(folder, "elsewhere"),
+        site.authority.issue(folder, "storescp"),
+        site.authority.issue(folder, "scu", client=True),
+        other.authority.issue(folder, "stranger", client=True),
     )
 
 
@@ -81,24 +79,24 @@ class Pacs:
 
 
 @pytest.fixture(scope="module")
-def pacs(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
+def pacs(pki: Certificates, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
     require_dcmtk()
     if shutil.which("curl") is None:
         pytest.fail("curl is not installed (apt-get install curl)")
     root = tmp_path_factory.mktemp("tls")
     with (
-        storescp(root / "moved", tls=dcmtk_tls(pki.storescp, pki.site.cert)) as destination,
+        storescp(root / "moved", tls=dcmtk_tls(pki.storescp, pki.site.ca)) as destination,
         storescp(
-            root / "elsewhere", "ELSEWHERE", tls=dcmtk_tls(pki.elsewhere, pki.other.cert)
+            root / "elsewhere", "ELSEWHERE", tls=dcmtk_tls(pki.other.server, pki.other.ca)
         ) as elsewhere,
     ):
         dimse_port, tls_port = free_port(), free_port()
-        args = ["--tls-cert", str(pki.pacs.cert), "--tls-key", str(pki.pacs.key)]
+        args = ["--tls-cert", str(pki.site.cert), "--tls-key", str(pki.site.key)]
         args += ["--dimse-port", str(dimse_port), "--dimse-tls-port", str(tls_port)]
-        args += ["--dimse-tls-ca", str(pki.site.cert)]
+        args += ["--dimse-tls-ca", str(pki.site.ca)]
         args += ["--move-destination", f"STORESCP=127.0.0.1:{destination}:tls"]
         args += ["--move-destination", f"ELSEWHERE=127.0.0.1:{elsewhere}:tls"]
-        with running_server(root / "data", *args, https=pki.client_context()) as url:
+        with running_server(root / "data", *args, https=pki.site.client_context()) as url:
             yield Pacs(url, dimse_port, tls_port, root / "moved", root / "data" / "server.log")
 
 
@@ -115,21 +113,21 @@ def curl(*args: str | Path) -> subprocess.CompletedProcess[str]:
 # -- HTTPS -----------------------------------------------------------------------------
 
 
-def test_https_with_curl(pacs: Pacs, pki: Pki, tmp_path: Path) -> None:
+def test_https_with_curl(pacs: Pacs, pki: Certificates, tmp_path: Path) -> None:
     study, patient = generate_uid(), f"TLS-{uuid.uuid4().hex[:8]}"
     path = tmp_path / "one.dcm"
     path.write_bytes(make_file(study=study, PatientID=patient))
     stored = curl(
-        "--cacert", pki.site.cert, "-X", "POST", "-H", "Content-Type: application/dicom",
+        "--cacert", pki.site.ca, "-X", "POST", "-H", "Content-Type: application/dicom",
         "--data-binary", f"@{path}", f"{pacs.url}/dicomweb/studies",
     )  # fmt: skip
     assert stored.returncode == 0, stored.stderr
     assert f"{pacs.url}/dicomweb/studies/{study}" in stored.stdout  # RetrieveURL is https
 
-    health = curl("--cacert", pki.site.cert, "-w", "%{http_code}", f"{pacs.url}/health")
+    health = curl("--cacert", pki.site.ca, "-w", "%{http_code}", f"{pacs.url}/health")
     assert (health.returncode, health.stdout) == (0, '{"status":"ok"}200'), health.stderr
     found = curl(
-        "--cacert", pki.site.cert, "-w", "\n%{http_code}",
+        "--cacert", pki.site.ca, "-w", "\n%{http_code}",
         f"{pacs.url}/dicomweb/studies?PatientID={patient}",
     )  # fmt: skip
     assert found.returncode == 0, found.stderr
@@ -138,10 +136,10 @@ def test_https_with_curl(pacs: Pacs, pki: Pki, tmp_path: Path) -> None:
     assert study in body and f'"{pacs.url}/dicomweb/studies/{study}"' in body
 
 
-def test_https_certificate_is_checked(pacs: Pacs, pki: Pki) -> None:
+def test_https_certificate_is_checked(pacs: Pacs, pki: Certificates) -> None:
     """curl without the site CA does not trust the archive; with another CA neither."""
     assert curl(f"{pacs.url}/health").returncode == 60  # peer certificate cannot be verified
-    assert curl("--cacert", pki.other.cert, f"{pacs.url}/health").returncode == 60
+    assert curl("--cacert", pki.other.ca, f"{pacs.url}/health").returncode == 60
 
 
 def test_plain_http_to_the_https_port_fails(pacs: Pacs) -> None:
@@ -154,15 +152,71 @@ def test_announces_https(pacs: Pacs) -> None:
     assert f"DICOMweb at https://127.0.0.1:{port}/dicomweb" in pacs.log.read_text()
 
 
-def test_https_client_certificates(pki: Pki, tmp_path: Path) -> None:
+def handshake(url: str, context: ssl.SSLContext) -> str:
+    """The TLS version a connection to `url` agrees on with `context`."""
+    host, port = url.removeprefix("https://").split(":")
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        return str(tls.version())
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_https_serves_tls_1_2_and_1_3(pacs: Pacs, pki: Certificates, version: str) -> None:
+    context = pki.site.client_context()
+    context.minimum_version = context.maximum_version = ssl.TLSVersion[version]
+    assert handshake(pacs.url, context) == version.replace("_", ".")
+
+
+def tls_1_1(context: ssl.SSLContext) -> ssl.SSLContext:
+    """`context` limited to TLS 1.1, at OpenSSL's security level 0, which allows it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLSVersion.TLSv1_1
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return context
+
+
+@contextmanager
+def tls_1_1_server(identity: Pki) -> Iterator[str]:
+    """A bare TLS server that accepts TLS 1.1 (one connection), on a free port."""
+    context = tls_1_1(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    context.load_cert_chain(identity.cert, identity.key)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def accept() -> None:
+            connection, _ = listener.accept()
+            with suppress(OSError), context.wrap_socket(connection, server_side=True):
+                pass
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}"
+        thread.join(timeout=10)
+
+
+def test_https_refuses_a_tls_1_1_client(pacs: Pacs, pki: Certificates) -> None:
+    """PS3.15 B.9 (BCP 195): TLS 1.2 or later, over HTTPS as over DICOM TLS."""
+    client = tls_1_1(pki.site.client_context())
+    with tls_1_1_server(pki.site) as willing:  # the client does speak TLS 1.1
+        assert handshake(willing, client) == "TLSv1.1"
+    with pytest.raises(ssl.SSLError) as refused:
+        handshake(pacs.url, client)
+    # The archive hangs up on the ClientHello (asyncio drops OpenSSL's protocol_version
+    # alert).
+    assert refused.value.reason in ("UNEXPECTED_EOF_WHILE_READING", "TLSV1_ALERT_PROTOCOL_VERSION")
+
+
+def test_https_client_certificates(pki: Certificates, tmp_path: Path) -> None:
     """With PACS_TLS_CA, an HTTP client must present a certificate that CA signed."""
-    context = pki.client_context()
+    context = pki.site.client_context()
     context.load_cert_chain(pki.scu.cert, pki.scu.key)
-    args = ["--tls-cert", str(pki.pacs.cert), "--tls-key", str(pki.pacs.key)]
+    args = ["--tls-cert", str(pki.site.cert), "--tls-key", str(pki.site.key)]
     with running_server(
-        tmp_path / "data", *args, env={"PACS_TLS_CA": str(pki.site.cert)}, https=context
+        tmp_path / "data", *args, env={"PACS_TLS_CA": str(pki.site.ca)}, https=context
     ) as url:
-        ca = ("--cacert", pki.site.cert)
+        ca = ("--cacert", pki.site.ca)
         good = curl(*ca, "--cert", pki.scu.cert, "--key", pki.scu.key, f"{url}/health")
         assert (good.returncode, good.stdout) == (0, '{"status":"ok"}'), good.stderr
         assert curl(*ca, f"{url}/health").returncode != 0
@@ -175,8 +229,8 @@ def test_https_client_certificates(pki: Pki, tmp_path: Path) -> None:
 # -- DICOM TLS -------------------------------------------------------------------------
 
 
-def test_dcmtk_over_dicom_tls(pacs: Pacs, pki: Pki, tmp_path: Path) -> None:
-    tls = dcmtk_tls(pki.scu, pki.site.cert)
+def test_dcmtk_over_dicom_tls(pacs: Pacs, pki: Certificates, tmp_path: Path) -> None:
+    tls = dcmtk_tls(pki.scu, pki.site.ca)
     assert "Received Echo Response (Success)" in pacs.tool("echoscu", "-v", tls=tls)
     patient, study, sop = f"DTLS-{uuid.uuid4().hex[:8]}", generate_uid(), generate_uid()
     path = tmp_path / "sent.dcm"
@@ -194,7 +248,7 @@ def test_dcmtk_over_dicom_tls(pacs: Pacs, pki: Pki, tmp_path: Path) -> None:
     check("echoscu", "-aec", "PACS", "127.0.0.1", str(pacs.dimse_port))
 
 
-def test_dicom_tls_only_without_client_certificates(pki: Pki, tmp_path: Path) -> None:
+def test_dicom_tls_only_without_client_certificates(pki: Certificates, tmp_path: Path) -> None:
     """--dimse-port 0 leaves DICOM TLS alone; without --dimse-tls-ca no client certificate is
     asked for, so DCMTK's anonymous TLS (+tla) is served."""
     require_dcmtk()
@@ -202,8 +256,8 @@ def test_dicom_tls_only_without_client_certificates(pki: Pki, tmp_path: Path) ->
     args = ["--dimse-tls-port", str(tls_port)]
     env = {
         "PACS_DIMSE_PORT": "0",
-        "PACS_DIMSE_TLS_CERT": str(pki.pacs.cert),
-        "PACS_DIMSE_TLS_KEY": str(pki.pacs.key),
+        "PACS_DIMSE_TLS_CERT": str(pki.site.cert),
+        "PACS_DIMSE_TLS_KEY": str(pki.site.key),
     }
     with running_server(tmp_path / "data", *args, env=env):
         echo = check(
@@ -211,7 +265,7 @@ def test_dicom_tls_only_without_client_certificates(pki: Pki, tmp_path: Path) ->
             "-v",
             "+tla",
             "+cf",
-            pki.site.cert,
+            pki.site.ca,
             "-aec",
             "PACS",
             "127.0.0.1",
@@ -232,11 +286,11 @@ def test_dicom_tls_only_without_client_certificates(pki: Pki, tmp_path: Path) ->
     ],
 )
 def test_dicom_tls_refuses_clients_without_a_site_certificate(
-    pacs: Pacs, pki: Pki, case: str, reason: str
+    pacs: Pacs, pki: Certificates, case: str, reason: str
 ) -> None:
     options = {
-        "no certificate": ("+tla", "+cf", str(pki.site.cert)),  # anonymous TLS
-        "another CA": dcmtk_tls(pki.stranger, pki.site.cert),
+        "no certificate": ("+tla", "+cf", str(pki.site.ca)),  # anonymous TLS
+        "another CA": dcmtk_tls(pki.stranger, pki.site.ca),
         "no TLS": (),
     }[case]
     before = pacs.log.read_text().count(reason)
@@ -255,10 +309,10 @@ def test_dicom_tls_refuses_clients_without_a_site_certificate(
         time.sleep(0.1)
 
 
-def audited_refusals(pacs: Pacs, pki: Pki, reason: str) -> int:
+def audited_refusals(pacs: Pacs, pki: Certificates, reason: str) -> int:
     """Refused TLS connections in the audit trail whose reason names `reason`."""
     answer = httpx.get(
-        f"{pacs.url}/dicomweb/audit", params={"limit": "1000"}, verify=pki.client_context()
+        f"{pacs.url}/dicomweb/audit", params={"limit": "1000"}, verify=pki.site.client_context()
     )
     assert answer.status_code == 200, answer.text
     return sum(
@@ -270,17 +324,17 @@ def audited_refusals(pacs: Pacs, pki: Pki, reason: str) -> int:
     )
 
 
-def test_dcmtk_checks_the_archive_certificate(pacs: Pacs, pki: Pki) -> None:
+def test_dcmtk_checks_the_archive_certificate(pacs: Pacs, pki: Certificates) -> None:
     """A client trusting only the other CA refuses the archive (its certificate is the site's)."""
     done = run(
-        "echoscu", *dcmtk_tls(pki.scu, pki.other.cert), "-aec", "PACS",
+        "echoscu", *dcmtk_tls(pki.scu, pki.other.ca), "-aec", "PACS",
         "127.0.0.1", str(pacs.tls_port),
     )  # fmt: skip
     assert done.returncode != 0 and "Received Echo Response" not in done.stdout
 
 
-def test_c_move_to_a_tls_destination(pacs: Pacs, pki: Pki, tmp_path: Path) -> None:
-    tls = dcmtk_tls(pki.scu, pki.site.cert)
+def test_c_move_to_a_tls_destination(pacs: Pacs, pki: Certificates, tmp_path: Path) -> None:
+    tls = dcmtk_tls(pki.scu, pki.site.ca)
     study, sops = generate_uid(), [generate_uid(), generate_uid()]
     for number, sop in enumerate(sops, 1):
         path = tmp_path / f"{number}.dcm"
@@ -350,11 +404,11 @@ def _serve(tmp_path: Path, *args: str | Path) -> subprocess.CompletedProcess[str
     ],
 )
 def test_bad_tls_settings_stop_the_server_with_one_line(
-    pki: Pki, tmp_path: Path, case: str, message: str
+    pki: Certificates, tmp_path: Path, case: str, message: str
 ) -> None:
     missing = tmp_path / "missing.pem"
     encrypted = tmp_path / "encrypted.key"
-    key = serialization.load_pem_private_key(pki.pacs.key.read_bytes(), None)
+    key = serialization.load_pem_private_key(pki.site.key.read_bytes(), None)
     encrypted.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -362,13 +416,13 @@ def test_bad_tls_settings_stop_the_server_with_one_line(
             serialization.BestAvailableEncryption(b"secret"),
         )
     )
-    pacs = ("--tls-cert", pki.pacs.cert, "--tls-key", pki.pacs.key)
+    pacs = ("--tls-cert", pki.site.cert, "--tls-key", pki.site.key)
     args = {
-        "missing cert": ("--tls-cert", missing, "--tls-key", pki.pacs.key),
-        "encrypted key": ("--tls-cert", pki.pacs.cert, "--tls-key", encrypted),
-        "key of another cert": ("--tls-cert", pki.pacs.cert, "--tls-key", pki.stranger.key),
-        "cert is not PEM": ("--tls-cert", pki.pacs.key, "--tls-key", pki.pacs.key),
-        "cert without key": ("--tls-cert", pki.pacs.cert),
+        "missing cert": ("--tls-cert", missing, "--tls-key", pki.site.key),
+        "encrypted key": ("--tls-cert", pki.site.cert, "--tls-key", encrypted),
+        "key of another cert": ("--tls-cert", pki.site.cert, "--tls-key", pki.stranger.key),
+        "cert is not PEM": ("--tls-cert", pki.site.key, "--tls-key", pki.site.key),
+        "cert without key": ("--tls-cert", pki.site.cert),
         "missing HTTPS CA": (*pacs, "--tls-ca", missing),
         "DICOM TLS without cert": ("--dimse-tls-port", str(free_port())),
         "bad DICOM TLS CA": (
@@ -376,24 +430,24 @@ def test_bad_tls_settings_stop_the_server_with_one_line(
             "--dimse-tls-port",
             free_port(),
             "--dimse-tls-ca",
-            pki.pacs.key,
+            pki.site.key,
         ),
     }[case]
     done = _serve(tmp_path, *args)
     assert done.returncode in (1, 2), done.stderr
-    expected = message.format(missing=missing, stranger_key=pki.stranger.key, pacs_key=pki.pacs.key)
+    expected = message.format(missing=missing, stranger_key=pki.stranger.key, pacs_key=pki.site.key)
     # One line, after the INFO lines of the start-up check of the index.
     errors = [line for line in done.stderr.splitlines() if " INFO " not in line]
     assert len(errors) == 1 and errors[0].startswith("pacs: "), done.stderr
     assert expected in errors[0], done.stderr
 
 
-def test_dicom_tls_contexts(pki: Pki) -> None:
+def test_dicom_tls_contexts(pki: Certificates) -> None:
     """TLS 1.2 or later both ways (PS3.15 B.9, BCP 195); client certificates required only
     with a CA; destinations' certificates always checked."""
     from app.tls import dicom_client_context, dicom_server_context
 
-    cert, key, ca = str(pki.pacs.cert), str(pki.pacs.key), str(pki.site.cert)
+    cert, key, ca = str(pki.site.cert), str(pki.site.key), str(pki.site.ca)
     for context in (dicom_server_context(cert, key), dicom_client_context(cert, key, ca)):
         assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     assert dicom_server_context(cert, key).verify_mode == ssl.CERT_NONE

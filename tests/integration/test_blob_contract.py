@@ -16,10 +16,9 @@ import pytest
 from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError, ResponseStreamingError
 
-from app.services.ports import BlobStore
+from app.services.ports import BlobStore, blob_key
 from app.storage import s3
 from app.storage.filesystem import FolderBlobStore
-from app.storage.keys import blob_key
 from app.storage.s3 import S3BlobStore, StorageUnavailable
 from tests.support.moto import (
     ACCESS_KEY_ID,

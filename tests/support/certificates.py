@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,14 +116,30 @@ def _write_key(stem: Path, key: ec.EllipticCurvePrivateKey) -> Path:
 
 @dataclass(frozen=True)
 class Pki:
-    """A CA and one server identity it signed (for localhost and 127.0.0.1)."""
+    """A CA and a server identity it signed (for localhost and 127.0.0.1); the CA issues
+    more (`authority.issue`)."""
 
-    ca: Path
-    cert: Path
-    key: Path
+    authority: Authority
+    server: Identity
+
+    @property
+    def ca(self) -> Path:
+        return self.authority.cert
+
+    @property
+    def cert(self) -> Path:
+        return self.server.cert
+
+    @property
+    def key(self) -> Path:
+        return self.server.key
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client's context that trusts this CA only."""
+        return ssl.create_default_context(cafile=self.ca)
 
 
-def make_pki(folder: Path, common_name: str = "localhost") -> Pki:
-    authority = make_authority(folder, "pki")
-    server = authority.issue(folder, common_name)
-    return Pki(authority.cert, server.cert, server.key)
+def make_pki(folder: Path, common_name: str = "localhost", *, name: str = "pki") -> Pki:
+    """A CA named `name` and a server certificate for `common_name` it signed."""
+    authority = make_authority(folder, name)
+    return Pki(authority, authority.issue(folder, common_name))

@@ -23,6 +23,15 @@ def test_anonymous_access_can_be_allowed_explicitly() -> None:
     assert settings.oidc_config is None
 
 
+def test_tenants_of_tokens_without_the_claim_are_a_setting() -> None:
+    env = {"PACS_OIDC_ISSUER": "https://idp", "PACS_OIDC_AUDIENCE": "a"}
+    assert Settings.from_env(env).oidc_config.tenants_when_absent == {"default"}  # type: ignore[union-attr]
+    strict = Settings.from_env({**env, "PACS_OIDC_TENANTS_WHEN_ABSENT": ""}).oidc_config
+    assert strict is not None and strict.tenants_when_absent == frozenset()
+    with pytest.raises(ValueError, match="PACS_OIDC_TENANTS_WHEN_ABSENT"):
+        Settings.from_env({**env, "PACS_OIDC_TENANTS_WHEN_ABSENT": "Bad/Name"})
+
+
 def test_sign_in_settings() -> None:
     env = {
         "PACS_OIDC_ISSUER": "https://idp.example.org/realms/pacs",

@@ -7,7 +7,8 @@ import ipaddress
 
 import pytest
 
-from app.settings import MoveDestination, Settings
+from app.settings import PROXY_HEADER_FAMILIES, MoveDestination, Settings
+from app.web.proxies import ProxyHeaders
 
 
 def test_move_destinations_with_tls() -> None:
@@ -35,6 +36,18 @@ def test_trusted_proxies() -> None:
     assert Settings().trusted_proxy_networks == ()
     with pytest.raises(ValueError, match=r"'proxy\.local' is not an IP address or network"):
         Settings(trusted_proxies="10.0.0.1,proxy.local")
+
+
+def test_trusted_proxy_headers() -> None:
+    """One family only, X-Forwarded-* unless said otherwise; a boolean (uvicorn's
+    --proxy-headers) or both families are refused at start."""
+    assert Settings().trusted_proxy_header_family == ProxyHeaders.X_FORWARDED
+    forwarded = Settings.from_env({"PACS_TRUSTED_PROXY_HEADERS": " Forwarded "})
+    assert forwarded.trusted_proxy_header_family == ProxyHeaders.FORWARDED
+    assert {ProxyHeaders(f) for f in PROXY_HEADER_FAMILIES} == set(ProxyHeaders)
+    for value in ("true", "x-forwarded,forwarded", ""):
+        with pytest.raises(ValueError, match="PACS_TRUSTED_PROXY_HEADERS / --trusted-proxy-head"):
+            Settings(trusted_proxy_headers=value)
 
 
 @pytest.mark.parametrize(

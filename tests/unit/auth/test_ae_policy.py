@@ -51,11 +51,26 @@ def test_parse(text: str, expected: dict[str, AePolicy]) -> None:
         ("M=store@", "invalid tenant ''"),
         ("M=store@Clinic A", "invalid tenant 'Clinic A'"),
         ("M=store;M=find", "listed twice"),
+        ("M=store@a from 10.0.0.300", "IP addresses or networks"),
+        ("M=store from host.example", "IP addresses or networks"),
     ],
 )
 def test_malformed_policies_are_refused(text: str, message: str) -> None:
     with pytest.raises(PolicyError, match=message):
         parse_ae_policy(text)
+
+
+def test_an_ae_bound_to_addresses_may_do_nothing_from_elsewhere() -> None:
+    policies = parse_ae_policy("CT1=echo,store@clinic-a from 10.1.2.0/24 192.0.2.7 ::1")
+    bound = policies.of("CT1", "10.1.2.99")
+    assert bound.services == {S.ECHO, S.STORE} and bound.tenant == "clinic-a"
+    assert policies.of("CT1", "192.0.2.7") == bound
+    assert policies.of("CT1", "::1") == bound
+    for elsewhere in ("10.1.3.1", "192.0.2.8", "127.0.0.1", None, "not an address"):
+        refused = policies.of("CT1", elsewhere)
+        assert not refused.services, elsewhere
+        with pytest.raises(Forbidden):
+            refused.access("CT1", elsewhere).require(Permission.WRITE)
 
 
 def test_an_unlisted_ae_may_do_everything_on_the_default_tenant() -> None:

@@ -11,7 +11,8 @@ from starlette.datastructures import Headers
 from app.auth.principal import Access, Forbidden, Permission, anonymous
 from app.auth.tokens import InvalidToken, OidcConfig, claim_values, principal_from_claims
 from app.auth.tokens import unverified_header as header_of
-from app.web.signin import bearer_token, challenge
+from app.web.errors import challenge
+from app.web.signin import bearer_token
 
 CONFIG = OidcConfig(issuer="https://idp.test", audience="pacs")
 
@@ -53,6 +54,21 @@ def test_tenants_claim_absent_means_default_only_and_star_means_all() -> None:
     assert principal_from_claims(CONFIG, {"sub": "x", "tenants": ["A/../b", "ok"]}).tenants == {
         "ok"
     }
+
+
+def test_tokens_without_the_tenants_claim_get_the_configured_tenants() -> None:
+    strict = OidcConfig(issuer="https://idp.test", audience="pacs", tenants_when_absent=frozenset())
+    assert principal_from_claims(strict, {"sub": "x", "scope": "pacs:read"}).tenants == set()
+
+
+@pytest.mark.parametrize(
+    "issuer", ["http://idp.example.org", "ftp://idp", "http://10.0.0.1/realms/x", "idp"]
+)
+def test_issuers_must_be_https_except_on_loopback(issuer: str) -> None:
+    with pytest.raises(ValueError, match="must be an https URL"):
+        OidcConfig(issuer=issuer, audience="a")
+    for fine in ("https://idp.example.org", "http://127.0.0.1:8080", "http://localhost/x"):
+        assert OidcConfig(issuer=fine, audience="a").issuer == fine
 
 
 def test_keycloak_roles_claim() -> None:
@@ -107,6 +123,12 @@ def test_bearer_header_errors(headers: list[tuple[str, str]], code: str | None) 
 
 def test_bearer_header_accepts_any_case_scheme() -> None:
     assert bearer_token(Headers({"authorization": "bearer abc.def.ghi"})) == "abc.def.ghi"
+
+
+def test_challenge_keeps_the_description_in_rfc_6750s_characters() -> None:
+    assert challenge("invalid_token", "kid \u20ac\n\\x") == (
+        'Bearer realm="pacs", error="invalid_token", error_description="kid ???x"'
+    )
 
 
 def test_challenge() -> None:

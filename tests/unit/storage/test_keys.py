@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from app.storage.keys import blob_key, key_path
+from app.auth.principal import UnknownTenant
+from app.services.ports import blob_key
+from app.storage.keys import key_path
 
 
 def test_tenant_keys_live_under_the_tenant() -> None:
-    assert blob_key("clinic-a", "abcdef12") == "clinic-a/abcdef12"
-    assert key_path("clinic-a/abcdef12") == ("clinic-a", "ab", "cd", "abcdef12")
+    blob = "abcdef12" * 4
+    assert blob_key("clinic-a", blob) == f"clinic-a/{blob}"
+    assert key_path(f"clinic-a/{blob}") == ("clinic-a", "ab", "cd", blob)
 
 
 def test_keys_from_before_tenants_keep_their_place() -> None:
@@ -24,6 +27,8 @@ def test_anything_else_is_refused(key: str) -> None:
         key_path(key)
 
 
-def test_a_malformed_tenant_never_becomes_a_key() -> None:
-    with pytest.raises(ValueError, match="invalid blob key"):
-        blob_key("../x", "abc")
+def test_a_malformed_tenant_or_id_never_becomes_a_key() -> None:
+    with pytest.raises(UnknownTenant):
+        blob_key("../x", "abcdef12" * 4)
+    with pytest.raises(ValueError, match="invalid blob id"):
+        blob_key("clinic-a", "../abc")

@@ -7,14 +7,18 @@ import ipaddress
 
 import pytest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection, Request
 
-from app.web.proxies import LinkSettings, client_address
+from app.web import proxies
+from app.web.proxies import LinkSettings, ProxyHeaders, client_address, request_origin
 from app.web.urls import base_url
 
 TRUSTED = LinkSettings(
     (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32")),
 )
+# The same proxies, setting RFC 7239 `Forwarded` headers.
+TRUSTED_RFC7239 = LinkSettings(TRUSTED.trusted_proxies, proxy_headers=ProxyHeaders.FORWARDED)
 
 
 def request(
@@ -80,7 +84,8 @@ PROXY, OTHER = "10.0.0.5", "192.0.2.1"  # a trusted peer, an untrusted one
     ],
 )  # fmt: skip
 def test_base_url(headers: dict[str, str], peer: str, expected: str) -> None:
-    assert base_url(request({**HOST, **headers}, peer=peer)) == expected
+    links = TRUSTED_RFC7239 if "Forwarded" in headers else TRUSTED
+    assert base_url(request({**HOST, **headers}, peer=peer, links=links)) == expected
 
 
 def test_forwarded_headers_repeated_are_one_list() -> None:
@@ -89,7 +94,7 @@ def test_forwarded_headers_repeated_are_one_list() -> None:
         ("Forwarded", "for=192.0.2.9;host=a.org"),
         ("Forwarded", "for=10.9.9.9;host=b"),
     ]
-    assert base_url(request(headers)) == "http://a.org/dicomweb"  # fmt: skip
+    assert base_url(request(headers, links=TRUSTED_RFC7239)) == "http://a.org/dicomweb"
 
 
 def test_public_url_wins() -> None:
@@ -112,3 +117,58 @@ def test_client_address() -> None:
     headers = {"X-Forwarded-For": "192.0.2.9, 10.2.2.2"}
     assert client_address(request(headers)) == "192.0.2.9"
     assert client_address(request(headers, peer="192.0.2.1")) == "192.0.2.1"
+
+
+# A proxy passes on as they came the headers of the family it does not set: a client's.
+SPOOFED = {"Forwarded": "for=198.51.100.1;host=evil.example;proto=https"}
+BY_NGINX = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Host": "pacs.example.org"}
+BY_RFC7239_PROXY = {"Forwarded": "for=203.0.113.9;host=pacs.example.org"}
+CLIENT_X = {"X-Forwarded-For": "198.51.100.1", "X-Forwarded-Host": "evil.example"}
+CLIENT_PREFIX = {"X-Forwarded-Prefix": "/evil"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "links"),
+    [
+        ({**SPOOFED, **BY_NGINX}, TRUSTED),  # the review's repro: X-Forwarded-* proxy
+        ({**CLIENT_X, **BY_RFC7239_PROXY}, TRUSTED_RFC7239),
+        ({**CLIENT_PREFIX, **BY_RFC7239_PROXY}, TRUSTED_RFC7239),  # RFC 7239 has no prefix
+    ],
+)
+def test_a_client_header_of_the_other_family_is_not_believed(
+    headers: dict[str, str], links: LinkSettings
+) -> None:
+    """Regression: a client's own `Forwarded` header beat the trusted proxy's X-Forwarded-*
+    ones, putting its host into the links and its address into the audit trail."""
+    spoofed = request({**HOST, **headers}, links=links)
+    assert base_url(spoofed) == "http://pacs.example.org/dicomweb"
+    assert client_address(spoofed) == "203.0.113.9"
+
+
+def test_x_forwarded_is_the_default_family() -> None:
+    """nginx, HAProxy and most load balancers set X-Forwarded-*; a bare `Forwarded` header
+    from a trusted peer is not read unless PACS_TRUSTED_PROXY_HEADERS=forwarded."""
+    assert LinkSettings().proxy_headers is ProxyHeaders.X_FORWARDED
+    assert base_url(request({**HOST, **BY_RFC7239_PROXY})) == DIRECT
+
+
+def test_the_origin_is_computed_once_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the sign-in middleware (on the bare scope), then every link and the
+    audit trail's client address each read the forwarded headers again."""
+    parsed: list[Headers] = []
+    hops = proxies.forwarded_hops
+
+    def counting(headers: Headers, family: ProxyHeaders) -> list[proxies.Hop]:
+        parsed.append(headers)
+        return hops(headers, family)
+
+    monkeypatch.setattr(proxies, "forwarded_hops", counting)
+    first = request({**HOST, "X-Forwarded-For": "192.0.2.9", "X-Forwarded-Host": "a.org"})
+    assert request_origin(HTTPConnection(first.scope), TRUSTED).client == "192.0.2.9"
+    assert base_url(first) == base_url(first) == "http://a.org/dicomweb"
+    assert client_address(first) == "192.0.2.9"
+    assert len(parsed) == 1
+    # Each request has its own.
+    second = request({**HOST, "X-Forwarded-For": "192.0.2.7"})
+    assert (client_address(second), base_url(second)) == ("192.0.2.7", DIRECT)
+    assert len(parsed) == 2

@@ -1,0 +1,46 @@
+"""Where a C-MOVE answered with a status alone "goes": a listener of our own on loopback.
+
+pynetdicom lets a C-MOVE handler answer with a status only after it has named a destination
+and pynetdicom has associated with it (naming none is answered A801 Move Destination
+Unknown). A request refused by the AE policy, or whose identifier is invalid, must neither
+reach the real destination nor, when refused, let the caller tell known destinations from
+unknown ones by A801. Such answers name this listener instead: it accepts any association
+for Verification, pynetdicom releases it at once, and nothing is ever sent to it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pynetdicom import AE
+from pynetdicom.transport import ThreadedAssociationServer
+
+from app.dimse.contexts import VERIFICATION
+
+# Loopback: nobody else can reach it, and it needs no setting.
+HOST = "127.0.0.1"
+
+log = logging.getLogger(__name__)
+
+
+class AnswerOnly:
+    def __init__(self, ae_title: str) -> None:
+        self.ae = AE(ae_title=ae_title)
+        self.ae.add_supported_context(VERIFICATION)
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Host and port to name as the destination; start() first."""
+        if self._server is None:
+            raise RuntimeError("the answer-only listener is not running")
+        return HOST, int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._server = self.ae.start_server((HOST, 0), block=False)
+        log.debug("answer-only C-MOVE listener on %s:%d", *self.address)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
