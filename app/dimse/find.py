@@ -62,9 +62,9 @@ def handle_find(event: Event, bridge: Bridge) -> Iterator[Response]:
         request = event.identifier
         query = parse_identifier(request, model)
     except QueryError as exc:
-        # The reason quotes the caller's values (names, dates): the response and the audit
-        # trail carry it, the application log does not.
-        log.info("C-FIND from %s refused: an invalid identifier", who)
+        # Without the caller's value (names, dates): the response and the audit trail
+        # carry the whole reason, the application log does not.
+        log.info("C-FIND from %s refused: %s", who, exc.loggable)
         audit(EventOutcome.MINOR_FAILURE, str(exc))
         yield with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
         return

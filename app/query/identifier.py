@@ -160,7 +160,8 @@ def _any_of(key: str, path: tuple[int, ...], values: list[str], level: Level) ->
         if condition is None or condition.match is not Match.SINGLE:
             raise QueryError(
                 f"query key {key!r} has several values: each must be a single value "
-                f"(no wildcard, range or empty value), not {value!r}"
+                f"(no wildcard, range or empty value), not {value!r}",
+                key=key,
             )
         matched.extend(condition.values)
     return Condition(path, tag_vr(path[-1]), Match.SINGLE, tuple(matched))

@@ -44,7 +44,18 @@ __all__ = [
 
 
 class QueryError(ValueError):
-    """An invalid query key or value; the message names the offending key or value."""
+    """An invalid query key or value; the message names the offending key or value.
+
+    `key` is given when the message quotes the caller's value (names, dates: patient
+    data), so that logs can say what was wrong without it."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+    @property
+    def loggable(self) -> str:
+        return f"query key {self.key!r} has an invalid value" if self.key else str(self)
 
 
 DEPTH = {Level.PATIENT: 0, Level.STUDY: 1, Level.SERIES: 2, Level.INSTANCE: 3}
@@ -180,7 +191,7 @@ def _match(
 def check_uid(key: str, uid: str) -> str:
     uid = uid.strip()
     if len(uid) > 64 or not _UID_RE.fullmatch(uid):
-        raise QueryError(f"query key {key!r} has an invalid UID {uid!r}")
+        raise QueryError(f"query key {key!r} has an invalid UID {uid!r}", key=key)
     return uid
 
 
@@ -189,7 +200,7 @@ def _number(key: str, vr: str, value: str) -> str:
         return str(int(value))
     if vr in _FLOAT_VRS and _FLOAT_RE.fullmatch(value):
         return repr(float(value))
-    raise QueryError(f"query key {key!r} needs a number ({vr}), not {value!r}")
+    raise QueryError(f"query key {key!r} needs a number ({vr}), not {value!r}", key=key)
 
 
 def _date_match(key: str, value: str) -> tuple[Match, tuple[str, ...]]:
@@ -197,7 +208,7 @@ def _date_match(key: str, value: str) -> tuple[Match, tuple[str, ...]]:
         return Match.SINGLE, (_date(key, value, value),)
     lower, _, upper = value.partition("-")
     if "-" in upper:
-        raise QueryError(f"query key {key!r} has an invalid date range {value!r}")
+        raise QueryError(f"query key {key!r} has an invalid date range {value!r}", key=key)
     return Match.RANGE, (_date(key, value, lower), _date(key, value, upper))
 
 
@@ -207,7 +218,7 @@ def _date(key: str, value: str, part: str) -> str:
         return ""
     normal = normalize(Kind.DATE, part)
     if not isinstance(normal, str) or not _valid_datetime(normal + "000000"):
-        raise QueryError(f"query key {key!r} has an invalid date {value!r}")
+        raise QueryError(f"query key {key!r} has an invalid date {value!r}", key=key)
     return normal
 
 
@@ -226,7 +237,7 @@ def _range(key: str, value: str, bounds_of: Callable[[str], _Bounds | None]) -> 
         high = bounds_of(upper) if upper else ("", "")
         if low is not None and high is not None:
             return low[0], high[1]
-    raise QueryError(f"query key {key!r} has an invalid value {value!r}")
+    raise QueryError(f"query key {key!r} has an invalid value {value!r}", key=key)
 
 
 def _time_bounds(part: str) -> _Bounds | None:

@@ -363,6 +363,15 @@ def test_find_a_key_below_the_level_is_refused(find: Finder) -> None:
     assert "belongs to the series level, below a study query" in find.pacs.log.read_text()
 
 
+def test_a_refused_find_keeps_the_callers_value_out_of_the_log(find: Finder) -> None:
+    """Issue 10: a rejected birth-date range was written to the log (patient data)."""
+    assert find("QueryRetrieveLevel=STUDY", "PatientBirthDate=19770704-1977XX31") == []
+    assert "Received Final Find Response (Error: DataSetDoesNotMatchSOPClass)" in find.output
+    log = find.pacs.log.read_text()
+    assert "C-FIND from FINDSCU@" in log and "has an invalid value" in log
+    assert "19770704" not in log
+
+
 def test_find_returns_utf8_for_non_ascii_names(find: Finder, sent: Sent) -> None:
     found = find("QueryRetrieveLevel=STUDY", f"PatientID=DIMSE-U-{sent.tag}", "PatientName")
     assert len(found) == 1
