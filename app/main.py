@@ -180,6 +180,7 @@ def build_app(settings: Settings) -> ASGIApp:
         settings.trusted_proxy_networks,
         settings.public_base_url,
         ProxyHeaders(settings.trusted_proxy_header_family),
+        settings.trusted_x_forwarded_fields,
     )
     config = settings.oidc_config
     return create_app(

@@ -18,6 +18,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # The values of PACS_TRUSTED_PROXY_HEADERS, as app.web.proxies.ProxyHeaders names them: the
 # settings, which app.dimse imports too, stay clear of the web layer.
 PROXY_HEADER_FAMILIES = ("x-forwarded", "forwarded")
+# The X-Forwarded-* headers a proxy may set ("x-forwarded" names them all).
+X_FORWARDED_FIELDS = ("for", "proto", "host", "prefix")
 
 
 class MoveDestination(NamedTuple):
@@ -83,9 +85,11 @@ class Settings:
     # Reverse proxies whose Forwarded / X-Forwarded-* headers are believed: IP addresses or
     # networks, comma-separated (empty: none).
     trusted_proxies: str = ""
-    # Which of those headers they set: x-forwarded or forwarded (RFC 7239); only that family
-    # is read, as proxies pass the other through from the client.
-    trusted_proxy_headers: str = "x-forwarded"
+    # Which headers they set, comma-separated: forwarded (RFC 7239), or X-Forwarded-For,
+    # -Proto, -Host, -Prefix (x-forwarded: all four). Only those are read: a proxy passes the
+    # others through as the client wrote them (HAProxy's `option forwardfor` and nginx's usual
+    # configuration set For and Proto, not Host or Prefix).
+    trusted_proxy_headers: str = "x-forwarded-for,x-forwarded-proto"
     # What every generated link starts with, e.g. https://pacs.example.org/imaging; empty:
     # from the request (Host header, or the headers of a trusted proxy).
     public_url: str = ""
@@ -210,13 +214,31 @@ class Settings:
     @property
     def trusted_proxy_header_family(self) -> str:
         """x-forwarded or forwarded (app.web.proxies.ProxyHeaders)."""
-        family = self.trusted_proxy_headers.strip().lower()
-        if family not in PROXY_HEADER_FAMILIES:
+        return PROXY_HEADER_FAMILIES[1] if self._proxy_headers == ("forwarded",) else "x-forwarded"
+
+    @property
+    def trusted_x_forwarded_fields(self) -> frozenset[str]:
+        """Which X-Forwarded-* headers (for, proto, host, prefix) the proxies set."""
+        fields: set[str] = set()
+        for name in self._proxy_headers:
+            if name == "x-forwarded":
+                fields.update(X_FORWARDED_FIELDS)
+            elif name != "forwarded":
+                fields.add(name.removeprefix("x-forwarded-"))
+        return frozenset(fields)
+
+    @property
+    def _proxy_headers(self) -> tuple[str, ...]:
+        names = tuple(n.strip().lower() for n in self.trusted_proxy_headers.split(",") if n.strip())
+        known = {"forwarded", "x-forwarded", *(f"x-forwarded-{f}" for f in X_FORWARDED_FIELDS)}
+        if not names or not set(names) <= known or ("forwarded" in names and len(names) > 1):
             raise ValueError(
                 "PACS_TRUSTED_PROXY_HEADERS / --trusted-proxy-headers: "
-                f"{self.trusted_proxy_headers!r} is not one of {', '.join(PROXY_HEADER_FAMILIES)}"
+                f"{self.trusted_proxy_headers!r}: expected forwarded, or some of "
+                "x-forwarded-for, x-forwarded-proto, x-forwarded-host, x-forwarded-prefix "
+                "(x-forwarded: all four)"
             )
-        return family
+        return names
 
     @property
     def public_base_url(self) -> str:

@@ -49,6 +49,9 @@ class LinkSettings:
     # scheme://host[:port][/prefix] without a trailing slash; empty: from each request.
     public_url: str = ""
     proxy_headers: ProxyHeaders = ProxyHeaders.X_FORWARDED
+    # Of the X-Forwarded-* family, the headers the proxies set (for, proto, host, prefix):
+    # the others reach us as the client wrote them and are not read.
+    x_forwarded: frozenset[str] = frozenset({"for", "proto"})
 
     def trusts(self, address: str | None) -> bool:
         ip = _ip(address)
@@ -122,7 +125,7 @@ def _origin(request: HTTPConnection, links: LinkSettings) -> Origin:
     direct = Origin(scheme, host, "", peer)
     if not links.trusts(peer):
         return direct
-    hops = forwarded_hops(request.headers, links.proxy_headers)
+    hops = forwarded_hops(request.headers, links.proxy_headers, links.x_forwarded)
     if not hops:
         return direct
     index = len(hops) - 1
@@ -137,17 +140,24 @@ def _origin(request: HTTPConnection, links: LinkSettings) -> Origin:
     )
 
 
-def forwarded_hops(headers: Headers, family: ProxyHeaders) -> list[Hop]:
+def forwarded_hops(
+    headers: Headers,
+    family: ProxyHeaders,
+    x_forwarded: frozenset[str] = frozenset({"for", "proto", "host", "prefix"}),
+) -> list[Hop]:
     """The hops, left (client side) to right (our side), from the headers of `family` only:
-    the elements of `Forwarded`, or the X-Forwarded-For/-Proto/-Host/-Prefix lists aligned
-    on their right."""
+    the elements of `Forwarded`, or those of the X-Forwarded-For/-Proto/-Host/-Prefix lists
+    named in `x_forwarded`, aligned on their right."""
     if family is ProxyHeaders.FORWARDED:
         hops = [_hop(element) for element in _list(headers, "forwarded")]
         lists = [[h.client for h in hops], [h.proto for h in hops], [h.host for h in hops]]
         prefixes: list[str] = []
     else:
-        lists = [_list(headers, f"x-forwarded-{name}") for name in ("for", "proto", "host")]
-        prefixes = _list(headers, "x-forwarded-prefix")
+        lists = [
+            _list(headers, f"x-forwarded-{name}") if name in x_forwarded else []
+            for name in ("for", "proto", "host")
+        ]
+        prefixes = _list(headers, "x-forwarded-prefix") if "prefix" in x_forwarded else []
     count = max(len(values) for values in [*lists, prefixes])
     # A proxy that sets a header rather than appending to it leaves fewer values than hops:
     # the outer hops then share the leftmost one.

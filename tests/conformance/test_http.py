@@ -96,8 +96,11 @@ PROXY = "127.0.0.2"
 
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An archive that trusts the X-Forwarded-* headers (the default) of PROXY only."""
-    env = {"PACS_TRUSTED_PROXIES": f"{PROXY}/32, 10.0.0.0/8"}
+    """An archive that trusts every X-Forwarded-* header of PROXY only."""
+    env = {
+        "PACS_TRUSTED_PROXIES": f"{PROXY}/32, 10.0.0.0/8",
+        "PACS_TRUSTED_PROXY_HEADERS": "x-forwarded",
+    }
     with running_server(tmp_path_factory.mktemp("proxied"), env=env) as url:
         yield url
 

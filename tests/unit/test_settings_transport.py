@@ -38,6 +38,17 @@ def test_trusted_proxies() -> None:
         Settings(trusted_proxies="10.0.0.1,proxy.local")
 
 
+def test_trusted_x_forwarded_headers_default_to_for_and_proto() -> None:
+    assert Settings().trusted_x_forwarded_fields == {"for", "proto"}
+    every = Settings.from_env({"PACS_TRUSTED_PROXY_HEADERS": "x-forwarded"})
+    assert every.trusted_x_forwarded_fields == {"for", "proto", "host", "prefix"}
+    some = Settings.from_env({"PACS_TRUSTED_PROXY_HEADERS": "X-Forwarded-For, x-forwarded-host"})
+    assert some.trusted_x_forwarded_fields == {"for", "host"}
+    for bad in ("forwarded,x-forwarded-for", "x-forwarded-port", ""):
+        with pytest.raises(ValueError, match="PACS_TRUSTED_PROXY_HEADERS"):
+            Settings(trusted_proxy_headers=bad)
+
+
 def test_trusted_proxy_headers() -> None:
     """One family only, X-Forwarded-* unless said otherwise; a boolean (uvicorn's
     --proxy-headers) or both families are refused at start."""

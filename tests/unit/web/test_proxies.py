@@ -4,6 +4,7 @@ or PACS_PUBLIC_URL; table-driven over requests built from ASGI scopes."""
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -14,8 +15,10 @@ from app.web import proxies
 from app.web.proxies import LinkSettings, ProxyHeaders, client_address, request_origin
 from app.web.urls import base_url
 
+# Proxies that set every X-Forwarded-* header (PACS_TRUSTED_PROXY_HEADERS=x-forwarded).
 TRUSTED = LinkSettings(
     (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32")),
+    x_forwarded=frozenset({"for", "proto", "host", "prefix"}),
 )
 # The same proxies, setting RFC 7239 `Forwarded` headers.
 TRUSTED_RFC7239 = LinkSettings(TRUSTED.trusted_proxies, proxy_headers=ProxyHeaders.FORWARDED)
@@ -152,15 +155,32 @@ def test_x_forwarded_is_the_default_family() -> None:
     assert base_url(request({**HOST, **BY_RFC7239_PROXY})) == DIRECT
 
 
+def test_x_forwarded_headers_the_proxy_does_not_set_are_the_clients() -> None:
+    """HAProxy's `option forwardfor` (and the usual nginx configuration) set For and Proto
+    and pass a client's X-Forwarded-Host and -Prefix through: by default only For and Proto
+    are read (the second review's repro)."""
+    default = LinkSettings(TRUSTED.trusted_proxies)
+    headers = {
+        **HOST,
+        "X-Forwarded-For": "192.0.2.9",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Prefix": "/phish",
+    }
+    origin = request_origin(HTTPConnection(request(headers, links=default).scope), default)
+    assert str(origin) == f"https://{HOST['Host']}"
+    assert origin.client == "192.0.2.9"
+
+
 def test_the_origin_is_computed_once_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: the sign-in middleware (on the bare scope), then every link and the
     audit trail's client address each read the forwarded headers again."""
     parsed: list[Headers] = []
     hops = proxies.forwarded_hops
 
-    def counting(headers: Headers, family: ProxyHeaders) -> list[proxies.Hop]:
+    def counting(headers: Headers, *args: Any) -> list[proxies.Hop]:
         parsed.append(headers)
-        return hops(headers, family)
+        return hops(headers, *args)
 
     monkeypatch.setattr(proxies, "forwarded_hops", counting)
     first = request({**HOST, "X-Forwarded-For": "192.0.2.9", "X-Forwarded-Host": "a.org"})
