@@ -44,6 +44,8 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
+# Keycloak's payload `typ` of tokens that are not access tokens.
+_NOT_ACCESS_TOKENS = frozenset({"ID", "Refresh", "Logout"})
 # JOSE header `typ` values of access tokens (RFC 9068), or of a plain JWT.
 _ACCESS_TYPES = frozenset({"at+jwt", "jwt"})
 KNOWN_ALGORITHMS = HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS | {"none"}
@@ -139,7 +141,7 @@ def unverified_header(token: str) -> dict[str, Any]:
         raise InvalidToken("the bearer token is not a JWT (three base64url parts)")
     try:
         header = _segment(parts[0])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise InvalidToken("the bearer token's header is not base64url JSON") from None
     if not isinstance(header, dict):
         raise InvalidToken("the bearer token's header is not a JSON object")
@@ -232,17 +234,16 @@ class TokenVerifier:
                 return key
             # At most one attempt per interval, failed ones included, so that tokens with
             # made-up key ids cannot make us hammer the issuer (or wait on it when it is down).
-            if (
-                self._keys is None
-                or time.monotonic() - self._tried_at >= self.config.refetch_interval
-            ):
+            if time.monotonic() - self._tried_at >= self.config.refetch_interval:
                 self._tried_at = time.monotonic()
                 try:
                     await self._fetch_keys()
                 except IssuerUnavailable as exc:
+                    log.warning("cannot fetch the issuer's signing keys: %s", exc)
                     if self._keys is None:
                         raise
-                    log.warning("keeping the cached signing keys: %s", exc)
+            elif self._keys is None:
+                raise IssuerUnavailable("no signing keys yet; the last fetch failed")
         assert self._keys is not None
         if (key := _signing_key(self._keys, kid)) is None:
             # The kid is the caller's text: not echoed back.
@@ -275,14 +276,19 @@ class TokenVerifier:
             decoded = jwt.decode(token, key, algorithms=[alg])
         except BadSignatureError:
             raise InvalidToken("the token's signature does not verify") from None
-        except JoseError as exc:
-            raise InvalidToken(f"the token cannot be decoded: {exc.description or exc}") from None
+        except (JoseError, RecursionError) as exc:
+            # joserfc's descriptions may quote the caller's header: name the kind only.
+            raise InvalidToken(f"the token cannot be decoded ({type(exc).__name__})") from None
         try:
             self._registry.validate(decoded.claims)
         except ExpiredTokenError:
             raise InvalidToken("the token has expired") from None
         except ClaimError as exc:
             raise InvalidToken(_claim_message(exc)) from None
+        if decoded.claims.get("typ") in _NOT_ACCESS_TOKENS:
+            # Keycloak marks every token `typ: JWT` in the header and says in the payload
+            # which it is: an ID token sent where the archive's audience matches is not one.
+            raise InvalidToken("the token is not an access token (typ)")
         return decoded.claims
 
     async def principal(self, token: str, address: str | None = None) -> Principal:

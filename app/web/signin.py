@@ -66,17 +66,15 @@ class SignInMiddleware:
         # reached yet, so the link settings come from here rather than the app).
         address = request_origin(HTTPConnection(scope), self.links).client or None
         try:
-            principal: Principal = await self.verifier.principal(
-                bearer_token(Headers(scope=scope)), address
-            )
+            principal = await self._principal(scope, address)
         except InvalidToken as exc:
             if self.on_refused is not None:
                 await self.on_refused(address, scope["path"], exc.code, str(exc))
             headers = {"WWW-Authenticate": challenge(exc.code, str(exc) if exc.code else None)}
             await error_response(401, str(exc), headers)(scope, receive, send)
             return
-        except IssuerUnavailable as exc:
-            log.error("sign-in unavailable: %s", exc)
+        except IssuerUnavailable:
+            # The verifier logs its failed fetches, at most one per interval.
             response = error_response(
                 503,
                 "sign-in is unavailable: the identity provider cannot be reached",
@@ -86,3 +84,14 @@ class SignInMiddleware:
             return
         scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
         await self.app(scope, receive, send)
+
+    async def _principal(self, scope: Scope, address: str | None) -> Principal:
+        try:
+            return await self.verifier.principal(bearer_token(Headers(scope=scope)), address)
+        except (InvalidToken, IssuerUnavailable):
+            raise
+        except Exception as exc:
+            # Whatever a hostile token makes the JOSE code raise is a token we cannot use:
+            # 401 (this middleware is outside the app's error handlers), never a 500.
+            log.warning("token refused on an unexpected %s", type(exc).__name__)
+            raise InvalidToken("the bearer token cannot be read") from None

@@ -149,6 +149,12 @@ def _forged_header(provider: OpenIdProvider, header: dict[str, Any]) -> str:
     return f"{_b64(header)}.{_b64(provider.claims())}.c2ln"
 
 
+def _deeply_nested() -> str:
+    """A header that makes a JSON parser recurse past Python's limit (a 500 once)."""
+    nested = ("[" * 1100 + "]" * 1100).encode()
+    return f"{base64.urlsafe_b64encode(nested).decode().rstrip('=')}.e30.AA"
+
+
 def _unsigned_token(provider: OpenIdProvider) -> str:
     return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(provider.claims())}."
 
@@ -176,6 +182,8 @@ def bad_tokens(oidc_provider: OpenIdProvider) -> dict[str, tuple[str, str]]:
         ),
         "unknown kid": (_unknown_key_token(p), "a key the issuer does not publish"),
         "not an access token": (p.sign({}, header={"typ": "logout+jwt"}), "not an access token"),
+        "an ID token (Keycloak's payload typ)": (p.sign({"typ": "ID"}), "not an access token"),
+        "deeply nested header": (_deeply_nested(), "not base64url JSON"),
         # Header values that are not ASCII must not reach the WWW-Authenticate header.
         "non-ASCII alg": (_forged_header(p, {"alg": "\u20ac"}), "algorithm of this token"),
         "non-ASCII kid": (

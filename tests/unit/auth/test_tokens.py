@@ -3,13 +3,23 @@ signature path is tested against the real OpenID provider in tests/e2e/test_sign
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from starlette.datastructures import Headers
 
 from app.auth.principal import Access, Forbidden, Permission, anonymous
-from app.auth.tokens import InvalidToken, OidcConfig, claim_values, principal_from_claims
+from app.auth.tokens import (
+    InvalidToken,
+    IssuerUnavailable,
+    OidcConfig,
+    TokenVerifier,
+    claim_values,
+    principal_from_claims,
+)
 from app.auth.tokens import unverified_header as header_of
 from app.web.errors import challenge
 from app.web.signin import bearer_token
@@ -145,3 +155,40 @@ def test_config_refuses_hmac_without_secret_and_unknown_algorithms() -> None:
         OidcConfig(issuer="i", audience="a", algorithms=frozenset({"none"}))
     with pytest.raises(ValueError, match="AUDIENCE"):
         OidcConfig(issuer="i", audience="")
+
+
+class _FailingIssuer(BaseHTTPRequestHandler):
+    """A real HTTP issuer that answers every request with 503, counting them."""
+
+    hits = 0
+
+    def do_GET(self) -> None:
+        type(self).hits += 1
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+async def test_an_issuer_that_is_down_is_asked_at_most_once_per_interval() -> None:
+    """Without cached keys every token used to fetch the keys again, one after another."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FailingIssuer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        issuer = f"http://127.0.0.1:{server.server_address[1]}"
+        verifier = TokenVerifier(OidcConfig(issuer=issuer, audience="pacs"))
+        header = base64.urlsafe_b64encode(b'{"alg":"RS256","kid":"k"}').decode().rstrip("=")
+        token = f"{header}.e30.AA"
+        results = await asyncio.gather(
+            *(verifier.verify(token) for _ in range(20)), return_exceptions=True
+        )
+        await verifier.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert all(isinstance(r, IssuerUnavailable) for r in results), results
+    assert _FailingIssuer.hits == 1
