@@ -124,6 +124,11 @@ class AuditProtocol(StrEnum):
     DIMSE = "DIMSE"
 
 
+# Longest caller-chosen text kept in an event, and what marks a cut one.
+MAX_TEXT = 2048
+CUT = "...[cut]"
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -171,6 +176,12 @@ class AuditEvent:
             object.__setattr__(self, "when", self.when.astimezone(UTC))
         if self.sop_class_uids and len(self.sop_class_uids) != len(self.sop_instance_uids):
             raise ValueError("AuditEvent.sop_class_uids must pair with sop_instance_uids")
+        # Text the caller chooses (a path, a query, a reason quoting it) is bounded, so that
+        # nobody, signed in or not, can write rows or syslog messages of any size.
+        for name in ("called", "query", "reason", "subject", "client", "destination"):
+            value = getattr(self, name)
+            if value is not None and len(value) > MAX_TEXT:
+                object.__setattr__(self, name, value[: MAX_TEXT - len(CUT)] + CUT)
 
     @property
     def effective_action_code(self) -> EventActionCode:

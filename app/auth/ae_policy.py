@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from app.auth.principal import (
@@ -65,6 +65,9 @@ class AePolicy:
             ip = ipaddress.ip_address(address or "")
         except ValueError:
             return False
+        # A dual-stack listener reports IPv4 callers as ::ffff:a.b.c.d.
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
         return any(ip in network for network in self.networks)
 
     def allows(self, service: DimseService) -> bool:
@@ -78,10 +81,6 @@ class AePolicy:
         return Access(self.principal(ae_title, address), self.tenant)
 
 
-# What an AE calling from an address its entry does not name may do.
-NO_SERVICES = AePolicy(services=frozenset())
-
-
 @dataclass(frozen=True)
 class AePolicies:
     by_ae: Mapping[str, AePolicy] = field(default_factory=dict)
@@ -90,7 +89,8 @@ class AePolicies:
         """The policy of a calling AE at `address`: none of the services when its entry
         binds it to other addresses."""
         policy = self.by_ae.get(ae_title.strip(), AePolicy())
-        return policy if policy.admits(address) else NO_SERVICES
+        # Refused on the entry's own tenant, so that its trail shows the attempt.
+        return policy if policy.admits(address) else replace(policy, services=frozenset())
 
 
 def parse_ae_policy(text: str) -> AePolicies:

@@ -27,6 +27,12 @@ class AnswerOnly:
     def __init__(self, ae_title: str) -> None:
         self.ae = AE(ae_title=ae_title)
         self.ae.add_supported_context(VERIFICATION)
+        # Only our own C-MOVE handler calls it (as our AE title), briefly: another local
+        # process cannot hold it full for long, nor use it for anything.
+        self.ae.require_calling_aet = [ae_title]
+        self.ae.maximum_associations = 50
+        self.ae.acse_timeout = 5
+        self.ae.network_timeout = 5
         self._server: ThreadedAssociationServer | None = None
 
     @property

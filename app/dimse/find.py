@@ -69,7 +69,8 @@ def handle_find(event: Event, bridge: Bridge) -> Iterator[Response]:
         yield with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
         return
     except Exception as exc:  # pydicom raises many types for an undecodable identifier
-        log.info("C-FIND from %s: cannot decode the identifier: %s", who, exc)
+        # pydicom's messages quote the value it could not decode: the kind only.
+        log.info("C-FIND from %s: cannot decode the identifier (%s)", who, type(exc).__name__)
         audit(EventOutcome.MINOR_FAILURE, "cannot decode the identifier")
         yield with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "cannot decode"), None
         return

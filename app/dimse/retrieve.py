@@ -178,10 +178,12 @@ def _instances(
     try:
         query = parse_retrieve_identifier(event.identifier, model)
     except QueryError as exc:
-        log.info("%s from %s refused: %s", operation, who, exc)
+        log.info("%s from %s refused: %s", operation, who, exc.loggable)
         return with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
     except Exception as exc:  # pydicom raises many types for an undecodable identifier
-        log.info("%s from %s: cannot decode the identifier: %s", operation, who, exc)
+        log.info(
+            "%s from %s: cannot decode the identifier (%s)", operation, who, type(exc).__name__
+        )
         return with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "cannot decode")
     try:
         found = bridge.run(bridge.archive.retrieve.instances_matching(access, query))

@@ -22,12 +22,20 @@ from app.audit.event import (
     EventActionCode,
     EventOutcome,
 )
-from app.auth.principal import DEFAULT_TENANT, Access, UnknownTenant, anonymous, check_tenant
+from app.auth.principal import (
+    DEFAULT_TENANT,
+    Access,
+    Forbidden,
+    UnknownTenant,
+    anonymous,
+    check_tenant,
+)
 from app.services.archive import Archive
 from app.services.audit import per_study
 from app.services.errors import NotFound
 from app.services.ports import StoredInstance, StoredMetadata
 from app.web.access import request_access
+from app.web.proxies import client_address
 from app.web.urls import DICOMWEB_PREFIX, TENANTS_PATH
 
 _TENANT_PREFIX = f"{DICOMWEB_PREFIX}{TENANTS_PATH}/"
@@ -145,6 +153,9 @@ def record_forbidden(request: HTTPConnection, reason: str) -> None:
         access = request_access(request)
     except UnknownTenant:
         return  # answered 400 elsewhere; a 403 always has a valid tenant
+    except Forbidden:
+        # No principal at all (a request that got past sign-in): recorded as anonymous.
+        access = Access(anonymous(client_address(request) or None), DEFAULT_TENANT)
     event = replace(
         request_event(request, access, AuditAction.SECURITY_ALERT),
         event_type=AuditEventType.USE_OF_RESTRICTED_FUNCTION,

@@ -66,9 +66,12 @@ def test_an_ae_bound_to_addresses_may_do_nothing_from_elsewhere() -> None:
     assert bound.services == {S.ECHO, S.STORE} and bound.tenant == "clinic-a"
     assert policies.of("CT1", "192.0.2.7") == bound
     assert policies.of("CT1", "::1") == bound
+    # A dual-stack listener reports IPv4 callers as IPv4-mapped IPv6 addresses.
+    assert policies.of("CT1", "::ffff:10.1.2.3") == bound
     for elsewhere in ("10.1.3.1", "192.0.2.8", "127.0.0.1", None, "not an address"):
         refused = policies.of("CT1", elsewhere)
         assert not refused.services, elsewhere
+        assert refused.tenant == "clinic-a"  # the attempt shows in its tenant's trail
         with pytest.raises(Forbidden):
             refused.access("CT1", elsewhere).require(Permission.WRITE)
 
