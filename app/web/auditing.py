@@ -175,6 +175,8 @@ def sign_in_refused(archive: Archive, address: str | None, path: str, reason: st
     named = _tenant_of(path)
     if named != DEFAULT_TENANT:
         reason = f"{reason} (the URL names tenant {named!r})"
+        # Not the rest of the path: another tenant's UIDs have no place in this trail.
+        path = f"{_TENANT_PREFIX}{named}/..."
     event = replace(
         AuditEvent.of(
             Access(anonymous(address), DEFAULT_TENANT),
