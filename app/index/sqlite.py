@@ -33,7 +33,7 @@ from app.index.rows import (
 )
 from app.query.columns import column_values
 from app.query.model import Query
-from app.query.sql import SQLITE, compile_search
+from app.query.sql import SQLITE, compile_search, install_sqlite_functions
 from app.services.ports import (
     AddResult,
     AuditEvent,
@@ -273,6 +273,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE.
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
+    install_sqlite_functions(db)
     try:
         # WAL lets readers run beside the writer; synchronous=FULL because an acknowledged
         # instance must survive a power cut, not only a crash.

@@ -12,6 +12,8 @@ sequence) is matched there.
 
 from __future__ import annotations
 
+import re
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,7 +21,14 @@ from app.dicom.levels import Level, level_of
 from app.query.columns import Kind, column_for, normalize
 from app.query.model import Condition, Match, Query
 
-__all__ = ["POSTGRES", "SQLITE", "Compiled", "Dialect", "compile_search"]
+__all__ = [
+    "POSTGRES",
+    "SQLITE",
+    "Compiled",
+    "Dialect",
+    "compile_search",
+    "install_sqlite_functions",
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,10 @@ class Dialect:
         """1-based position of a substring in `expr`, 0 when absent."""
         raise NotImplementedError
 
+    def regex_match(self, expr: str, placeholder: str) -> str:
+        """Case-sensitive search of `expr` for a regular expression made by `_member_regex`."""
+        raise NotImplementedError
+
     def ordered(self, expr: str) -> str:
         """`expr` compared in code-point order (date and time strings in JSON)."""
         return expr
@@ -100,6 +113,11 @@ class _SQLite(Dialect):
     def position(self, expr: str, placeholder: str) -> str:
         return f"instr({expr}, {placeholder})"
 
+    def regex_match(self, expr: str, placeholder: str) -> str:
+        # SQLite has no regular expressions of its own: REGEXP calls the regexp() function
+        # that install_sqlite_functions registers on every connection.
+        return f"{expr} REGEXP {placeholder}"
+
 
 class _Postgres(Dialect):
     name = "postgres"
@@ -126,6 +144,9 @@ class _Postgres(Dialect):
 
     def position(self, expr: str, placeholder: str) -> str:
         return f"strpos({expr}, {placeholder})"
+
+    def regex_match(self, expr: str, placeholder: str) -> str:
+        return f"{expr} ~ {placeholder}"
 
     def ordered(self, expr: str) -> str:
         return f'{expr} COLLATE "C"'
@@ -309,8 +330,9 @@ def _compare(b: _Builder, t: _Target, c: Condition) -> str:
     if c.match in (Match.SINGLE, Match.UID_LIST):
         return _members(b, t, c.values) if t.multi else _equals(b, t, c.values)
     if c.match is Match.WILDCARD:
-        pattern = f"*\\{c.values[0]}\\*" if t.multi else c.values[0]
-        return _wildcard(b, t, pattern)
+        if t.multi:
+            return _member_wildcard(b, t, c.values[0])
+        return _wildcard(b, t, c.values[0])
     if c.match is Match.RANGE:
         return _range(b, t, c.values[0], c.values[1])
     return _fuzzy(b, t, c.values[0])
@@ -336,6 +358,32 @@ def _members(b: _Builder, t: _Target, values: Sequence[str]) -> str:
         member = _bind(b, t, "\\" + value + "\\")
         parts.append(f"{b.dialect.position(t.expr, member)} > 0")
     return " OR ".join(parts)
+
+
+def _member_regex(value: str) -> str:
+    """A DICOM wildcard value as a regular expression matching one member of a "\\CT\\MR\\"
+    list: '*' and '?' never cross the delimiter, so "C*R" does not match CT and MR together
+    (PS3.4 C.2.2.2.4, applied to each value of a multi-valued attribute). The syntax is
+    common to Python's re and PostgreSQL's advanced regular expressions: re.escape puts a
+    backslash only before non-alphanumeric characters, which both read as the literal."""
+    body = "".join(
+        "[^\\\\]*" if ch == "*" else "[^\\\\]" if ch == "?" else re.escape(ch) for ch in value
+    )
+    return f"\\\\{body}\\\\"
+
+
+def _member_wildcard(b: _Builder, t: _Target, value: str) -> str:
+    return b.dialect.regex_match(t.expr, _bind(b, t, _member_regex(value)))
+
+
+def _regexp(pattern: str, value: object) -> bool:
+    # re caches compiled patterns; a NULL column (no series yet) matches nothing.
+    return isinstance(value, str) and re.search(pattern, value) is not None
+
+
+def install_sqlite_functions(db: sqlite3.Connection) -> None:
+    """Register the functions compiled SQLite queries call (REGEXP) on a connection."""
+    db.create_function("regexp", 2, _regexp, deterministic=True)
 
 
 def _wildcard(b: _Builder, t: _Target, value: str) -> str:

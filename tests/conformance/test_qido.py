@@ -251,7 +251,16 @@ def test_uid_list(http: httpx.Client, corpus: Corpus) -> None:
 
 @pytest.mark.parametrize(
     ("modalities", "expected"),
-    [("MR", ["A", "D"]), ("CT", ["A", "C"]), ("CT,US", ["A", "B", "C"]), ("XA", [])],
+    [
+        ("MR", ["A", "D"]),
+        ("CT", ["A", "C"]),
+        ("CT,US", ["A", "B", "C"]),
+        ("XA", []),
+        # Wildcards match within one value (PS3.4 C.2.2.2.4): A's CT and MR are not "C*R".
+        ("C*R", []),
+        ("M?", ["A", "D"]),
+        ("*T", ["A", "C"]),
+    ],
 )
 def test_modalities_in_study(
     http: httpx.Client, corpus: Corpus, modalities: str, expected: list[str]

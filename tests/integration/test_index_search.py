@@ -258,6 +258,15 @@ CASES: dict[str, Case] = {
     "modalities-any": (Level.STUDY, [("ModalitiesInStudy", "CT,SR")], {}, ["S1", "S3"]),
     "modalities-wildcard": (Level.STUDY, [("ModalitiesInStudy", "S?")], {}, ["S1"]),
     "modalities-prefix": (Level.STUDY, [("ModalitiesInStudy", "OP*")], {}, ["S4"]),
+    # a wildcard matches within one value: CT with MR (S3) or SR (S1) is not "C*R"
+    "modalities-wildcard-spans-no-values": (Level.STUDY, [("ModalitiesInStudy", "C*R")], {}, []),
+    "modalities-wildcard-one-value": (Level.STUDY, [("ModalitiesInStudy", "M?")], {}, ["S2", "S3"]),
+    "modalities-wildcard-suffix": (
+        Level.STUDY,
+        [("ModalitiesInStudy", "*T")],
+        {},
+        ["S1", "S3", "S4"],
+    ),
     # attributes without a column: the stored JSON
     "json-patient-at-study": (Level.STUDY, [("EthnicGroup", "X")], {}, ["S1", "S3", "S4"]),
     "json-number": (Level.STUDY, [("PatientWeight", "70.50")], {}, ["S1"]),

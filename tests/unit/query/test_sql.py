@@ -12,7 +12,14 @@ import pytest
 from app.dicom.levels import Level
 from app.query.model import Condition, Match, Query
 from app.query.qido import parse_qido
-from app.query.sql import POSTGRES, SQLITE, Compiled, Dialect, compile_search
+from app.query.sql import (
+    POSTGRES,
+    SQLITE,
+    Compiled,
+    Dialect,
+    compile_search,
+    install_sqlite_functions,
+)
 
 MIGRATIONS = Path(__file__).parents[3] / "migrations" / "sqlite"
 TENANT = "clinic-a"
@@ -241,10 +248,10 @@ COMPILE_CASES: list[CompileCase] = [
         "modalities-wildcard",
         [("ModalitiesInStudy", "C?")],
         Level.STUDY,
-        "study.modalities_in_study GLOB ?",
-        ("*\\C?\\*",),
-        "study.modalities_in_study LIKE $1 ESCAPE '\\'",
-        ("%\\\\C_\\\\%",),
+        "study.modalities_in_study REGEXP ?",
+        ("\\\\C[^\\\\]\\\\",),
+        "study.modalities_in_study ~ $1",
+        ("\\\\C[^\\\\]\\\\",),
     ),
     (
         "sequence-column",
@@ -525,6 +532,7 @@ def _insert_instances(db: sqlite3.Connection) -> None:
 @pytest.fixture(scope="module")
 def db() -> Iterator[sqlite3.Connection]:
     connection = sqlite3.connect(":memory:")
+    install_sqlite_functions(connection)
     # Rows are written in the first schema; the tenant migration moves them into TENANT's
     # place, the default tenant, which is then renamed: the searches run on the migrated
     # schema, and a second tenant holding the same rows shows that none leaks across.
@@ -607,6 +615,10 @@ SEARCH_CASES: list[SearchCase] = [
     (Level.STUDY, [("ModalitiesInStudy", "MR,SR")], ["1.2.1", "1.2.2", "1.2.3"]),
     (Level.STUDY, [("ModalitiesInStudy", "O*")], ["1.2.4"]),
     (Level.STUDY, [("ModalitiesInStudy", "T")], []),
+    # wildcards match within one value: "C*R" is neither CT with MR nor CT with SR
+    (Level.STUDY, [("ModalitiesInStudy", "C*R")], []),
+    (Level.STUDY, [("ModalitiesInStudy", "M?")], ["1.2.2", "1.2.3"]),
+    (Level.STUDY, [("ModalitiesInStudy", "*T")], ["1.2.1", "1.2.3", "1.2.4"]),
     # JSON fallback, patient attributes and combinations
     (Level.STUDY, [("EthnicGroup", "X")], ["1.2.1", "1.2.3", "1.2.4"]),
     (Level.STUDY, [("PatientID", "P1"), ("ModalitiesInStudy", "CT")], ["1.2.1"]),
