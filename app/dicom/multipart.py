@@ -37,7 +37,10 @@ __all__ = [
     "part_tail",
 ]
 
-MAX_BOUNDARY_LENGTH = 70  # RFC 2046 section 5.1.1
+MAX_BOUNDARY_LENGTH = 70  # RFC 2046 section 5.1.1: what we write
+# What we read: Orthanc's DICOMweb client sends two UUIDs (73 characters), so RFC 2046's 70
+# would refuse a real peer; a bound still keeps a hostile header from choosing the needle.
+MAX_READ_BOUNDARY_LENGTH = 256
 _MAX_PADDING = 1024  # transport padding tolerated after a boundary, in bytes
 _MIN_YIELD = 64 * 1024  # small input chunks are gathered into body chunks of at least this
 _BCHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? ")
@@ -167,9 +170,11 @@ def _check_boundary(boundary: str, *, strict: bool = False) -> bytes:
     """The boundary as bytes; MultipartError if it cannot be one (strict: RFC 2046 bchars)."""
     if not boundary:
         raise MultipartError("empty multipart boundary")
-    if len(boundary) > MAX_BOUNDARY_LENGTH:
+    limit = MAX_BOUNDARY_LENGTH if strict else MAX_READ_BOUNDARY_LENGTH
+    if len(boundary) > limit:
+        # Its length, not the text: it can be as long as the header allows.
         raise MultipartError(
-            f"multipart boundary longer than {MAX_BOUNDARY_LENGTH} characters: {boundary!r}"
+            f"multipart boundary of {len(boundary)} characters is longer than the limit of {limit}"
         )
     if strict and (not _BCHARS.issuperset(boundary) or boundary.endswith(" ")):
         raise MultipartError(f"invalid multipart boundary {boundary!r}")

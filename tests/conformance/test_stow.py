@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,32 @@ def test_multipart_content_type_variants(
     assert not _failed(body)
     for sop, data in zip(sops, files, strict=True):
         assert _get_instance(http, study, series, sop).content == data
+
+
+def test_orthancs_73_character_boundary_is_accepted(http: httpx.Client) -> None:
+    # Orthanc's DICOMweb client joins two UUIDs: 73 characters, over RFC 2046's 70.
+    boundary = f"{uuid.uuid4()}-{uuid.uuid4()}"
+    assert len(boundary) == 73
+    data = make_file(PatientID=token())
+    response = http.post(
+        "/studies",
+        content=multipart_body([data], boundary),
+        headers={"Content-Type": f"{MULTIPART_DICOM}; boundary={boundary}"},
+    )
+    assert response.status_code == 200, response.text
+    assert len(_referenced(response.json())) == 1
+
+
+def test_boundary_over_256_characters_is_400_naming_the_limit(http: httpx.Client) -> None:
+    boundary = "b" * 257
+    response = http.post(
+        "/studies",
+        content=multipart_body([make_file()], boundary),
+        headers={"Content-Type": f"{MULTIPART_DICOM}; boundary={boundary}"},
+    )
+    assert response.status_code == 400, response.text
+    message = error_message(response)
+    assert "256" in message and boundary not in message
 
 
 def test_post_to_study_url_with_matching_study(http: httpx.Client, dicomweb: str) -> None:
