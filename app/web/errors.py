@@ -79,8 +79,12 @@ async def handle_known(request: Request, exc: Exception) -> Response:
         return error_response(403, str(exc), {"WWW-Authenticate": challenge})
     for kind, status in _STATUS.items():
         if isinstance(exc, kind):
-            if status >= 500:
+            if status == 500:  # our fault: the index and the stored files disagree
                 log.error("%s %s: %s", request.method, request.url.path, exc)
+            elif status >= 500:
+                # 501: a request for what this archive does not do (e.g. rendering an object
+                # without pixel data) is the client's choice, not a fault to page anyone for.
+                log.info("%s %s: %d %s", request.method, request.url.path, status, exc)
             return error_response(status, str(exc))
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal error; see the server log")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,6 +35,7 @@ from tests.conformance.helpers import (
     token,
 )
 from tests.support.dicom_factory import make_dataset, to_bytes
+from tests.support.server import running_server
 
 THUMBNAIL_MAX = 128
 
@@ -210,6 +212,27 @@ def test_missing_frame(http: httpx.Client, corpus: Corpus, frames: str) -> None:
     response = http.get(f"{corpus.emri.path}/frames/{frames}/rendered")
     assert response.status_code in (400, 404), response.text
     error_message(response)
+
+
+def test_no_pixel_data_is_501_logged_as_a_client_error(tmp_path: Path) -> None:
+    # A client asking to render a report is told 501; nothing on the server failed, so the
+    # log says INFO, and ERROR stays for real faults someone must look at.
+    ds = make_dataset(PatientID=token())
+    del ds.PixelData
+    report = stored(to_bytes(ds))
+    data = tmp_path / "data"
+    with (
+        running_server(data) as url,
+        httpx.Client(base_url=f"{url}/dicomweb", timeout=60) as http,
+    ):
+        stow_ok(http, [report.data])
+        response = http.get(f"{report.path}/rendered")
+        assert response.status_code == 501, response.text
+        assert "pixel data" in error_message(response)
+    log = (data / "server.log").read_text()
+    answered = [line for line in log.splitlines() if "no pixel data" in line]
+    assert answered and all(" INFO " in line for line in answered), answered
+    assert " ERROR " not in log
 
 
 # --- study and series -------------------------------------------------------------------------
