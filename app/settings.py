@@ -54,6 +54,10 @@ class Settings:
     qido_max_limit: int = 1000
     # Largest STOW request body accepted, in bytes (0: no limit). Bodies stream to disk.
     max_request_bytes: int = 0
+    # Most body parts in one multipart STOW request (0: no limit): each part is a store
+    # attempt and a response item, so a body of empty parts would otherwise cost unbounded
+    # work and response size. The rest of a longer body is not read.
+    max_stow_parts: int = 10000
     # Comma-separated origins allowed by CORS; "*" allows any.
     cors_origins: str = "*"
     log_level: str = "info"
@@ -124,6 +128,8 @@ class Settings:
             raise ValueError(f"PACS_DIMSE_PORT / --dimse-port: {self.dimse_port} is not a port")
         if self.dimse_max_associations < 1:
             raise ValueError("PACS_DIMSE_MAX_ASSOCIATIONS: must be at least 1")
+        if self.max_stow_parts < 0:
+            raise ValueError("PACS_MAX_STOW_PARTS: must be 0 (no limit) or more")
         for ae in self.dimse_allowed_ae_titles:
             _check_ae_title(ae, "PACS_DIMSE_ALLOWED_AES / --dimse-allow")
         _ = self.move_destination_map

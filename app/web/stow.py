@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import orjson
@@ -83,9 +84,13 @@ async def _store_parts(
 ) -> None:
     number = 0
     audit = store_event(request, access)
+    max_parts = archive.settings.max_stow_parts
     try:
         async for part in iter_parts(body, boundary):
             number += 1
+            if max_parts and number > max_parts:
+                _too_many_parts(max_parts, results)
+                break
             if part.content_type not in ("application/dicom", ""):
                 results.append(
                     StoreResult(
@@ -96,8 +101,19 @@ async def _store_parts(
                     )
                 )
                 continue
+            chunks = await _unless_empty(part)
+            if chunks is None:
+                # Nothing to parse, spool or audit: answered here, cheaply.
+                results.append(
+                    StoreResult(
+                        False,
+                        reason=FailureReason.CANNOT_UNDERSTAND,
+                        message=f"part {number} is empty",
+                    )
+                )
+                continue
             result = await archive.store.store_stream(
-                access, part, study_instance_uid=study, audit=audit
+                access, chunks, study_instance_uid=study, audit=audit
             )
             if not result.ok and not result.sop_instance_uid:
                 result.message = f"part {number}: {result.message}"
@@ -109,6 +125,33 @@ async def _store_parts(
         results.append(StoreResult(False, reason=FailureReason.CANNOT_UNDERSTAND, message=str(exc)))
     if not results:
         raise MultipartError("the multipart body contains no parts")
+
+
+def _too_many_parts(limit: int, results: list[StoreResult]) -> None:
+    """Refuse the rest of a body with more than `limit` parts: a 413 when nothing was
+    stored, otherwise a failure item beside the stored ones, which are never unreported."""
+    message = (
+        f"the request has more than {limit} parts, the limit per request "
+        "(PACS_MAX_STOW_PARTS); the parts after it were not read"
+    )
+    if not any(r.ok for r in results):
+        raise PayloadTooLarge(message)
+    results.append(StoreResult(False, reason=FailureReason.CANNOT_UNDERSTAND, message=message))
+
+
+async def _unless_empty(part: AsyncIterable[bytes]) -> AsyncIterator[bytes] | None:
+    """The part's body as chunks, or None when it has none."""
+    chunks = aiter(part)
+    first = await anext(chunks, None)
+    if first is None:
+        return None
+
+    async def whole() -> AsyncIterator[bytes]:
+        yield first
+        async for chunk in chunks:
+            yield chunk
+
+    return whole()
 
 
 def _item(result: StoreResult, base: str) -> dict[str, Any]:
@@ -151,7 +194,14 @@ def _response(request: Request, study: str | None, results: list[StoreResult]) -
     if stored:
         body["00081199"] = {"vr": "SQ", "Value": [_item(r, base) for r in stored]}
     status = 200 if not failed else (202 if stored else 409)
-    for r in failed:
-        # The reason code only: messages may quote the object's own values.
-        log.info("STOW failure: %s", r.reason.name if r.reason else "unknown")
+    if failed:
+        # One line per request, whatever its number of parts; reason codes only, as
+        # messages may quote the objects' own values.
+        reasons = Counter(r.reason.name if r.reason else "unknown" for r in failed)
+        log.info(
+            "STOW: %d stored, %d failed (%s)",
+            len(stored),
+            len(failed),
+            ", ".join(f"{name} x{count}" for name, count in sorted(reasons.items())),
+        )
     return Response(orjson.dumps(body), status_code=status, media_type=DICOM_JSON)

@@ -458,6 +458,61 @@ def test_request_larger_than_the_limit_is_413(tmp_path: Path) -> None:
     assert len(_blob_files(data_dir)) == 1
 
 
+def _empty_parts(boundary: str, count: int) -> bytes:
+    return f"--{boundary}\r\n\r\n\r\n".encode() * count
+
+
+def test_empty_parts_over_the_part_limit_are_413_and_one_log_line_at_most(tmp_path: Path) -> None:
+    # 550 KB of empty parts once meant 50,000 store attempts, response items and log lines.
+    data_dir = tmp_path / "data"
+    boundary = "e" + token()
+    body = _empty_parts(boundary, 1000) + f"--{boundary}--\r\n".encode()
+    with (
+        running_server(data_dir, env={"PACS_MAX_STOW_PARTS": "50"}) as url,
+        httpx.Client(base_url=f"{url}/dicomweb", timeout=30) as http,
+    ):
+        response = http.post(
+            "/studies",
+            content=body,
+            headers={"Content-Type": f"{MULTIPART_DICOM}; boundary={boundary}"},
+        )
+        assert response.status_code == 413, response.text
+        message = error_message(response)
+        assert "50 parts" in message and "PACS_MAX_STOW_PARTS" in message
+        # Under the limit, empty parts are failures of their own, logged as one summary.
+        few = _empty_parts(boundary, 3) + multipart_body([make_file()], boundary)
+        response = http.post(
+            "/studies",
+            content=few,
+            headers={"Content-Type": f"{MULTIPART_DICOM}; boundary={boundary}"},
+        )
+        assert response.status_code == 202, response.text
+        comments = [_error_comment(i) for i in _failed(response.json())]
+        assert comments == [f"part {n} is empty" for n in (1, 2, 3)]
+    log = (data_dir / "server.log").read_text()
+    assert len([line for line in log.splitlines() if "STOW" in line]) == 1, log
+
+
+def test_parts_over_the_limit_after_stored_ones_are_listed_not_lost(tmp_path: Path) -> None:
+    boundary = "l" + token()
+    body = multipart_body([make_file(PatientID=token()) for _ in range(6)], boundary)
+    with (
+        running_server(tmp_path / "data", env={"PACS_MAX_STOW_PARTS": "4"}) as url,
+        httpx.Client(base_url=f"{url}/dicomweb", timeout=30) as http,
+    ):
+        response = http.post(
+            "/studies",
+            content=body,
+            headers={"Content-Type": f"{MULTIPART_DICOM}; boundary={boundary}"},
+        )
+        assert response.status_code == 202, response.text
+        assert len(_referenced(response.json())) == 4
+        # Part 5 is over the limit and ends the request: one failure says so.
+        failed = _failed(response.json())
+        assert len(failed) == 1, failed
+        assert "more than 4 parts" in _error_comment(failed[0])
+
+
 # --- nothing lost, nothing left behind --------------------------------------------------------
 
 
