@@ -261,6 +261,8 @@ CASES: dict[str, Case] = {
     # a wildcard matches within one value: CT with MR (S3) or SR (S1) is not "C*R"
     "modalities-wildcard-spans-no-values": (Level.STUDY, [("ModalitiesInStudy", "C*R")], {}, []),
     "modalities-wildcard-one-value": (Level.STUDY, [("ModalitiesInStudy", "M?")], {}, ["S2", "S3"]),
+    # the regular expression it compiles to takes other characters literally
+    "modalities-wildcard-literal-dot": (Level.STUDY, [("ModalitiesInStudy", "O.*")], {}, []),
     "modalities-wildcard-suffix": (
         Level.STUDY,
         [("ModalitiesInStudy", "*T")],
