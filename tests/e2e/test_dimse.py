@@ -271,6 +271,16 @@ def test_find_ranges_that_exclude_the_study(find: Finder, sent: Sent) -> None:
     )
 
 
+def test_find_modalities_wildcard_matches_within_one_value(find: Finder, sent: Sent) -> None:
+    # The study holds CT and MR: "C*R" spans two values and must not match (PS3.4 C.2.2.2.4).
+    def found(modalities: str) -> int:
+        keys = ("QueryRetrieveLevel=STUDY", f"PatientID=DIMSE-{sent.tag}")
+        return len(find(*keys, f"ModalitiesInStudy={modalities}"))
+
+    assert found("C*R") == 0
+    assert (found("M?"), found("CT"), found("*T")) == (1, 1, 1)
+
+
 def test_find_study_root_series_level(find: Finder, sent: Sent) -> None:
     found = find(
         "QueryRetrieveLevel=SERIES",
