@@ -29,7 +29,7 @@ from typing import BinaryIO
 from app.audit.event import AuditEvent, EventOutcome
 from app.auth.principal import Access, Permission
 from app.dicom.instance import ParsedInstance
-from app.dicom.parse import DicomParseError, parse_instance
+from app.dicom.parse import DicomParseError, UnsupportedTransferSyntax, parse_instance
 from app.services.audit import AuditService, audit_outcome
 from app.services.ports import BlobStore, Index, InstanceRecord, Outcome, blob_key
 
@@ -43,6 +43,8 @@ class FailureReason(IntEnum):
     DUPLICATE_SOP_INSTANCE = 0x0111
     OUT_OF_RESOURCES = 0xA700
     CANNOT_UNDERSTAND = 0xC000
+    # "Referenced Transfer Syntax not supported" (PS3.18 STOW-RS failure reasons).
+    TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
     STUDY_UID_MISMATCH = 0xC409
     # Warnings
     COERCION_OF_DATA_ELEMENTS = 0xB000
@@ -205,6 +207,15 @@ class StoreService:
     ) -> StoreResult:
         moved = False
         try:
+            if isinstance(parsed, UnsupportedTransferSyntax):
+                refused = StoreResult(
+                    False,
+                    sop_class_uid=parsed.sop_class_uid,
+                    sop_instance_uid=parsed.sop_instance_uid,
+                    reason=FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED,
+                    message=str(parsed),
+                )
+                return self._refused(audit, refused)
             if isinstance(parsed, DicomParseError):
                 return self._refused(
                     audit,

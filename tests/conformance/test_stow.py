@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +12,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import pydicom
 import pytest
+from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, generate_uid
 
 from tests.conformance.helpers import (
@@ -32,12 +35,13 @@ from tests.conformance.helpers import (
     value,
     values,
 )
-from tests.support.dicom_factory import make_file
+from tests.support.dicom_factory import make_dataset, make_file
 from tests.support.server import running_server
 
 MULTIPART_DICOM = "multipart/related; type=application/dicom"
 CANNOT_UNDERSTAND = 0xC000
 STUDY_UID_MISMATCH = 0xC409
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 DUPLICATE_SOP_INSTANCE = 0x0111
 
 
@@ -243,6 +247,44 @@ def test_all_parts_bad_is_409(http: httpx.Client) -> None:
     for item in failed:
         assert value(item, FAILURE_REASON) == CANNOT_UNDERSTAND
         _error_comment(item)
+
+
+def _file_in_syntax(syntax: str, **attrs: Any) -> bytes:
+    """A Part 10 file whose meta names `syntax`; the dataset is explicit VR little endian."""
+    ds = make_dataset(**attrs)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = syntax
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_unknown_transfer_syntax_is_refused_not_stored(http: httpx.Client) -> None:
+    # It was stored with 200; its thumbnail then answered 501 and C-GET could not send it.
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    patient = token()
+    unknown = _file_in_syntax("1.2.3.4.5", study=study, series=series, sop=sop, PatientID=patient)
+    alone = http.post("/studies", content=unknown, headers={"Content-Type": "application/dicom"})
+    assert alone.status_code == 409, alone.text
+    [failed] = _failed(alone.json())
+    assert value(failed, FAILURE_REASON) == TRANSFER_SYNTAX_NOT_SUPPORTED == 49442
+    assert "1.2.3.4.5" in _error_comment(failed)
+    # Beside a good instance: 202, the good one stored, the other listed as failed.
+    good_sop = generate_uid()
+    good = make_file(study=study, series=series, sop=good_sop, PatientID=patient)
+    response = stow(http, [unknown, good])
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert [value(i, REFERENCED_SOP_INSTANCE) for i in _referenced(body)] == [good_sop]
+    [failed] = _failed(body)
+    assert value(failed, REFERENCED_SOP_INSTANCE) == sop
+    assert value(failed, FAILURE_REASON) == TRANSFER_SYNTAX_NOT_SUPPORTED
+    assert _get_instance(http, study, series, sop).status_code == 404
+    assert _study_counts(http, study)["instances"] == 1
+    thumbnail = http.get(f"/studies/{study}/thumbnail", headers={"Accept": "image/jpeg"})
+    assert thumbnail.status_code == 200, thumbnail.text
 
 
 def test_body_that_breaks_after_a_stored_part_keeps_it(http: httpx.Client) -> None:
