@@ -26,6 +26,7 @@ from tests.conformance.helpers import (
     REFERENCED_SOP_INSTANCE,
     REFERENCED_SOP_SEQUENCE,
     RETRIEVE_URL,
+    WARNING_REASON,
     error_message,
     items,
     multipart_body,
@@ -42,6 +43,8 @@ MULTIPART_DICOM = "multipart/related; type=application/dicom"
 CANNOT_UNDERSTAND = 0xC000
 STUDY_UID_MISMATCH = 0xC409
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+PATIENT_MISMATCH = 0xC40A
+COERCION_OF_DATA_ELEMENTS = 0xB000
 DUPLICATE_SOP_INSTANCE = 0x0111
 
 
@@ -402,6 +405,45 @@ def test_different_content_with_stored_sop_uid_is_refused(http: httpx.Client) ->
     assert retrieved.status_code == 200
     assert retrieved.content == original
     assert _study_counts(http, study)["instances"] == 1
+
+
+def test_instance_of_another_patient_is_refused_from_the_study(http: httpx.Client) -> None:
+    # It was stored with 200, no warning: the study then held two patients' images.
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    owner, intruder = token(), token()
+    stow_ok(http, [make_file(study=study, series=series, PatientID=owner)])
+    other = make_file(study=study, series=series, sop=sop, PatientID=intruder)
+    response = http.post("/studies", content=other, headers={"Content-Type": "application/dicom"})
+    assert response.status_code == 409, response.text
+    [failed] = _failed(response.json())
+    assert value(failed, REFERENCED_SOP_INSTANCE) == sop
+    assert value(failed, FAILURE_REASON) == PATIENT_MISMATCH
+    comment = _error_comment(failed)
+    assert "another patient" in comment
+    assert owner not in comment  # the stored patient is not the sender's to learn
+    assert _get_instance(http, study, series, sop).status_code == 404
+    assert _study_counts(http, study)["instances"] == 1
+    assert http.get("/studies", params={"PatientID": intruder}).json() == []
+
+
+def test_instance_of_another_patient_is_stored_with_a_warning_when_configured(
+    tmp_path: Path,
+) -> None:
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    with (
+        running_server(tmp_path / "data", env={"PACS_PATIENT_MISMATCH": "warn"}) as url,
+        httpx.Client(base_url=f"{url}/dicomweb", timeout=30) as http,
+    ):
+        stow_ok(http, [make_file(study=study, series=series, PatientID="OWNER")])
+        other = make_file(study=study, series=series, sop=sop, PatientID="INTRUDER")
+        response = stow(http, [other])
+        assert response.status_code == 200, response.text
+        [item] = _referenced(response.json())
+        assert value(item, REFERENCED_SOP_INSTANCE) == sop
+        assert value(item, WARNING_REASON) == COERCION_OF_DATA_ELEMENTS
+        assert "another patient" in _error_comment(item)
+        assert _get_instance(http, study, series, sop).content == other
+        assert _study_counts(http, study)["instances"] == 2
 
 
 def _blob_files(data: Path) -> list[Path]:

@@ -252,6 +252,24 @@ def test_cstore_in_an_unknown_transfer_syntax_is_refused(pacs: Pacs, tmp_path: P
 
 
 @pytest.mark.usefixtures("chunked_sending")
+def test_cstore_of_another_patient_into_a_study_is_refused(
+    pacs: Pacs, assoc: Association, tmp_path: Path
+) -> None:
+    # It was stored with 0000: the study then held two patients' images.
+    study, series = generate_uid(), generate_uid()
+    owner = make_file(study=study, series=series, PatientID="OWNER-CSTORE")
+    assert assoc.send_c_store(write(tmp_path, owner)).Status == 0x0000
+    other = make_dataset(study=study, series=series, PatientID="INTRUDER-CSTORE")
+    status = assoc.send_c_store(write(tmp_path, to_bytes(other)))
+    assert status.Status == 0xC40A  # a Cannot understand (Cxxx) failure: not worth a retry
+    assert "another patient" in status.ErrorComment
+    assert "OWNER" not in status.ErrorComment
+    with httpx.Client(base_url=f"{pacs.url}/dicomweb") as http:
+        found = http.get("/instances", params={"StudyInstanceUID": study}).json()
+    assert len(found) == 1
+
+
+@pytest.mark.usefixtures("chunked_sending")
 def test_cstore_coerced_values_give_a_warning(assoc: Association, tmp_path: Path) -> None:
     ds = make_dataset()
     # An InstanceNumber (IS) that is not a number.
