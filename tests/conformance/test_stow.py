@@ -515,6 +515,61 @@ def test_request_larger_than_the_limit_is_413(tmp_path: Path) -> None:
     assert len(_blob_files(data_dir)) == 1
 
 
+OUT_OF_RESOURCES = 0xA700
+
+
+def test_chunked_request_over_the_limit_lists_the_parts_it_stored(tmp_path: Path) -> None:
+    # It answered 413 although the parts before the limit were stored: the client never
+    # learned of them. Now they are listed (202) and the part cut off is named as failed.
+    data_dir = tmp_path / "data"
+    study, patient = generate_uid(), "OVER-LIMIT"
+    files = [make_file(study=study, PatientID=patient, rows=128, columns=128) for _ in range(5)]
+    sops = [pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID for f in files]
+    boundary = "lim" + token()
+    body = multipart_body(files, boundary)
+    limit = len(body) * 5 // 11  # inside the third part
+    content_type = f"multipart/related; type=application/dicom; boundary={boundary}"
+
+    def chunks(
+        data: bytes,
+    ) -> Iterator[bytes]:  # no Content-Length: the limit applies while streaming
+        for start in range(0, len(data), 4096):
+            yield data[start : start + 4096]
+
+    with (
+        running_server(data_dir, env={"PACS_MAX_REQUEST_BYTES": str(limit)}) as url,
+        httpx.Client(base_url=f"{url}/dicomweb", timeout=30) as http,
+    ):
+        response = http.post(
+            "/studies", content=chunks(body), headers={"Content-Type": content_type}
+        )
+        assert response.status_code == 202, response.text
+        result = response.json()
+        stored = [value(i, REFERENCED_SOP_INSTANCE) for i in _referenced(result)]
+        # Exactly the parts that end within the limit, however the body arrived.
+        assert stored == sops[:2]
+        [failed] = _failed(result)
+        assert value(failed, FAILURE_REASON) == OUT_OF_RESOURCES
+        comment = _error_comment(failed)
+        assert str(limit) in comment
+        assert "part 3 and any after it" in comment
+        found = http.get("/instances", params={"PatientID": patient}).json()
+        assert sorted(value(i, "00080018") for i in found) == sorted(stored)
+        # Over the limit from its first part: nothing stored, a plain 413.
+        first_big = multipart_body(
+            [make_file(PatientID="FIRST-BIG", rows=256, columns=256)], boundary
+        )
+        assert len(first_big) > limit
+        refused = http.post(
+            "/studies", content=chunks(first_big), headers={"Content-Type": content_type}
+        )
+        assert refused.status_code == 413, refused.text
+        assert str(limit) in error_message(refused)
+        assert http.get("/instances", params={"PatientID": "FIRST-BIG"}).json() == []
+    assert _spool_files(data_dir) == []
+    assert len(_blob_files(data_dir)) == len(stored)
+
+
 # --- nothing lost, nothing left behind --------------------------------------------------------
 
 
