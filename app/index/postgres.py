@@ -298,8 +298,8 @@ async def _add_or_refuse(
     allow_patient_mismatch: bool,
 ) -> AddResult:
     """`_add` in a savepoint: a refused instance undoes what was written before the
-    refusal (a replaced instance's removal, the patient row); the locks stay until the
-    transaction ends, which keeps only the audit event."""
+    refusal (a replaced instance's removal, the patient row), and the transaction keeps
+    only its audit event."""
     try:
         async with conn.transaction():
             added = await _add(
