@@ -50,6 +50,10 @@ class Settings:
     s3_part_size: int = 16 * 1024 * 1024
     # Replace a stored instance when a different object arrives with its SOP Instance UID.
     overwrite: bool = False
+    # An instance whose PatientID / IssuerOfPatientID differs from the study it joins:
+    # "refuse" it (STOW failure reason C40A, C-STORE status C40A), or "warn": store it
+    # into the study, which keeps its patient, with a warning (B000) and an audit note.
+    patient_mismatch: str = "refuse"
     qido_default_limit: int = 100
     qido_max_limit: int = 1000
     # Largest STOW request body accepted, in bytes (0: no limit). Bodies stream to disk.
@@ -130,6 +134,10 @@ class Settings:
             raise ValueError("PACS_DIMSE_MAX_ASSOCIATIONS: must be at least 1")
         if self.max_stow_parts < 0:
             raise ValueError("PACS_MAX_STOW_PARTS: must be 0 (no limit) or more")
+        if self.patient_mismatch not in ("refuse", "warn"):
+            raise ValueError(
+                f"PACS_PATIENT_MISMATCH: {self.patient_mismatch!r} is neither refuse nor warn"
+            )
         for ae in self.dimse_allowed_ae_titles:
             _check_ae_title(ae, "PACS_DIMSE_ALLOWED_AES / --dimse-allow")
         _ = self.move_destination_map

@@ -34,9 +34,23 @@ from app.dicom.frames import locate_frames
 from app.dicom.instance import BULK_BASE, BulkRange, FrameRanges, ParsedInstance
 from app.dicom.json import decoding_path, describe_path, encode_dataset
 from app.dicom.reader import UNDEFINED_LENGTH, DicomParseError, Reader, get_decoded, label
+from app.dicom.transfer_syntax import is_storable
 from app.dicom.uid import is_valid_uid
 
-__all__ = ["DicomParseError", "parse_instance"]
+__all__ = ["DicomParseError", "UnsupportedTransferSyntax", "parse_instance"]
+
+
+class UnsupportedTransferSyntax(DicomParseError):
+    """The file is encoded in a transfer syntax the archive does not store (see
+    `transfer_syntax.STORABLE`): distinct from other parse errors because STOW-RS has a
+    failure reason of its own for it (0xC122). The dataset is not read, so the instance is
+    named from the file meta information (Media Storage SOP Class/Instance UID), if valid."""
+
+    def __init__(self, message: str, meta: Dataset) -> None:
+        super().__init__(message)
+        self.sop_class_uid = _valid_uid(meta, _MEDIA_SOP_CLASS_UID)
+        self.sop_instance_uid = _valid_uid(meta, _MEDIA_SOP_INSTANCE_UID)
+
 
 MAX_INFLATED_SIZE = 1 << 28  # 256 MiB
 
@@ -154,6 +168,12 @@ def _transfer_syntax(meta: Dataset) -> str:
         raise DicomParseError("missing TransferSyntaxUID in the file meta information")
     if not isinstance(value, str) or not is_valid_uid(value):
         raise DicomParseError(f"invalid TransferSyntaxUID {str(value)!r}")
+    if not is_storable(value):
+        # Checked before the dataset is read: its encoding is unknown.
+        raise UnsupportedTransferSyntax(
+            f"TransferSyntaxUID {value} is not a standard transfer syntax this archive stores",
+            meta,
+        )
     return str(value)
 
 
@@ -161,8 +181,8 @@ def _encoding_of(transfer_syntax: str) -> tuple[bool, bool, bool]:
     """(implicit VR, little endian, deflated) of the dataset."""
     uid = UID(transfer_syntax)
     if not uid.is_transfer_syntax:
-        # Unknown (private) syntaxes: explicit VR little endian, as PS3.5 A.4 requires of
-        # every encapsulated one.
+        # Storable syntaxes newer than pydicom (JPEG XL, Deflated Image Frame Compression):
+        # explicit VR little endian, as PS3.5 A.4 requires of every encapsulated one.
         return False, True, False
     return uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated
 
@@ -209,6 +229,11 @@ def _required_uid(ds: Dataset, tag: int, keyword: str) -> str:
     if not is_valid_uid(value):
         raise DicomParseError(f"invalid {keyword} {value!r}")
     return value
+
+
+def _valid_uid(ds: Dataset, tag: int) -> str | None:
+    value = _uid_value(ds, tag)
+    return value if value is not None and is_valid_uid(value) else None
 
 
 def _uid_value(ds: Dataset, tag: int) -> str | None:

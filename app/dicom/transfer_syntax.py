@@ -26,6 +26,69 @@ NATIVE = frozenset(
     }
 )
 
+# The transfer syntaxes an object may be stored in, in PS3.6 Table A-1 order: the standard's
+# syntaxes for stored instances (pynetdicom's list). Anything else is refused at STOW-RS and
+# C-STORE alike (STOW failure reason 0xC122; over DIMSE the presentation context is not
+# accepted): a private or made-up UID names an encoding nothing downstream can read, so the
+# object would be stored but its thumbnail, frames and C-GET/C-MOVE sub-operations would fail.
+# Left out on purpose: the retired JPEG processes (3, 5-13, 15-29), which no decoder here
+# reads; the SMPTE ST 2110 syntaxes (1.2.840.10008.1.2.7.x), which carry live video and
+# audio (DICOM-RTV), not stored instances; RFC 2557, XML and Papyrus encodings, which are
+# not Part 10 datasets; Encapsulated Uncompressed (1.2.840.10008.1.2.1.98), not yet
+# negotiable with pynetdicom.
+STORABLE: tuple[str, ...] = (
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    JPEG_BASELINE,
+    JPEG_EXTENDED,
+    JPEG_LOSSLESS_P14,
+    JPEG_LOSSLESS_SV1,
+    JPEG_LS_LOSSLESS,
+    JPEG_LS_NEAR_LOSSLESS,
+    JPEG_2000_LOSSLESS,
+    JPEG_2000,
+    "1.2.840.10008.1.2.4.92",  # JPEG 2000 Part 2 Lossless
+    "1.2.840.10008.1.2.4.93",  # JPEG 2000 Part 2
+    "1.2.840.10008.1.2.4.94",  # JPIP Referenced
+    "1.2.840.10008.1.2.4.95",  # JPIP Referenced Deflate
+    "1.2.840.10008.1.2.4.100",  # MPEG2 Main Profile / Main Level
+    "1.2.840.10008.1.2.4.100.1",  # fragmentable
+    "1.2.840.10008.1.2.4.101",  # MPEG2 Main Profile / High Level
+    "1.2.840.10008.1.2.4.101.1",  # fragmentable
+    "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264 High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.102.1",  # fragmentable
+    "1.2.840.10008.1.2.4.103",  # MPEG-4 AVC/H.264 BD-compatible High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.103.1",  # fragmentable
+    "1.2.840.10008.1.2.4.104",  # MPEG-4 AVC/H.264 High Profile / Level 4.2 for 2D video
+    "1.2.840.10008.1.2.4.104.1",  # fragmentable
+    "1.2.840.10008.1.2.4.105",  # MPEG-4 AVC/H.264 High Profile / Level 4.2 for 3D video
+    "1.2.840.10008.1.2.4.105.1",  # fragmentable
+    "1.2.840.10008.1.2.4.106",  # MPEG-4 AVC/H.264 Stereo High Profile / Level 4.2
+    "1.2.840.10008.1.2.4.106.1",  # fragmentable
+    "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main Profile / Level 5.1
+    "1.2.840.10008.1.2.4.108",  # HEVC/H.265 Main 10 Profile / Level 5.1
+    "1.2.840.10008.1.2.4.110",  # JPEG XL Lossless
+    "1.2.840.10008.1.2.4.111",  # JPEG XL JPEG Recompression
+    "1.2.840.10008.1.2.4.112",  # JPEG XL
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.4.204",  # JPIP HTJ2K Referenced
+    "1.2.840.10008.1.2.4.205",  # JPIP HTJ2K Referenced Deflate
+    RLE_LOSSLESS,
+    "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression
+)
+
+
+def is_storable(transfer_syntax_uid: str) -> bool:
+    """Whether an object in this transfer syntax may be stored (see STORABLE)."""
+    return transfer_syntax_uid in _STORABLE
+
+
+_STORABLE = frozenset(STORABLE)
+
 # Native (uncompressed) little-endian syntaxes: frame bytes are identical in all of them.
 NATIVE_LITTLE_ENDIAN = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN})
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES
 from pynetdicom.association import Association
 from pynetdicom.presentation import (
     AllStoragePresentationContexts,
@@ -22,6 +21,7 @@ from app.dicom.transfer_syntax import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     NATIVE_LITTLE_ENDIAN,
+    STORABLE,
 )
 from app.query.identifier import Model
 from app.services.ports import StoredInstance
@@ -41,7 +41,8 @@ MAX_CONTEXTS = 128
 # several in one context: uncompressed first (Explicit VR Little Endian keeps the VRs), then
 # lossless compression, then the rest. Never lossy first: a modality offering JPEG Baseline
 # beside Explicit VR Little Endian would compress its images lossily for us. The SMPTE ST
-# 2110 syntaxes carry live video and audio (DICOM-RTV), not stored instances.
+# 2110 syntaxes carry live video and audio (DICOM-RTV), not stored instances. The set is
+# STORABLE, the one STOW-RS checks too: both protocols store the same syntaxes.
 _PREFERRED = (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -58,12 +59,7 @@ _PREFERRED = (
     "1.2.840.10008.1.2.4.110",  # JPEG XL Lossless
     "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression
 )
-STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
-    dict.fromkeys(
-        [ts for ts in _PREFERRED if ts in ALL_TRANSFER_SYNTAXES]
-        + [ts for ts in ALL_TRANSFER_SYNTAXES if not ts.startswith("1.2.840.10008.1.2.7.")]
-    )
-)
+STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(dict.fromkeys([*_PREFERRED, *STORABLE]))
 
 STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(
     str(cx.abstract_syntax) for cx in AllStoragePresentationContexts

@@ -27,6 +27,8 @@ class Status(IntEnum):
     # Storage (PS3.4 B.2.3).
     OUT_OF_RESOURCES = 0xA700
     CANNOT_UNDERSTAND = 0xC000
+    TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122  # a Cannot understand (Cxxx) code
+    PATIENT_MISMATCH = 0xC40A  # a Cannot understand (Cxxx) code: the study's patient differs
     # Query/Retrieve (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4).
     IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     MOVE_DESTINATION_UNKNOWN = 0xA801

@@ -51,6 +51,14 @@ _FAILURES: dict[FailureReason, tuple[Status, str]] = {
     ),
     FailureReason.OUT_OF_RESOURCES: (Status.OUT_OF_RESOURCES, "storage is full"),
     FailureReason.CANNOT_UNDERSTAND: (Status.CANNOT_UNDERSTAND, ""),
+    # A Cxxx code as in STOW-RS (see FailureReason): permanent, not worth a retry.
+    FailureReason.PATIENT_MISMATCH: (
+        Status.PATIENT_MISMATCH,
+        "the study belongs to another patient (PatientID differs)",
+    ),
+    # Negotiation accepts only storable syntaxes, so this is a backstop; C122 is a Cxxx
+    # "Cannot understand" status of PS3.4 B.2.3 with STOW-RS's meaning.
+    FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED: (Status.TRANSFER_SYNTAX_NOT_SUPPORTED, ""),
     FailureReason.PROCESSING_FAILURE: (Status.PROCESSING_FAILURE, ""),
 }
 

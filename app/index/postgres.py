@@ -118,15 +118,24 @@ class PostgresIndex:
         *,
         overwrite: bool,
         audit: AuditFor | None = None,
+        allow_patient_mismatch: bool = False,
     ) -> AddResult:
         meta, meta_json = _storable(record.metadata)
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
-                    added = await _add(conn, tenant, record, meta, meta_json, overwrite=overwrite)
+                    added = await _add_or_refuse(
+                        conn,
+                        tenant,
+                        record,
+                        meta,
+                        meta_json,
+                        overwrite=overwrite,
+                        allow_patient_mismatch=allow_patient_mismatch,
+                    )
                     if audit is None:
                         return added
-                    event = audit(added.outcome)
+                    event = audit(added)
                     await postgres_audit.insert_audit_event(conn, event)
                     return replace(added, audit=event)
             except _RETRYABLE as exc:
@@ -270,6 +279,45 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
+class _Refused(Exception):
+    """Leaves the savepoint of `_add_or_refuse`, undoing what the refused add wrote."""
+
+    def __init__(self, added: AddResult) -> None:
+        super().__init__(added.outcome)
+        self.added = added
+
+
+async def _add_or_refuse(
+    conn: asyncpg.Connection,
+    tenant: str,
+    record: InstanceRecord,
+    meta: Json,
+    meta_json: str,
+    *,
+    overwrite: bool,
+    allow_patient_mismatch: bool,
+) -> AddResult:
+    """`_add` in a savepoint: a refused instance undoes what was written before the
+    refusal (a replaced instance's removal, the patient row), and the transaction keeps
+    only its audit event."""
+    try:
+        async with conn.transaction():
+            added = await _add(
+                conn,
+                tenant,
+                record,
+                meta,
+                meta_json,
+                overwrite=overwrite,
+                allow_patient_mismatch=allow_patient_mismatch,
+            )
+            if added.outcome is Outcome.PATIENT_MISMATCH:
+                raise _Refused(added)
+    except _Refused as refused:
+        return refused.added
+    return added
+
+
 async def _add(
     conn: asyncpg.Connection,
     tenant: str,
@@ -278,6 +326,7 @@ async def _add(
     meta_json: str,
     *,
     overwrite: bool,
+    allow_patient_mismatch: bool,
 ) -> AddResult:
     await conn.execute(
         INSTANCE_LOCK,
@@ -302,7 +351,13 @@ async def _add(
         await _delete_instance(conn, existing["pk"], existing["series_fk"], existing["study_fk"])
 
     patient_fk = await _upsert_patient(conn, tenant, meta)
+    # Locked by _ensure: a concurrent first instance of the study has committed its patient.
     study_fk, new_study = await _ensure_study(conn, tenant, record, meta, patient_fk)
+    mismatch = not new_study and (
+        await conn.fetchval("SELECT patient_fk FROM study WHERE pk = $1", study_fk) != patient_fk
+    )
+    if mismatch and not allow_patient_mismatch:
+        return AddResult(Outcome.PATIENT_MISMATCH)  # undone by _add_or_refuse's savepoint
     series_fk, new_series = await _ensure_series(conn, tenant, record, meta, study_fk)
     row = _instance_row(record, meta, meta_json, series_fk, study_fk)
     await _insert(conn, "instance", {"tenant": tenant, **row})
@@ -322,7 +377,7 @@ async def _add(
             "UPDATE patient SET num_studies = num_studies + 1 WHERE pk = $1", patient_fk
         )
     outcome = Outcome.REPLACED if orphan else Outcome.STORED
-    return AddResult(outcome, orphan)
+    return AddResult(outcome, orphan, patient_mismatch=mismatch)
 
 
 def _instance_row(

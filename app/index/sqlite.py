@@ -109,8 +109,18 @@ class SqliteIndex:
         *,
         overwrite: bool,
         audit: AuditFor | None = None,
+        allow_patient_mismatch: bool = False,
     ) -> AddResult:
-        return await self._write(lambda db: _add_audited(db, tenant, record, overwrite, audit))
+        return await self._write(
+            lambda db: _add_audited(
+                db,
+                tenant,
+                record,
+                overwrite=overwrite,
+                audit=audit,
+                allow_patient_mismatch=allow_patient_mismatch,
+            )
+        )
 
     # -- reads -------------------------------------------------------------------------
 
@@ -186,33 +196,47 @@ def _transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) 
     except BaseException:
         db.rollback()
         raise
-    if (
-        isinstance(result, AddResult)
-        and result.outcome in (Outcome.IDENTICAL, Outcome.CONFLICT)
-        and result.audit is None
-    ):
+    if isinstance(result, AddResult) and result.outcome in _UNCHANGED and result.audit is None:
         db.rollback()
     else:
         db.commit()
     return result
 
 
+# Outcomes that leave the data as it was.
+_UNCHANGED = (Outcome.IDENTICAL, Outcome.CONFLICT, Outcome.PATIENT_MISMATCH)
+
+
 def _add_audited(
     db: sqlite3.Connection,
     tenant: str,
     record: InstanceRecord,
+    *,
     overwrite: bool,
     audit: AuditFor | None,
+    allow_patient_mismatch: bool,
 ) -> AddResult:
-    added = _add(db, tenant, record, overwrite)
+    # A savepoint: a refused instance undoes what was written before the refusal (a
+    # replaced instance's removal, the patient row) and keeps only its audit event.
+    db.execute("SAVEPOINT add_instance")
+    added = _add(db, tenant, record, overwrite, allow_patient_mismatch)
+    if added.outcome is Outcome.PATIENT_MISMATCH:
+        db.execute("ROLLBACK TO add_instance")
+    db.execute("RELEASE add_instance")
     if audit is None:
         return added
-    event = audit(added.outcome)
+    event = audit(added)
     sqlite_audit.insert_audit_event(db, event)
     return replace(added, audit=event)
 
 
-def _add(db: sqlite3.Connection, tenant: str, record: InstanceRecord, overwrite: bool) -> AddResult:
+def _add(
+    db: sqlite3.Connection,
+    tenant: str,
+    record: InstanceRecord,
+    overwrite: bool,
+    allow_patient_mismatch: bool,
+) -> AddResult:
     orphan: str | None = None
     existing = db.execute(
         "SELECT pk, sha256, blob_key FROM instance WHERE tenant = ? AND sop_instance_uid = ?",
@@ -230,6 +254,9 @@ def _add(db: sqlite3.Connection, tenant: str, record: InstanceRecord, overwrite:
     meta = record.metadata
     patient_fk = _upsert_patient(db, tenant, meta)
     study_fk, new_study = _ensure_study(db, tenant, record, patient_fk, now)
+    mismatch = not new_study and _study_patient(db, study_fk) != patient_fk
+    if mismatch and not allow_patient_mismatch:
+        return AddResult(Outcome.PATIENT_MISMATCH)  # undone by the caller's savepoint
     series_fk, new_series = _ensure_series(db, tenant, record, study_fk)
     inst = column_values("instance", meta)
     db.execute(
@@ -266,7 +293,13 @@ def _add(db: sqlite3.Connection, tenant: str, record: InstanceRecord, overwrite:
     if new_study:
         db.execute("UPDATE patient SET num_studies = num_studies + 1 WHERE pk = ?", (patient_fk,))
     outcome = Outcome.REPLACED if orphan else Outcome.STORED
-    return AddResult(outcome, orphan)
+    return AddResult(outcome, orphan, patient_mismatch=mismatch)
+
+
+def _study_patient(db: sqlite3.Connection, study_fk: int) -> int:
+    row = db.execute("SELECT patient_fk FROM study WHERE pk = ?", (study_fk,)).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -39,7 +39,12 @@ class Archive:
             index=index,
             blobs=blobs,
             store=StoreService(
-                index, blobs, settings.spool_dir, audit, overwrite=settings.overwrite
+                index,
+                blobs,
+                settings.spool_dir,
+                audit,
+                overwrite=settings.overwrite,
+                allow_patient_mismatch=settings.patient_mismatch == "warn",
             ),
             search=SearchService(index),
             retrieve=retrieve,

@@ -22,7 +22,7 @@ from app.audit.event import AuditEvent, EventActionCode, EventOutcome
 from app.audit.query import AuditQuery
 from app.audit.syslog import SyslogSender
 from app.auth.principal import Access, Permission
-from app.services.ports import Index, Outcome, StoredInstance, StoredMetadata
+from app.services.ports import AddResult, Index, Outcome, StoredInstance, StoredMetadata
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,30 @@ def per_study(
     return events
 
 
-def audit_outcome(event: AuditEvent, outcome: Outcome) -> AuditEvent:
+# Our own words: neither names the patients (the event names the instance's own).
+PATIENT_MISMATCH_REFUSED = (
+    "the study belongs to another patient (Patient ID or Issuer of Patient ID differ); "
+    "nothing changed"
+)
+PATIENT_MISMATCH_ACCEPTED = (
+    "stored into a study of another patient (Patient ID or Issuer of Patient ID differ), "
+    "as PACS_PATIENT_MISMATCH=warn allows"
+)
+
+
+def audit_outcome(event: AuditEvent, added: AddResult) -> AuditEvent:
     """The audit event of storing an instance, for what the index made of it: a
-    replacement is an update, a conflict a failure; storing identical bytes again changes
-    nothing but is still a transfer that succeeded."""
+    replacement is an update, a conflict or a study of another patient a failure; storing
+    identical bytes again changes nothing but is still a transfer that succeeded."""
+    outcome = added.outcome
+    if outcome is Outcome.PATIENT_MISMATCH:
+        return replace(
+            event,
+            outcome=EventOutcome.MINOR_FAILURE,
+            reason=PATIENT_MISMATCH_REFUSED,
+        )
+    if added.patient_mismatch:
+        event = replace(event, reason=PATIENT_MISMATCH_ACCEPTED)
     if outcome is Outcome.REPLACED:
         return replace(event, action_code=EventActionCode.UPDATE)
     if outcome is Outcome.CONFLICT:

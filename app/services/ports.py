@@ -70,6 +70,9 @@ class Outcome(StrEnum):
     IDENTICAL = "identical"  # same SOP Instance UID and same bytes were already stored
     CONFLICT = "conflict"  # same SOP Instance UID with other content; nothing changed
     REPLACED = "replaced"  # same SOP Instance UID with other content, overwritten
+    # The study it would join belongs to another patient (its Patient ID or Issuer of
+    # Patient ID differ) and the caller did not allow that: nothing changed.
+    PATIENT_MISMATCH = "patient_mismatch"
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,14 @@ class AddResult:
     orphan_blob_key: str | None = None
     # The audit event kept in the same transaction (see `Index.add_instance`).
     audit: AuditEvent | None = None
+    # Stored (as allowed by the caller) into a study that belongs to another patient.
+    patient_mismatch: bool = False
 
 
-# What the index keeps as the audit event of storing an instance, for the outcome it
-# found (app/services/audit.py: audit_outcome): decided by the service, kept by the index
-# in the instance's transaction.
-AuditFor = Callable[["Outcome"], AuditEvent]
+# What the index keeps as the audit event of storing an instance, for what it made of it
+# (app/services/audit.py: audit_outcome): decided by the service, kept by the index in the
+# instance's transaction.
+AuditFor = Callable[["AddResult"], AuditEvent]
 
 
 @dataclass(frozen=True)
@@ -111,11 +116,18 @@ class Index(Protocol):
         *,
         overwrite: bool,
         audit: AuditFor | None = None,
+        allow_patient_mismatch: bool = False,
     ) -> AddResult:
         """Index an instance of `tenant` whose blob is already stored, atomically with its
         counts. `audit`, when given, makes the event of the outcome, which is kept in the
         same transaction whatever the outcome (committed with the instance or not at
-        all); the result carries the event as kept."""
+        all); the result carries the event as kept.
+
+        An instance whose patient (Patient ID and Issuer of Patient ID) differs from the
+        patient of the study it joins is PATIENT_MISMATCH, nothing changed; with
+        `allow_patient_mismatch` it is stored into the study (which keeps its patient) and
+        the result says `patient_mismatch`. Decided in the write transaction, so two
+        concurrent first instances of one study cannot both create it for their patient."""
         ...
 
     async def search(self, tenant: str, query: Query) -> list[SearchHit]: ...

@@ -29,7 +29,7 @@ from typing import BinaryIO
 from app.audit.event import AuditEvent, EventOutcome
 from app.auth.principal import Access, Permission
 from app.dicom.instance import ParsedInstance
-from app.dicom.parse import DicomParseError, parse_instance
+from app.dicom.parse import DicomParseError, UnsupportedTransferSyntax, parse_instance
 from app.services.audit import AuditService, audit_outcome
 from app.services.ports import BlobStore, Index, InstanceRecord, Outcome, blob_key
 
@@ -43,7 +43,12 @@ class FailureReason(IntEnum):
     DUPLICATE_SOP_INSTANCE = 0x0111
     OUT_OF_RESOURCES = 0xA700
     CANNOT_UNDERSTAND = 0xC000
+    # "Referenced Transfer Syntax not supported" (PS3.18 STOW-RS failure reasons).
+    TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
     STUDY_UID_MISMATCH = 0xC409
+    # The study belongs to another patient. A Cxxx ("Cannot understand") code, like C409:
+    # a permanent error a sender must not retry (A7xx would invite a retry).
+    PATIENT_MISMATCH = 0xC40A
     # Warnings
     COERCION_OF_DATA_ELEMENTS = 0xB000
     ELEMENTS_DISCARDED = 0xB006
@@ -77,12 +82,15 @@ class StoreService:
         audit: AuditService,
         *,
         overwrite: bool = False,
+        allow_patient_mismatch: bool = False,
     ) -> None:
         self.index = index
         self.blobs = blobs
         self.audit = audit
         self.spool_dir = spool_dir
         self.overwrite = overwrite
+        # PACS_PATIENT_MISMATCH=warn: store into a study of another patient, with a warning.
+        self.allow_patient_mismatch = allow_patient_mismatch
         spool_dir.mkdir(parents=True, exist_ok=True)
 
     def discard_stale_spool(self) -> int:
@@ -205,6 +213,15 @@ class StoreService:
     ) -> StoreResult:
         moved = False
         try:
+            if isinstance(parsed, UnsupportedTransferSyntax):
+                refused = StoreResult(
+                    False,
+                    sop_class_uid=parsed.sop_class_uid,
+                    sop_instance_uid=parsed.sop_instance_uid,
+                    reason=FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED,
+                    message=str(parsed),
+                )
+                return self._refused(audit, refused)
             if isinstance(parsed, DicomParseError):
                 return self._refused(
                     audit,
@@ -268,7 +285,11 @@ class StoreService:
         )
         try:
             added = await self.index.add_instance(
-                tenant, record, overwrite=self.overwrite, audit=partial(audit_outcome, event)
+                tenant,
+                record,
+                overwrite=self.overwrite,
+                audit=partial(audit_outcome, event),
+                allow_patient_mismatch=self.allow_patient_mismatch,
             )
         except BaseException as exc:
             await self.blobs.delete(key)
@@ -284,7 +305,7 @@ class StoreService:
             raise
         if added.audit is not None:
             self.audit.forward(added.audit)
-        if added.outcome in (Outcome.IDENTICAL, Outcome.CONFLICT):
+        if added.outcome in (Outcome.IDENTICAL, Outcome.CONFLICT, Outcome.PATIENT_MISMATCH):
             await self.blobs.delete(key)
         if added.orphan_blob_key:
             await self.blobs.delete(added.orphan_blob_key)
@@ -295,8 +316,21 @@ class StoreService:
                 f"an instance with SOPInstanceUID {parsed.sop_instance_uid} and different "
                 "content is already stored"
             )
+        elif added.outcome is Outcome.PATIENT_MISMATCH:
+            result.ok = False
+            result.reason = FailureReason.PATIENT_MISMATCH
+            # Neither patient's values: the stored one is not the sender's to learn.
+            result.message = (
+                f"the study {parsed.study_instance_uid} belongs to another patient: this "
+                "instance's PatientID or IssuerOfPatientID differs from the study's"
+            )
         elif added.outcome is Outcome.REPLACED:
             result.warnings.append("replaced the instance stored with this SOPInstanceUID")
+        if added.patient_mismatch:
+            result.warnings.append(
+                "stored into a study of another patient (PatientID or IssuerOfPatientID "
+                "differs from the study's)"
+            )
         log.debug("store %s: %s", parsed.sop_instance_uid, added.outcome)
 
 

@@ -26,10 +26,15 @@ DICOM_JSON = "application/dicom+json"
 
 
 async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body, failing once it passes `limit` bytes. The bytes up to the limit are passed
+    on first, so that which parts get stored does not depend on how the network cut the
+    body into chunks: exactly those that end (with their delimiter) within the limit."""
     received = 0
     async for chunk in request.stream():
         received += len(chunk)
         if limit and received > limit:
+            if within := len(chunk) - (received - limit):
+                yield chunk[:within]
             raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
         if chunk:
             yield chunk
@@ -123,6 +128,23 @@ async def _store_parts(
             raise  # nothing processed: the request as a whole is malformed (400)
         # Parts already stored stay stored; report the broken remainder as a failure.
         results.append(StoreResult(False, reason=FailureReason.CANNOT_UNDERSTAND, message=str(exc)))
+    except PayloadTooLarge as exc:
+        # A chunked body passed the limit while streaming. Parts before it are stored (each
+        # is indexed as it arrives, so that memory stays bounded): they are listed, with
+        # the part being received as a failure, instead of a 413 that hides them. Nothing
+        # stored yet: the 413 says everything.
+        if not any(r.ok for r in results):
+            raise
+        # The limit may trip inside a part or between two (looking for the next one).
+        cut = number + 1 if len(results) == number else number
+        results.append(
+            StoreResult(
+                False,
+                # "Refused: out of resources": the sender may resend the rest in smaller requests.
+                reason=FailureReason.OUT_OF_RESOURCES,
+                message=f"{exc}: part {cut} and any after it were not stored",
+            )
+        )
     if not results:
         raise MultipartError("the multipart body contains no parts")
 

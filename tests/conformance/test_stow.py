@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 import time
 import uuid
@@ -12,7 +13,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import pydicom
 import pytest
+from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, generate_uid
 
 from tests.conformance.helpers import (
@@ -24,6 +27,7 @@ from tests.conformance.helpers import (
     REFERENCED_SOP_INSTANCE,
     REFERENCED_SOP_SEQUENCE,
     RETRIEVE_URL,
+    WARNING_REASON,
     error_message,
     items,
     multipart_body,
@@ -33,12 +37,15 @@ from tests.conformance.helpers import (
     value,
     values,
 )
-from tests.support.dicom_factory import make_file
+from tests.support.dicom_factory import make_dataset, make_file
 from tests.support.server import running_server
 
 MULTIPART_DICOM = "multipart/related; type=application/dicom"
 CANNOT_UNDERSTAND = 0xC000
 STUDY_UID_MISMATCH = 0xC409
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+PATIENT_MISMATCH = 0xC40A
+COERCION_OF_DATA_ELEMENTS = 0xB000
 DUPLICATE_SOP_INSTANCE = 0x0111
 
 
@@ -272,6 +279,44 @@ def test_all_parts_bad_is_409(http: httpx.Client) -> None:
         _error_comment(item)
 
 
+def _file_in_syntax(syntax: str, **attrs: Any) -> bytes:
+    """A Part 10 file whose meta names `syntax`; the dataset is explicit VR little endian."""
+    ds = make_dataset(**attrs)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = syntax
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_unknown_transfer_syntax_is_refused_not_stored(http: httpx.Client) -> None:
+    # It was stored with 200; its thumbnail then answered 501 and C-GET could not send it.
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    patient = token()
+    unknown = _file_in_syntax("1.2.3.4.5", study=study, series=series, sop=sop, PatientID=patient)
+    alone = http.post("/studies", content=unknown, headers={"Content-Type": "application/dicom"})
+    assert alone.status_code == 409, alone.text
+    [failed] = _failed(alone.json())
+    assert value(failed, FAILURE_REASON) == TRANSFER_SYNTAX_NOT_SUPPORTED == 49442
+    assert "1.2.3.4.5" in _error_comment(failed)
+    # Beside a good instance: 202, the good one stored, the other listed as failed.
+    good_sop = generate_uid()
+    good = make_file(study=study, series=series, sop=good_sop, PatientID=patient)
+    response = stow(http, [unknown, good])
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert [value(i, REFERENCED_SOP_INSTANCE) for i in _referenced(body)] == [good_sop]
+    [failed] = _failed(body)
+    assert value(failed, REFERENCED_SOP_INSTANCE) == sop
+    assert value(failed, FAILURE_REASON) == TRANSFER_SYNTAX_NOT_SUPPORTED
+    assert _get_instance(http, study, series, sop).status_code == 404
+    assert _study_counts(http, study)["instances"] == 1
+    thumbnail = http.get(f"/studies/{study}/thumbnail", headers={"Accept": "image/jpeg"})
+    assert thumbnail.status_code == 200, thumbnail.text
+
+
 def test_body_that_breaks_after_a_stored_part_keeps_it(http: httpx.Client) -> None:
     study, series, sop = generate_uid(), generate_uid(), generate_uid()
     patient = token()
@@ -387,6 +432,45 @@ def test_different_content_with_stored_sop_uid_is_refused(http: httpx.Client) ->
     assert retrieved.status_code == 200
     assert retrieved.content == original
     assert _study_counts(http, study)["instances"] == 1
+
+
+def test_instance_of_another_patient_is_refused_from_the_study(http: httpx.Client) -> None:
+    # It was stored with 200, no warning: the study then held two patients' images.
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    owner, intruder = token(), token()
+    stow_ok(http, [make_file(study=study, series=series, PatientID=owner)])
+    other = make_file(study=study, series=series, sop=sop, PatientID=intruder)
+    response = http.post("/studies", content=other, headers={"Content-Type": "application/dicom"})
+    assert response.status_code == 409, response.text
+    [failed] = _failed(response.json())
+    assert value(failed, REFERENCED_SOP_INSTANCE) == sop
+    assert value(failed, FAILURE_REASON) == PATIENT_MISMATCH
+    comment = _error_comment(failed)
+    assert "another patient" in comment
+    assert owner not in comment  # the stored patient is not the sender's to learn
+    assert _get_instance(http, study, series, sop).status_code == 404
+    assert _study_counts(http, study)["instances"] == 1
+    assert http.get("/studies", params={"PatientID": intruder}).json() == []
+
+
+def test_instance_of_another_patient_is_stored_with_a_warning_when_configured(
+    tmp_path: Path,
+) -> None:
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    with (
+        running_server(tmp_path / "data", env={"PACS_PATIENT_MISMATCH": "warn"}) as url,
+        httpx.Client(base_url=f"{url}/dicomweb", timeout=30) as http,
+    ):
+        stow_ok(http, [make_file(study=study, series=series, PatientID="OWNER")])
+        other = make_file(study=study, series=series, sop=sop, PatientID="INTRUDER")
+        response = stow(http, [other])
+        assert response.status_code == 200, response.text
+        [item] = _referenced(response.json())
+        assert value(item, REFERENCED_SOP_INSTANCE) == sop
+        assert value(item, WARNING_REASON) == COERCION_OF_DATA_ELEMENTS
+        assert "another patient" in _error_comment(item)
+        assert _get_instance(http, study, series, sop).content == other
+        assert _study_counts(http, study)["instances"] == 2
 
 
 def _blob_files(data: Path) -> list[Path]:
@@ -511,6 +595,61 @@ def test_parts_over_the_limit_after_stored_ones_are_listed_not_lost(tmp_path: Pa
         failed = _failed(response.json())
         assert len(failed) == 1, failed
         assert "more than 4 parts" in _error_comment(failed[0])
+
+
+OUT_OF_RESOURCES = 0xA700
+
+
+def test_chunked_request_over_the_limit_lists_the_parts_it_stored(tmp_path: Path) -> None:
+    # It answered 413 although the parts before the limit were stored: the client never
+    # learned of them. Now they are listed (202) and the part cut off is named as failed.
+    data_dir = tmp_path / "data"
+    study, patient = generate_uid(), "OVER-LIMIT"
+    files = [make_file(study=study, PatientID=patient, rows=128, columns=128) for _ in range(5)]
+    sops = [pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID for f in files]
+    boundary = "lim" + token()
+    body = multipart_body(files, boundary)
+    limit = len(body) * 5 // 11  # inside the third part
+    content_type = f"multipart/related; type=application/dicom; boundary={boundary}"
+
+    def chunks(
+        data: bytes,
+    ) -> Iterator[bytes]:  # no Content-Length: the limit applies while streaming
+        for start in range(0, len(data), 4096):
+            yield data[start : start + 4096]
+
+    with (
+        running_server(data_dir, env={"PACS_MAX_REQUEST_BYTES": str(limit)}) as url,
+        httpx.Client(base_url=f"{url}/dicomweb", timeout=30) as http,
+    ):
+        response = http.post(
+            "/studies", content=chunks(body), headers={"Content-Type": content_type}
+        )
+        assert response.status_code == 202, response.text
+        result = response.json()
+        stored = [value(i, REFERENCED_SOP_INSTANCE) for i in _referenced(result)]
+        # Exactly the parts that end within the limit, however the body arrived.
+        assert stored == sops[:2]
+        [failed] = _failed(result)
+        assert value(failed, FAILURE_REASON) == OUT_OF_RESOURCES
+        comment = _error_comment(failed)
+        assert str(limit) in comment
+        assert "part 3 and any after it" in comment
+        found = http.get("/instances", params={"PatientID": patient}).json()
+        assert sorted(value(i, "00080018") for i in found) == sorted(stored)
+        # Over the limit from its first part: nothing stored, a plain 413.
+        first_big = multipart_body(
+            [make_file(PatientID="FIRST-BIG", rows=256, columns=256)], boundary
+        )
+        assert len(first_big) > limit
+        refused = http.post(
+            "/studies", content=chunks(first_big), headers={"Content-Type": content_type}
+        )
+        assert refused.status_code == 413, refused.text
+        assert str(limit) in error_message(refused)
+        assert http.get("/instances", params={"PatientID": "FIRST-BIG"}).json() == []
+    assert _spool_files(data_dir) == []
+    assert len(_blob_files(data_dir)) == len(stored)
 
 
 # --- nothing lost, nothing left behind --------------------------------------------------------

@@ -230,6 +230,45 @@ def test_cstore_corrupt_dataset_cannot_be_understood(assoc: Association, tmp_pat
     assert len(status.ErrorComment) <= 64
 
 
+def test_cstore_in_an_unknown_transfer_syntax_is_refused(pacs: Pacs, tmp_path: Path) -> None:
+    # STOW-RS stored such objects (their thumbnail then failed). Over DIMSE the same rule
+    # (STORABLE in app/dicom/transfer_syntax.py) refuses the presentation context itself,
+    # so no C-STORE can carry such a dataset (pynetdicom would not even encode one).
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CTImageStorage, ["1.2.3.4.5"])
+    ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.4.52"])  # retired JPEG
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", pacs.port, ae_title="PACS")
+    assert assoc.is_established
+    try:
+        refused = {str(cx.transfer_syntax[0]): cx.result for cx in assoc.rejected_contexts}
+        # 4: transfer syntaxes not supported (PS3.8 9.3.3.2)
+        assert refused == {"1.2.3.4.5": 0x04, "1.2.840.10008.1.2.4.52": 0x04}
+        [accepted] = assoc.accepted_contexts
+        assert accepted.transfer_syntax == [ExplicitVRLittleEndian]
+        assert assoc.send_c_store(write(tmp_path, make_file())).Status == 0x0000
+    finally:
+        assoc.release()
+
+
+@pytest.mark.usefixtures("chunked_sending")
+def test_cstore_of_another_patient_into_a_study_is_refused(
+    pacs: Pacs, assoc: Association, tmp_path: Path
+) -> None:
+    # It was stored with 0000: the study then held two patients' images.
+    study, series = generate_uid(), generate_uid()
+    owner = make_file(study=study, series=series, PatientID="OWNER-CSTORE")
+    assert assoc.send_c_store(write(tmp_path, owner)).Status == 0x0000
+    other = make_dataset(study=study, series=series, PatientID="INTRUDER-CSTORE")
+    status = assoc.send_c_store(write(tmp_path, to_bytes(other)))
+    assert status.Status == 0xC40A  # a Cannot understand (Cxxx) failure: not worth a retry
+    assert "another patient" in status.ErrorComment
+    assert "OWNER" not in status.ErrorComment
+    with httpx.Client(base_url=f"{pacs.url}/dicomweb") as http:
+        found = http.get("/instances", params={"StudyInstanceUID": study}).json()
+    assert len(found) == 1
+
+
 @pytest.mark.usefixtures("chunked_sending")
 def test_cstore_coerced_values_give_a_warning(assoc: Association, tmp_path: Path) -> None:
     ds = make_dataset()

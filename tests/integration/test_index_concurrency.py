@@ -213,3 +213,35 @@ async def test_concurrent_overwrites_across_studies(
     finally:
         for node in nodes:
             await node.close()
+
+
+async def test_concurrent_first_instances_of_two_patients_never_mix_in_one_study(
+    backend: Backend, records: Records
+) -> None:
+    """Instances of one new study but two patients arrive at once on two nodes: whoever
+    creates the study decides its patient, and every instance of the other is refused."""
+    study = generate_uid()
+    calls = [(records.make(study=study, PatientID=f"PAT-{i % 2}"), False) for i in range(20)]
+    nodes = [await backend.open(), await backend.open()]
+    try:
+        results = await add_all(nodes, calls)
+        stored = {
+            record.metadata["00100020"]["Value"][0]
+            for (record, _), result in zip(calls, results, strict=True)
+            if result.outcome is Outcome.STORED
+        }
+        assert len(stored) == 1, stored
+        assert Counter(result.outcome for result in results) == {
+            Outcome.STORED: 10,
+            Outcome.PATIENT_MISMATCH: 10,
+        }
+        hits = await nodes[0].search(TENANT, parse_qido([], Level.PATIENT))
+        assert [
+            (hit.patient["00100020"]["Value"][0], hit.computed[NUMBER_OF_PATIENT_RELATED_STUDIES])
+            for hit in hits
+            if hit.patient
+        ] == [(stored.pop(), 1)]
+        assert len(await nodes[1].instances(TENANT, study)) == 10
+    finally:
+        for node in nodes:
+            await node.close()

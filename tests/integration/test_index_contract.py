@@ -297,3 +297,71 @@ async def test_two_tenants_hold_the_same_uids_as_different_objects(
     assert result == AddResult(Outcome.REPLACED, orphan_blob_key=ours.blob_key)
     assert await index.instances(OTHER_TENANT, study) == [stored_part(theirs)]
     assert await descriptions(index, OTHER_TENANT, Level.STUDY) == ["theirs"]
+
+
+# -- patient consistency -----------------------------------------------------------------
+
+
+async def test_an_instance_of_another_patient_is_refused_from_the_study(
+    index: Index, records: Records
+) -> None:
+    # It was stored with 200: the study then held two patients' images.
+    study = generate_uid()
+    first = records.make(study=study, PatientID="PAT-A")
+    assert await add(index, first) == AddResult(Outcome.STORED)
+    other_id = records.make(study=study, PatientID="PAT-B")
+    assert await add(index, other_id) == AddResult(Outcome.PATIENT_MISMATCH)
+    other_issuer = records.make(study=study, PatientID="PAT-A", IssuerOfPatientID="ELSEWHERE")
+    assert await add(index, other_issuer) == AddResult(Outcome.PATIENT_MISMATCH)
+    # Nothing changed: no instance, and no patient row for the refused one either.
+    assert await index.instances(TENANT, study) == [stored_part(first)]
+    assert await patient_ids(index) == {"PAT-A": 1}
+    same = records.make(study=study, PatientID="PAT-A")
+    assert await add(index, same) == AddResult(Outcome.STORED)
+    # Another tenant's study with the same UID is another study.
+    assert await index.add_instance("clinic-b", other_id, overwrite=False) == AddResult(
+        Outcome.STORED
+    )
+
+
+async def test_an_instance_of_another_patient_can_be_allowed_into_the_study(
+    index: Index, records: Records
+) -> None:
+    study = generate_uid()
+    first = records.make(study=study, PatientID="PAT-A")
+    await add(index, first)
+    other = records.make(study=study, PatientID="PAT-B")
+    added = await index.add_instance(TENANT, other, overwrite=False, allow_patient_mismatch=True)
+    assert added == AddResult(Outcome.STORED, patient_mismatch=True)
+    assert len(await index.instances(TENANT, study)) == 2
+    # The study keeps its patient.
+    hits = await index.search(TENANT, parse_qido([("PatientID", "PAT-A")], Level.STUDY))
+    assert [hit.computed[NUMBER_OF_STUDY_RELATED_INSTANCES] for hit in hits] == [2]
+    same = records.make(study=study, PatientID="PAT-A")
+    assert await index.add_instance(
+        TENANT, same, overwrite=False, allow_patient_mismatch=True
+    ) == AddResult(Outcome.STORED)
+
+
+async def test_a_refused_overwrite_of_another_patient_keeps_the_stored_instance(
+    index: Index, records: Records
+) -> None:
+    study, sop = generate_uid(), generate_uid()
+    first = records.make(study=study, sop=sop, PatientID="PAT-A", seed=1)
+    neighbour = records.make(study=study, PatientID="PAT-A")
+    await add(index, first)
+    await add(index, neighbour)
+    # The replacement would remove the stored instance before joining the study: undone.
+    changed = records.make(study=study, sop=sop, PatientID="PAT-B", seed=2)
+    assert await add(index, changed, overwrite=True) == AddResult(Outcome.PATIENT_MISMATCH)
+    assert sorted(i.sha256 for i in await index.instances(TENANT, study)) == sorted(
+        [first.sha256, neighbour.sha256]
+    )
+    assert await patient_ids(index) == {"PAT-A": 1}
+    # Correcting the patient of a study's only instance replaces the study's patient.
+    lone_study, lone_sop = generate_uid(), generate_uid()
+    await add(index, records.make(study=lone_study, sop=lone_sop, PatientID="PAT-C", seed=1))
+    corrected = records.make(study=lone_study, sop=lone_sop, PatientID="PAT-D", seed=2)
+    result = await add(index, corrected, overwrite=True)
+    assert result.outcome is Outcome.REPLACED
+    assert not result.patient_mismatch

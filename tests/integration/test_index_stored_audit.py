@@ -151,3 +151,42 @@ async def test_without_an_event_nothing_is_kept(index: Index, records: Records) 
     added = await index.add_instance(TENANT, record, overwrite=False)
     assert added.audit is None
     assert await trail(index, record) == []
+
+
+async def test_an_instance_of_another_patient_keeps_a_failure_event(
+    index: Index, records: Records
+) -> None:
+    """Refused, only its event is kept (a minor failure naming the instance's own patient);
+    allowed, the stored instance's event says it joined another patient's study."""
+    first = records.make(PatientID="PAT-OWNER")
+    await index.add_instance(
+        TENANT, first, overwrite=False, audit=partial(audit_outcome, transferred(first))
+    )
+    other = records.make(study=first.study_instance_uid, PatientID="PAT-OTHER")
+    refused = await index.add_instance(
+        TENANT, other, overwrite=False, audit=partial(audit_outcome, transferred(other))
+    )
+    assert refused.outcome is Outcome.PATIENT_MISMATCH
+    assert refused.audit is not None
+    assert refused.audit.outcome is EventOutcome.MINOR_FAILURE
+    assert "another patient" in refused.audit.reason
+    assert "PAT-OWNER" not in refused.audit.reason
+    allowed = await index.add_instance(
+        TENANT,
+        other,
+        overwrite=False,
+        audit=partial(audit_outcome, transferred(other)),
+        allow_patient_mismatch=True,
+    )
+    assert allowed.outcome is Outcome.STORED
+    assert allowed.patient_mismatch
+    assert allowed.audit is not None
+    assert allowed.audit.outcome is EventOutcome.SUCCESS
+    assert "another patient" in allowed.audit.reason
+    kept = await trail(index, first)
+    assert [(e.outcome, e.patient_id) for e in kept] == [
+        (EventOutcome.SUCCESS, "PAT-OWNER"),
+        (EventOutcome.MINOR_FAILURE, "PAT-OTHER"),
+        (EventOutcome.SUCCESS, "PAT-OTHER"),
+    ]
+    assert len(await index.instances(TENANT, first.study_instance_uid)) == 2

@@ -58,3 +58,10 @@ def test_sign_in_settings() -> None:
 def test_bad_sign_in_settings_are_one_clear_line(env: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Settings.from_env(env)
+
+
+def test_patient_mismatch_is_refuse_or_warn() -> None:
+    assert Settings.from_env({}).patient_mismatch == "refuse"
+    assert Settings.from_env({"PACS_PATIENT_MISMATCH": "warn"}).patient_mismatch == "warn"
+    with pytest.raises(ValueError, match="PACS_PATIENT_MISMATCH"):
+        Settings.from_env({"PACS_PATIENT_MISMATCH": "accept"})

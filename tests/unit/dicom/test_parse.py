@@ -33,7 +33,7 @@ from pydicom.uid import (
 
 from app.dicom import parse as parse_module
 from app.dicom.instance import BULK_BASE, ParsedInstance
-from app.dicom.parse import DicomParseError, parse_instance
+from app.dicom.parse import DicomParseError, UnsupportedTransferSyntax, parse_instance
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 SERIES = "1.2.826.0.1.3680043.8.498.1.1"
@@ -210,6 +210,37 @@ def test_file_errors(tmp_path: Path, content: bytes, message: str) -> None:
     with pytest.raises(DicomParseError) as error:
         parse_instance(path)
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        "1.2.3.4.5",  # made up (the example)
+        "1.2.840.10008.1.2.4.52",  # retired JPEG Extended (Process 3 & 5)
+        "1.2.840.10008.1.2.7.1",  # SMPTE ST 2110-20 live video, not a stored object
+    ],
+)
+def test_unknown_transfer_syntax_is_refused_before_the_dataset_is_read(
+    tmp_path: Path, syntax: str
+) -> None:
+    # Stored with such a syntax, an object was found by QIDO but its thumbnail was 501 and
+    # C-GET could not send it: nothing downstream reads an encoding it does not know.
+    ds = image()
+    del ds.PixelData  # a compressed syntax would need it encapsulated
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = syntax
+    path = tmp_path / "x.dcm"
+    pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    with pytest.raises(UnsupportedTransferSyntax) as error:
+        parse_instance(path)
+    assert str(error.value) == (
+        f"TransferSyntaxUID {syntax} is not a standard transfer syntax this archive stores"
+    )
+    # Named from the file meta, for the STOW response's Failed SOP Sequence.
+    assert error.value.sop_instance_uid == INSTANCE
+    assert error.value.sop_class_uid == SecondaryCaptureImageStorage
 
 
 def test_deflated_truncated(tmp_path: Path) -> None:
