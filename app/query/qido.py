@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from app.dicom.levels import SHARED_TAGS, Level
+from app.integers import INT64, IntegerError, parse_int
 from app.query.matching import (
     QueryError,
     condition_for,
@@ -54,8 +55,10 @@ def parse_qido(
     for raw_key, value in params:
         key = raw_key.strip()
         name = key.lower()
-        if not key or name in _NEGOTIATION:
-            continue  # empty keys come from "?&..." (Weasis)
+        if not key:  # "?&..." (Weasis) gives no pair at all; "?=1" is a malformed one
+            raise QueryError("a query parameter has no name (nothing before its '=')")
+        if name in _NEGOTIATION:
+            continue
         if name == "includefield":
             include_all |= _include_fields(value, include)
         elif name in ("limit", "offset", "fuzzymatching") or name in _UNSUPPORTED:
@@ -100,10 +103,12 @@ def _flag(reserved: Mapping[str, str], name: str) -> bool:
 
 
 def _uint(reserved: Mapping[str, str], name: str) -> int:
-    value = reserved.get(name, "0").strip()
-    if not (value.isascii() and value.isdigit()):
-        raise QueryError(f"{name} must be a non-negative integer, not {reserved[name]!r}")
-    return int(value)
+    """`limit` or `offset`: ASCII digits up to the backends' 64-bit LIMIT and OFFSET."""
+    try:
+        return parse_int(reserved.get(name, "0"), 0, INT64[1])
+    except IntegerError as exc:
+        must = "a non-negative integer" if exc.value is None else f"at most {INT64[1]}"
+        raise QueryError(f"{name} must be {must}, not {reserved[name]!r}") from None
 
 
 def _conditions(
