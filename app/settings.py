@@ -52,6 +52,12 @@ class Settings:
     overwrite: bool = False
     qido_default_limit: int = 100
     qido_max_limit: int = 1000
+    # Largest image /rendered, /thumbnail and WADO-URI may produce, in pixels (vw x vh,
+    # rows x columns): rendering holds it whole in memory, so a request cannot ask for more.
+    max_rendered_pixels: int = 4096 * 4096
+    # Most frame numbers in one frames/ or rendered frames/ request (duplicates are refused,
+    # so a request names each frame once); a whole cine is the instance's own resource.
+    max_frames_per_request: int = 1000
     # Largest STOW request body accepted, in bytes (0: no limit). Bodies stream to disk.
     max_request_bytes: int = 0
     # Comma-separated origins allowed by CORS; "*" allows any.
@@ -124,6 +130,10 @@ class Settings:
             raise ValueError(f"PACS_DIMSE_PORT / --dimse-port: {self.dimse_port} is not a port")
         if self.dimse_max_associations < 1:
             raise ValueError("PACS_DIMSE_MAX_ASSOCIATIONS: must be at least 1")
+        if self.max_rendered_pixels < 1:
+            raise ValueError("PACS_MAX_RENDERED_PIXELS: must be at least 1")
+        if self.max_frames_per_request < 1:
+            raise ValueError("PACS_MAX_FRAMES_PER_REQUEST: must be at least 1")
         for ae in self.dimse_allowed_ae_titles:
             _check_ae_title(ae, "PACS_DIMSE_ALLOWED_AES / --dimse-allow")
         _ = self.move_destination_map

@@ -40,7 +40,10 @@ def _archive(request: Request) -> Archive:
 def _options(request: Request, *, allow_gif: bool) -> RenderOptions:
     try:
         return parse_render_options(
-            request.query_params, request.headers.get("accept"), allow_gif=allow_gif
+            request.query_params,
+            request.headers.get("accept"),
+            allow_gif=allow_gif,
+            max_pixels=_archive(request).settings.max_rendered_pixels,
         )
     except NotRenderable as exc:
         raise NotAcceptable(str(exc)) from exc
@@ -106,7 +109,7 @@ async def retrieve_rendered(request: Request) -> Response:
 async def retrieve_rendered_frames(request: Request) -> Response:
     archive = _archive(request)
     access = request_access(request)
-    numbers = frame_numbers(request.path_params["frames"])
+    numbers = frame_numbers(request.path_params["frames"], archive.settings.max_frames_per_request)
     instances = await _instances(request, access)
     options = _options(request, allow_gif=True)
     source = await archive.imaging.open(access, instances[0])
@@ -142,7 +145,9 @@ async def retrieve_thumbnail(request: Request) -> Response:
         size = max(1, min(options.viewport.width, options.viewport.height))
     source = await archive.imaging.open(access, _representative(instances))
     if "frames" in request.path_params:
-        numbers = frame_numbers(request.path_params["frames"])
+        numbers = frame_numbers(
+            request.path_params["frames"], archive.settings.max_frames_per_request
+        )
         archive.imaging.check_frames(source, numbers[:1])
         fitted = replace(options, viewport=Viewport(size, size), annotation=frozenset())
         data = await archive.imaging.rendered(source, numbers[:1], fitted)
