@@ -2,7 +2,9 @@
 
 Matching follows PS3.4 C.2.2.2 by VR. Decisions the standard leaves open:
 - `limit=0` means "not given" (the default limit): a page of zero results is useless and
-  the ABNF allows 0. Limits above `max_limit` are clamped, not rejected.
+  the ABNF allows 0. Limits above `max_limit` are clamped, not rejected; `limit` and
+  `offset` beyond 2^63-1 (the backends' LIMIT/OFFSET) are rejected.
+- A parameter without a name (`?=1`) is rejected like an unknown one.
 - A path UID (`scope`) and a query key on the same attribute are both kept, so the result
   is their intersection: a different StudyInstanceUID simply matches nothing.
 - `emptyvaluematching=true` and `multiplevaluematching=true` are unsupported and listed in
