@@ -1,23 +1,26 @@
-"""Integers read from requests: ASCII digits only, within a stated range.
+"""Integers (and decimal numbers) read from requests: ASCII digits only, within a range.
 
 Python's int() also reads other scripts' digits ("١" is 1), underscores ("1_0") and
 thousands of digits (slowly, then a ValueError); a URL or a query value that spells a number
 so is not a number the standard allows. Every integer the archive parses from a request
 goes through `parse_int`, which bounds it too, so that no value reaches SQL or an allocation
-outside the range its caller states.
+outside the range its caller states; every decimal number through `parse_decimal`.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
-__all__ = ["INT32", "INT64", "IntegerError", "parse_int"]
+__all__ = ["INT32", "INT64", "IntegerError", "parse_decimal", "parse_int"]
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 
 # An optional sign and ASCII digits; leading zeros aside, 40 digits exceed any range asked for.
 _INTEGER = re.compile(r"[+-]?0*([0-9]{1,40})")
+# A decimal string (DS, PS3.5 6.2) in ASCII: float() also reads "١", "1_0", "nan" and "inf".
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 class IntegerError(ValueError):
@@ -42,4 +45,12 @@ def parse_int(text: str, low: int, high: int, *, signed: bool = False) -> int:
     number = int(value)
     if not low <= number <= high:
         raise IntegerError(f"expected {low} to {high}", number)
+    return number
+
+
+def parse_decimal(text: str) -> float:
+    """`text` (surrounding spaces allowed) as a finite number. Raises IntegerError."""
+    value = text.strip()
+    if _DECIMAL.fullmatch(value) is None or not math.isfinite(number := float(value)):
+        raise IntegerError("expected a number")
     return number

@@ -7,7 +7,6 @@ Decisions the standard leaves open are listed in `qido.py`.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from datetime import date
@@ -25,7 +24,7 @@ from app.dicom.levels import (
     Level,
     level_of,
 )
-from app.integers import INT32, INT64, IntegerError, parse_int
+from app.integers import INT32, INT64, IntegerError, parse_decimal, parse_int
 from app.query.columns import Kind, normalize, normalize_time
 from app.query.model import Condition, Match
 
@@ -93,7 +92,6 @@ UNIVERSAL_ONLY = frozenset(
 
 _TAG_RE = re.compile(r"[0-9A-Fa-f]{8}")
 _UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
-_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # YYYY[MM[DD[HH[MM[SS[.F{1,6}]]]]]][&ZZXX]: digits, fraction, offset hours and minutes.
 _DT_RE = re.compile(r"([0-9]{4}(?:[0-9]{2}){0,5})(?:\.([0-9]{1,6}))?(?:[+-]([0-9]{2})([0-9]{2}))?")
 
@@ -220,8 +218,11 @@ def _number(key: str, vr: str, value: str) -> str:
                     f"query key {key!r} ({vr}) must be from {low} to {high}, not {value!r}",
                     key=key,
                 ) from None
-    elif _FLOAT_RE.fullmatch(value) and math.isfinite(number := float(value)):
-        return repr(number)
+    else:
+        try:
+            return repr(parse_decimal(value))
+        except IntegerError:
+            pass
     raise QueryError(f"query key {key!r} needs a number ({vr}), not {value!r}", key=key)
 
 

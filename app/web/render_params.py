@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 from app.imaging.display import WINDOW_FUNCTIONS, Window, window_problem
 from app.imaging.render import ANNOTATIONS, RenderOptions, Viewport
-from app.integers import INT32, IntegerError, parse_int
+from app.integers import INT32, IntegerError, parse_decimal, parse_int
 from app.web.negotiation import accept_ranges
 
 ICC_PROFILES = ("no", "yes", "srgb", "adobergb", "rommrgb", "displayp3")  # PS3.18 8.3.5.1.5
@@ -31,12 +30,9 @@ def _parts(name: str, value: str, form: str) -> list[str]:
 
 def _float(name: str, what: str, text: str) -> float:
     try:
-        number = float(text)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number):
-        raise RenderParamError(f"{name}: the {what} must be a number, not {text!r}")
-    return number
+        return parse_decimal(text)
+    except IntegerError:
+        raise RenderParamError(f"{name}: the {what} must be a number, not {text!r}") from None
 
 
 def _int(name: str, what: str, text: str, low: int = INT32[0], high: int = INT32[1]) -> int:

@@ -19,7 +19,7 @@ from app.auth.principal import Access, Permission
 from app.dicom.uid import is_valid_uid
 from app.imaging.display import Window, window_problem
 from app.imaging.render import RENDERED_MEDIA_TYPES, RenderOptions, Viewport
-from app.integers import INT32
+from app.integers import INT32, IntegerError, parse_decimal
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable, Unsupported
 from app.services.ports import StoredInstance
@@ -72,8 +72,8 @@ def _float(query: Mapping[str, str], name: str) -> float | None:
     if raw is None:
         return None
     try:
-        return float(raw)
-    except ValueError:
+        return parse_decimal(raw)
+    except IntegerError:
         raise BadRequest(f"invalid {name}={raw!r}: expected a number") from None
 
 
@@ -110,8 +110,8 @@ def _region(query: Mapping[str, str]) -> tuple[float, float, float, float] | Non
     if raw is None:
         return None
     try:
-        x1, y1, x2, y2 = (float(v) for v in raw.split(","))
-    except ValueError:
+        x1, y1, x2, y2 = (parse_decimal(v) for v in raw.split(","))
+    except ValueError:  # IntegerError too
         raise BadRequest(
             f"invalid region={raw!r}: expected x1,y1,x2,y2 as fractions from 0.0 to 1.0"
         ) from None

@@ -138,6 +138,8 @@ def test_a_frame_listed_twice_is_refused(http: httpx.Client, emri: Stored, resou
         ("rendered", {"viewport": f"{ARABIC_ONE}0,10"}),
         ("rendered", {"quality": f"{ARABIC_ONE}0"}),
         ("rendered", {"viewport": "1_0,10"}),
+        ("rendered", {"window": f"{ARABIC_ONE}00,400"}),
+        ("rendered", {"window": "100,4_00"}),
     ],
 )
 def test_integers_are_ascii_digits(
@@ -157,6 +159,10 @@ def test_wado_uri_integers_are_ascii_digits(server: str, emri: Stored) -> None:
     with httpx.Client(base_url=server, timeout=60) as root:
         for name in ("frameNumber", "rows", "columns", "imageQuality"):
             _refused(root.get("/wado", params={**query, name: ARABIC_ONE}), name)
+        window = {"windowCenter": ARABIC_ONE, "windowWidth": "400"}
+        _refused(root.get("/wado", params={**query, **window}), "windowCenter")
+        region = {"region": f"0,0,{ARABIC_ONE},1"}
+        _refused(root.get("/wado", params={**query, **region}), "region")
 
 
 # -- QIDO-RS on both index backends --------------------------------------------------------
@@ -196,6 +202,8 @@ def qido(
         ("/instances", {"InstanceNumber": str(2**31)}, ["InstanceNumber", str(2**31 - 1)]),
         ("/series", {"SeriesNumber": "-2147483649"}, ["SeriesNumber"]),
         ("/instances", {"InstanceNumber": ARABIC_ONE}, ["InstanceNumber"]),
+        ("/instances", {"SliceThickness": f"{ARABIC_ONE}.5"}, ["SliceThickness"]),
+        ("/instances", {"SliceThickness": "1e400"}, ["SliceThickness"]),
         ("/studies", {"PatientName": "A\x00B"}, ["PatientName", "NUL"]),
         ("/studies", {"StudyDescription": "x\x00"}, ["StudyDescription", "NUL"]),
         ("/studies", {"PatientID": "\x00*"}, ["PatientID", "NUL"]),

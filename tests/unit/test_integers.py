@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.integers import INT32, INT64, IntegerError, parse_int
+from app.integers import INT32, INT64, IntegerError, parse_decimal, parse_int
 
 
 @pytest.mark.parametrize(
@@ -62,3 +62,20 @@ def test_out_of_range_names_the_range_and_keeps_the_value(text: str, value: int)
     with pytest.raises(IntegerError, match=f"^expected {INT32[0]} to {INT32[1]}$") as caught:
         parse_int(text, *INT32, signed=True)
     assert caught.value.value == value
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1", 1.0), (" -2.5 ", -2.5), (".5", 0.5), ("1.", 1.0), ("1e3", 1000.0), ("+4E-1", 0.4)],
+)
+def test_decimals(text: str, value: float) -> None:
+    assert parse_decimal(text) == value
+
+
+@pytest.mark.parametrize(
+    "text", ["\u0661", "\u0661.5", "1_0", "nan", "inf", "-Infinity", "1e400", "", ".", "1e", "0x1"]
+)
+def test_not_decimals(text: str) -> None:
+    """float() reads all of these but the last four; none is a finite ASCII decimal."""
+    with pytest.raises(IntegerError, match=r"^expected a number$"):
+        parse_decimal(text)
