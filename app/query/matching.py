@@ -24,7 +24,7 @@ from app.dicom.levels import (
     Level,
     level_of,
 )
-from app.integers import INT32, INT64, IntegerError, parse_decimal, parse_int
+from app.digits import INT32, INT64, NumberError, parse_decimal, parse_int
 from app.query.columns import Kind, normalize, normalize_time
 from app.query.model import Condition, Match
 
@@ -212,7 +212,7 @@ def _number(key: str, vr: str, value: str) -> str:
         low, high = _INT_RANGES[vr]
         try:
             return str(parse_int(value, low, high, signed=True))
-        except IntegerError as exc:
+        except NumberError as exc:
             if exc.value is not None:  # IS is 32-bit (PS3.5 6.2): a bigger one matches nothing
                 raise QueryError(
                     f"query key {key!r} ({vr}) must be from {low} to {high}, not {value!r}",
@@ -221,7 +221,7 @@ def _number(key: str, vr: str, value: str) -> str:
     else:
         try:
             return repr(parse_decimal(value))
-        except IntegerError:
+        except NumberError:
             pass
     raise QueryError(f"query key {key!r} needs a number ({vr}), not {value!r}", key=key)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from app.dicom.levels import SHARED_TAGS, Level
-from app.integers import INT64, IntegerError, parse_int
+from app.digits import INT64, NumberError, parse_int
 from app.query.matching import (
     QueryError,
     condition_for,
@@ -108,7 +108,7 @@ def _uint(reserved: Mapping[str, str], name: str) -> int:
     """`limit` or `offset`: ASCII digits up to the backends' 64-bit LIMIT and OFFSET."""
     try:
         return parse_int(reserved.get(name, "0"), 0, INT64[1])
-    except IntegerError as exc:
+    except NumberError as exc:
         must = "a non-negative integer" if exc.value is None else f"at most {INT64[1]}"
         raise QueryError(f"{name} must be {must}, not {reserved[name]!r}") from None
 

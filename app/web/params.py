@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from app.integers import IntegerError, parse_int
+from app.digits import NumberError, parse_int
 from app.services.errors import BadRequest
 
 
@@ -15,6 +15,6 @@ def query_int(query: Mapping[str, str], name: str, low: int, high: int) -> int |
         return None
     try:
         return parse_int(raw, low, high, signed=True)  # "-1": the range says what is wrong
-    except IntegerError as exc:
+    except NumberError as exc:
         shown = raw if exc.value is None else exc.value
         raise BadRequest(f"invalid {name}={shown!r}: {exc}") from None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from app.digits import INT32, NumberError, parse_decimal, parse_int
 from app.imaging.display import WINDOW_FUNCTIONS, Window, window_problem
 from app.imaging.render import ANNOTATIONS, RenderOptions, Viewport
-from app.integers import INT32, IntegerError, parse_decimal, parse_int
 from app.web.negotiation import accept_ranges
 
 ICC_PROFILES = ("no", "yes", "srgb", "adobergb", "rommrgb", "displayp3")  # PS3.18 8.3.5.1.5
@@ -31,14 +31,14 @@ def _parts(name: str, value: str, form: str) -> list[str]:
 def _float(name: str, what: str, text: str) -> float:
     try:
         return parse_decimal(text)
-    except IntegerError:
+    except NumberError:
         raise RenderParamError(f"{name}: the {what} must be a number, not {text!r}") from None
 
 
 def _int(name: str, what: str, text: str, low: int = INT32[0], high: int = INT32[1]) -> int:
     try:
         return parse_int(text, low, high, signed=True)
-    except IntegerError as exc:
+    except NumberError as exc:
         must = "be an integer" if exc.value is None else f"be from {low} to {high}"
         raise RenderParamError(f"{name}: {what} must {must}, not {text!r}") from None
 
@@ -101,7 +101,7 @@ def parse_viewport(value: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Viewport
 def parse_quality(value: str) -> int:
     try:
         return parse_int(value, 1, 100)
-    except IntegerError:
+    except NumberError:
         raise RenderParamError(
             f"quality: must be an integer from 1 to 100, not {value!r}"
         ) from None

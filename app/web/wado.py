@@ -13,8 +13,8 @@ from app.auth.principal import Access
 from app.dicom.instance import BULK_BASE, FrameRanges
 from app.dicom.multipart import closing, content_type_header, new_boundary, part_head
 from app.dicom.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE, NATIVE_LITTLE_ENDIAN
+from app.digits import INT32, NumberError, parse_int
 from app.imaging.transcode import Transcoder
-from app.integers import INT32, IntegerError, parse_int
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable
 from app.services.imaging import PixelSource
@@ -247,7 +247,7 @@ def frame_numbers(text: str, limit: int) -> list[int]:
     for item in items:
         try:
             numbers.append(parse_int(item, 1, INT32[1]))
-        except IntegerError:
+        except NumberError:
             raise BadRequest(
                 f"invalid frame list {text!r}: expected frame numbers from 1 in ASCII digits,"
                 " comma-separated"

@@ -17,9 +17,9 @@ from starlette.responses import Response
 from app.audit.event import AuditAction
 from app.auth.principal import Access, Permission
 from app.dicom.uid import is_valid_uid
+from app.digits import INT32, NumberError, parse_decimal
 from app.imaging.display import Window, window_problem
 from app.imaging.render import RENDERED_MEDIA_TYPES, RenderOptions, Viewport
-from app.integers import INT32, IntegerError, parse_decimal
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable, Unsupported
 from app.services.ports import StoredInstance
@@ -73,7 +73,7 @@ def _float(query: Mapping[str, str], name: str) -> float | None:
         return None
     try:
         return parse_decimal(raw)
-    except IntegerError:
+    except NumberError:
         raise BadRequest(f"invalid {name}={raw!r}: expected a number") from None
 
 
@@ -111,7 +111,7 @@ def _region(query: Mapping[str, str]) -> tuple[float, float, float, float] | Non
         return None
     try:
         x1, y1, x2, y2 = (parse_decimal(v) for v in raw.split(","))
-    except ValueError:  # IntegerError too
+    except ValueError:  # NumberError too
         raise BadRequest(
             f"invalid region={raw!r}: expected x1,y1,x2,y2 as fractions from 0.0 to 1.0"
         ) from None

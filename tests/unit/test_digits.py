@@ -1,10 +1,10 @@
-"""app.integers: the one parser of integers from requests (issue 10: int() read "١" as 1)."""
+"""app.digits: the one parser of numbers from requests (issue 10: int() read "١" as 1)."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.integers import INT32, INT64, IntegerError, parse_decimal, parse_int
+from app.digits import INT32, INT64, NumberError, parse_decimal, parse_int
 
 
 @pytest.mark.parametrize(
@@ -40,18 +40,18 @@ def test_integers(text: str, signed: bool, value: int) -> None:
         "--1",
         "1 2",
         "9" * 41,  # more digits than any range: refused before int() converts them
-        "9" * 5000,  # beyond int()'s own 4300-digit limit, still an IntegerError
+        "9" * 5000,  # beyond int()'s own 4300-digit limit, still an NumberError
     ],
 )
 def test_not_integers(text: str) -> None:
-    with pytest.raises(IntegerError, match=r"^expected an integer$") as caught:
+    with pytest.raises(NumberError, match=r"^expected an integer$") as caught:
         parse_int(text, *INT64, signed=True)
     assert caught.value.value is None
 
 
 @pytest.mark.parametrize("text", ["-1", "+1"])
 def test_unsigned_refuses_a_sign(text: str) -> None:
-    with pytest.raises(IntegerError, match=r"^expected an integer$"):
+    with pytest.raises(NumberError, match=r"^expected an integer$"):
         parse_int(text, *INT64)
 
 
@@ -59,7 +59,7 @@ def test_unsigned_refuses_a_sign(text: str) -> None:
     ("text", "value"), [(str(2**31), 2**31), (str(-(2**31) - 1), -(2**31) - 1)]
 )
 def test_out_of_range_names_the_range_and_keeps_the_value(text: str, value: int) -> None:
-    with pytest.raises(IntegerError, match=f"^expected {INT32[0]} to {INT32[1]}$") as caught:
+    with pytest.raises(NumberError, match=f"^expected {INT32[0]} to {INT32[1]}$") as caught:
         parse_int(text, *INT32, signed=True)
     assert caught.value.value == value
 
@@ -77,5 +77,5 @@ def test_decimals(text: str, value: float) -> None:
 )
 def test_not_decimals(text: str) -> None:
     """float() reads all of these but the last four; none is a finite ASCII decimal."""
-    with pytest.raises(IntegerError, match=r"^expected a number$"):
+    with pytest.raises(NumberError, match=r"^expected a number$"):
         parse_decimal(text)
