@@ -53,7 +53,7 @@ class Settings:
     qido_default_limit: int = 100
     qido_max_limit: int = 1000
     # Largest image /rendered, /thumbnail and WADO-URI may produce, in pixels (vw x vh,
-    # rows x columns): rendering holds it whole in memory, so a request cannot ask for more.
+    # rows x columns; an animated GIF's frames together): rendering holds it whole in memory.
     max_rendered_pixels: int = 4096 * 4096
     # Most frame numbers in one frames/ or rendered frames/ request (duplicates are refused,
     # so a request names each frame once); a whole cine is the instance's own resource.

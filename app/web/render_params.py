@@ -65,11 +65,14 @@ def parse_window(value: str) -> Window:
     return window
 
 
-def check_output_size(name: str, width: int, height: int, max_pixels: int) -> None:
-    """Refuse an output image of more than `max_pixels`: rendering allocates it whole."""
-    if width * height > max_pixels:
+def check_output_size(name: str, width: int, height: int, max_pixels: int, frames: int = 1) -> None:
+    """Refuse output images of more than `max_pixels` in all: rendering allocates each whole,
+    and an animated GIF holds all of its `frames`."""
+    total = width * height * frames
+    if total > max_pixels:
+        size = f"{width}x{height}" if frames == 1 else f"{frames} frames of {width}x{height}"
         raise RenderParamError(
-            f"{name}: {width}x{height} is {width * height} pixels, over the limit of "
+            f"{name}: {size} is {total} pixels, over the limit of "
             f"{max_pixels} pixels per rendered image (PACS_MAX_RENDERED_PIXELS)"
         )
 

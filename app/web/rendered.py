@@ -25,7 +25,12 @@ from app.services.ports import StoredInstance
 from app.web.access import request_access
 from app.web.auditing import audited_read
 from app.web.errors import path_uids
-from app.web.render_params import NotRenderable, RenderParamError, parse_render_options
+from app.web.render_params import (
+    NotRenderable,
+    RenderParamError,
+    check_output_size,
+    parse_render_options,
+)
 from app.web.streaming import Part, bytes_part, multipart_response
 from app.web.wado import frame_numbers
 
@@ -71,12 +76,26 @@ def _image_response(data: bytes, media_type: str) -> Response:
     return Response(data, media_type=media_type)
 
 
+def check_animation(archive: Archive, options: RenderOptions, frames: int) -> None:
+    """An animated GIF holds every frame at the viewport's size: PACS_MAX_RENDERED_PIXELS
+    bounds them all (without a viewport frames keep the object's own size)."""
+    viewport = options.viewport
+    if viewport is None or frames < 2 or options.media_type != "image/gif":
+        return
+    limit = archive.settings.max_rendered_pixels
+    try:
+        check_output_size("viewport", viewport.width, viewport.height, limit, frames)
+    except RenderParamError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 async def render_instance(archive: Archive, source: PixelSource, options: RenderOptions) -> bytes:
     """An instance as one image: all frames as a GIF animation, else the first frame."""
     if options.media_type == "image/gif" and source.frame_count > 1:
         numbers = list(range(1, source.frame_count + 1))
     else:
         numbers = [1]
+    check_animation(archive, options, len(numbers))
     return await archive.imaging.rendered(source, numbers, options)
 
 
@@ -94,6 +113,8 @@ async def retrieve_rendered(request: Request) -> Response:
     images = [i for i in instances if _has_pixels(i)]
     if not images:
         raise NotFound("none of the instances in scope has pixel data to render")
+    for instance in images:  # before the first byte of the response
+        check_animation(archive, options, len(instance.frames))
 
     def part(instance: StoredInstance) -> Part:
         async def image() -> bytes:
@@ -115,6 +136,7 @@ async def retrieve_rendered_frames(request: Request) -> Response:
     source = await archive.imaging.open(access, instances[0])
     archive.imaging.check_frames(source, numbers)
     if len(numbers) == 1 or options.media_type == "image/gif":
+        check_animation(archive, options, len(numbers))
         data = await archive.imaging.rendered(source, numbers, options)
         return _image_response(data, options.media_type)
 

@@ -80,6 +80,28 @@ def test_rendered_output_size_is_the_setting(small: tuple[str, Stored], resource
         assert at.status_code == 200, at.text
 
 
+@pytest.mark.parametrize(
+    ("resource", "viewport"),
+    [("rendered", "32,32"), ("frames/1,2,3/rendered", "64,32"), ("", "64,64")],
+)
+def test_an_animated_gif_counts_every_frame_against_the_limit(
+    small: tuple[str, Stored], resource: str, viewport: str
+) -> None:
+    """Each frame of an animation is held at the viewport's size: 10 frames of 32 x 32 are
+    over a limit of 64 x 64 though one frame is not. (A series renders its instances.)"""
+    url, emri = small
+    path = (
+        f"{emri.path}/{resource}"
+        if resource
+        else f"/studies/{emri.study}/series/{emri.series}/rendered"
+    )
+    with httpx.Client(base_url=f"{url}/dicomweb", timeout=60) as http:
+        gif = http.get(path, params={"viewport": viewport}, headers={"Accept": "image/gif"})
+        _refused(gif, "frames of", str(SMALL_PIXELS), "PACS_MAX_RENDERED_PIXELS")
+        single = http.get(path, params={"viewport": viewport}, headers={"Accept": "image/png"})
+        assert single.status_code == 200, single.text
+
+
 def test_wado_uri_rows_and_columns_share_the_rendered_limit(small: tuple[str, Stored]) -> None:
     url, emri = small
     query = {

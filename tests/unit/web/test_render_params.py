@@ -9,6 +9,7 @@ from app.imaging.render import RenderOptions, Viewport
 from app.web.render_params import (
     NotRenderable,
     RenderParamError,
+    check_output_size,
     parse_render_options,
     rendered_media_type,
 )
@@ -252,3 +253,13 @@ def test_the_pixel_limit_is_the_callers() -> None:
     assert _options(viewport="4096,4096").viewport == Viewport(4096, 4096)
     with pytest.raises(RenderParamError, match="over the limit of 99 pixels"):
         parse_render_options({"viewport": "10,10"}, None, allow_gif=False, max_pixels=99)
+
+
+def test_an_animation_counts_every_frame() -> None:
+    check_output_size("viewport", 10, 10, 300, frames=3)
+    with pytest.raises(RenderParamError) as caught:
+        check_output_size("viewport", 10, 10, 299, frames=3)
+    assert str(caught.value) == (
+        "viewport: 3 frames of 10x10 is 300 pixels, over the limit of 299 pixels per rendered"
+        " image (PACS_MAX_RENDERED_PIXELS)"
+    )
