@@ -226,6 +226,12 @@ def qido(
         ("/instances", {"InstanceNumber": ARABIC_ONE}, ["InstanceNumber"]),
         ("/instances", {"SliceThickness": f"{ARABIC_ONE}.5"}, ["SliceThickness"]),
         ("/instances", {"SliceThickness": "1e400"}, ["SliceThickness"]),
+        (
+            "/studies",
+            {"StudyDate": "\u0662\u0660\u0662\u0660\u0660\u0661\u0660\u0661"},
+            ["StudyDate"],
+        ),
+        ("/studies", {"StudyTime": f"{ARABIC_ONE}0"}, ["StudyTime"]),
         ("/studies", {"PatientName": "A\x00B"}, ["PatientName", "NUL"]),
         ("/studies", {"StudyDescription": "x\x00"}, ["StudyDescription", "NUL"]),
         ("/studies", {"PatientID": "\x00*"}, ["PatientID", "NUL"]),

@@ -397,6 +397,12 @@ def test_scope_adds_conditions_and_intersects_with_query_keys() -> None:
         ([("PatientName", "A\x00")], Level.STUDY, "'PatientName' has a NUL character"),
         ([("StudyDescription", "\x00")], Level.STUDY, "'StudyDescription' has a NUL"),
         ([("", "1")], Level.STUDY, "a query parameter has no name"),
+        (
+            [("StudyDate", "\u0662\u0660\u0662\u0660\u0660\u0661\u0660\u0661")],
+            Level.STUDY,
+            "invalid date",
+        ),
+        ([("StudyTime", "\u0661\u0660")], Level.STUDY, "'StudyTime' has an invalid value"),
         ([(" ", "")], Level.STUDY, "a query parameter has no name"),
     ],
 )
