@@ -56,6 +56,12 @@ class Settings:
     patient_mismatch: str = "refuse"
     qido_default_limit: int = 100
     qido_max_limit: int = 1000
+    # Largest image /rendered, /thumbnail and WADO-URI may produce, in pixels (vw x vh,
+    # rows x columns; an animated GIF's frames together): rendering holds it whole in memory.
+    max_rendered_pixels: int = 4096 * 4096
+    # Most frame numbers in one frames/ or rendered frames/ request (duplicates are refused,
+    # so a request names each frame once); a whole cine is the instance's own resource.
+    max_frames_per_request: int = 1000
     # Largest STOW request body accepted, in bytes (0: no limit). Bodies stream to disk.
     max_request_bytes: int = 0
     # Most body parts in one multipart STOW request (0: no limit): each part is a store
@@ -138,6 +144,10 @@ class Settings:
             raise ValueError(
                 f"PACS_PATIENT_MISMATCH: {self.patient_mismatch!r} is neither refuse nor warn"
             )
+        if self.max_rendered_pixels < 1:
+            raise ValueError("PACS_MAX_RENDERED_PIXELS: must be at least 1")
+        if self.max_frames_per_request < 1:
+            raise ValueError("PACS_MAX_FRAMES_PER_REQUEST: must be at least 1")
         for ae in self.dimse_allowed_ae_titles:
             _check_ae_title(ae, "PACS_DIMSE_ALLOWED_AES / --dimse-allow")
         _ = self.move_destination_map

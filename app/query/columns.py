@@ -111,7 +111,7 @@ def normalize(kind: Kind, value: str) -> str | int | None:
         return value.casefold()
     if kind is Kind.DATE:
         digits = value.replace(".", "").replace("-", "")  # tolerate ACR-NEMA YYYY.MM.DD
-        return digits if len(digits) == 8 and digits.isdigit() else None
+        return digits if len(digits) == 8 and digits.isascii() and digits.isdigit() else None
     if kind is Kind.TIME:
         return normalize_time(value, upper=False)
     if kind is Kind.INT:
@@ -126,6 +126,8 @@ def normalize_time(value: str, *, upper: bool) -> str | None:
     """TM value as HHMMSS.FFFFFF; missing parts are 0 (or their maximum for an upper bound)."""
     value = value.replace(":", "").strip()
     whole, _, fraction = value.partition(".")
+    if not value.isascii():  # str.isdigit() and int() take other scripts' digits too
+        return None
     if not whole.isdigit() or len(whole) not in (2, 4, 6) or (fraction and not fraction.isdigit()):
         return None
     pad = "995959"[len(whole) :] if upper else "000000"[len(whole) :]

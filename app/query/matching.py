@@ -24,6 +24,7 @@ from app.dicom.levels import (
     Level,
     level_of,
 )
+from app.digits import INT32, INT64, NumberError, parse_decimal, parse_int
 from app.query.columns import Kind, normalize, normalize_time
 from app.query.model import Condition, Match
 
@@ -62,7 +63,18 @@ DEPTH = {Level.PATIENT: 0, Level.STUDY: 1, Level.SERIES: 2, Level.INSTANCE: 3}
 
 # VRs whose values may hold the wildcards '*' and '?' (PS3.4 C.2.2.2.4).
 _WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
-_INT_VRS = frozenset({"IS", "US", "UL", "SS", "SL", "SV", "UV"})
+# The values each integer VR can hold (PS3.5 6.2; IS is a signed 32-bit range): a value
+# outside can match nothing stored, and beyond 64 bits it would overflow SQL (a 500).
+_INT_RANGES = {
+    "IS": INT32,
+    "SL": INT32,
+    "SS": (-(2**15), 2**15 - 1),
+    "SV": INT64,
+    "UL": (0, 2**32 - 1),
+    "US": (0, 2**16 - 1),
+    "UV": (0, 2**64 - 1),
+}
+_INT_VRS = frozenset(_INT_RANGES)
 _FLOAT_VRS = frozenset({"DS", "FL", "FD"})
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
@@ -80,8 +92,6 @@ UNIVERSAL_ONLY = frozenset(
 
 _TAG_RE = re.compile(r"[0-9A-Fa-f]{8}")
 _UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
-_INT_RE = re.compile(r"[+-]?[0-9]+")
-_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # YYYY[MM[DD[HH[MM[SS[.F{1,6}]]]]]][&ZZXX]: digits, fraction, offset hours and minutes.
 _DT_RE = re.compile(r"([0-9]{4}(?:[0-9]{2}){0,5})(?:\.([0-9]{1,6}))?(?:[+-]([0-9]{2})([0-9]{2}))?")
 
@@ -101,6 +111,8 @@ def condition_for(
     """
     if path[0] in UNIVERSAL_ONLY:
         raise QueryError(f"query key {key!r} supports only universal matching (no value)")
+    if "\x00" in value:  # no DICOM text holds NUL, and PostgreSQL text cannot (a 500)
+        raise QueryError(f"query key {key!r} has a NUL character in its value", key=key)
     check_level(key, path[0], level)
     vr = tag_vr(path[-1])
     match, values = _match(key, path, vr, value, fuzzy)
@@ -196,10 +208,21 @@ def check_uid(key: str, uid: str) -> str:
 
 
 def _number(key: str, vr: str, value: str) -> str:
-    if vr in _INT_VRS and _INT_RE.fullmatch(value):
-        return str(int(value))
-    if vr in _FLOAT_VRS and _FLOAT_RE.fullmatch(value):
-        return repr(float(value))
+    if vr in _INT_VRS:
+        low, high = _INT_RANGES[vr]
+        try:
+            return str(parse_int(value, low, high, signed=True))
+        except NumberError as exc:
+            if exc.value is not None:  # IS is 32-bit (PS3.5 6.2): a bigger one matches nothing
+                raise QueryError(
+                    f"query key {key!r} ({vr}) must be from {low} to {high}, not {value!r}",
+                    key=key,
+                ) from None
+    else:
+        try:
+            return repr(parse_decimal(value))
+        except NumberError:
+            pass
     raise QueryError(f"query key {key!r} needs a number ({vr}), not {value!r}", key=key)
 
 

@@ -2,7 +2,9 @@
 
 Matching follows PS3.4 C.2.2.2 by VR. Decisions the standard leaves open:
 - `limit=0` means "not given" (the default limit): a page of zero results is useless and
-  the ABNF allows 0. Limits above `max_limit` are clamped, not rejected.
+  the ABNF allows 0. Limits above `max_limit` are clamped, not rejected; `limit` and
+  `offset` beyond 2^63-1 (the backends' LIMIT/OFFSET) are rejected.
+- A parameter without a name (`?=1`) is rejected like an unknown one.
 - A path UID (`scope`) and a query key on the same attribute are both kept, so the result
   is their intersection: a different StudyInstanceUID simply matches nothing.
 - `emptyvaluematching=true` and `multiplevaluematching=true` are unsupported and listed in
@@ -22,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from app.dicom.levels import SHARED_TAGS, Level
+from app.digits import INT64, NumberError, parse_int
 from app.query.matching import (
     QueryError,
     condition_for,
@@ -54,8 +57,10 @@ def parse_qido(
     for raw_key, value in params:
         key = raw_key.strip()
         name = key.lower()
-        if not key or name in _NEGOTIATION:
-            continue  # empty keys come from "?&..." (Weasis)
+        if not key:  # "?&..." (Weasis) gives no pair at all; "?=1" is a malformed one
+            raise QueryError("a query parameter has no name (nothing before its '=')")
+        if name in _NEGOTIATION:
+            continue
         if name == "includefield":
             include_all |= _include_fields(value, include)
         elif name in ("limit", "offset", "fuzzymatching") or name in _UNSUPPORTED:
@@ -100,10 +105,12 @@ def _flag(reserved: Mapping[str, str], name: str) -> bool:
 
 
 def _uint(reserved: Mapping[str, str], name: str) -> int:
-    value = reserved.get(name, "0").strip()
-    if not (value.isascii() and value.isdigit()):
-        raise QueryError(f"{name} must be a non-negative integer, not {reserved[name]!r}")
-    return int(value)
+    """`limit` or `offset`: ASCII digits up to the backends' 64-bit LIMIT and OFFSET."""
+    try:
+        return parse_int(reserved.get(name, "0"), 0, INT64[1])
+    except NumberError as exc:
+        must = "a non-negative integer" if exc.value is None else f"at most {INT64[1]}"
+        raise QueryError(f"{name} must be {must}, not {reserved[name]!r}") from None
 
 
 def _conditions(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from app.digits import NumberError, parse_int
 from app.services.errors import BadRequest
 
 
@@ -13,9 +14,7 @@ def query_int(query: Mapping[str, str], name: str, low: int, high: int) -> int |
     if raw is None:
         return None
     try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"invalid {name}={raw!r}: expected an integer") from None
-    if not low <= value <= high:
-        raise BadRequest(f"invalid {name}={value}: expected {low} to {high}")
-    return value
+        return parse_int(raw, low, high, signed=True)  # "-1": the range says what is wrong
+    except NumberError as exc:
+        shown = raw if exc.value is None else exc.value
+        raise BadRequest(f"invalid {name}={shown!r}: {exc}") from None

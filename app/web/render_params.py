@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
+from app.digits import INT32, NumberError, parse_decimal, parse_int
 from app.imaging.display import WINDOW_FUNCTIONS, Window, window_problem
 from app.imaging.render import ANNOTATIONS, RenderOptions, Viewport
 from app.web.negotiation import accept_ranges
 
 ICC_PROFILES = ("no", "yes", "srgb", "adobergb", "rommrgb", "displayp3")  # PS3.18 8.3.5.1.5
 _DEFAULT_MEDIA_TYPE = "image/jpeg"
+DEFAULT_MAX_PIXELS = 4096 * 4096  # Settings.max_rendered_pixels
 
 
 class RenderParamError(ValueError):
@@ -29,19 +30,17 @@ def _parts(name: str, value: str, form: str) -> list[str]:
 
 def _float(name: str, what: str, text: str) -> float:
     try:
-        number = float(text)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number):
-        raise RenderParamError(f"{name}: the {what} must be a number, not {text!r}")
-    return number
+        return parse_decimal(text)
+    except NumberError:
+        raise RenderParamError(f"{name}: the {what} must be a number, not {text!r}") from None
 
 
-def _int(name: str, what: str, text: str) -> int:
+def _int(name: str, what: str, text: str, low: int = INT32[0], high: int = INT32[1]) -> int:
     try:
-        return int(text)
-    except ValueError:
-        raise RenderParamError(f"{name}: {what} must be an integer, not {text!r}") from None
+        return parse_int(text, low, high, signed=True)
+    except NumberError as exc:
+        must = "be an integer" if exc.value is None else f"be from {low} to {high}"
+        raise RenderParamError(f"{name}: {what} must {must}, not {text!r}") from None
 
 
 def parse_window(value: str) -> Window:
@@ -66,9 +65,22 @@ def parse_window(value: str) -> Window:
     return window
 
 
-def parse_viewport(value: str) -> Viewport:
+def check_output_size(name: str, width: int, height: int, max_pixels: int, frames: int = 1) -> None:
+    """Refuse output images of more than `max_pixels` in all: rendering allocates each whole,
+    and an animated GIF holds all of its `frames`."""
+    total = width * height * frames
+    if total > max_pixels:
+        size = f"{width}x{height}" if frames == 1 else f"{frames} frames of {width}x{height}"
+        raise RenderParamError(
+            f"{name}: {size} is {total} pixels, over the limit of "
+            f"{max_pixels} pixels per rendered image (PACS_MAX_RENDERED_PIXELS)"
+        )
+
+
+def parse_viewport(value: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Viewport:
     """`vw,vh` or `vw,vh,sx,sy,sw,sh`; sx..sh may be empty (their defaults); a negative sw or
-    sh flips the image."""
+    sh flips the image. The image fits within vw x vh, so vw * vh may not exceed
+    `max_pixels`."""
     parts = _parts("viewport", value, "vw,vh or vw,vh,sx,sy,sw,sh")
     if len(parts) not in (2, 6):
         raise RenderParamError(
@@ -77,6 +89,7 @@ def parse_viewport(value: str) -> Viewport:
     width, height = _int("viewport", "vw", parts[0]), _int("viewport", "vh", parts[1])
     if width < 1 or height < 1:
         raise RenderParamError(f"viewport: vw and vh must be positive, not {width},{height}")
+    check_output_size("viewport", width, height, max_pixels)
     region: list[int | None] = []
     for label, text in zip(("sx", "sy", "sw", "sh"), parts[2:], strict=False):
         number = _int("viewport", label, text) if text else None
@@ -90,12 +103,11 @@ def parse_viewport(value: str) -> Viewport:
 
 def parse_quality(value: str) -> int:
     try:
-        quality = int(value.strip())
-    except ValueError:
-        quality = 0
-    if not 1 <= quality <= 100:
-        raise RenderParamError(f"quality: must be an integer from 1 to 100, not {value!r}")
-    return quality
+        return parse_int(value, 1, 100)
+    except NumberError:
+        raise RenderParamError(
+            f"quality: must be an integer from 1 to 100, not {value!r}"
+        ) from None
 
 
 def parse_annotation(value: str) -> frozenset[str]:
@@ -142,12 +154,16 @@ def rendered_media_type(accept: str | None, *, allow_gif: bool) -> str:
 
 
 def parse_render_options(
-    query: Mapping[str, str], accept: str | None, *, allow_gif: bool
+    query: Mapping[str, str],
+    accept: str | None,
+    *,
+    allow_gif: bool,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> RenderOptions:
     """PS3.18 8.3.5 query parameters: `window`, `viewport`, `quality`, `annotation`,
     `iccprofile`; the media type from the Accept header. Unknown parameters are ignored.
     Raises RenderParamError (400) for a malformed parameter and NotRenderable (406) when no
-    accepted media type can be rendered."""
+    accepted media type can be rendered; a viewport over `max_pixels` is malformed."""
     window = query.get("window")
     viewport = query.get("viewport")
     quality = query.get("quality")
@@ -155,7 +171,7 @@ def parse_render_options(
     icc_profile = query.get("iccprofile")
     return RenderOptions(
         window=None if window is None else parse_window(window),
-        viewport=None if viewport is None else parse_viewport(viewport),
+        viewport=None if viewport is None else parse_viewport(viewport, max_pixels),
         quality=None if quality is None else parse_quality(quality),
         annotation=frozenset() if annotation is None else parse_annotation(annotation),
         icc_profile=None if icc_profile is None else parse_icc_profile(icc_profile),

@@ -25,7 +25,12 @@ from app.services.ports import StoredInstance
 from app.web.access import request_access
 from app.web.auditing import audited_read
 from app.web.errors import path_uids
-from app.web.render_params import NotRenderable, RenderParamError, parse_render_options
+from app.web.render_params import (
+    NotRenderable,
+    RenderParamError,
+    check_output_size,
+    parse_render_options,
+)
 from app.web.streaming import Part, bytes_part, multipart_response
 from app.web.wado import frame_numbers
 
@@ -40,7 +45,10 @@ def _archive(request: Request) -> Archive:
 def _options(request: Request, *, allow_gif: bool) -> RenderOptions:
     try:
         return parse_render_options(
-            request.query_params, request.headers.get("accept"), allow_gif=allow_gif
+            request.query_params,
+            request.headers.get("accept"),
+            allow_gif=allow_gif,
+            max_pixels=_archive(request).settings.max_rendered_pixels,
         )
     except NotRenderable as exc:
         raise NotAcceptable(str(exc)) from exc
@@ -68,12 +76,26 @@ def _image_response(data: bytes, media_type: str) -> Response:
     return Response(data, media_type=media_type)
 
 
+def check_animation(archive: Archive, options: RenderOptions, frames: int) -> None:
+    """An animated GIF holds every frame at the viewport's size: PACS_MAX_RENDERED_PIXELS
+    bounds them all (without a viewport frames keep the object's own size)."""
+    viewport = options.viewport
+    if viewport is None or frames < 2 or options.media_type != "image/gif":
+        return
+    limit = archive.settings.max_rendered_pixels
+    try:
+        check_output_size("viewport", viewport.width, viewport.height, limit, frames)
+    except RenderParamError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 async def render_instance(archive: Archive, source: PixelSource, options: RenderOptions) -> bytes:
     """An instance as one image: all frames as a GIF animation, else the first frame."""
     if options.media_type == "image/gif" and source.frame_count > 1:
         numbers = list(range(1, source.frame_count + 1))
     else:
         numbers = [1]
+    check_animation(archive, options, len(numbers))
     return await archive.imaging.rendered(source, numbers, options)
 
 
@@ -91,6 +113,8 @@ async def retrieve_rendered(request: Request) -> Response:
     images = [i for i in instances if _has_pixels(i)]
     if not images:
         raise NotFound("none of the instances in scope has pixel data to render")
+    for instance in images:  # before the first byte of the response
+        check_animation(archive, options, len(instance.frames))
 
     def part(instance: StoredInstance) -> Part:
         async def image() -> bytes:
@@ -106,12 +130,13 @@ async def retrieve_rendered(request: Request) -> Response:
 async def retrieve_rendered_frames(request: Request) -> Response:
     archive = _archive(request)
     access = request_access(request)
-    numbers = frame_numbers(request.path_params["frames"])
+    numbers = frame_numbers(request.path_params["frames"], archive.settings.max_frames_per_request)
     instances = await _instances(request, access)
     options = _options(request, allow_gif=True)
     source = await archive.imaging.open(access, instances[0])
     archive.imaging.check_frames(source, numbers)
     if len(numbers) == 1 or options.media_type == "image/gif":
+        check_animation(archive, options, len(numbers))
         data = await archive.imaging.rendered(source, numbers, options)
         return _image_response(data, options.media_type)
 
@@ -142,7 +167,9 @@ async def retrieve_thumbnail(request: Request) -> Response:
         size = max(1, min(options.viewport.width, options.viewport.height))
     source = await archive.imaging.open(access, _representative(instances))
     if "frames" in request.path_params:
-        numbers = frame_numbers(request.path_params["frames"])
+        numbers = frame_numbers(
+            request.path_params["frames"], archive.settings.max_frames_per_request
+        )
         archive.imaging.check_frames(source, numbers[:1])
         fitted = replace(options, viewport=Viewport(size, size), annotation=frozenset())
         data = await archive.imaging.rendered(source, numbers[:1], fitted)

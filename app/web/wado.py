@@ -13,6 +13,7 @@ from app.auth.principal import Access
 from app.dicom.instance import BULK_BASE, FrameRanges
 from app.dicom.multipart import closing, content_type_header, new_boundary, part_head
 from app.dicom.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE, NATIVE_LITTLE_ENDIAN
+from app.digits import INT32, NumberError, parse_int
 from app.imaging.transcode import Transcoder
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable
@@ -232,15 +233,27 @@ async def retrieve_metadata(request: Request) -> Response:
     return StreamingResponse(body(), media_type=DICOM_JSON)
 
 
-def frame_numbers(text: str) -> list[int]:
-    numbers = []
-    for raw in text.split(","):
-        item = raw.strip()
-        if not item.isdigit() or int(item) < 1:
+def frame_numbers(text: str, limit: int) -> list[int]:
+    """The frame list of a frames/ path: at most `limit` ASCII frame numbers from 1, none
+    listed twice (PS3.18's frame list holds "non-duplicate frame numbers"; repeats would only
+    make the response larger)."""
+    items = text.split(",")
+    if len(items) > limit:
+        raise BadRequest(
+            f"the frame list names {len(items)} frames, over the limit of {limit} per request"
+            " (PACS_MAX_FRAMES_PER_REQUEST)"
+        )
+    numbers: list[int] = []
+    for item in items:
+        try:
+            numbers.append(parse_int(item, 1, INT32[1]))
+        except NumberError:
             raise BadRequest(
-                f"invalid frame list {text!r}: expected frame numbers from 1, comma-separated"
-            )
-        numbers.append(int(item))
+                f"invalid frame list {text!r}: expected frame numbers from 1 in ASCII digits,"
+                " comma-separated"
+            ) from None
+    if len(set(numbers)) != len(numbers):
+        raise BadRequest(f"invalid frame list {text!r}: a frame number is listed twice")
     return numbers
 
 
@@ -329,7 +342,7 @@ async def _frames_response(
 async def retrieve_frames(request: Request) -> Response:
     archive = _archive(request)
     access = request_access(request)
-    numbers = frame_numbers(request.path_params["frames"])
+    numbers = frame_numbers(request.path_params["frames"], archive.settings.max_frames_per_request)
     instance = await _instance(request, access)
     accept = parse_accept(request.headers.get("accept"))
     return await _frames_response(archive, access, instance, numbers, accept)

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from app.audit.event import AuditAction
 from app.auth.principal import Access, Permission
 from app.dicom.uid import is_valid_uid
+from app.digits import INT32, NumberError, parse_decimal
 from app.imaging.display import Window, window_problem
 from app.imaging.render import RENDERED_MEDIA_TYPES, RenderOptions, Viewport
 from app.services.archive import Archive
@@ -26,7 +27,7 @@ from app.web.access import request_access
 from app.web.auditing import audited_read
 from app.web.negotiation import parse_accept
 from app.web.params import query_int
-from app.web.render_params import RenderParamError, parse_annotation
+from app.web.render_params import RenderParamError, check_output_size, parse_annotation
 from app.web.rendered import render_instance
 from app.web.wado import plan_response
 
@@ -71,8 +72,8 @@ def _float(query: Mapping[str, str], name: str) -> float | None:
     if raw is None:
         return None
     try:
-        return float(raw)
-    except ValueError:
+        return parse_decimal(raw)
+    except NumberError:
         raise BadRequest(f"invalid {name}={raw!r}: expected a number") from None
 
 
@@ -109,8 +110,8 @@ def _region(query: Mapping[str, str]) -> tuple[float, float, float, float] | Non
     if raw is None:
         return None
     try:
-        x1, y1, x2, y2 = (float(v) for v in raw.split(","))
-    except ValueError:
+        x1, y1, x2, y2 = (parse_decimal(v) for v in raw.split(","))
+    except ValueError:  # NumberError too
         raise BadRequest(
             f"invalid region={raw!r}: expected x1,y1,x2,y2 as fractions from 0.0 to 1.0"
         ) from None
@@ -172,9 +173,13 @@ async def _rendered(
     instance: StoredInstance,
 ) -> Response:
     source = await archive.imaging.open(access, instance)
-    rows, columns = query_int(query, "rows", 1, 16384), query_int(query, "columns", 1, 16384)
+    max_pixels = archive.settings.max_rendered_pixels
+    rows, columns = (
+        query_int(query, "rows", 1, max_pixels),
+        query_int(query, "columns", 1, max_pixels),
+    )
     quality = query_int(query, "imageQuality", 1, 100)
-    frame = query_int(query, "frameNumber", 1, 2**31)
+    frame = query_int(query, "frameNumber", 1, INT32[1])
     region = _region(query)
     height, width = int(source.header.get("Rows") or 1), int(source.header.get("Columns") or 1)
     viewport: Viewport | None = None
@@ -187,6 +192,10 @@ async def _rendered(
         # One of rows/columns alone scales the other with the aspect ratio (PS3.18 9.1.2.1.9).
         vw = columns or (round(sw * rows / sh) if rows else sw)
         vh = rows or (round(sh * columns / sw) if columns else sh)
+        try:  # one limit for every rendering route: the output is at most vw x vh
+            check_output_size("rows x columns", vw, vh, max_pixels)
+        except RenderParamError as exc:
+            raise BadRequest(str(exc)) from None
         viewport = Viewport(vw, vh, sx, sy, sw, sh)
     options = RenderOptions(
         media_type=media_type,

@@ -247,3 +247,26 @@ def test_retrieve_identifiers(level: str, keys: dict[str, Any], model: Model) ->
 def test_retrieve_needs_the_unique_key_of_its_level(level: str, keys: dict[str, Any]) -> None:
     with pytest.raises(IdentifierError, match="retrieve needs"):
         parse_retrieve_identifier(identifier(level, **keys), "patient")
+
+
+@pytest.mark.parametrize(
+    ("keys", "fragment"),
+    [
+        # pydicom reads this IS as 1e+23 (refused as not an integer); QIDO as out of range
+        ({"SeriesNumber": "99999999999999999999999"}, "(IS)"),
+        ({"SeriesNumber": "2147483648"}, "(IS) must be from -2147483648 to 2147483647"),
+        ({"PatientName": "DOE\x00"}, "has a NUL character"),
+        ({"StudyDescription": "x\x00y"}, "has a NUL character"),
+    ],
+)
+def test_c_find_refuses_what_qido_refuses(keys: dict[str, str], fragment: str) -> None:
+    """Issue 10: the values QIDO-RS refuses (an IS beyond 32 bits, a NUL) C-FIND refuses
+    alike (status A900), through the same matching code."""
+    level = "SERIES" if "SeriesNumber" in keys else "STUDY"
+    with pytest.raises(QueryError) as from_c_find:
+        parse(identifier(level, **keys))
+    with pytest.raises(QueryError) as from_qido:
+        parse_qido(list(keys.items()), Level[level])
+    name = next(iter(keys))
+    for caught in (from_c_find, from_qido):
+        assert fragment in str(caught.value) and name in str(caught.value)

@@ -282,6 +282,8 @@ def test_patient_and_higher_level_keys_are_allowed_at_lower_levels() -> None:
         ([("limit", "5000")], 1000, 0),  # clamped, not an error
         ([("offset", "20")], 100, 20),
         ([("LIMIT", " 7 "), ("Offset", "3")], 7, 3),
+        ([("offset", str(2**63 - 1))], 100, 2**63 - 1),  # the backends' largest OFFSET
+        ([("limit", str(2**63 - 1))], 1000, 0),
     ],
 )
 def test_limit_and_offset(params: Params, limit: int, offset: int) -> None:
@@ -315,7 +317,6 @@ def test_unsupported_standard_parameters_are_ignored_and_reported() -> None:
             ("multiplevaluematching", "false"),
             ("accept", "application/dicom+json"),
             ("charset", "utf-8"),
-            ("", "weasis-empty-key"),
             ("TimezoneOffsetFromUTC", "+0100"),
             ("SpecificCharacterSet", ""),
         ]
@@ -384,6 +385,25 @@ def test_scope_adds_conditions_and_intersects_with_query_keys() -> None:
         ([("RequestAttributesSequence", "x")], Level.SERIES, "is a sequence"),
         ([("PixelData", "x")], Level.INSTANCE, "'PixelData' has VR OB"),
         ([("NumberOfStudyRelatedSeries", "3")], Level.STUDY, "only universal matching"),
+        # issue 10: values beyond the backends' integers, NUL, non-ASCII digits, no name
+        ([("offset", str(2**63))], Level.STUDY, f"offset must be at most {2**63 - 1}"),
+        ([("limit", "\u0661")], Level.STUDY, "limit must be a non-negative integer"),
+        ([("SeriesNumber", str(2**31))], Level.SERIES, "'SeriesNumber' (IS) must be from"),
+        ([("SeriesNumber", "9" * 23)], Level.SERIES, "(IS) must be from -2147483648 to"),
+        ([("SeriesNumber", "\u0661")], Level.SERIES, "needs a number (IS)"),
+        ([("SeriesNumber", "1_0")], Level.SERIES, "needs a number (IS)"),
+        ([("Rows", "65536")], Level.INSTANCE, "'Rows' (US) must be from 0 to 65535"),
+        ([("SliceThickness", "1e400")], Level.INSTANCE, "needs a number (DS)"),
+        ([("PatientName", "A\x00")], Level.STUDY, "'PatientName' has a NUL character"),
+        ([("StudyDescription", "\x00")], Level.STUDY, "'StudyDescription' has a NUL"),
+        ([("", "1")], Level.STUDY, "a query parameter has no name"),
+        (
+            [("StudyDate", "\u0662\u0660\u0662\u0660\u0660\u0661\u0660\u0661")],
+            Level.STUDY,
+            "invalid date",
+        ),
+        ([("StudyTime", "\u0661\u0660")], Level.STUDY, "'StudyTime' has an invalid value"),
+        ([(" ", "")], Level.STUDY, "a query parameter has no name"),
     ],
 )
 def test_errors_name_the_offending_key(params: Params, level: Level, fragment: str) -> None:

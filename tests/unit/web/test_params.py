@@ -37,3 +37,10 @@ def test_no_transaction_keeps_a_copy_of_its_own() -> None:
     for module in (audit, wado_uri):
         assert not hasattr(module, "_integer") and not hasattr(module, "_int")
         assert module.query_int is query_int  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("raw", ["\u0661", "1_0", "\uff11", "9" * 5000])
+def test_integers_are_ascii_digits(raw: str) -> None:
+    """Issue 10: int() reads other scripts' digits and underscores; query_int does not."""
+    with pytest.raises(BadRequest, match=r"expected an integer$"):
+        query_int({"rows": raw}, "rows", 1, 10)

@@ -9,6 +9,7 @@ from app.imaging.render import RenderOptions, Viewport
 from app.web.render_params import (
     NotRenderable,
     RenderParamError,
+    check_output_size,
     parse_render_options,
     rendered_media_type,
 )
@@ -118,6 +119,10 @@ def test_viewport(value: str, viewport: Viewport) -> None:
         ("10,10,1.5,0,5,5", "viewport: sx must be an integer, not '1.5'"),
         ("10,10,0,0,0,5", "viewport: sw must not be 0"),
         ("10,10,0,0,5,0", "viewport: sh must not be 0"),
+        # issue 10: ASCII digits only, and values within 32 bits
+        ("\u0661\u0660,10", "viewport: vw must be an integer, not '\u0661\u0660'"),
+        ("1_0,10", "viewport: vw must be an integer, not '1_0'"),
+        ("10,10,0,0,99999999999,5", "viewport: sw must be from -2147483648 to 2147483647"),
     ],
 )
 def test_invalid_viewport(value: str, message: str) -> None:
@@ -131,7 +136,7 @@ def test_quality(value: str, quality: int) -> None:
     assert _options(quality=value).quality == quality
 
 
-@pytest.mark.parametrize("value", ["0", "101", "-5", "abc", "", "50.5"])
+@pytest.mark.parametrize("value", ["0", "101", "-5", "abc", "", "50.5", "\u0665\u0660", "5_0"])
 def test_invalid_quality(value: str) -> None:
     with pytest.raises(RenderParamError) as caught:
         _options(quality=value)
@@ -226,3 +231,35 @@ def test_media_type_not_renderable(accept: str, allow_gif: bool, offered: str) -
         f"rendered images are available as {offered}"
     )
     assert not isinstance(caught.value, RenderParamError)
+
+
+@pytest.mark.parametrize(
+    ("value", "pixels"),
+    [("100000,100000", 10**10), ("16777216,2", 2**25), ("4097,4096", 4097 * 4096)],
+)
+def test_a_viewport_over_the_pixel_limit_is_refused(value: str, pixels: int) -> None:
+    """Issue 10: viewport=100000,100000 rendered a 10-gigapixel image (9.7 GB resident)."""
+    with pytest.raises(RenderParamError) as caught:
+        _options(viewport=value)
+    assert str(caught.value).endswith(
+        f"is {pixels} pixels, over the limit of 16777216 pixels per rendered image"
+        " (PACS_MAX_RENDERED_PIXELS)"
+    )
+
+
+def test_the_pixel_limit_is_the_callers() -> None:
+    viewport = parse_render_options({"viewport": "10,10"}, None, allow_gif=False, max_pixels=100)
+    assert viewport.viewport == Viewport(10, 10)
+    assert _options(viewport="4096,4096").viewport == Viewport(4096, 4096)
+    with pytest.raises(RenderParamError, match="over the limit of 99 pixels"):
+        parse_render_options({"viewport": "10,10"}, None, allow_gif=False, max_pixels=99)
+
+
+def test_an_animation_counts_every_frame() -> None:
+    check_output_size("viewport", 10, 10, 300, frames=3)
+    with pytest.raises(RenderParamError) as caught:
+        check_output_size("viewport", 10, 10, 299, frames=3)
+    assert str(caught.value) == (
+        "viewport: 3 frames of 10x10 is 300 pixels, over the limit of 299 pixels per rendered"
+        " image (PACS_MAX_RENDERED_PIXELS)"
+    )
