@@ -60,8 +60,13 @@ def test_filters_and_paging(http: httpx.Client) -> None:
     path = f"tenants/{tenant()}/audit"
     for _ in range(3):
         trail(http, path)
-    # Every call adds an event: fix the set looked at to the events before `cut`.
-    cut = wait_for(http, path, 4)[0]["time"]
+    # Every call adds an event: fix the set looked at to the events before `cut`, a moment
+    # after the fourth (events are stamped to the millisecond, so two may share one), once
+    # the batched writer has written them all.
+    wait_for(http, path, 4)
+    time.sleep(0.01)
+    cut = datetime.now(UTC).isoformat()
+    time.sleep(0.3)
     events = trail(http, path, until=cut)
     assert len(events) >= 3
     times = [e["time"] for e in events]
