@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shutil
 import time
@@ -13,8 +12,6 @@ from pathlib import Path
 
 from app.services.ports import BlobInfo
 from app.storage.keys import QUARANTINE, key_of, key_path
-
-log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -109,7 +106,8 @@ class FolderBlobStore:
 
 
 def _files(folder: Path, skip: Path) -> Iterator[Path]:
-    """Files below `folder`, depth first, one directory listing in memory at a time."""
+    """Files below `folder`, depth first: in memory, one directory listing per level (the
+    layout is at most four deep), never the whole tree."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except FileNotFoundError:

@@ -123,10 +123,13 @@ class S3BlobStore:
 
     def _key_of(self, name: str) -> str | None:
         """The key of the object `name`, or None if it is not a blob of this store."""
-        parts = name.split("/")[len(self._root) :]
-        if not parts or parts[0] == QUARANTINE:
+        if self.prefix:
+            if not name.startswith(self.prefix + "/"):
+                return None
+            name = name[len(self.prefix) + 1 :]
+        *head, last = name.split("/")
+        if head[:1] == [QUARANTINE]:
             return None
-        *head, last = parts
         return key_of((*head, last[2:4], last))  # the folder layout has a second level
 
     async def put(self, key: str, source: Path) -> None:

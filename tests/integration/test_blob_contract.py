@@ -528,3 +528,19 @@ async def test_s3_quarantine_of_an_object_over_the_copy_limit_copies_in_parts(
     answer = await s3_store._client.get_object(Bucket=s3_store.bucket, Key=target)
     async with answer["Body"] as body:
         assert hashlib.sha256(await body.read()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("prefix", ["", "a/b"])
+async def test_s3_listing_with_any_prefix(s3_endpoint: str, spool: Path, prefix: str) -> None:
+    """Keys come back whole under a prefix of several segments or none."""
+    bucket = await create_bucket(s3_endpoint)
+    url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+    store = await S3BlobStore.open(url, part_size=PART_SIZE, **credentials(s3_endpoint))
+    try:
+        keys = [blob_key("clinic-a", key()), key()]
+        for each in keys:
+            await store.put(each, write(spool, b"x"))
+        await store.quarantine(keys[0])
+        assert [blob.key for page in await listed(store) for blob in page] == [keys[1]]
+    finally:
+        await store.close()
