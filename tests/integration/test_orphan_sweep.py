@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from app.index.sqlite import SqliteIndex
 from app.services.orphans import sweep_orphans, sweep_periodically
 from app.services.ports import BlobStore, Index, blob_key
+from app.storage.filesystem import FolderBlobStore
 from tests.integration.conftest import TENANT, Records
 from tests.integration.test_blob_contract import (  # noqa: F401 (fixtures)
     read_all,
@@ -78,15 +80,17 @@ async def test_sweep_quarantines_old_orphans_and_keeps_the_rest(
 
 
 async def test_periodic_sweep_runs_at_start_and_survives_a_failing_run(
-    store: BlobStore,  # noqa: F811
-    index: Index,
+    tmp_path: Path,
     spool: Path,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A failed run (here a listing that raises) is logged and the next one still runs."""
-    orphan = await put(store, spool, blob_key(TENANT, uuid.uuid4().hex), b"orphan")
-    real = store.list_blobs
+    # The loop is the same whatever the backends: the embedded ones.
+    blobs = FolderBlobStore(tmp_path / "blobs")
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    orphan = await put(blobs, spool, blob_key(TENANT, uuid.uuid4().hex), b"orphan")
+    real = blobs.list_blobs
     calls = 0
 
     def failing_once(page_size: int = 1000):  # type: ignore[no-untyped-def]
@@ -96,17 +100,18 @@ async def test_periodic_sweep_runs_at_start_and_survives_a_failing_run(
             raise OSError("listing failed")
         return real(page_size)
 
-    monkeypatch.setattr(store, "list_blobs", failing_once)
+    monkeypatch.setattr(blobs, "list_blobs", failing_once)
     with caplog.at_level(logging.INFO, logger="app.services.orphans"):
-        task = asyncio.create_task(sweep_periodically(index, store, grace=0, interval=0.05))
+        task = asyncio.create_task(sweep_periodically(index, blobs, grace=0, interval=0.05))
         for _ in range(100):
-            if not await store.exists(orphan):
+            if not await blobs.exists(orphan):
                 break
             await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert not await store.exists(orphan)
+    await index.close()
+    assert not await blobs.exists(orphan)
     assert any(
         "orphan sweep failed: OSError: listing failed" in r.getMessage() for r in caplog.records
     )
