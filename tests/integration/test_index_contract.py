@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import fields, replace
 
 import orjson
@@ -365,3 +366,27 @@ async def test_a_refused_overwrite_of_another_patient_keeps_the_stored_instance(
     result = await add(index, corrected, overwrite=True)
     assert result.outcome is Outcome.REPLACED
     assert not result.patient_mismatch
+
+
+# -- integers out of range ---------------------------------------------------------------
+
+
+async def test_an_instance_number_over_64_bits_is_stored_with_no_column_value(
+    index: Index, records: Records
+) -> None:
+    # Issue 10: an IS of 20 digits made the metadata JSON unwritable (orjson has 64-bit
+    # integers) and the instance_number column overflow: STOW answered 500. The value is no
+    # valid IS (PS3.5: -2^31 to 2^31-1); it stays in the metadata as text, the column NULL.
+    huge = str(10**20)  # pydicom reads IS through float: a power of ten stays exact
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom: too long for an IS, as it should be
+        record = records.make(InstanceNumber=huge, SeriesNumber=2**40)
+    assert (await add(index, record)).outcome is Outcome.STORED
+    (found,) = await index.metadata(TENANT, record.study_instance_uid)
+    attrs = orjson.loads(found.json)
+    assert attrs["00200013"]["Value"] == [huge]
+    assert attrs["00200011"]["Value"] == [str(2**40)]
+    hits = await index.search(
+        TENANT, parse_qido([("StudyInstanceUID", record.study_instance_uid)], Level.INSTANCE)
+    )
+    assert [hit.instance["00200013"]["Value"] for hit in hits if hit.instance] == [[huge]]
