@@ -54,7 +54,7 @@ _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 # Valid DS and IS values (PS3.5 Table 6.2-1), leading and trailing spaces allowed.
 _DS = re.compile(rb" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *")
 _IS = re.compile(rb" *[+-]?[0-9]+ *")
-_IS_RANGE = (-(2**31), 2**31 - 1)
+_JSON_INTEGERS = (-(2**63), 2**64 - 1)  # what orjson writes
 _STRUCT_CODES = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "UV": "Q", "SV": "q"}
 _STRUCT_CODES |= {"FL": "f", "FD": "d"}
 # pydicom adjusts the first value of these (a negative "US or SS" entry count) itself.
@@ -291,15 +291,15 @@ def _attribute_tag(value: Any) -> str | None:
 
 def _integer_string(value: Any) -> int | str | None:
     """IS as a JSON number; text that is no integer stays a string (F.2.3 Note), and so
-    does an integer outside IS's range (PS3.5 Table 6.2-1: -2^31 to 2^31-1): it is no
-    valid IS either, and a JSON number over 64 bits is one the index cannot write."""
+    does an integer beyond 64 bits (far outside IS's range, and a JSON number that neither
+    orjson nor the index's integer columns can hold: it made STOW answer 500)."""
     if value is None or value == "":
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, int):
         number = int(value)
-        return number if _IS_RANGE[0] <= number <= _IS_RANGE[1] else str(number)
+        return number if _JSON_INTEGERS[0] <= number <= _JSON_INTEGERS[1] else str(number)
     return str(value).strip()
 
 
