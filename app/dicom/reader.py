@@ -242,12 +242,14 @@ class Reader:
         if raw.value_tell + raw.length > self.size:
             raise DicomParseError(f"truncated: file ends inside element {label(raw.tag)}")
         vr = element_vr(raw)
-        width = _VALUE_WIDTHS.get(vr)
+        # pydicom decodes an implicit VR group length (gggg,0000) as UL, dictionary or not.
+        checked = "UL" if raw.VR is None and raw.tag & 0xFFFF == 0 else vr
+        width = _VALUE_WIDTHS.get(checked)
         if width is not None and raw.length % width:
             # pydicom cannot decode it (BytesLengthException), nor can any client.
             raise DicomParseError(
                 f"element {label(raw.tag)} has {raw.length} bytes, not a whole number of "
-                f"{width}-byte {vr} values"
+                f"{width}-byte {checked} values"
             )
         if raw.value is not None or not raw.length:
             return raw
