@@ -299,6 +299,15 @@ class ImagingService:
 
     def transcoder(self, source: PixelSource, target: str) -> Transcoder:
         """A transcoder to `target`; NotAcceptable (406) when the conversion cannot be done."""
+        declared = _number_of_frames(source.header)
+        if source.has_pixels and declared != source.frame_count:
+            # The output would say one count and hold another (an offset table listing fewer
+            # frames than NumberOfFrames): served as stored only.
+            raise Unsupported(
+                f"instance {source.instance.sop_instance_uid} holds {source.frame_count} "
+                f"frame(s) but its NumberOfFrames says {declared}: it can be retrieved only "
+                "in its stored transfer syntax"
+            )
         try:
             return Transcoder(source.header, source.transfer_syntax_uid, target)
         except NotTranscodable as exc:

@@ -100,6 +100,28 @@ def test_an_instance_that_cannot_be_transcoded_is_an_error_before_the_body(
         assert response.status_code == 501, response.text
 
 
+def test_an_instance_with_fewer_frames_than_number_of_frames_is_served_only_as_stored(
+    http: httpx.Client,
+) -> None:
+    # An offset table of 2 frames, NumberOfFrames 3: a transcoded file would contradict itself.
+    ds = make_dataset(rows=16, columns=16, frames=3)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.compress(RLELossless)
+    frames = list(generate_frames(ds.PixelData, number_of_frames=3))
+    ds.PixelData = encapsulate(frames[:2], has_bot=True)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    stow_ok(http, [buffer.getvalue()])
+    path = f"/studies/{ds.StudyInstanceUID}"
+    assert http.get(path, headers={"accept": SERIES_LE}).status_code == 501
+    stored = http.get(path, headers={"accept": 'multipart/related; type="application/dicom"'})
+    assert stored.status_code == 200
+    assert len(parse_multipart(stored)) == 1
+
+
 def test_an_unknown_vr_is_refused_at_stow(http: httpx.Client) -> None:
     # Issue 10: stored with 200, then unreadable by every client and by transcoding.
     data = bytearray(make_file())
