@@ -22,5 +22,7 @@ from app.query.columns import Kind, normalize
         ("1.5", None),
     ],
 )
-def test_integer_columns_hold_64_bit_ascii_integers_or_null(text: str, expected: int | None) -> None:
+def test_integer_columns_hold_64_bit_ascii_integers_or_null(
+    text: str, expected: int | None
+) -> None:
     assert normalize(Kind.INT, text) == expected
