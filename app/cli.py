@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     if settings.log_level.lower() != "debug":
         # The JPEG 2000 codec logs a line per tile at INFO.
         logging.getLogger("openjpeg").setLevel(logging.WARNING)
+        # pydicom logs what it finds wrong in a value quoting the value (a birth date, a
+        # name) and a damaged frame at ERROR; ingest reports the former as STOW warnings
+        # and retrieval the latter as a 501 with the instance's UID.
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     try:
         # Opening the backends applies pending migrations and checks that the database
         # and the blob store answer, so a wrong setting is one clear line, not a traceback.

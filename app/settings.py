@@ -69,6 +69,9 @@ class Settings:
     # Most frame numbers in one frames/ or rendered frames/ request (duplicates are refused,
     # so a request names each frame once); a whole cine is the instance's own resource.
     max_frames_per_request: int = 1000
+    # Pixel work (rendering, thumbnails, transcoding) runs one piece per core; this many may
+    # wait for a core before a new request is refused with 503 and Retry-After.
+    max_queued_imaging: int = 32
     # Largest STOW request body accepted, in bytes (0: no limit). Bodies stream to disk.
     max_request_bytes: int = 0
     # Most body parts in one multipart STOW request (0: no limit): each part is a store
@@ -157,6 +160,8 @@ class Settings:
             raise ValueError("PACS_MAX_RENDERED_PIXELS: must be at least 1")
         if self.max_frames_per_request < 1:
             raise ValueError("PACS_MAX_FRAMES_PER_REQUEST: must be at least 1")
+        if self.max_queued_imaging < 0:
+            raise ValueError("PACS_MAX_QUEUED_IMAGING: must be 0 (no waiting) or more")
         for ae in self.dimse_allowed_ae_titles:
             _check_ae_title(ae, "PACS_DIMSE_ALLOWED_AES / --dimse-allow")
         _ = self.move_destination_map

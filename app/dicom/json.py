@@ -54,6 +54,7 @@ _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 # Valid DS and IS values (PS3.5 Table 6.2-1), leading and trailing spaces allowed.
 _DS = re.compile(rb" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *")
 _IS = re.compile(rb" *[+-]?[0-9]+ *")
+_JSON_INTEGERS = (-(2**63), 2**64 - 1)  # what orjson writes
 _STRUCT_CODES = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "UV": "Q", "SV": "q"}
 _STRUCT_CODES |= {"FL": "f", "FD": "d"}
 # pydicom adjusts the first value of these (a negative "US or SS" entry count) itself.
@@ -289,13 +290,16 @@ def _attribute_tag(value: Any) -> str | None:
 
 
 def _integer_string(value: Any) -> int | str | None:
-    """IS as a JSON number; text that is no integer stays a string (F.2.3 Note)."""
+    """IS as a JSON number; text that is no integer stays a string (F.2.3 Note), and so
+    does an integer beyond 64 bits (far outside IS's range, and a JSON number that neither
+    orjson nor the index's integer columns can hold: it made STOW answer 500)."""
     if value is None or value == "":
         return None
-    if isinstance(value, int):
-        return int(value)
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        value = int(value)
+    if isinstance(value, int):
+        number = int(value)
+        return number if _JSON_INTEGERS[0] <= number <= _JSON_INTEGERS[1] else str(number)
     return str(value).strip()
 
 

@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
+from pydicom.valuerep import STANDARD_VR
 
 from app.dicom.frames import locate_frames
 from app.dicom.instance import BULK_BASE, BulkRange, FrameRanges, ParsedInstance
@@ -154,6 +155,8 @@ def _read_meta(fp: BinaryIO, size: int) -> Dataset:
     for tag, raw in meta.items():
         if isinstance(raw, RawDataElement) and raw.value_tell + raw.length > size:
             raise DicomParseError(f"truncated: file ends inside element {label(tag)}")
+        if isinstance(raw, RawDataElement) and raw.VR not in STANDARD_VR:
+            raise DicomParseError(f"element {label(tag)} has an unknown value representation")
     return meta
 
 

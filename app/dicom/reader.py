@@ -33,6 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
+from pydicom.valuerep import STANDARD_VR
 
 from app.dicom.instance import BulkRange
 from app.dicom.json import BULK_VRS, decoding_path, describe_path, element_vr
@@ -52,6 +53,22 @@ _IMPLICIT_PIXEL_VR = {PIXEL_DATA: "OW", FLOAT_PIXEL_DATA: "OF", DOUBLE_FLOAT_PIX
 
 class DicomParseError(ValueError):
     """The file cannot be stored; the message is a human-readable FailureReason."""
+
+
+# Binary VRs whose value length must be a multiple of the value's size (PS3.5 6.2).
+_VALUE_WIDTHS = {
+    "AT": 4, "FD": 8, "FL": 4, "OD": 8, "OF": 4, "OL": 4, "OV": 8, "OW": 2,
+    "SL": 4, "SS": 2, "SV": 8, "UL": 4, "US": 2, "UV": 8,
+}  # fmt: skip
+
+
+def _check_vr(tag: int, vr: str | None) -> None:
+    """An explicit VR must be one PS3.5 defines: an unknown one makes the value unreadable
+    (pydicom cannot decode it, so neither can retrieval, transcoding or a client), and is
+    what a damaged element header looks like. The VR is not quoted: a damaged header's
+    bytes may be part of a value."""
+    if vr is not None and vr not in STANDARD_VR:
+        raise DicomParseError(f"element {label(tag)} has an unknown value representation")
 
 
 def label(tag: int) -> str:
@@ -221,12 +238,22 @@ class Reader:
         return (vr is None or (vr == "UN" and length < 0xFFFF)) and _is_public_sequence(tag)
 
     def _accept(self, raw: RawDataElement, prefix: str) -> RawDataElement:
+        _check_vr(raw.tag, raw.VR)
         if raw.value_tell + raw.length > self.size:
             raise DicomParseError(f"truncated: file ends inside element {label(raw.tag)}")
+        vr = element_vr(raw)
+        # pydicom decodes an implicit VR group length (gggg,0000) as UL, dictionary or not.
+        checked = "UL" if raw.VR is None and raw.tag & 0xFFFF == 0 else vr
+        width = _VALUE_WIDTHS.get(checked)
+        if width is not None and raw.length % width:
+            # pydicom cannot decode it (BytesLengthException), nor can any client.
+            raise DicomParseError(
+                f"element {label(raw.tag)} has {raw.length} bytes, not a whole number of "
+                f"{width}-byte {checked} values"
+            )
         if raw.value is not None or not raw.length:
             return raw
         # Deferred by pydicom (longer than defer_size).
-        vr = element_vr(raw)
         if vr in BULK_VRS:
             self.bulk[f"{prefix}{raw.tag:08X}"] = BulkRange(raw.value_tell, raw.length, vr)
             return raw
@@ -234,6 +261,7 @@ class Reader:
         return raw._replace(value=self.pread(raw.value_tell, raw.length))
 
     def _take_over(self, header: _Header, level: _Level) -> RawDataElement | DataElement:
+        _check_vr(header.tag, header.vr)
         if not level.nested and header.tag in _PIXEL_TAGS and self.pixel is None:
             return self._pixel_data(header, level)
         if self._is_sequence(header, level.little):

@@ -277,6 +277,21 @@ def _wrap_sender(event: Event, tally: Tally) -> Callable[[], None]:
     return restore
 
 
+def _read_whole(path: Path, instance: StoredInstance) -> Dataset:
+    """The stored file read and every value decoded, for pynetdicom to re-encode. pynetdicom
+    logs a failure's message (pydicom's may quote values): ours names the type only."""
+    try:
+        ds = dcmread(path)
+        for elem in ds.iterall():
+            _ = elem.value
+    except Exception as exc:
+        raise ValueError(
+            f"instance {instance.sop_instance_uid} cannot be converted for the peer: its stored "
+            f"data is damaged ({type(exc).__name__})"
+        ) from None
+    return ds
+
+
 def _send_stored(
     assoc: Association, send: Callable[..., Dataset], stored: StoredFile, *args: Any
 ) -> Dataset:
@@ -292,7 +307,7 @@ def _send_stored(
     if syntax in NATIVE_LITTLE_ENDIAN and any(
         _accepted(assoc, sop_class, other) for other in NATIVE_LITTLE_ENDIAN
     ):
-        return send(dcmread(path), *args)  # pynetdicom converts to the accepted syntax
+        return send(_read_whole(path, instance), *args)  # pynetdicom converts the syntax
     raise ValueError(
         f"the peer accepted no presentation context for {UID(sop_class).name} in "
         f"{UID(syntax).name} (the archive does not transcode)"

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from app.dicom.levels import Level
+from app.digits import INT64, NumberError, parse_int
 
 
 class Kind(StrEnum):
@@ -115,9 +116,12 @@ def normalize(kind: Kind, value: str) -> str | int | None:
     if kind is Kind.TIME:
         return normalize_time(value, upper=False)
     if kind is Kind.INT:
+        # Both backends' integer columns are 64-bit: a larger value (an IS can be any
+        # 12 characters in a damaged file; a "99999999999999999999" reached SQL and failed
+        # the store) cannot be matched or sorted as a number, so the column stays NULL.
         try:
-            return int(value)
-        except ValueError:
+            return parse_int(value, *INT64, signed=True)
+        except NumberError:
             return None
     return value
 

@@ -48,7 +48,7 @@ class Archive:
             ),
             search=SearchService(index),
             retrieve=retrieve,
-            imaging=ImagingService(retrieve),
+            imaging=ImagingService(retrieve, max_queued=settings.max_queued_imaging),
             audit=audit,
         )
 

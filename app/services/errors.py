@@ -25,3 +25,11 @@ class BadRequest(ArchiveError):
 
 class StorageInconsistent(ArchiveError):
     """The index names a blob the store does not have (HTTP 500 with this message)."""
+
+
+class Overloaded(ArchiveError):
+    """Too much work of this kind is waiting (HTTP 503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import io
+import logging
 import os
+import tempfile
 import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -34,13 +36,32 @@ from app.imaging.codecs import PIXEL_KEYWORDS, CodecError, Frame, decode_frame
 from app.imaging.display import RenderError
 from app.imaging.render import RenderOptions, ViewportError, render, thumbnail
 from app.imaging.transcode import NotTranscodable, Transcoder
-from app.services.errors import BadRequest, NotAcceptable, NotFound, Unsupported
+from app.services.errors import (
+    ArchiveError,
+    BadRequest,
+    NotAcceptable,
+    NotFound,
+    Overloaded,
+    Unsupported,
+)
 from app.services.ports import StoredInstance
 from app.services.retrieve import RetrieveService, Swap
 
 # Objects whose frames were not indexed are read whole to get at their pixels; beyond this
 # size the request is refused (501) rather than risk the server's memory.
 WHOLE_FILE_LIMIT = 256 * 1024 * 1024
+# A transcoded instance is produced whole before its first byte is sent (see `transcoded`):
+# in memory up to this size, in a temporary file beyond it.
+SPOOL_IN_MEMORY = 8 * 1024 * 1024
+_SPOOL_CHUNK = 1024 * 1024
+_SMALL_CHUNK = 64 * 1024
+# Seconds a client refused for a full imaging queue is asked to wait (Retry-After).
+RETRY_AFTER = 2
+# What pixel work raises on purpose; anything else it raises comes from damaged data that
+# the codecs and pydicom did not expect (an unknown VR, a codec panic, a truncated value).
+_EXPECTED = (ArchiveError, CodecError, RenderError, ViewportError, NotTranscodable)
+
+log = logging.getLogger(__name__)
 
 
 T = TypeVar("T")
@@ -87,6 +108,27 @@ def _read_dataset(data: bytes, stop_before_pixels: bool) -> Dataset:
         return dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels, force=True)
 
 
+def _read_header(data: bytes) -> Dataset:
+    """The header, every value decoded now (pydicom decodes lazily): a value that cannot be
+    decoded fails here, before any response, rather than in the middle of a body."""
+    ds = _read_dataset(data, True)
+    _decode_all(ds)
+    return ds
+
+
+def _read_whole(data: bytes) -> Dataset:
+    ds = _read_dataset(data, False)
+    _decode_all(ds)
+    return ds
+
+
+def _decode_all(ds: Dataset) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for elem in ds.iterall():
+            _ = elem.value
+
+
 def _number_of_frames(ds: Dataset) -> int:
     try:
         count = int(ds.get("NumberOfFrames") or 1)
@@ -112,10 +154,40 @@ def _loaded_frame(ds: Dataset, index: int, count: int) -> bytes:
     return value[index * size : (index + 1) * size]
 
 
+async def _read_spool(spool: tempfile.SpooledTemporaryFile[bytes]) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await asyncio.to_thread(spool.read, _SPOOL_CHUNK):
+            yield chunk
+    finally:
+        spool.close()
+
+
+class DamagedData(Exception):
+    """Pixel work failed in a way no codec foresaw: the stored object is damaged."""
+
+
 class ImagingService:
-    def __init__(self, retrieve: RetrieveService, workers: int | None = None) -> None:
+    def __init__(
+        self, retrieve: RetrieveService, workers: int | None = None, max_queued: int = 32
+    ) -> None:
         self.retrieve = retrieve
         self._cpu = asyncio.Semaphore(workers or os.cpu_count() or 2)
+        # PACS_MAX_QUEUED_IMAGING: pixel work that may wait for a worker before new requests
+        # are refused with 503 (see `admit`).
+        self.max_queued = max_queued
+        self._waiting = 0
+
+    def admit(self) -> None:
+        """Refuse a new request for pixel work (Overloaded: 503 + Retry-After) when every
+        worker is busy and `max_queued` pieces of work already wait. Called where a request
+        starts its pixel work, before any response: once admitted, a request's later work
+        waits its turn, so that a response already started is never cut short by the queue."""
+        if self._cpu.locked() and self._waiting >= self.max_queued:
+            raise Overloaded(
+                f"too many rendering and transcoding requests: {self._waiting} wait for a "
+                f"worker, the limit is {self.max_queued} (PACS_MAX_QUEUED_IMAGING); retry later",
+                RETRY_AFTER,
+            )
 
     async def _in_worker(self, work: Callable[[], T]) -> T:
         def run() -> T:
@@ -125,18 +197,49 @@ class ImagingService:
                 # A StopIteration cannot cross into the awaiting coroutine: the request
                 # would hang. It is a bug wherever it comes from; make it an ordinary one.
                 raise RuntimeError("StopIteration escaped from pixel work") from exc
+            except _EXPECTED:
+                raise
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # a Rust codec's panic is a BaseException
+                # The type only: pydicom's messages may quote values, which may be patient data.
+                raise DamagedData(type(exc).__name__) from exc
 
-        async with self._cpu:
+        self._waiting += 1
+        try:
+            await self._cpu.acquire()
+        finally:
+            self._waiting -= 1
+        try:
             return await asyncio.to_thread(run)
+        finally:
+            self._cpu.release()
+
+    async def _guarded(self, source: PixelSource | StoredInstance, work: Callable[[], T]) -> T:
+        """`_in_worker`, with damage no codec foresaw answered as 501 naming the instance."""
+        instance = source.instance if isinstance(source, PixelSource) else source
+        try:
+            return await self._in_worker(work)
+        except DamagedData as exc:
+            log.warning(
+                "instance %s: pixel work failed on damaged data (%s)",
+                instance.sop_instance_uid,
+                exc,
+            )
+            raise Unsupported(
+                f"instance {instance.sop_instance_uid} cannot be processed: its stored data "
+                f"is damaged ({exc})"
+            ) from exc
 
     async def open(self, access: Access, instance: StoredInstance) -> PixelSource:
         """Read the header of `instance`, found with `access` (and, when its frames are not
         indexed, all of it)."""
         access.require(Permission.READ)
+        self.admit()
         pixel = instance.pixel_data
         if pixel is not None and instance.frames:
             data = await self.retrieve.read_bytes(instance, 0, pixel.offset)
-            header = await self._in_worker(lambda: _read_dataset(data, True))
+            header = await self._guarded(instance, lambda: _read_header(data))
             swap = await self.retrieve.pixel_swap(access, instance)
             return PixelSource(instance, header, len(instance.frames), swap)
         if instance.size > WHOLE_FILE_LIMIT:
@@ -146,7 +249,7 @@ class ImagingService:
             )
         data = await self.retrieve.read_bytes(instance, 0, None)
         try:
-            whole = await self._in_worker(lambda: _read_dataset(data, False))
+            whole = await self._guarded(instance, lambda: _read_whole(data))
         except (InvalidDicomError, ValueError, EOFError) as exc:
             raise Unsupported(
                 f"instance {instance.sop_instance_uid} cannot be read: {exc}"
@@ -175,8 +278,8 @@ class ImagingService:
         self.check_frames(source, [number])
         if source.loaded is not None:
             loaded = source.loaded
-            return await self._in_worker(
-                lambda: _loaded_frame(loaded, number - 1, source.frame_count)
+            return await self._guarded(
+                source, lambda: _loaded_frame(loaded, number - 1, source.frame_count)
             )
         ranges = source.instance.frames[number - 1]
         reader = self.retrieve.read_ranges(source.instance, ranges, source.swap)
@@ -185,8 +288,8 @@ class ImagingService:
     async def decoded_frame(self, source: PixelSource, number: int) -> Frame:
         data = await self.stored_frame(source, number)
         try:
-            return await self._in_worker(
-                lambda: decode_frame(source.header, source.transfer_syntax_uid, data)
+            return await self._guarded(
+                source, lambda: decode_frame(source.header, source.transfer_syntax_uid, data)
             )
         except CodecError as exc:
             raise Unsupported(
@@ -196,12 +299,31 @@ class ImagingService:
 
     def transcoder(self, source: PixelSource, target: str) -> Transcoder:
         """A transcoder to `target`; NotAcceptable (406) when the conversion cannot be done."""
+        declared = _number_of_frames(source.header)
+        if source.has_pixels and declared != source.frame_count:
+            # The output would say one count and hold another (an offset table listing fewer
+            # frames than NumberOfFrames): served as stored only.
+            raise Unsupported(
+                f"instance {source.instance.sop_instance_uid} holds {source.frame_count} "
+                f"frame(s) but its NumberOfFrames says {declared}: it can be retrieved only "
+                "in its stored transfer syntax"
+            )
         try:
             return Transcoder(source.header, source.transfer_syntax_uid, target)
         except NotTranscodable as exc:
             raise NotAcceptable(
                 f"instance {source.instance.sop_instance_uid} cannot be sent in transfer "
                 f"syntax {target}: {exc}"
+            ) from exc
+        except Exception as exc:  # the header's values, read here first, are damaged
+            log.warning(
+                "instance %s: its header cannot be read for transcoding (%s)",
+                source.instance.sop_instance_uid,
+                type(exc).__name__,
+            )
+            raise Unsupported(
+                f"instance {source.instance.sop_instance_uid} cannot be transcoded: its stored "
+                f"header is damaged ({type(exc).__name__})"
             ) from exc
 
     async def transcoded_frame(
@@ -214,34 +336,55 @@ class ImagingService:
         self, source: PixelSource, transcoder: Transcoder, number: int, data: bytes
     ) -> bytes:
         try:
-            return await self._in_worker(lambda: transcoder.encode_frame(data))
+            return await self._guarded(source, lambda: transcoder.encode_frame(data))
         except CodecError as exc:
             raise Unsupported(
                 f"frame {number} of instance {source.instance.sop_instance_uid} cannot be "
                 f"converted to {transcoder.target_syntax}: {exc}"
             ) from exc
 
-    def transcoded(
+    async def transcoded(
         self, source: PixelSource, transcoder: Transcoder
-    ) -> tuple[AsyncIterator[bytes], int | None]:
-        """The instance as a PS3.10 file in the transcoder's syntax, a frame at a time, and
-        its size when that is known before encoding (native targets)."""
+    ) -> tuple[AsyncIterator[bytes], int]:
+        """The instance as a PS3.10 file in the transcoder's syntax, and its size.
+
+        The file is produced whole (a frame at a time, into a spooled temporary file:
+        memory stays bounded) before this returns: damage that only a full decode finds
+        (a frame a codec rejects) is then an error before the caller sends any byte, never
+        a body cut short. The stream closes the spool when it ends or is dropped."""
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115
+        try:
+            async for chunk in self._transcoded_body(source, transcoder):
+                if len(chunk) >= _SMALL_CHUNK:  # may go to disk: written in a thread
+                    await asyncio.to_thread(spool.write, chunk)
+                else:
+                    spool.write(chunk)
+            size = spool.tell()
+            spool.seek(0)
+        except BaseException as exc:
+            spool.close()
+            if isinstance(exc, _EXPECTED) or not isinstance(exc, Exception):
+                raise
+            # The transcoder's header work (prefix, suffix) on values damaged in storage.
+            log.warning(
+                "instance %s: transcoding failed on damaged data (%s)",
+                source.instance.sop_instance_uid,
+                type(exc).__name__,
+            )
+            raise Unsupported(
+                f"instance {source.instance.sop_instance_uid} cannot be transcoded: its stored "
+                f"data is damaged ({type(exc).__name__})"
+            ) from exc
+        return _read_spool(spool), size
+
+    async def _transcoded_body(
+        self, source: PixelSource, transcoder: Transcoder
+    ) -> AsyncIterator[bytes]:
         native = source.has_pixels and not transcoder.encapsulated
         frame_length = transcoder.native_frame_length() if native else None
         prefix = transcoder.prefix(source.frame_count, frame_length)
-        size = None
-        if not transcoder.encapsulated:
-            frames = (frame_length or 0) * source.frame_count
-            size = len(prefix) + frames + len(transcoder.suffix())
-        return self._transcoded_body(source, transcoder, prefix), size
-
-    async def _transcoded_body(
-        self, source: PixelSource, transcoder: Transcoder, prefix: bytes
-    ) -> AsyncIterator[bytes]:
         if not source.has_pixels:
             yield prefix
-        # The first frame is encoded before anything is sent, so that an object the codecs
-        # cannot handle gets an error response rather than a body cut off after its headers.
         # The next frame is read while this one is encoded.
         pending: asyncio.Future[bytes] | None = None
         try:
@@ -266,8 +409,8 @@ class ImagingService:
         pairs = [(f.pixels, f.photometric_interpretation) for f in frames]
         indexes = [n - 1 for n in numbers]
         try:
-            return await self._in_worker(
-                lambda: render(source.display_header, pairs, options, indexes)
+            return await self._guarded(
+                source, lambda: render(source.display_header, pairs, options, indexes)
             )
         except ViewportError as exc:
             raise BadRequest(str(exc)) from exc
@@ -282,14 +425,15 @@ class ImagingService:
         self.check_frames(source, [number])
         frame = await self.decoded_frame(source, number)
         try:
-            return await self._in_worker(
+            return await self._guarded(
+                source,
                 lambda: thumbnail(
                     source.display_header,
                     frame.pixels,
                     frame.photometric_interpretation,
                     media_type,
                     size,
-                )
+                ),
             )
         except RenderError as exc:
             raise Unsupported(

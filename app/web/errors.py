@@ -18,6 +18,7 @@ from app.services.errors import (
     BadRequest,
     NotAcceptable,
     NotFound,
+    Overloaded,
     StorageInconsistent,
     Unsupported,
 )
@@ -77,6 +78,9 @@ async def handle_known(request: Request, exc: Exception) -> Response:
         challenge = 'Bearer realm="pacs", error="insufficient_scope"'
         record_forbidden(request, str(exc))
         return error_response(403, str(exc), {"WWW-Authenticate": challenge})
+    if isinstance(exc, Overloaded):
+        log.warning("%s %s: 503 %s", request.method, request.url.path, exc)
+        return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)})
     for kind, status in _STATUS.items():
         if isinstance(exc, kind):
             if status == 500:  # our fault: the index and the stored files disagree

@@ -31,7 +31,7 @@ from app.web.render_params import (
     check_output_size,
     parse_render_options,
 )
-from app.web.streaming import Part, bytes_part, multipart_response
+from app.web.streaming import Part, bytes_part, multipart_response, produced_first
 from app.web.wado import frame_numbers
 
 THUMBNAIL_SIZE = 128
@@ -124,7 +124,8 @@ async def retrieve_rendered(request: Request) -> Response:
         return bytes_part(image)
 
     parts = [part(instance) for instance in images]
-    return await multipart_response(parts, options.media_type, options.media_type)
+    # One image per instance: one that cannot be rendered is left out (see multipart_response).
+    return await multipart_response(parts, options.media_type, options.media_type, omissible=True)
 
 
 async def retrieve_rendered_frames(request: Request) -> Response:
@@ -143,7 +144,7 @@ async def retrieve_rendered_frames(request: Request) -> Response:
     def part(number: int) -> Part:
         return bytes_part(lambda: archive.imaging.rendered(source, [number], options))
 
-    parts = [part(number) for number in numbers]
+    parts = await produced_first([part(number) for number in numbers])
     return await multipart_response(parts, options.media_type, options.media_type)
 
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from starlette.responses import Response, StreamingResponse
 
 from app.dicom.multipart import closing, content_type_header, new_boundary, part_head
+from app.services.errors import NotAcceptable, Unsupported
+
+log = logging.getLogger(__name__)
+
+# Parts produced before a response starts are kept in memory up to this size, then on disk.
+_SPOOL_IN_MEMORY = 8 * 1024 * 1024
+_SPOOL_CHUNK = 1024 * 1024
 
 # One body of a multipart response, produced when its turn comes: (chunks, size in bytes).
 Part = Callable[[], Awaitable[tuple[AsyncIterator[bytes], int]]]
@@ -40,14 +50,29 @@ def bytes_part(produce: Callable[[], Awaitable[bytes]]) -> Part:
     return send
 
 
-async def multipart_response(parts: Sequence[Part], part_type: str, type_param: str) -> Response:
+async def multipart_response(
+    parts: Sequence[Part], part_type: str, type_param: str, *, omissible: bool = False
+) -> Response:
     """multipart/related; type=`type_param`, each part labelled `part_type` with its
-    Content-Length, produced one after the other as the body is sent."""
+    Content-Length, produced one after the other as the body is sent.
+
+    A part whose production fails (Unsupported, NotAcceptable) after the response has
+    started is left out when `omissible` (each part is an instance: PS3.18 10.4.3 lets a
+    retrieve omit those it cannot return), with a warning in the log; the body still ends
+    with its closing boundary. Parts that may not be omitted (frames: the client maps
+    parts to the numbers it asked for by their order) must be produced first
+    (`produced_first`). The first part's failure is always the response's error status."""
     boundary = new_boundary()
 
     async def body() -> AsyncIterator[bytes]:
-        for part in parts:
-            content, size = await part()
+        for k, part in enumerate(parts):
+            try:
+                content, size = await part()
+            except (Unsupported, NotAcceptable) as exc:
+                if k == 0 or not omissible:
+                    raise
+                log.warning("part %d omitted from a multipart response: %s", k + 1, exc)
+                continue
             yield part_head(boundary, part_type, {"Content-Length": str(size)})
             async for chunk in content:
                 yield chunk
@@ -57,3 +82,46 @@ async def multipart_response(parts: Sequence[Part], part_type: str, type_param: 
     return StreamingResponse(
         await opened(body()), media_type=content_type_header(boundary, type_param)
     )
+
+
+async def produced_first(parts: Sequence[Part]) -> list[Part]:
+    """Produce every part now, into one spooled temporary file (memory stays bounded), so
+    that a failure in any of them is an error before the response starts; the returned
+    parts read the spool. The spool is removed when the last part has been read (or, for a
+    response dropped midway, when it is collected)."""
+    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115
+    extents: list[tuple[int, int]] = []
+    try:
+        for part in parts:
+            content, _ = await part()
+            start = spool.tell()
+            async for chunk in content:
+                await asyncio.to_thread(spool.write, chunk)
+            extents.append((start, spool.tell() - start))
+    except BaseException:
+        spool.close()
+        raise
+
+    def read(index: int) -> Part:
+        start, size = extents[index]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                await asyncio.to_thread(spool.seek, start)
+                left = size
+                while left > 0:
+                    chunk = await asyncio.to_thread(spool.read, min(left, _SPOOL_CHUNK))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+                    yield chunk
+            finally:
+                if index == len(extents) - 1:
+                    spool.close()
+
+        async def send() -> tuple[AsyncIterator[bytes], int]:
+            return chunks(), size
+
+        return send
+
+    return [read(index) for index in range(len(extents))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -16,7 +17,7 @@ from app.dicom.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE, NATIVE_
 from app.digits import INT32, NumberError, parse_int
 from app.imaging.transcode import Transcoder
 from app.services.archive import Archive
-from app.services.errors import BadRequest, NotAcceptable
+from app.services.errors import BadRequest, NotAcceptable, Unsupported
 from app.services.imaging import PixelSource
 from app.services.ports import StoredInstance
 from app.services.retrieve import Swap
@@ -33,8 +34,10 @@ from app.web.negotiation import (
     parse_accept,
 )
 from app.web.ranges import ByteRange, parse_range
-from app.web.streaming import Part, bytes_part, multipart_response, opened
+from app.web.streaming import Part, bytes_part, multipart_response, opened, produced_first
 from app.web.urls import base_url, instance_url
+
+log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 _JSON_TYPES = ("*/*", "application/*", "application/dicom+json", "application/json")
@@ -98,11 +101,12 @@ async def _plan(
     raise refusal
 
 
-def _instance_body(archive: Archive, plan: _Plan) -> tuple[AsyncIterator[bytes], int | None]:
-    """The PS3.10 bytes of a planned instance and their length when known up front."""
+async def _instance_body(archive: Archive, plan: _Plan) -> tuple[AsyncIterator[bytes], int]:
+    """The PS3.10 bytes of a planned instance and their length. A transcoded instance is
+    produced whole first, so an error in it comes before its first byte."""
     if plan.transcoder is None or plan.source is None:
-        return archive.retrieve.content(plan.instance), plan.instance.size
-    return archive.imaging.transcoded(plan.source, plan.transcoder)
+        return await opened(archive.retrieve.content(plan.instance)), plan.instance.size
+    return await archive.imaging.transcoded(plan.source, plan.transcoder)
 
 
 async def retrieve_instances(request: Request) -> Response:
@@ -133,11 +137,23 @@ async def retrieve_instances(request: Request) -> Response:
     boundary = new_boundary()
 
     async def body() -> AsyncIterator[bytes]:
-        for plan in plans:
-            content, length = _instance_body(archive, plan)
-            content = await opened(content)
-            extra = {"Content-Length": str(length)} if length is not None else {}
-            yield part_head(boundary, _part_type(plan.rep), extra)
+        for k, plan in enumerate(plans):
+            try:
+                content, length = await _instance_body(archive, plan)
+            except (Unsupported, NotAcceptable) as exc:
+                if k == 0:
+                    raise  # nothing sent yet: the whole request gets the error status
+                # PS3.18 10.4.3 lets a retrieve omit instances it cannot return (its 202
+                # warning cannot be sent once the 200 has gone out): the part is left out
+                # and the body still ends with its closing boundary.
+                log.warning(
+                    "retrieve of %s: instance %s omitted from the response: %s",
+                    study,
+                    plan.instance.sop_instance_uid,
+                    type(exc).__name__,
+                )
+                continue
+            yield part_head(boundary, _part_type(plan.rep), {"Content-Length": str(length)})
             async for chunk in content:
                 yield chunk
             yield b"\r\n"
@@ -165,9 +181,6 @@ async def plan_response(
 async def _single_instance(
     request: Request, archive: Archive, access: Access, plan: _Plan
 ) -> Response:
-    content, length = _instance_body(archive, plan)
-    transferred = AuditAction.INSTANCES_TRANSFERRED
-    content = audited_stream(request, access, transferred, [plan.instance], content)
     headers = {"Accept-Ranges": "bytes"} if plan.transcoder is None else {}
     if plan.transcoder is None:
         byte_range = requested_range(request, plan.instance.size, plan.instance.sha256)
@@ -181,8 +194,10 @@ async def _single_instance(
                 plan.instance.sha256,
             )
         headers["ETag"] = f'"{plan.instance.sha256}"'
-    if length is not None:
-        headers["Content-Length"] = str(length)
+    content, length = await _instance_body(archive, plan)
+    transferred = AuditAction.INSTANCES_TRANSFERRED
+    content = audited_stream(request, access, transferred, [plan.instance], content)
+    headers["Content-Length"] = str(length)
     return StreamingResponse(
         await opened(content), media_type=_part_type(plan.rep), headers=headers
     )
@@ -334,6 +349,9 @@ async def _frames_response(
             continue
         archive.imaging.check_frames(source, numbers)
         parts = _transcoded_frames(archive, source, transcoder, numbers)
+        if len(parts) > 1:
+            # Every frame is decoded before the first byte: frame k cannot be left out.
+            parts = await produced_first(parts)
         return await _send_frames(parts, replace(rep, transfer_syntax=target))
     assert refusal is not None
     raise refusal

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import fields, replace
 from uuid import uuid4
 
@@ -404,3 +405,28 @@ async def test_replaced_blob_key_is_no_longer_referenced(index: Index, records: 
     await add(index, second, overwrite=True)
     keys = [first.blob_key, second.blob_key]
     assert await index.referenced_blob_keys(keys) == {second.blob_key}
+
+
+# -- integers out of range ---------------------------------------------------------------
+
+
+async def test_an_instance_number_over_64_bits_is_stored_with_no_column_value(
+    index: Index, records: Records
+) -> None:
+    # Issue 10: an IS of 20 digits made the metadata JSON unwritable (orjson has 64-bit
+    # integers) and the instance_number column overflow: STOW answered 500. The value is no
+    # valid IS (PS3.5: -2^31 to 2^31-1); it stays in the metadata as text, the column NULL.
+    # Within 64 bits the value stays a number, in the JSON and in the column.
+    huge = str(10**20)  # pydicom reads IS through float: a power of ten stays exact
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom: too long for an IS, as it should be
+        record = records.make(InstanceNumber=huge, SeriesNumber=2**40)
+    assert (await add(index, record)).outcome is Outcome.STORED
+    (found,) = await index.metadata(TENANT, record.study_instance_uid)
+    attrs = orjson.loads(found.json)
+    assert attrs["00200013"]["Value"] == [huge]
+    assert attrs["00200011"]["Value"] == [2**40]
+    hits = await index.search(
+        TENANT, parse_qido([("StudyInstanceUID", record.study_instance_uid)], Level.INSTANCE)
+    )
+    assert [hit.instance["00200013"]["Value"] for hit in hits if hit.instance] == [[huge]]
