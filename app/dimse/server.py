@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +32,8 @@ from app.dimse.audit import record_refused_node, record_rejected, refuse
 from app.dimse.bridge import Bridge, DimseConfig, peer, policy_of
 from app.dimse.contexts import prefer_receiver_syntaxes, supported_contexts
 from app.dimse.find import handle_find
+from app.dimse.listener import Listener
+from app.dimse.poll_ready import use_poll
 from app.dimse.retrieve import handle_get, handle_move
 from app.dimse.status import Status
 from app.dimse.store import handle_store
@@ -57,6 +60,10 @@ class DimseServer:
         self.ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         self.ae.maximum_pdu_size = MAX_PDU
         self.ae.maximum_associations = config.max_associations
+        # ARTIM: how long the A-ASSOCIATE-RQ (and later A-RELEASE-RP) may take; the idle
+        # timeout of an established association.
+        self.ae.acse_timeout = config.limits.request_timeout
+        self.ae.network_timeout = config.idle_timeout
         self.ae.require_calling_aet = list(config.required_calling_aes)
         for cx in supported_contexts():
             self.ae.add_supported_context(
@@ -73,6 +80,7 @@ class DimseServer:
         # file from disk as it is rather than a decoded dataset.
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.STORE_SEND_CHUNKED_DATASET = True
+        use_poll()
         # A TLS peer we refuse (or that refuses us) is a line, not a traceback.
         logging.getLogger("pynetdicom.transport").addFilter(_without_tls_traceback)
         bridge = self.bridge
@@ -124,13 +132,21 @@ class DimseServer:
     ) -> None:
         host = self.bridge.config.host
         try:
-            server = self.ae.start_server(
-                (host, port), block=False, evt_handlers=handlers, ssl_context=context
+            # As ae.start_server(block=False), with our server class (app/dimse/listener.py).
+            server = self.ae.make_server(
+                (host, port),
+                evt_handlers=handlers,
+                ssl_context=context,
+                server_class=Listener,
+                limits=self.bridge.config.limits,
             )
         except OSError as exc:
             raise OSError(listen_error(host, port, exc, setting)) from exc
-        if server is not None:  # always, with block=False
-            self._servers.append(server)
+        threading.Thread(
+            target=server.serve_forever, name=f"AcceptorServer@{port}", daemon=True
+        ).start()
+        self.ae._servers.append(server)  # server.shutdown() removes it, as start_server's
+        self._servers.append(server)
 
     def stop(self) -> None:
         """Stop listening, let associations in progress finish for a few seconds, then
