@@ -4,6 +4,7 @@ latency probe."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import resource
 import selectors
@@ -110,10 +111,8 @@ def close_all(socks: list[socket.socket]) -> None:
     of those port numbers would fail with "address already in use"."""
     linger = struct.pack("ii", 1, 0)
     for sock in socks:
-        try:
+        with contextlib.suppress(OSError):  # already closed
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-        except OSError:
-            pass
         sock.close()
 
 
