@@ -146,7 +146,9 @@ class GuardedProtocol(HttpToolsProtocol):
         )
         if self._in_headers:  # a client that sent nothing gets no answer (a browser's
             # pre-opened connection would take a 408 for its next request's answer)
-            self._send_408(f"request headers not complete within {seconds:g} s")
+            self._send_408(
+                f"request headers not complete within {seconds:g} s (PACS_HTTP_HEADER_TIMEOUT)"
+            )
         self.transport.close()
 
     # -- body timeout -----------------------------------------------------------------
@@ -180,14 +182,14 @@ class GuardedProtocol(HttpToolsProtocol):
             self._address,
         )
         if not cycle.response_started:
-            self._send_408(f"no request body bytes for {seconds:g} s")
+            self._send_408(f"no request body bytes for {seconds:g} s (PACS_HTTP_BODY_TIMEOUT)")
         # The app reads a disconnect and its answer, if any, goes nowhere.
         cycle.disconnected = True
         cycle.message_event.set()
         self.transport.close()
 
     def _send_408(self, reason: str) -> None:
-        message = f"{reason} (request timeout)".encode("ascii")
+        message = reason.encode("ascii")
         self.transport.write(
             b"HTTP/1.1 408 Request Timeout\r\n"
             b"content-type: text/plain; charset=utf-8\r\n"

@@ -120,12 +120,16 @@ def still_open(socks: list[socket.socket]) -> int:
     """How many of `socks` the server has not closed (nothing to read, no EOF)."""
     count = 0
     for sock in socks:
+        timeout = sock.gettimeout()
+        sock.settimeout(0)  # a peek that never waits
         try:
-            count += sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+            count += sock.recv(1, socket.MSG_PEEK) != b""
         except BlockingIOError:
             count += 1
         except OSError:
             pass
+        finally:
+            sock.settimeout(timeout)
     return count
 
 

@@ -1,0 +1,153 @@
+"""Each timeout and connection budget fires, with short settings (issue 10): slow request
+headers and a stalled STOW body get 408 and are closed; a connection over the per-address
+cap is closed at once and logged once, not once per connection; on the DICOM port a
+connection that sends no A-ASSOCIATE-RQ is closed after ARTIM, and one over the per-address
+cap at once, while a real echoscu is served.
+
+Test clients use their own loopback addresses (127.0.1.x), so that the per-address caps
+they reach are theirs alone.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import flood
+from tests.support.dcmtk import check, require_dcmtk
+from tests.support.server import free_port, running_server
+
+HEADER_TIMEOUT = 2
+BODY_TIMEOUT = 2
+ARTIM = 3
+HTTP_PER_ADDRESS = 4
+DIMSE_PER_ADDRESS = 2
+
+
+@dataclass(frozen=True)
+class Pacs:
+    url: str
+    port: int
+    dimse_port: int
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
+    require_dcmtk()
+    data = tmp_path_factory.mktemp("limits")
+    dimse_port = free_port()
+    env = {
+        "PACS_HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
+        "PACS_HTTP_BODY_TIMEOUT": str(BODY_TIMEOUT),
+        "PACS_HTTP_MAX_CONNECTIONS_PER_ADDRESS": str(HTTP_PER_ADDRESS),
+        "PACS_DIMSE_REQUEST_TIMEOUT": str(ARTIM),
+        "PACS_DIMSE_MAX_CONNECTIONS_PER_ADDRESS": str(DIMSE_PER_ADDRESS),
+    }
+    with running_server(data, "--dimse-port", str(dimse_port), env=env) as url:
+        yield Pacs(url, int(url.rsplit(":", 1)[1]), dimse_port, data / "server.log")
+
+
+def connect(port: int, source: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    return sock
+
+
+def until_closed(sock: socket.socket, timeout: float = 10) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    start = time.monotonic()
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received, time.monotonic() - start
+
+
+def log_lines(pacs: Pacs, text: str) -> list[str]:
+    return [line for line in pacs.log.read_text().splitlines() if text in line]
+
+
+def test_slow_request_headers_get_408_and_the_connection_is_closed(pacs: Pacs) -> None:
+    with connect(pacs.port, "127.0.1.1") as slow, connect(pacs.port, "127.0.1.1") as silent:
+        slow.sendall(flood.PARTIAL_REQUEST)
+        answer, waited = until_closed(slow)
+        nothing, silent_waited = until_closed(silent)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"PACS_HTTP_HEADER_TIMEOUT" in answer, answer
+    assert HEADER_TIMEOUT - 0.5 < waited < HEADER_TIMEOUT + 3
+    # A connection that sent nothing is closed without an answer it could take for the
+    # answer to its next request.
+    assert nothing == b"" and silent_waited < HEADER_TIMEOUT + 3
+    assert log_lines(pacs, "request headers not complete within 2 s")
+
+
+def test_stalled_stow_body_gets_408_and_no_server_error(pacs: Pacs) -> None:
+    head = (
+        b"POST /dicomweb/studies HTTP/1.1\r\nHost: pacs\r\n"
+        b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
+        b"Content-Length: 100000\r\n\r\n"
+    )
+    with connect(pacs.port, "127.0.1.2") as sock:
+        sock.sendall(head + b"--b\r\nContent-Type: application/dicom\r\n\r\n" + b"\0" * 1000)
+        answer, waited = until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"PACS_HTTP_BODY_TIMEOUT" in answer, answer
+    assert BODY_TIMEOUT - 0.5 < waited < BODY_TIMEOUT + 3
+    time.sleep(0.5)  # the app's end of the request
+    log = pacs.log.read_text()
+    assert " ERROR " not in log and "Traceback" not in log, log[-3000:]
+    assert httpx.get(f"{pacs.url}/health", timeout=10).status_code == 200
+
+
+def test_connections_over_the_per_address_cap_are_closed_at_once_and_logged_once(
+    pacs: Pacs,
+) -> None:
+    source = "127.0.1.3"
+    held = [connect(pacs.port, source) for _ in range(HTTP_PER_ADDRESS)]
+    try:
+        assert flood.request_all(held) == HTTP_PER_ADDRESS  # now idle on keep-alive
+        refused = [connect(pacs.port, source) for _ in range(30)]
+        for sock in refused:
+            answer, waited = until_closed(sock)
+            sock.close()
+            assert answer == b"" and waited < 1
+        assert flood.still_open(held) == HTTP_PER_ADDRESS
+        # Other addresses are served meanwhile.
+        assert httpx.get(f"{pacs.url}/health", timeout=10).status_code == 200
+    finally:
+        flood.close_all(held)
+    lines = log_lines(pacs, "PACS_HTTP_MAX_CONNECTIONS_PER_ADDRESS=4")
+    assert 1 <= len(lines) <= 2 and source in lines[0], lines
+
+
+def test_dimse_connection_without_association_request_is_closed_after_artim(pacs: Pacs) -> None:
+    with connect(pacs.dimse_port, "127.0.1.4") as sock:
+        answer, waited = until_closed(sock)
+    assert answer == b""
+    assert ARTIM - 0.5 < waited < ARTIM + 3
+    assert log_lines(pacs, "no A-ASSOCIATE-RQ within 3 s")
+
+
+def test_dimse_connections_over_the_per_address_cap_are_closed_at_once(pacs: Pacs) -> None:
+    source = "127.0.1.5"
+    held = [connect(pacs.dimse_port, source) for _ in range(DIMSE_PER_ADDRESS)]
+    try:
+        time.sleep(0.2)  # accepted and counted
+        with connect(pacs.dimse_port, source) as extra:
+            answer, waited = until_closed(extra)
+        assert answer == b"" and waited < 1
+        assert flood.still_open(held) == DIMSE_PER_ADDRESS
+        check("echoscu", "-aet", "ECHOSCU", "-aec", "PACS", "127.0.0.1", str(pacs.dimse_port))
+    finally:
+        flood.close_all(held)
+    lines = log_lines(pacs, "PACS_DIMSE_MAX_CONNECTIONS_PER_ADDRESS=2")
+    assert len(lines) == 1 and source in lines[0], lines
