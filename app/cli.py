@@ -18,7 +18,6 @@ from app.main import STARTUP_ERRORS, build_app, check_issuer, dimse_config, open
 from app.open_files import raise_open_file_limit
 from app.settings import Settings
 from app.tls import https_context
-from app.web.access_log import without_query_strings
 from app.web.http_protocol import HttpLimits, guarded_protocol
 
 
@@ -191,7 +190,6 @@ def _serve(settings: Settings, https: ssl.SSLContext | None) -> int:
     elif settings.allow_anonymous:
         logging.getLogger("pacs").warning("no sign-in: anyone who can reach the archive may use it")
     _open_file_limit(settings)
-    without_query_strings()
     app = build_app(settings)
     # What lives as long as the process (modules, pydicom's dictionaries: ~100,000 objects)
     # is left out of the collector's full passes, each of which stops the event loop; with
@@ -222,7 +220,8 @@ def uvicorn_options(settings: Settings, https: ssl.SSLContext | None) -> dict[st
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),
-        "access_log": settings.log_level.lower() == "debug",
+        # Ours (app/web/access_log.py) logs route templates; uvicorn's, paths with queries.
+        "access_log": False,
         # Forwarded headers are the app's business, from PACS_TRUSTED_PROXIES only: uvicorn
         # would otherwise believe X-Forwarded-For/-Proto from 127.0.0.1 by default.
         "proxy_headers": False,
