@@ -18,31 +18,31 @@ class ThrottledLog:
         self._level = level
         self._interval = interval
         self._lock = threading.Lock()  # DIMSE refuses connections from several threads
-        self._last = -interval
+        # By message: when it was last logged, how often it came since, lately from where.
+        self._last: dict[str, float] = {}
         self._held: Counter[str] = Counter()
         self._latest: dict[str, str] = {}
 
     def log(self, message: str, address: str) -> None:
         """Log `message` (from `address`) now, or count it and log the tally once the
-        interval has passed (on the next event after it: no timer)."""
+        interval has passed since it was last logged (on its next event: no timer)."""
         with self._lock:
             self._held[message] += 1
             self._latest[message] = address
             now = time.monotonic()
-            if now - self._last < self._interval:
+            if now - self._last.get(message, -self._interval) < self._interval:
                 return
-            self._last = now
-            held, latest = self._held, self._latest
-            self._held, self._latest = Counter(), {}
-        for text, count in held.items():
-            if count == 1:
-                self._logger.log(self._level, "%s: %s", text, latest[text])
-            else:
-                self._logger.log(
-                    self._level,
-                    "%s: %d times in the last %g s, lately from %s",
-                    text,
-                    count,
-                    self._interval,
-                    latest[text],
-                )
+            self._last[message] = now
+            count = self._held.pop(message)
+            latest = self._latest.pop(message)
+        if count == 1:
+            self._logger.log(self._level, "%s: %s", message, latest)
+        else:
+            self._logger.log(
+                self._level,
+                "%s: %d times in the last %g s, lately from %s",
+                message,
+                count,
+                self._interval,
+                latest,
+            )

@@ -93,15 +93,11 @@ class Listener(ThreadedAssociationServer):
         start the association (which is counted by `active_associations` from then on)."""
         address = str(client_address[0])
         try:
-            if _readable(request, self.limits.request_timeout):
-                super().process_request_thread(request, client_address)
-            else:
-                silences.log(
-                    "DICOM connection closed: no A-ASSOCIATE-RQ within "
-                    f"{self.limits.request_timeout:g} s (PACS_DIMSE_REQUEST_TIMEOUT)",
-                    address,
-                )
+            if why := _silence(request, self.limits.request_timeout):
+                silences.log(f"DICOM connection closed: {why}", address)
                 self.shutdown_request(request)
+            else:
+                super().process_request_thread(request, client_address)
         finally:
             with self._lock:
                 self._waiting[address] -= 1
@@ -109,13 +105,19 @@ class Listener(ThreadedAssociationServer):
                     del self._waiting[address]
 
 
-def _readable(sock: socket.socket, timeout: float) -> bool:
-    """Whether `sock` has something to read (or was closed) within `timeout` seconds.
+def _silence(sock: socket.socket, timeout: float) -> str:
+    """Wait up to `timeout` seconds for the first byte: empty once there is one, else why
+    there is none (pynetdicom would log a connection reset with a traceback at ERROR).
     poll(), not select(): the process holds thousands of HTTP sockets, and select() cannot
     watch a descriptor above 1023."""
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     try:
-        return bool(poller.poll(timeout * 1000))
+        if not poller.poll(timeout * 1000):
+            return f"no A-ASSOCIATE-RQ within {timeout:g} s (PACS_DIMSE_REQUEST_TIMEOUT)"
+        # The raw socket's bytes, also under TLS (an SSLSocket refuses flags).
+        if socket.socket.recv(sock, 1, socket.MSG_PEEK):
+            return ""
     except OSError:
-        return True  # pynetdicom sees the broken connection and ends it
+        pass
+    return "closed by the peer before an A-ASSOCIATE-RQ"

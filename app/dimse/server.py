@@ -83,6 +83,7 @@ class DimseServer:
         use_poll()
         # A TLS peer we refuse (or that refuses us) is a line, not a traceback.
         logging.getLogger("pynetdicom.transport").addFilter(_without_tls_traceback)
+        logging.getLogger("pynetdicom.association").addFilter(_idle_timeout_is_info)
         bridge = self.bridge
         self.answer_only.start()
         handlers: list[EventHandlerType] = [
@@ -202,6 +203,15 @@ def listen_error(host: str, port: int, exc: OSError, setting: str = "--dimse-por
 
 
 # -- association events ---------------------------------------------------------------
+
+
+def _idle_timeout_is_info(record: logging.LogRecord) -> bool:
+    """pynetdicom logs an association aborted for idling past PACS_DIMSE_IDLE_TIMEOUT at
+    ERROR: the peer's doing, not a fault of ours."""
+    if record.levelno == logging.ERROR and record.getMessage() == "Network timeout reached":
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg = "association aborted: idle for longer than PACS_DIMSE_IDLE_TIMEOUT"
+    return True
 
 
 def _without_tls_traceback(record: logging.LogRecord) -> bool:

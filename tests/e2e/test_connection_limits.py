@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from tests.support import flood
 from tests.support.dcmtk import check, require_dcmtk
@@ -26,6 +28,7 @@ from tests.support.server import free_port, running_server
 HEADER_TIMEOUT = 2
 BODY_TIMEOUT = 2
 ARTIM = 3
+IDLE = 2
 HTTP_PER_ADDRESS = 4
 DIMSE_PER_ADDRESS = 2
 
@@ -49,6 +52,7 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
         "PACS_HTTP_MAX_CONNECTIONS_PER_ADDRESS": str(HTTP_PER_ADDRESS),
         "PACS_DIMSE_REQUEST_TIMEOUT": str(ARTIM),
         "PACS_DIMSE_MAX_CONNECTIONS_PER_ADDRESS": str(DIMSE_PER_ADDRESS),
+        "PACS_DIMSE_IDLE_TIMEOUT": str(IDLE),
     }
     with running_server(data, "--dimse-port", str(dimse_port), env=env) as url:
         yield Pacs(url, int(url.rsplit(":", 1)[1]), dimse_port, data / "server.log")
@@ -151,3 +155,17 @@ def test_dimse_connections_over_the_per_address_cap_are_closed_at_once(pacs: Pac
         flood.close_all(held)
     lines = log_lines(pacs, "PACS_DIMSE_MAX_CONNECTIONS_PER_ADDRESS=2")
     assert len(lines) == 1 and source in lines[0], lines
+
+
+def test_idle_association_is_aborted_after_the_idle_timeout_and_logged_as_info(pacs: Pacs) -> None:
+    ae = AE(ae_title="IDLESCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", pacs.dimse_port, ae_title="PACS")
+    assert assoc.is_established
+    start = time.monotonic()
+    assoc.join(timeout=IDLE + 5)  # the association's thread ends when the server aborts
+    waited = time.monotonic() - start
+    assert assoc.is_aborted and IDLE - 0.5 < waited < IDLE + 5, (assoc.is_aborted, waited)
+    lines = log_lines(pacs, "idle for longer than PACS_DIMSE_IDLE_TIMEOUT")
+    assert lines and " INFO " in lines[0], lines
+    assert " ERROR " not in pacs.log.read_text()
