@@ -169,3 +169,27 @@ def test_idle_association_is_aborted_after_the_idle_timeout_and_logged_as_info(p
     lines = log_lines(pacs, "idle for longer than PACS_DIMSE_IDLE_TIMEOUT")
     assert lines and " INFO " in lines[0], lines
     assert " ERROR " not in pacs.log.read_text()
+
+
+def test_connections_over_the_server_budgets_are_closed_at_once(tmp_path: Path) -> None:
+    """Every connection from its own address, so that only the servers' budgets apply."""
+    dimse_port = free_port()
+    env = {"PACS_HTTP_MAX_CONNECTIONS": "6", "PACS_DIMSE_MAX_CONNECTIONS": "3"}
+    addresses = iter(flood.loopback_addresses(2 * 256 + 10, 20))  # 127.0.2.10 ...
+    with running_server(tmp_path / "data", "--dimse-port", str(dimse_port), env=env) as url:
+        port = int(url.rsplit(":", 1)[1])
+        http = [connect(port, next(addresses)) for _ in range(6)]
+        dimse = [connect(dimse_port, next(addresses)) for _ in range(3)]
+        try:
+            assert flood.request_all(http) == 6
+            time.sleep(0.2)  # the DICOM connections accepted and counted
+            for extra in (connect(port, next(addresses)), connect(dimse_port, next(addresses))):
+                answer, waited = until_closed(extra)
+                extra.close()
+                assert answer == b"" and waited < 1
+            assert flood.still_open(http + dimse) == 9
+        finally:
+            flood.close_all(http + dimse)
+        log = (tmp_path / "data" / "server.log").read_text()
+    assert "budget of connections is used (PACS_HTTP_MAX_CONNECTIONS=6)" in log
+    assert "budget of connections is used (PACS_DIMSE_MAX_CONNECTIONS=3)" in log
