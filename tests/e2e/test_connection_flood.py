@@ -23,7 +23,7 @@ from pathlib import Path
 from tests.support import flood
 from tests.support.dcmtk import require_dcmtk
 from tests.support.dicom_factory import make_file
-from tests.support.server import PIDS, free_port, running_server
+from tests.support.server import PIDS, free_port, peak_rss_bytes, running_server
 
 HEADERLESS = 2500
 KEEP_ALIVE = 2500
@@ -86,7 +86,8 @@ def test_idle_connection_flood_leaves_health_curl_and_storescu_served(tmp_path: 
         descriptors = len(list(Path(f"/proc/{PIDS[url]}/fd").iterdir()))
         print(
             f"connected {(len(headerless), answered, len(dimse))}, held {open_now} "
-            f"(headerless, keep-alive, DIMSE); server fds {descriptors}"
+            f"(headerless, keep-alive, DIMSE); server fds {descriptors}, "
+            f"peak RSS {peak_rss_bytes(url) // 2**20} MiB"
         )
 
         assert (len(headerless), answered, len(dimse)) == (HEADERLESS, KEEP_ALIVE, DIMSE_IDLE)
