@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from urllib.parse import urlsplit, urlunsplit
 
 from starlette.types import ASGIApp
@@ -17,6 +18,7 @@ from app.index.migrations import IndexUnavailable, SchemaError
 from app.index.postgres import PostgresIndex
 from app.index.sqlite import SqliteIndex
 from app.services.archive import Archive
+from app.services.orphans import sweep_periodically
 from app.services.ports import BlobStore, Index
 from app.settings import Settings
 from app.storage.filesystem import FolderBlobStore
@@ -92,6 +94,28 @@ async def open_archive(settings: Settings) -> AsyncIterator[Archive]:
         await archive.close()
 
 
+@asynccontextmanager
+async def _sweeping(archive: Archive) -> AsyncIterator[None]:
+    """The orphan sweep in the background while the archive serves: readiness never waits
+    for a listing of the whole store."""
+    settings = archive.settings
+    task = asyncio.create_task(
+        sweep_periodically(
+            archive.index,
+            archive.blobs,
+            grace=settings.orphan_grace,
+            interval=settings.orphan_sweep_interval,
+        ),
+        name="orphan-sweep",
+    )
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+
 def _announce_backends(settings: Settings) -> None:
     """Say where data lives; once, by the serving process (not by the start-up check)."""
     if settings.uses_postgres:
@@ -116,7 +140,7 @@ def _without_password(url: str) -> str:
 @asynccontextmanager
 async def run_archive(settings: Settings) -> AsyncIterator[Archive]:
     """The open archive with its DICOM (DIMSE) listener, for the lifetime of `pacs serve`."""
-    async with open_archive(settings) as archive:
+    async with open_archive(settings) as archive, _sweeping(archive):
         _announce_backends(settings)
         if not (settings.dimse_port or settings.dimse_tls_port):
             log.info("DICOM (DIMSE) is off (--dimse-port 0)")

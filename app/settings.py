@@ -48,6 +48,13 @@ class Settings:
     s3_secret_access_key: str = ""
     # Objects larger than this are uploaded in parts of this size.
     s3_part_size: int = 16 * 1024 * 1024
+    # Orphan sweep (app/services/orphans.py), at start and then every interval seconds (0:
+    # at start only): blobs no index row refers to go to the store's quarantine, if written
+    # more than `orphan_grace` seconds ago. The grace must exceed the longest time between
+    # a blob's write and its index commit on any node sharing the index (an S3 multipart
+    # upload is dated from its start): younger blobs may be another node's upload in flight.
+    orphan_grace: int = 3600
+    orphan_sweep_interval: int = 6 * 3600
     # Replace a stored instance when a different object arrives with its SOP Instance UID.
     overwrite: bool = False
     # An instance whose PatientID / IssuerOfPatientID differs from the study it joins:
@@ -163,6 +170,8 @@ class Settings:
         for name in _AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise ValueError(f"PACS_{name.upper()}: must be at least 1")
+        if self.orphan_grace < 0 or self.orphan_sweep_interval < 0:
+            raise ValueError("PACS_ORPHAN_GRACE and PACS_ORPHAN_SWEEP_INTERVAL: 0 or more seconds")
         if self.max_stow_parts < 0:
             raise ValueError("PACS_MAX_STOW_PARTS: must be 0 (no limit) or more")
         if self.patient_mismatch not in ("refuse", "warn"):

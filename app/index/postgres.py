@@ -178,6 +178,14 @@ class PostgresIndex:
         rows = await self._pool.fetch(sql, *params)
         return [StoredMetadata(r[0], r[1], r[2], r[3].encode(), patient_id=r[4]) for r in rows]
 
+    async def referenced_blob_keys(self, keys: Sequence[str]) -> set[str]:
+        if not keys:
+            return set()
+        rows = await self._pool.fetch(
+            "SELECT blob_key FROM instance WHERE blob_key = ANY($1::text[])", list(keys)
+        )
+        return {row["blob_key"] for row in rows}
+
     # -- audit trail (app/index/postgres_audit.py) -------------------------------------
 
     async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +56,8 @@ _ORDER = ", ".join(ORDER_COLUMNS)
 
 _WAL_ATTEMPTS = 200  # 10 s
 READERS = 4
+# Blob keys per lookup: within SQLite's smallest limit on bound parameters (999 before 3.32).
+_KEYS_PER_QUERY = 900
 
 T = TypeVar("T")
 
@@ -161,6 +164,13 @@ class SqliteIndex:
         rows = await self._read(lambda db: db.execute(sql, params).fetchall())
         return [StoredMetadata(r[0], r[1], r[2], r[3].encode(), patient_id=r[4]) for r in rows]
 
+    async def referenced_blob_keys(self, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(keys), _KEYS_PER_QUERY):
+            batch = tuple(keys[start : start + _KEYS_PER_QUERY])
+            found.update(await self._read(partial(_referenced, keys=batch)))
+        return found
+
     # -- audit trail (app/index/sqlite_audit.py) ---------------------------------------
 
     async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:
@@ -169,6 +179,12 @@ class SqliteIndex:
 
     async def search_audit(self, tenant: str, query: AuditQuery) -> list[AuditEvent]:
         return await self._read(lambda db: sqlite_audit.search_audit(db, tenant, query))
+
+
+def _referenced(db: sqlite3.Connection, keys: tuple[str, ...]) -> list[str]:
+    marks = ",".join("?" * len(keys))
+    sql = f"SELECT blob_key FROM instance WHERE blob_key IN ({marks})"
+    return [row[0] for row in db.execute(sql, keys)]
 
 
 def _open(path: Path, readers: int) -> tuple[sqlite3.Connection, list[sqlite3.Connection]]:

@@ -152,6 +152,12 @@ class Index(Protocol):
         """Stored DICOM JSON of the instances in scope, in retrieval order."""
         ...
 
+    async def referenced_blob_keys(self, keys: Sequence[str]) -> set[str]:
+        """Of `keys`, those an instance row refers to, in any tenant: the orphan sweep's
+        question (app/services/orphans.py). The one method without a tenant: it answers
+        about the archive's own storage, a subset of what it is asked, never data."""
+        ...
+
     async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:
         """Keep audit events, all in one transaction of their own."""
         ...
@@ -175,6 +181,17 @@ def blob_key(tenant: str, blob_id: str) -> str:
     return f"{check_tenant(tenant)}/{blob_id}"
 
 
+@dataclass(frozen=True)
+class BlobInfo:
+    """A stored blob as a listing sees it."""
+
+    key: str
+    size: int
+    # Seconds since it was written, by the store's own clock (the S3 service's, not this
+    # machine's), so a sweep judges ages without trusting two clocks to agree.
+    age: float
+
+
 class BlobStore(Protocol):
     """Blobs by key. Keys are internal ids, optionally under one tenant segment
     (`<tenant>/<id>`, see `app/storage/keys.py`), never paths made of request values."""
@@ -194,5 +211,17 @@ class BlobStore(Protocol):
     async def delete(self, key: str) -> None: ...
 
     async def exists(self, key: str) -> bool: ...
+
+    def list_blobs(self, page_size: int = 1000) -> AsyncIterator[list[BlobInfo]]:
+        """Every blob of the store, in pages of at most `page_size`, quarantined ones left
+        out. Memory stays bounded whatever the number of blobs."""
+        ...
+
+    async def quarantine(self, key: str) -> None:
+        """Move a blob out of the store's keys to its quarantine area (a folder or prefix
+        named `.quarantine` beside the tenants' ones, same layout), where nothing reads it
+        and an operator can inspect, restore or purge it. A key already gone is no error:
+        another node may have moved it first."""
+        ...
 
     async def close(self) -> None: ...

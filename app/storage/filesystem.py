@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
+from itertools import islice
 from pathlib import Path
 
-from app.storage.keys import key_path
+from app.services.ports import BlobInfo
+from app.storage.keys import QUARANTINE, key_of, key_path
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -68,5 +71,51 @@ class FolderBlobStore:
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._path(key).exists)
 
+    async def list_blobs(self, page_size: int = 1000) -> AsyncIterator[list[BlobInfo]]:
+        walk = self._walk()
+        while page := await asyncio.to_thread(lambda: list(islice(walk, page_size))):
+            yield page
+
+    def _walk(self) -> Iterator[BlobInfo]:
+        """Blobs under the root, found by their layout (tenant/aa/bb/id or aa/bb/id);
+        anything else (the quarantine, a copy's `.part` file) is not a blob."""
+        for path in _files(self.root, self.root / QUARANTINE):
+            parts = path.relative_to(self.root).parts
+            if (key := key_of(parts)) is None:
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # deleted since it was listed
+                continue
+            yield BlobInfo(key, stat.st_size, time.time() - stat.st_mtime)
+
+    async def quarantine(self, key: str) -> None:
+        await asyncio.to_thread(self._quarantine, key)
+
+    def _quarantine(self, key: str) -> None:
+        source = self._path(key)
+        target = self.root.joinpath(QUARANTINE, *key_path(key))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)  # the same file system: a rename, nothing copied
+        except FileNotFoundError:
+            return
+
     async def close(self) -> None:
         return None
+
+
+def _files(folder: Path, skip: Path) -> Iterator[Path]:
+    """Files below `folder`, depth first: in memory, one directory listing per level (the
+    layout is at most four deep), never the whole tree."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            if path != skip:
+                yield from _files(path, skip)
+        elif entry.is_file(follow_symlinks=False):
+            yield path

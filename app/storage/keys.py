@@ -7,6 +7,8 @@ even if an id were ever repeated, and lets an operator see whose data a blob is.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from app.auth.principal import TENANT_NAME
 
 
@@ -18,3 +20,22 @@ def key_path(key: str) -> tuple[str, ...]:
     if not name or name.startswith(".") or (slash and not TENANT_NAME.fullmatch(tenant)):
         raise ValueError(f"invalid blob key {key!r}")
     return (*((tenant,) if slash else ()), name[:2], name[2:4], name)
+
+
+# Where quarantined blobs go, beside the tenants' segments: a leading dot, which no tenant
+# name and no blob id has, so it can never be taken for either.
+QUARANTINE = ".quarantine"
+
+
+def key_of(parts: Sequence[str]) -> str | None:
+    """The key stored at the path segments `parts` (the inverse of `key_path`), or None
+    when they are not a blob's place (a temporary file, the quarantine, anything else)."""
+    *tenant, first, second, name = ("",) * (4 - len(parts)) + tuple(parts)
+    if len(parts) not in (3, 4) or "." in name or (first, second) != (name[:2], name[2:4]):
+        return None
+    key = "/".join((*(t for t in tenant if t), name))
+    try:
+        key_path(key)
+    except ValueError:
+        return None
+    return key

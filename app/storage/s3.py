@@ -13,6 +13,8 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -27,7 +29,8 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from app.storage.keys import key_path
+from app.services.ports import BlobInfo
+from app.storage.keys import QUARANTINE, key_of, key_path
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -38,6 +41,8 @@ MiB = 1024 * 1024
 CHUNK_SIZE = MiB
 MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
 MAX_PARTS = 10_000  # S3's maximum number of parts
+MAX_COPY_SIZE = 5 * 1024 * MiB  # CopyObject's limit; larger objects are copied in parts
+COPY_PART_SIZE = 512 * MiB
 PARTS_IN_FLIGHT = 4  # parts uploading at once; each streams from the file, not memory
 STREAM_RETRIES = 3  # re-issued GETs when a body breaks mid-stream
 
@@ -107,11 +112,25 @@ class S3BlobStore:
             raise
         return cls(client, stack, bucket, prefix, part_size)
 
-    def _object(self, key: str) -> str:
+    def _object(self, key: str, area: tuple[str, ...] = ()) -> str:
         # As in the folder store, with one level of fan-out (S3 scales by prefix).
         *tenant, fan_out, _, name = key_path(key)
-        name = "/".join((*tenant, fan_out, name))
-        return f"{self.prefix}/{name}" if self.prefix else name
+        return "/".join((*self._root, *area, *tenant, fan_out, name))
+
+    @property
+    def _root(self) -> tuple[str, ...]:
+        return (self.prefix,) if self.prefix else ()
+
+    def _key_of(self, name: str) -> str | None:
+        """The key of the object `name`, or None if it is not a blob of this store."""
+        if self.prefix:
+            if not name.startswith(self.prefix + "/"):
+                return None
+            name = name[len(self.prefix) + 1 :]
+        *head, last = name.split("/")
+        if head[:1] == [QUARANTINE]:
+            return None
+        return key_of((*head, last[2:4], last))  # the folder layout has a second level
 
     async def put(self, key: str, source: Path) -> None:
         name = self._object(key)
@@ -264,6 +283,75 @@ class S3BlobStore:
             raise OSError(f"S3 lookup of blob {key} failed: {exc}") from exc
         return True
 
+    async def list_blobs(self, page_size: int = 1000) -> AsyncIterator[list[BlobInfo]]:
+        prefix = "/".join(self._root) + "/" if self.prefix else ""
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": page_size}
+        while True:
+            try:
+                answer = await self._client.list_objects_v2(**args)
+            except (BotoCoreError, ClientError) as exc:
+                raise OSError(f"S3 listing of bucket {self.bucket} failed: {exc}") from exc
+            now = _service_time(answer)
+            page = [
+                BlobInfo(key, item["Size"], (now - item["LastModified"]).total_seconds())
+                for item in answer.get("Contents", ())
+                if (key := self._key_of(item["Key"])) is not None
+            ]
+            if page:
+                yield page
+            if not answer.get("IsTruncated"):
+                return
+            args["ContinuationToken"] = answer["NextContinuationToken"]
+
+    async def quarantine(self, key: str) -> None:
+        source, target = self._object(key), self._object(key, (QUARANTINE,))
+        try:
+            try:
+                head = await self._client.head_object(Bucket=self.bucket, Key=source)
+            except ClientError as exc:
+                if _code(exc) in _MISSING_CODES:
+                    return  # moved or deleted by another node meanwhile
+                raise
+            if head["ContentLength"] <= MAX_COPY_SIZE:
+                await self._client.copy_object(
+                    Bucket=self.bucket,
+                    Key=target,
+                    CopySource={"Bucket": self.bucket, "Key": source},
+                )
+            else:
+                await self._copy_in_parts(source, target, head["ContentLength"])
+            await self._client.delete_object(Bucket=self.bucket, Key=source)
+        except (BotoCoreError, ClientError) as exc:
+            raise OSError(f"S3 quarantine of blob {key} failed: {exc}") from exc
+
+    async def _copy_in_parts(self, source: str, target: str, size: int) -> None:
+        """Copy an object over CopyObject's limit, part by part on the service's side."""
+        part_size = max(COPY_PART_SIZE, -(-size // MAX_PARTS))
+        created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=target)
+        upload_id: str = created["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, size, part_size), 1):
+                end = min(start + part_size, size) - 1
+                answer = await self._client.upload_part_copy(
+                    Bucket=self.bucket,
+                    Key=target,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource={"Bucket": self.bucket, "Key": source},
+                    CopySourceRange=f"bytes={start}-{end}",
+                )
+                parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
+            await self._client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=target,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            await self._abort(target, upload_id)
+            raise
+
     async def close(self) -> None:
         await self._stack.aclose()
 
@@ -347,6 +435,16 @@ def _config(attempts: int, *, pool: int) -> AioConfig:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
+
+
+def _service_time(answer: dict[str, Any]) -> datetime:
+    """The time by the S3 service's clock (its Date header), which dated the objects;
+    this machine's clock when the header is missing."""
+    date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return parsedate_to_datetime(date) if date else datetime.now(UTC)
+    except (TypeError, ValueError):
+        return datetime.now(UTC)
 
 
 def _code(exc: ClientError) -> str:

@@ -16,7 +16,7 @@ import pytest
 from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError, ResponseStreamingError
 
-from app.services.ports import BlobStore, blob_key
+from app.services.ports import BlobInfo, BlobStore, blob_key
 from app.storage import s3
 from app.storage.filesystem import FolderBlobStore
 from app.storage.s3 import S3BlobStore, StorageUnavailable
@@ -425,3 +425,122 @@ async def test_s3_read_gives_up_after_bounded_retries(
     with pytest.raises(OSError, match="S3 read of blob"):
         await read_all(s3_store, name)
     assert calls == s3.STREAM_RETRIES + 1
+
+
+# --- listing and quarantine (the orphan sweep's part of the contract) ----------------------
+
+
+async def listed(store: BlobStore, page_size: int = 1000) -> list[list[BlobInfo]]:
+    return [page async for page in store.list_blobs(page_size)]
+
+
+async def test_listing_pages_every_blob_with_its_size_and_age(
+    store: BlobStore, spool: Path
+) -> None:
+    """Keys with and without a tenant, in pages no larger than asked; ages by the store's
+    clock (seconds since the write, so about 0 here)."""
+    keys = [blob_key("clinic-a", key()), blob_key("clinic-b", key()), key(), key(), key()]
+    for number, each in enumerate(keys):
+        await store.put(each, write(spool, b"x" * number))
+    pages = await listed(store, page_size=2)
+    assert [len(page) for page in pages] == [2, 2, 1]
+    found = {blob.key: blob for page in pages for blob in page}
+    assert sorted(found) == sorted(keys)
+    assert [found[each].size for each in keys] == [0, 1, 2, 3, 4]
+    assert all(-5 < blob.age < 60 for blob in found.values())
+
+
+async def test_listing_an_empty_store_gives_no_page(store: BlobStore) -> None:
+    assert await listed(store) == []
+
+
+async def test_quarantine_moves_a_blob_out_of_the_keys(store: BlobStore, spool: Path) -> None:
+    kept, moved = blob_key("clinic-a", key()), blob_key("clinic-a", key())
+    await store.put(kept, write(spool, b"kept"))
+    await store.put(moved, write(spool, b"moved"))
+    await store.quarantine(moved)
+    await store.quarantine(moved)  # another node got there first: no error
+    await store.quarantine(blob_key("clinic-a", key()))  # never existed: no error
+    assert not await store.exists(moved)
+    with pytest.raises(FileNotFoundError):
+        await read_all(store, moved)
+    assert [blob.key for page in await listed(store) for blob in page] == [kept]
+    assert await read_all(store, kept) == b"kept"
+
+
+async def test_folder_quarantine_keeps_the_layout(tmp_path: Path, spool: Path) -> None:
+    store = FolderBlobStore(tmp_path / "blobs")
+    name = key()
+    await store.put(blob_key("clinic-a", name), write(spool, b"data"))
+    await store.quarantine(blob_key("clinic-a", name))
+    moved = tmp_path / "blobs" / ".quarantine" / "clinic-a" / name[:2] / name[2:4] / name
+    assert moved.read_bytes() == b"data"
+
+
+async def test_folder_listing_skips_what_is_not_a_blob(tmp_path: Path, spool: Path) -> None:
+    """A copy's temporary `.part` file, a file out of place, stray folders: not blobs."""
+    root = tmp_path / "blobs"
+    store = FolderBlobStore(root)
+    name = key()
+    await store.put(name, write(spool, b"blob"))
+    (root / name[:2] / name[2:4] / f"{name}.part").write_bytes(b"half")
+    (root / "notes.txt").write_text("operator's")
+    (root / "ab" / "cd").mkdir(parents=True)
+    (root / "ab" / "cd" / key()).write_bytes(b"in the wrong folder")
+    (root / "Bad Tenant" / name[:2] / name[2:4]).mkdir(parents=True)
+    (root / "Bad Tenant" / name[:2] / name[2:4] / name).write_bytes(b"not a tenant")
+    assert [blob.key for page in await listed(store) for blob in page] == [name]
+
+
+async def test_folder_age_is_the_time_since_the_write(tmp_path: Path, spool: Path) -> None:
+    store = FolderBlobStore(tmp_path / "blobs")
+    name = key()
+    await store.put(name, write(spool, b"old"))
+    hour_ago = time.time() - 3600
+    os.utime(tmp_path / "blobs" / name[:2] / name[2:4] / name, (hour_ago, hour_ago))
+    [[blob]] = await listed(store)
+    assert 3599 < blob.age < 3660
+
+
+async def test_s3_quarantine_lives_under_the_prefix(s3_store: S3BlobStore, spool: Path) -> None:
+    name = key()
+    await s3_store.put(blob_key("clinic-a", name), write(spool, b"data"))
+    await s3_store.quarantine(blob_key("clinic-a", name))
+    listed_objects = await s3_store._client.list_objects_v2(Bucket=s3_store.bucket)
+    assert [item["Key"] for item in listed_objects["Contents"]] == [
+        f"archive/.quarantine/clinic-a/{name[:2]}/{name}"
+    ]
+
+
+async def test_s3_quarantine_of_an_object_over_the_copy_limit_copies_in_parts(
+    s3_store: S3BlobStore, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CopyObject stops at 5 GiB; larger blobs are copied part by part (limits lowered
+    here to S3's smallest part, so 12 MiB takes three parts)."""
+    monkeypatch.setattr(s3, "MAX_COPY_SIZE", 5 * MiB)
+    monkeypatch.setattr(s3, "COPY_PART_SIZE", 5 * MiB)
+    name = blob_key("clinic-a", key())
+    path, digest = write_random(spool, 12 * MiB)
+    await s3_store.put(name, path)
+    await s3_store.quarantine(name)
+    assert not await s3_store.exists(name)
+    target = s3_store._object(name, (".quarantine",))
+    answer = await s3_store._client.get_object(Bucket=s3_store.bucket, Key=target)
+    async with answer["Body"] as body:
+        assert hashlib.sha256(await body.read()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("prefix", ["", "a/b"])
+async def test_s3_listing_with_any_prefix(s3_endpoint: str, spool: Path, prefix: str) -> None:
+    """Keys come back whole under a prefix of several segments or none."""
+    bucket = await create_bucket(s3_endpoint)
+    url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+    store = await S3BlobStore.open(url, part_size=PART_SIZE, **credentials(s3_endpoint))
+    try:
+        keys = [blob_key("clinic-a", key()), key()]
+        for each in keys:
+            await store.put(each, write(spool, b"x"))
+        await store.quarantine(keys[0])
+        assert [blob.key for page in await listed(store) for blob in page] == [keys[1]]
+    finally:
+        await store.close()

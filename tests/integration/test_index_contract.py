@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields, replace
+from uuid import uuid4
 
 import orjson
 from pydicom.uid import generate_uid
@@ -15,7 +16,14 @@ from app.dicom.levels import (
     Level,
 )
 from app.query.qido import parse_qido
-from app.services.ports import AddResult, Index, InstanceRecord, Outcome, StoredInstance
+from app.services.ports import (
+    AddResult,
+    Index,
+    InstanceRecord,
+    Outcome,
+    StoredInstance,
+    blob_key,
+)
 from tests.integration.conftest import TENANT, Records
 
 
@@ -365,3 +373,34 @@ async def test_a_refused_overwrite_of_another_patient_keeps_the_stored_instance(
     result = await add(index, corrected, overwrite=True)
     assert result.outcome is Outcome.REPLACED
     assert not result.patient_mismatch
+
+
+# -- blob keys (the orphan sweep) ------------------------------------------------------
+
+
+async def test_referenced_blob_keys_of_every_tenant(index: Index, records: Records) -> None:
+    """Of the keys asked, exactly those an instance row names, whatever its tenant; asked
+    in one call larger than one SQLite statement's parameters."""
+    mine, theirs = blob_key(TENANT, uuid4().hex), blob_key("other", uuid4().hex)
+    legacy = uuid4().hex  # keys from before tenants: a bare id
+    for tenant, key in ((TENANT, mine), ("other", theirs), (TENANT, legacy)):
+        await index.add_instance(tenant, replace(records.make(), blob_key=key), overwrite=False)
+    unknown = [blob_key(TENANT, uuid4().hex) for _ in range(2000)]
+    asked = [*unknown[:1000], theirs, *unknown[1000:], mine, legacy]
+    assert await index.referenced_blob_keys(asked) == {mine, theirs, legacy}
+    assert await index.referenced_blob_keys(unknown) == set()
+    assert await index.referenced_blob_keys([]) == set()
+
+
+async def test_replaced_blob_key_is_no_longer_referenced(index: Index, records: Records) -> None:
+    first = records.make(seed=1)
+    second = records.make(
+        seed=2,
+        study=first.study_instance_uid,
+        series=first.series_instance_uid,
+        sop=first.sop_instance_uid,
+    )
+    await add(index, first)
+    await add(index, second, overwrite=True)
+    keys = [first.blob_key, second.blob_key]
+    assert await index.referenced_blob_keys(keys) == {second.blob_key}

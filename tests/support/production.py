@@ -58,7 +58,11 @@ def production_backends(log_dir: Path) -> Iterator[dict[str, str]]:
 
 
 def bucket_object_count(env: dict[str, str]) -> int:
+    return len(bucket_object_names(env))
+
+
+def bucket_object_names(env: dict[str, str]) -> list[str]:
     bucket = env["PACS_STORAGE_URL"].removeprefix("s3://").split("/", 1)[0]
     client = _s3_client(env["PACS_S3_ENDPOINT_URL"])
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return sum(len(page.get("Contents", [])) for page in pages)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]

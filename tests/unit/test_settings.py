@@ -65,3 +65,13 @@ def test_patient_mismatch_is_refuse_or_warn() -> None:
     assert Settings.from_env({"PACS_PATIENT_MISMATCH": "warn"}).patient_mismatch == "warn"
     with pytest.raises(ValueError, match="PACS_PATIENT_MISMATCH"):
         Settings.from_env({"PACS_PATIENT_MISMATCH": "accept"})
+
+
+def test_orphan_sweep_settings_are_seconds_of_zero_or_more() -> None:
+    default = Settings.from_env({})
+    assert (default.orphan_grace, default.orphan_sweep_interval) == (3600, 21600)
+    env = {"PACS_ORPHAN_GRACE": "600", "PACS_ORPHAN_SWEEP_INTERVAL": "0"}
+    assert Settings.from_env(env).orphan_grace == 600
+    for name in ("PACS_ORPHAN_GRACE", "PACS_ORPHAN_SWEEP_INTERVAL"):
+        with pytest.raises(ValueError, match=name):
+            Settings.from_env({name: "-1"})

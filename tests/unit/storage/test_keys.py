@@ -6,7 +6,7 @@ import pytest
 
 from app.auth.principal import UnknownTenant
 from app.services.ports import blob_key
-from app.storage.keys import key_path
+from app.storage.keys import key_of, key_path
 
 
 def test_tenant_keys_live_under_the_tenant() -> None:
@@ -32,3 +32,28 @@ def test_a_malformed_tenant_or_id_never_becomes_a_key() -> None:
         blob_key("../x", "abcdef12" * 4)
     with pytest.raises(ValueError, match="invalid blob id"):
         blob_key("clinic-a", "../abc")
+
+
+@pytest.mark.parametrize(
+    "key", ["clinic-a/" + "abcdef12" * 4, "abcdef12" * 4, "abcdef12", "t/abcd"]
+)
+def test_the_place_of_a_key_gives_the_key_back(key: str) -> None:
+    assert key_of(key_path(key)) == key
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("ab", "cd", "abcdef12.part"),  # a copy's temporary file
+        ("ab", "cd", "xxcdef12"),  # out of its fan-out folder
+        ("ab", "xx", "abcdef12"),
+        (".quarantine", "ab", "cd", "abcdef12"),  # the quarantine is no tenant
+        ("Bad Tenant", "ab", "cd", "abcdef12"),
+        ("t", "u", "ab", "cd", "abcdef12"),  # too deep
+        ("cd", "abcdef12"),  # too shallow
+        ("notes.txt",),
+        (),
+    ],
+)
+def test_what_is_not_a_blobs_place_has_no_key(parts: tuple[str, ...]) -> None:
+    assert key_of(parts) is None
