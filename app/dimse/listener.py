@@ -10,8 +10,8 @@ A-ASSOCIATE-RQ therefore refuse every modality ("local limit exceeded") and keep
 - a new connection waits for its first byte in a thread blocked in poll() (no polling loop)
   for at most ARTIM seconds (PS3.8 9.1.5); one that sends nothing is closed and never
   becomes an association, so it neither counts against the associations nor costs CPU. Once
-  it has sent something, pynetdicom's own ARTIM (`ae.acse_timeout`) bounds the rest of the
-  request;
+  it has sent something, pynetdicom's own ARTIM (`ae.acse_timeout`) and a socket timeout
+  bound the rest of the request;
 - at most `per_address` connections from one address and `total` in all (waiting or
   associated) are open; more are closed at once, with a throttled warning;
 - the listen backlog is `backlog` (socketserver's default is 5);
@@ -97,6 +97,10 @@ class Listener(ThreadedAssociationServer):
                 silences.log(f"DICOM connection closed: {why}", address)
                 self.shutdown_request(request)
             else:
+                # pynetdicom's reads block: one stalled in the middle of a PDU would hang
+                # the association for ever. Until it is accepted, a read or a write may
+                # take ARTIM (then the peer's idle timeout: `_on_accepted` in server.py).
+                request.settimeout(self.limits.request_timeout)
                 super().process_request_thread(request, client_address)
         finally:
             with self._lock:

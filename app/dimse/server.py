@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from app.auth.ae_policy import DimseService
 from app.dicom.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from app.dimse import peer_faults
 from app.dimse.answer_only import AnswerOnly
 from app.dimse.audit import record_refused_node, record_rejected, refuse
 from app.dimse.bridge import Bridge, DimseConfig, peer, policy_of
@@ -59,7 +61,10 @@ class DimseServer:
         self.ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         self.ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         self.ae.maximum_pdu_size = MAX_PDU
-        self.ae.maximum_associations = config.max_associations
+        # pynetdicom counts every connection that has sent a byte against its limit, also
+        # one stalled in the middle of its A-ASSOCIATE-RQ: ours counts associations whose
+        # request is complete (`_on_requested`), and pynetdicom's never applies.
+        self.ae.maximum_associations = sys.maxsize
         # ARTIM: how long the A-ASSOCIATE-RQ (and later A-RELEASE-RP) may take; the idle
         # timeout of an established association.
         self.ae.acse_timeout = config.limits.request_timeout
@@ -83,11 +88,11 @@ class DimseServer:
         use_poll()
         # A TLS peer we refuse (or that refuses us) is a line, not a traceback.
         logging.getLogger("pynetdicom.transport").addFilter(_without_tls_traceback)
-        logging.getLogger("pynetdicom.association").addFilter(_idle_timeout_is_info)
+        peer_faults.install()
         bridge = self.bridge
         self.answer_only.start()
         handlers: list[EventHandlerType] = [
-            (evt.EVT_REQUESTED, _on_requested),
+            (evt.EVT_REQUESTED, _on_requested, [bridge]),
             (evt.EVT_ACCEPTED, _on_accepted),
             (evt.EVT_REJECTED, _on_rejected, [self.ae, bridge]),
             (evt.EVT_RELEASED, _on_released),
@@ -205,15 +210,6 @@ def listen_error(host: str, port: int, exc: OSError, setting: str = "--dimse-por
 # -- association events ---------------------------------------------------------------
 
 
-def _idle_timeout_is_info(record: logging.LogRecord) -> bool:
-    """pynetdicom logs an association aborted for idling past PACS_DIMSE_IDLE_TIMEOUT at
-    ERROR: the peer's doing, not a fault of ours."""
-    if record.levelno == logging.ERROR and record.getMessage() == "Network timeout reached":
-        record.levelno, record.levelname = logging.INFO, "INFO"
-        record.msg = "association aborted: idle for longer than PACS_DIMSE_IDLE_TIMEOUT"
-    return True
-
-
 def _without_tls_traceback(record: logging.LogRecord) -> bool:
     if record.exc_info and isinstance(record.exc_info[1], ssl.SSLError):
         record.exc_info = None
@@ -254,17 +250,30 @@ def _describe(sock: ssl.SSLSocket) -> str:
     return f"{version}, client certificate {', '.join(names)!r}" if names else version
 
 
-def _on_requested(event: Event) -> None:
+def _on_requested(event: Event, bridge: Bridge) -> None:
     assoc = event.assoc
     request = assoc.requestor.primitive
     calling = request.calling_ae_title if request is not None else "?"
     address = f"{assoc.requestor.address}:{assoc.requestor.port}"
     log.info("association requested by %s@%s for %s", calling, address, assoc.acceptor.ae_title)
+    requested = [a for a in assoc.ae.active_associations if a.is_acceptor and a.requestor.primitive]
+    if len(requested) > bridge.config.max_associations:
+        # As pynetdicom's own check does: rejected-transient, by the service provider
+        # (presentation), local limit exceeded; then EVT_REJECTED (`_on_rejected`).
+        assoc.acse.send_reject(0x02, 0x03, 0x02)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+        return
     prefer_receiver_syntaxes(assoc)
 
 
 def _on_accepted(event: Event) -> None:
     assoc = event.assoc
+    # From now on a read or write may wait as long as the association may idle, not just
+    # ARTIM (app/dimse/listener.py).
+    transport = assoc.dul.socket
+    if transport is not None and transport.socket is not None:
+        transport.socket.settimeout(assoc.network_timeout)
     rejected = [UID(str(cx.abstract_syntax)).name for cx in assoc.rejected_contexts]
     note = f"; refused {len(rejected)}: {', '.join(rejected[:5])}" if rejected else ""
     log.info(
@@ -282,7 +291,7 @@ def _on_rejected(event: Event, ae: AE, bridge: Bridge) -> None:
     if allowed and calling.strip() not in allowed:
         reason = f"calling AE title {calling!r} is not allowed"
     else:
-        reason = f"too many associations (at most {ae.maximum_associations})"
+        reason = f"too many associations (at most {bridge.config.max_associations})"
     log.warning("association with %s rejected: %s", peer(assoc), reason)
     record_rejected(bridge, assoc, reason)
 

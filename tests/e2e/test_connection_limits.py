@@ -29,6 +29,7 @@ HEADER_TIMEOUT = 2
 BODY_TIMEOUT = 2
 ARTIM = 3
 IDLE = 2
+MAX_ASSOCIATIONS = 3
 HTTP_PER_ADDRESS = 4
 DIMSE_PER_ADDRESS = 2
 
@@ -53,6 +54,7 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
         "PACS_DIMSE_REQUEST_TIMEOUT": str(ARTIM),
         "PACS_DIMSE_MAX_CONNECTIONS_PER_ADDRESS": str(DIMSE_PER_ADDRESS),
         "PACS_DIMSE_IDLE_TIMEOUT": str(IDLE),
+        "PACS_DIMSE_MAX_ASSOCIATIONS": str(MAX_ASSOCIATIONS),
     }
     with running_server(data, "--dimse-port", str(dimse_port), env=env) as url:
         yield Pacs(url, int(url.rsplit(":", 1)[1]), dimse_port, data / "server.log")
@@ -168,6 +170,28 @@ def test_idle_association_is_aborted_after_the_idle_timeout_and_logged_as_info(p
     assert assoc.is_aborted and IDLE - 0.5 < waited < IDLE + 5, (assoc.is_aborted, waited)
     lines = log_lines(pacs, "idle for longer than PACS_DIMSE_IDLE_TIMEOUT")
     assert lines and " INFO " in lines[0], lines
+    assert " ERROR " not in pacs.log.read_text()
+
+
+def test_connections_stalled_in_their_association_request_leave_associations_free(
+    pacs: Pacs,
+) -> None:
+    """Connections that sent the first bytes of an A-ASSOCIATE-RQ and stopped, more than
+    PACS_DIMSE_MAX_ASSOCIATIONS of them, do not take the associations (pynetdicom counted
+    them); they are closed after ARTIM."""
+    sources = ["127.0.1.6", "127.0.1.7", "127.0.1.8"]
+    stalled = [connect(pacs.dimse_port, s) for s in sources for _ in range(DIMSE_PER_ADDRESS)]
+    assert len(stalled) > MAX_ASSOCIATIONS
+    try:
+        for sock in stalled:
+            sock.sendall(b"\x01\x00")  # A-ASSOCIATE-RQ, reserved: then nothing
+        time.sleep(0.3)
+        check("echoscu", "-aet", "ECHOSCU", "-aec", "PACS", "127.0.0.1", str(pacs.dimse_port))
+        for sock in stalled:
+            _, waited = until_closed(sock)
+            assert waited < ARTIM + 3
+    finally:
+        flood.close_all(stalled)
     assert " ERROR " not in pacs.log.read_text()
 
 
