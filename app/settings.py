@@ -89,7 +89,7 @@ class Settings:
     # (app/auth/ae_policy.py). AEs not listed: every service, default tenant.
     dimse_ae_policy: str = ""
     # Associations served at once; more are rejected (transient, local limit exceeded).
-    # Connections that have sent nothing yet do not count (app/dimse/listener.py).
+    # Only associations whose A-ASSOCIATE-RQ is complete count (app/dimse/server.py).
     dimse_max_associations: int = 20
     # ARTIM (PS3.8 9.1.5), seconds: a connection must start its A-ASSOCIATE-RQ within it, and
     # complete it within it again; otherwise it is closed.
