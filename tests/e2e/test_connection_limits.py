@@ -96,6 +96,27 @@ def test_slow_request_headers_get_408_and_the_connection_is_closed(pacs: Pacs) -
     assert log_lines(pacs, "request headers not complete within 2 s")
 
 
+def test_headers_sent_a_byte_at_a_time_still_get_408_at_the_header_timeout(pacs: Pacs) -> None:
+    """Bytes arriving do not restart the header timeout (slowloris)."""
+    with connect(pacs.port, "127.0.1.9") as sock:
+        start = time.monotonic()
+        sock.sendall(flood.PARTIAL_REQUEST)
+        sock.settimeout(0.3)
+        answer = b""
+        while time.monotonic() - start < HEADER_TIMEOUT + 5:
+            try:
+                sock.sendall(b"x")
+                answer = sock.recv(4096)
+                break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        waited = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert waited < HEADER_TIMEOUT + 3
+
+
 def test_stalled_stow_body_gets_408_and_no_server_error(pacs: Pacs) -> None:
     head = (
         b"POST /dicomweb/studies HTTP/1.1\r\nHost: pacs\r\n"
