@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import ssl
 import sys
@@ -14,9 +15,10 @@ import uvicorn
 
 from app.dimse.server import check_port
 from app.main import STARTUP_ERRORS, build_app, check_issuer, dimse_config, open_archive
+from app.open_files import raise_open_file_limit
 from app.settings import Settings
 from app.tls import https_context
-from app.web.access_log import without_query_strings
+from app.web.http_protocol import HttpLimits, guarded_protocol
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -191,9 +193,28 @@ def _serve(settings: Settings, https: ssl.SSLContext | None) -> int:
         logging.getLogger("pacs").info("sign-in: bearer tokens of %s", settings.oidc_issuer)
     elif settings.allow_anonymous:
         logging.getLogger("pacs").warning("no sign-in: anyone who can reach the archive may use it")
-    without_query_strings()
-    uvicorn.run(build_app(settings), **uvicorn_options(settings, https))
+    _open_file_limit(settings)
+    app = build_app(settings)
+    # What lives as long as the process (modules, pydicom's dictionaries: ~100,000 objects)
+    # is left out of the collector's full passes, each of which stops the event loop; with
+    # thousands of connections open, they would be a third of every pause.
+    gc.freeze()
+    uvicorn.run(app, **uvicorn_options(settings, https))
     return 0
+
+
+def _open_file_limit(settings: Settings) -> None:
+    """Raise the open-file limit, and say so when it is below the connection budgets."""
+    limit = raise_open_file_limit()
+    budget = settings.http_max_connections + settings.dimse_max_connections
+    if limit < budget + 1000:  # the index, blobs being written, spool files
+        logging.getLogger("pacs").warning(
+            "open-file limit %d is below the connection budgets (PACS_HTTP_MAX_CONNECTIONS "
+            "+ PACS_DIMSE_MAX_CONNECTIONS = %d): raise the hard limit (ulimit -Hn, "
+            "LimitNOFILE=) or lower the budgets",
+            limit,
+            budget,
+        )
 
 
 def uvicorn_options(settings: Settings, https: ssl.SSLContext | None) -> dict[str, Any]:
@@ -203,10 +224,23 @@ def uvicorn_options(settings: Settings, https: ssl.SSLContext | None) -> dict[st
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),
-        "access_log": settings.log_level.lower() == "debug",
+        # Ours (app/web/access_log.py) logs route templates; uvicorn's, paths with queries.
+        "access_log": False,
         # Forwarded headers are the app's business, from PACS_TRUSTED_PROXIES only: uvicorn
         # would otherwise believe X-Forwarded-For/-Proto from 127.0.0.1 by default.
         "proxy_headers": False,
+        # Timeouts and connection budgets uvicorn lacks (app/web/http_protocol.py).
+        "http": guarded_protocol(
+            HttpLimits(
+                header_timeout=settings.http_header_timeout,
+                body_timeout=settings.http_body_timeout,
+                per_address=settings.http_max_connections_per_address,
+                total=settings.http_max_connections,
+                exempt=settings.trusted_proxy_networks,
+            )
+        ),
+        "timeout_keep_alive": settings.http_keepalive_timeout,
+        "backlog": settings.listen_backlog,
     }
     if https is not None:
         options["ssl_context_factory"] = lambda config, default: https

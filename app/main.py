@@ -12,6 +12,7 @@ from starlette.types import ASGIApp
 
 from app.auth.tokens import IssuerUnavailable, TokenVerifier
 from app.dimse.bridge import DimseConfig
+from app.dimse.listener import ConnectionLimits
 from app.dimse.server import serve_dimse
 from app.index.migrations import IndexUnavailable, SchemaError
 from app.index.postgres import PostgresIndex
@@ -173,6 +174,13 @@ def dimse_config(settings: Settings) -> DimseConfig:
         ae_policies=settings.dimse_ae_policies,
         known_callers_only=bool(settings.oidc_issuer),
         max_associations=settings.dimse_max_associations,
+        limits=ConnectionLimits(
+            request_timeout=settings.dimse_request_timeout,
+            per_address=settings.dimse_max_connections_per_address,
+            total=settings.dimse_max_connections,
+            backlog=settings.listen_backlog,
+        ),
+        idle_timeout=settings.dimse_idle_timeout,
         tls_port=settings.dimse_tls_port,
         tls_context=(
             dicom_server_context(cert, key, settings.dimse_tls_ca)

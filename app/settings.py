@@ -92,7 +92,29 @@ class Settings:
     # (app/auth/ae_policy.py). AEs not listed: every service, default tenant.
     dimse_ae_policy: str = ""
     # Associations served at once; more are rejected (transient, local limit exceeded).
+    # Only associations whose A-ASSOCIATE-RQ is complete count (app/dimse/server.py).
     dimse_max_associations: int = 20
+    # ARTIM (PS3.8 9.1.5), seconds: a connection must start its A-ASSOCIATE-RQ within it, and
+    # complete it within it again; otherwise it is closed.
+    dimse_request_timeout: int = 10
+    # Seconds an established association may stay silent before it is aborted.
+    dimse_idle_timeout: int = 60
+    # Open DICOM connections (associations and connections not yet associated) from one
+    # address, and from everyone; more are closed at once. A modality opens a few at a time.
+    dimse_max_connections_per_address: int = 10
+    dimse_max_connections: int = 500
+    # HTTP, seconds: to send a request's headers (from the connection or the request's first
+    # byte), between body bytes while the app reads the body (then 408), and idle between
+    # requests on a keep-alive connection.
+    http_header_timeout: int = 10
+    http_body_timeout: int = 30
+    http_keepalive_timeout: int = 15
+    # Open HTTP connections from one address (trusted proxies exempt: many users sit behind
+    # them), and from everyone; more are closed at once. A browser opens about 6 per host.
+    http_max_connections_per_address: int = 256
+    http_max_connections: int = 10000
+    # Listen backlog of the HTTP and DIMSE ports (the kernel caps it at net.core.somaxconn).
+    listen_backlog: int = 2048
     # HTTPS on `port`: PEM certificate (chain) and unencrypted key; with a CA, HTTP clients
     # must present a certificate it signed.
     tls_cert: str = ""
@@ -148,6 +170,9 @@ class Settings:
             raise ValueError(f"PACS_DIMSE_PORT / --dimse-port: {self.dimse_port} is not a port")
         if self.dimse_max_associations < 1:
             raise ValueError("PACS_DIMSE_MAX_ASSOCIATIONS: must be at least 1")
+        for name in _AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise ValueError(f"PACS_{name.upper()}: must be at least 1")
         if self.orphan_grace < 0 or self.orphan_sweep_interval < 0:
             raise ValueError("PACS_ORPHAN_GRACE and PACS_ORPHAN_SWEEP_INTERVAL: 0 or more seconds")
         if self.max_stow_parts < 0:
@@ -368,6 +393,21 @@ class Settings:
         # One construction, so that checks across settings see variables and flags together.
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+# Timeouts and connection budgets: 0 would close every connection at once.
+_AT_LEAST_ONE = (
+    "dimse_request_timeout",
+    "dimse_idle_timeout",
+    "dimse_max_connections_per_address",
+    "dimse_max_connections",
+    "http_header_timeout",
+    "http_body_timeout",
+    "http_keepalive_timeout",
+    "http_max_connections_per_address",
+    "http_max_connections",
+    "listen_backlog",
+)
 
 
 def _tenant_setting(name: str, where: str) -> str:

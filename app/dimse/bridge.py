@@ -13,6 +13,7 @@ from pynetdicom.association import Association
 
 from app.auth.ae_policy import AePolicies, AePolicy
 from app.auth.principal import Access
+from app.dimse.listener import ConnectionLimits
 from app.services.archive import Archive
 from app.settings import MoveDestination
 
@@ -29,6 +30,13 @@ class DimseConfig:
     # Calling AE titles allowed to associate; empty: any.
     allowed_aes: tuple[str, ...] = ()
     max_associations: int = 20
+    # Budgets and ARTIM of the listening ports; seconds an established association may idle.
+    limits: ConnectionLimits = field(
+        default_factory=lambda: ConnectionLimits(
+            request_timeout=10, per_address=10, total=500, backlog=2048
+        )
+    )
+    idle_timeout: float = 60
     # DICOM TLS listener (0: none) and its context; whether that context requires client
     # certificates (for the log line).
     tls_port: int = 0

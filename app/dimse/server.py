@@ -12,6 +12,8 @@ import asyncio
 import logging
 import socket
 import ssl
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,11 +28,14 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from app.auth.ae_policy import DimseService
 from app.dicom.uid import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from app.dimse import peer_faults
 from app.dimse.answer_only import AnswerOnly
 from app.dimse.audit import record_refused_node, record_rejected, refuse
 from app.dimse.bridge import Bridge, DimseConfig, peer, policy_of
 from app.dimse.contexts import prefer_receiver_syntaxes, supported_contexts
 from app.dimse.find import handle_find
+from app.dimse.listener import Listener
+from app.dimse.poll_ready import use_poll
 from app.dimse.retrieve import handle_get, handle_move
 from app.dimse.status import Status
 from app.dimse.store import handle_store
@@ -56,7 +61,14 @@ class DimseServer:
         self.ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         self.ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         self.ae.maximum_pdu_size = MAX_PDU
-        self.ae.maximum_associations = config.max_associations
+        # pynetdicom counts every connection that has sent a byte against its limit, also
+        # one stalled in the middle of its A-ASSOCIATE-RQ: ours counts associations whose
+        # request is complete (`_on_requested`), and pynetdicom's never applies.
+        self.ae.maximum_associations = sys.maxsize
+        # ARTIM: how long the A-ASSOCIATE-RQ (and later A-RELEASE-RP) may take; the idle
+        # timeout of an established association.
+        self.ae.acse_timeout = config.limits.request_timeout
+        self.ae.network_timeout = config.idle_timeout
         self.ae.require_calling_aet = list(config.required_calling_aes)
         for cx in supported_contexts():
             self.ae.add_supported_context(
@@ -73,12 +85,14 @@ class DimseServer:
         # file from disk as it is rather than a decoded dataset.
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.STORE_SEND_CHUNKED_DATASET = True
+        use_poll()
         # A TLS peer we refuse (or that refuses us) is a line, not a traceback.
         logging.getLogger("pynetdicom.transport").addFilter(_without_tls_traceback)
+        peer_faults.install()
         bridge = self.bridge
         self.answer_only.start()
         handlers: list[EventHandlerType] = [
-            (evt.EVT_REQUESTED, _on_requested),
+            (evt.EVT_REQUESTED, _on_requested, [bridge]),
             (evt.EVT_ACCEPTED, _on_accepted),
             (evt.EVT_REJECTED, _on_rejected, [self.ae, bridge]),
             (evt.EVT_RELEASED, _on_released),
@@ -124,13 +138,21 @@ class DimseServer:
     ) -> None:
         host = self.bridge.config.host
         try:
-            server = self.ae.start_server(
-                (host, port), block=False, evt_handlers=handlers, ssl_context=context
+            # As ae.start_server(block=False), with our server class (app/dimse/listener.py).
+            server = self.ae.make_server(
+                (host, port),
+                evt_handlers=handlers,
+                ssl_context=context,
+                server_class=Listener,
+                limits=self.bridge.config.limits,
             )
         except OSError as exc:
             raise OSError(listen_error(host, port, exc, setting)) from exc
-        if server is not None:  # always, with block=False
-            self._servers.append(server)
+        threading.Thread(
+            target=server.serve_forever, name=f"AcceptorServer@{port}", daemon=True
+        ).start()
+        self.ae._servers.append(server)  # server.shutdown() removes it, as start_server's
+        self._servers.append(server)
 
     def stop(self) -> None:
         """Stop listening, let associations in progress finish for a few seconds, then
@@ -228,17 +250,30 @@ def _describe(sock: ssl.SSLSocket) -> str:
     return f"{version}, client certificate {', '.join(names)!r}" if names else version
 
 
-def _on_requested(event: Event) -> None:
+def _on_requested(event: Event, bridge: Bridge) -> None:
     assoc = event.assoc
     request = assoc.requestor.primitive
     calling = request.calling_ae_title if request is not None else "?"
     address = f"{assoc.requestor.address}:{assoc.requestor.port}"
     log.info("association requested by %s@%s for %s", calling, address, assoc.acceptor.ae_title)
+    requested = [a for a in assoc.ae.active_associations if a.is_acceptor and a.requestor.primitive]
+    if len(requested) > bridge.config.max_associations:
+        # As pynetdicom's own check does: rejected-transient, by the service provider
+        # (presentation), local limit exceeded; then EVT_REJECTED (`_on_rejected`).
+        assoc.acse.send_reject(0x02, 0x03, 0x02)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+        return
     prefer_receiver_syntaxes(assoc)
 
 
 def _on_accepted(event: Event) -> None:
     assoc = event.assoc
+    # From now on a read or write may wait as long as the association may idle, not just
+    # ARTIM (app/dimse/listener.py).
+    transport = assoc.dul.socket
+    if transport is not None and transport.socket is not None:
+        transport.socket.settimeout(assoc.network_timeout)
     rejected = [UID(str(cx.abstract_syntax)).name for cx in assoc.rejected_contexts]
     note = f"; refused {len(rejected)}: {', '.join(rejected[:5])}" if rejected else ""
     log.info(
@@ -256,7 +291,7 @@ def _on_rejected(event: Event, ae: AE, bridge: Bridge) -> None:
     if allowed and calling.strip() not in allowed:
         reason = f"calling AE title {calling!r} is not allowed"
     else:
-        reason = f"too many associations (at most {ae.maximum_associations})"
+        reason = f"too many associations (at most {bridge.config.max_associations})"
     log.warning("association with %s rejected: %s", peer(assoc), reason)
     record_rejected(bridge, assoc, reason)
 

@@ -18,6 +18,7 @@ from app.auth.tokens import IssuerUnavailable, TokenVerifier
 from app.services.archive import Archive
 from app.web import audit, auditing, qido, rendered, stow, wado, wado_uri
 from app.web.access import ANONYMOUS_ALLOWED_KEY
+from app.web.access_log import AccessLog
 from app.web.errors import EXCEPTION_HANDLERS
 from app.web.proxies import LinkSettings
 from app.web.signin import SignInMiddleware
@@ -160,4 +161,5 @@ def create_app(
         ],
         max_age=3600,
     )
-    return cors  # type: ignore[no-any-return]
+    # Outermost, to log every answer once, including CORS preflights and sign-in refusals.
+    return AccessLog(cors, inner.routes, inner.state.links)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from app.auth.principal import Forbidden, UnknownTenant
@@ -94,6 +94,13 @@ async def handle_known(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal error; see the server log")
 
 
+async def handle_disconnect(request: Request, exc: Exception) -> Response:
+    """The client closed the connection, or sent no body bytes for PACS_HTTP_BODY_TIMEOUT
+    seconds (app/web/http_protocol.py, which answered 408): its business, not a fault."""
+    log.info("%s %s: the client went away before its body ended", request.method, request.url.path)
+    return error_response(400, "the request body ended early")  # nobody reads it
+
+
 async def handle_range(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RangeNotSatisfiable)
     total = getattr(exc, "total", None)
@@ -117,6 +124,7 @@ EXCEPTION_HANDLERS = {
     QueryError: handle_known,
     MultipartError: handle_known,
     RangeNotSatisfiable: handle_range,
+    ClientDisconnect: handle_disconnect,
     Exception: handle_known,
 }
 
