@@ -45,7 +45,7 @@ def _chunked(body: bytes, sizes: tuple[int, ...]) -> Iterator[bytes]:
         yield body[at:]
 
 
-def _with_transfer_syntax(data: bytes, syntax: str) -> bytes:
+def with_transfer_syntax(data: bytes, syntax: str) -> bytes:
     """`data` with another TransferSyntaxUID (same length of the meta group fixed up)."""
     at = data.find(_TS_TAG)
     if at < 0:
@@ -79,7 +79,7 @@ def dicom_file(draw: st.DrawFn) -> bytes:
     )
     damage = draw(st.sampled_from(["none", "bytes", "truncate", "syntax", "insert", "header"]))
     if damage == "syntax":
-        return _with_transfer_syntax(data, draw(st.sampled_from(TRANSFER_SYNTAXES)))
+        return with_transfer_syntax(data, draw(st.sampled_from(TRANSFER_SYNTAXES)))
     if damage == "truncate":
         return data[: draw(st.integers(0, len(data)))]
     if damage == "insert":
