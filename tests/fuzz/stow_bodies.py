@@ -77,7 +77,9 @@ def dicom_file(draw: st.DrawFn) -> bytes:
         frames=draw(st.sampled_from([1, 1, 2])),
         PatientID=draw(st.sampled_from(["A", "B", "TEST-ID"])),
     )
-    damage = draw(st.sampled_from(["none", "bytes", "truncate", "syntax", "insert", "header"]))
+    damage = draw(
+        st.sampled_from(["none", "none", "bytes", "truncate", "syntax", "insert", "header"])
+    )
     if damage == "syntax":
         return with_transfer_syntax(data, draw(st.sampled_from(TRANSFER_SYNTAXES)))
     if damage == "truncate":

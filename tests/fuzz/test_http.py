@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import orjson
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -300,6 +301,17 @@ def test_wado_uri_answers_every_parameter_without_a_server_error(archive: Served
     _get_target(archive, "WADO-URI", wado_uri_request(archive.samples), regressions)
 
 
+def _check_stow_answer(live: Live, client: httpx.Client, body: dict[str, Any]) -> None:
+    """Every failure has a reason, and every instance said to be stored can be retrieved
+    (its metadata: pixel data of a damaged file may rightly be unservable)."""
+    for item in body.get("00081198", {}).get("Value", []):
+        assert item["00081197"]["Value"], item
+    for item in body.get("00081199", {}).get("Value", []):
+        (url,) = item["00081190"]["Value"]
+        response = live.request(client, "GET", f"{url}/metadata")
+        assert response.status_code == 200, f"stored, yet {response.status_code}: {url}"
+
+
 def test_stow_rs_answers_every_body_without_a_server_error(archive: Served) -> None:
     live = _live(archive, "STOW-RS")
     with live.client() as client:
@@ -313,7 +325,7 @@ def test_stow_rs_answers_every_body_without_a_server_error(archive: Served) -> N
                 client, "POST", "/studies", headers=headers, content=request.content()
             )
             if response.status_code in (200, 202, 409):
-                orjson.loads(response.content)  # a complete STOW-RS response body
+                _check_stow_answer(live, client, orjson.loads(response.content))
 
         spend(live.figures, batch)
     live.check_after()
