@@ -35,6 +35,9 @@ def batch_settings(examples: int = BATCH) -> settings:
         max_examples=examples,
         deadline=None,
         database=None,
+        # Hypothesis's CI profile (chosen when CI is set) derandomizes: every batch would
+        # then draw the same examples.
+        derandomize=False,
         # Not the explain phase: it traces every line a failing case ran, which is slow.
         phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
