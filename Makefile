@@ -39,7 +39,7 @@ unit: install browser oidc-provider
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The fuzzing suite alone (tests/fuzz, also part of `make test`): each target runs for
-# PACS_FUZZ_SECONDS (default 4 s), e.g. `make fuzz PACS_FUZZ_SECONDS=600` for a long run.
+# PACS_FUZZ_SECONDS (default 3 s), e.g. `make fuzz PACS_FUZZ_SECONDS=600` for a long run.
 fuzz: install
 	$(BIN)/pytest -m fuzz tests/fuzz $(PYTEST_ARGS)
 
