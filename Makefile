@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser oidc-provider serve test lint typecheck unit clean
+.PHONY: install browser oidc-provider serve test lint typecheck unit fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ typecheck: install
 
 unit: install browser oidc-provider
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The fuzzing suite alone (tests/fuzz, also part of `make test`): each target runs for
+# PACS_FUZZ_SECONDS (default 3 s), e.g. `make fuzz PACS_FUZZ_SECONDS=600` for a long run.
+fuzz: install
+	$(BIN)/pytest -m fuzz tests/fuzz $(PYTEST_ARGS)
 
 test: lint typecheck unit
 

@@ -91,14 +91,16 @@ def columns_of(table: str) -> tuple[Column, ...]:
 def column_for(path: tuple[int, ...], level: Level) -> Column | None:
     """The column that matches `path` in a query at `level`, or None if not indexed.
 
-    Patient attributes in study, series and instance queries use the study row's copy.
+    Patient attributes in study, series and instance queries use the study row's copy; one
+    without a column there (IssuerOfPatientID) is matched in the study row's JSON, as the
+    patient table is not joined below the patient level.
     """
     if level is not Level.PATIENT:
         for col in _STUDY_PATIENT_COLUMNS:
             if col.path == path:
                 return col
     for col in _COLUMNS:
-        if col.path == path:
+        if col.path == path and (level is Level.PATIENT or col.table != "patient"):
             return col
     return None
 

@@ -34,6 +34,7 @@ from app.web.wado import plan_response
 DICOM = "application/dicom"
 # Accepted and ignored without a warning: they change nothing we could serve differently.
 _IGNORED = frozenset({"charset", "presentationUID", "presentationSeriesUID"})
+_MAX_NAMES, _MAX_NAME = 10, 64  # unknown parameter names listed in the Warning header
 _KNOWN = (
     frozenset(
         {
@@ -160,9 +161,21 @@ async def retrieve(request: Request) -> Response:
         # Links carry extra parameters (cache busters, vendor options): served, but said.
         response.headers["Warning"] = (
             f'299 {request.url.hostname or "pacs"}: "The following WADO-URI parameters '
-            f'were ignored: {", ".join(unknown)}"'
+            f'were ignored: {_header_text(unknown)}"'
         )
     return response
+
+
+def _header_text(names: list[str]) -> str:
+    """Callers' parameter names as they can stand in a header's quoted-string: the first
+    few, cut short, escaped to printable ASCII (a non-Latin-1 name was a 500, a control
+    character one an answer the server could not send)."""
+    shown = [
+        name[:_MAX_NAME].encode("unicode_escape").decode("ascii").replace('"', '\\"')
+        for name in names[:_MAX_NAMES]
+    ]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
 
 
 async def _rendered(

@@ -327,6 +327,26 @@ def test_unknown_parameter_is_served_with_a_warning(root: httpx.Client, corpus: 
     assert "vendorOption" in rendered.headers.get("warning", "")
 
 
+def test_unknown_parameter_names_are_escaped_in_the_warning(
+    root: httpx.Client, corpus: Corpus
+) -> None:
+    """A name outside Latin-1 was a 500 (found by tests/fuzz); one with a control character
+    an answer uvicorn refused to send; many long names are listed in part."""
+    for content_type in (DICOM, JPEG):
+        names = {"\u0661": "", 'a\x01"b': "x"}
+        response = _wado(root, corpus.mr, contentType=content_type, **names)
+        assert response.status_code == 200, response.text
+        warning = response.headers["warning"]
+        assert "\\u0661" in warning, warning
+        assert 'a\\x01\\"b' in warning, warning
+    many = {f"n{i:02}" * 40: "" for i in range(14)}
+    response = _wado(root, corpus.mr, contentType=DICOM, **many)
+    assert response.status_code == 200, response.text
+    warning = response.headers["warning"]
+    assert "and 4 more" in warning, warning
+    assert len(warning) < 1000, warning
+
+
 def test_known_parameters_give_no_warning(root: httpx.Client, corpus: Corpus) -> None:
     response = _wado(root, corpus.mr, contentType=JPEG, rows="32", imageQuality="80")
     assert response.status_code == 200, response.text

@@ -698,3 +698,15 @@ def test_another_tenant_sees_none_of_the_rows(db: sqlite3.Connection, level: Lev
     for other in ("default", "clinic-b"):
         compiled = compile_search(other, Query(level), SQLITE)
         assert db.execute(compiled.sql, compiled.params).fetchall() == []
+
+
+@pytest.mark.parametrize("level", [Level.STUDY, Level.SERIES, Level.INSTANCE])
+def test_issuer_of_patient_id_is_matched_below_the_patient_level(
+    db: sqlite3.Connection, level: Level
+) -> None:
+    """It has a column in the patient table only, which these queries do not join: this was
+    "patient attributes cannot be matched in a STUDY query", a 500 (found by tests/fuzz)."""
+    query = parse_qido([("IssuerOfPatientID", "HOSP")], level)
+    assert run(db, query) == []
+    query = parse_qido([("IssuerOfPatientID", "*")], level)
+    assert run(db, query)
