@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from botocore.session import get_session
@@ -66,3 +67,10 @@ def bucket_object_names(env: dict[str, str]) -> list[str]:
     client = _s3_client(env["PACS_S3_ENDPOINT_URL"])
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def bucket_object_heads(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each object's HEAD answer (ContentLength, ETag ...) by key."""
+    bucket = env["PACS_STORAGE_URL"].removeprefix("s3://").split("/", 1)[0]
+    client = _s3_client(env["PACS_S3_ENDPOINT_URL"])
+    return {key: client.head_object(Bucket=bucket, Key=key) for key in bucket_object_names(env)}
