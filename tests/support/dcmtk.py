@@ -16,11 +16,15 @@ from tests.support.processes import background_process
 from tests.support.server import free_port
 
 TOOLS = ("echoscu", "storescu", "findscu", "movescu", "getscu", "storescp")
+# DCMTK's own decoders (IJG libjpeg, its CharLS fork, its RLE codec): a second opinion on
+# pixel data that the archive decodes with pylibjpeg and encodes with imagecodecs.
+DECOMPRESSORS = ("dcmdjpeg", "dcmdjpls", "dcmdrle")
 
 
-def require_dcmtk() -> None:
-    """Skip the calling test when DCMTK is missing; fail instead in CI, which installs it."""
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+def require_dcmtk(tools: tuple[str, ...] = TOOLS) -> None:
+    """Skip the calling test when DCMTK (`tools` of it) is missing; fail instead in CI, which
+    installs it."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if not missing:
         return
     message = f"DCMTK is not installed (missing {', '.join(missing)}; apt-get install dcmtk)"

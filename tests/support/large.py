@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -34,3 +35,10 @@ class LargeInstance:
         yield self.header
         for number in range(1, self.frames + 1):
             yield bytes([frame_value(number)]) * self.frame_size
+
+    def sha256(self) -> str:
+        """SHA-256 of the whole file, computed from the stream (bounded memory)."""
+        digest = hashlib.sha256()
+        for chunk in self.chunks():
+            digest.update(chunk)
+        return digest.hexdigest()

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from botocore.session import get_session
@@ -25,7 +26,7 @@ def require_moto() -> None:
     pytest.skip("moto[server] is not installed")
 
 
-def _s3_client(endpoint: str):  # type: ignore[no-untyped-def]
+def s3_client(endpoint: str):  # type: ignore[no-untyped-def]
     return get_session().create_client(
         "s3",
         endpoint_url=endpoint,
@@ -42,7 +43,7 @@ def production_backends(log_dir: Path) -> Iterator[dict[str, str]]:
     require_moto()
     with moto.running_moto(log_dir) as endpoint:
         bucket = f"pacs-{uuid.uuid4().hex[:12]}"
-        _s3_client(endpoint).create_bucket(Bucket=bucket)
+        s3_client(endpoint).create_bucket(Bucket=bucket)
         database = asyncio.run(create_database())
         try:
             yield {
@@ -63,6 +64,13 @@ def bucket_object_count(env: dict[str, str]) -> int:
 
 def bucket_object_names(env: dict[str, str]) -> list[str]:
     bucket = env["PACS_STORAGE_URL"].removeprefix("s3://").split("/", 1)[0]
-    client = _s3_client(env["PACS_S3_ENDPOINT_URL"])
+    client = s3_client(env["PACS_S3_ENDPOINT_URL"])
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def bucket_object_heads(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each object's HEAD answer (ContentLength, ETag ...) by key."""
+    bucket = env["PACS_STORAGE_URL"].removeprefix("s3://").split("/", 1)[0]
+    client = s3_client(env["PACS_S3_ENDPOINT_URL"])
+    return {key: client.head_object(Bucket=bucket, Key=key) for key in bucket_object_names(env)}

@@ -45,10 +45,11 @@ def running_server(
     env: dict[str, str] | None = None,
     https: ssl.SSLContext | None = None,
     port: int | None = None,
+    log: Path | None = None,
 ) -> Iterator[str]:
     """Start the server with its data in `data` on `port` (default: a free one); yield its
     base URL (no /dicomweb). With `https` (the client context that trusts its certificate)
-    the URL is https."""
+    the URL is https. Its output goes to `log` (default: server.log in `data`)."""
     port = port or free_port()
     data.mkdir(parents=True, exist_ok=True)
     url = f"{'https' if https else 'http'}://127.0.0.1:{port}"
@@ -59,7 +60,7 @@ def running_server(
     environment = {**os.environ, "PACS_DIMSE_PORT": "0", **(env or {})}
     with background_process(
         command,
-        data / "server.log",
+        log or data / "server.log",
         lambda: _answers(f"{url}/health", https or True),
         env=environment,
     ) as process:

@@ -4,8 +4,12 @@ encoders' output read back by pydicom's decoders."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
+import imagecodecs
 import numpy as np
+import pydicom
 import pytest
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
@@ -35,8 +39,16 @@ from app.imaging.codecs import (
     frame_length,
     pixel_keyword,
 )
+from tests.support.dcmtk import DECOMPRESSORS, check, require_dcmtk
 from tests.support.dicom_factory import make_dataset
-from tests.unit.imaging import frame_count, header_of, pixels_of, read, stored_frames
+from tests.unit.imaging import (
+    corpus_path,
+    frame_count,
+    header_of,
+    pixels_of,
+    read,
+    stored_frames,
+)
 
 # (file, its stored syntax): every syntax of the corpus that the archive may hold.
 CORPUS = [
@@ -267,3 +279,65 @@ def test_jpeg_2000_encodes_from_several_threads_at_once() -> None:
     for image, data in zip(images, encoded, strict=True):
         frame = decode_frame(header, "1.2.840.10008.1.2.4.90", data)
         assert np.array_equal(frame.pixels, image)
+
+
+# DCMTK's decompressor for each syntax: IJG libjpeg, its own CharLS and RLE code, none of
+# which the archive uses (it decodes with pylibjpeg), so that a decoder bug cannot agree with
+# itself; JPEG 2000, which DCMTK lacks, is checked with OpenJPEG through imagecodecs.
+_DCMTK_DECODERS = {
+    RLELossless: "dcmdrle",
+    JPEGLosslessSV1: "dcmdjpeg",
+    JPEGBaseline8Bit: "dcmdjpeg",
+    JPEGExtended12Bit: "dcmdjpeg",
+    JPEGLSLossless: "dcmdjpls",
+    JPEGLSNearLossless: "dcmdjpls",
+}
+_COMPRESSED = [(name, syntax) for name, syntax in CORPUS if UID(syntax).is_compressed]
+_LOSSY = (JPEGBaseline8Bit, JPEGExtended12Bit, JPEG2000)
+
+
+def _decoded_elsewhere(name: str, syntax: str, folder: Path) -> NDArray[Any]:
+    ds = read(name)
+    if syntax in (JPEG2000, JPEG2000Lossless):
+        frames = [np.asarray(imagecodecs.jpeg2k_decode(f)) for f in stored_frames(ds)]
+        values = (np.stack(frames) if len(frames) > 1 else frames[0]).astype(np.int64)
+        if ds.PixelRepresentation == 1:  # the header's word over an unsigned codestream's
+            half = 1 << (ds.BitsStored - 1)
+            values = (values + half) % (2 * half) - half
+        return values
+    require_dcmtk(DECOMPRESSORS)
+    target = folder / "native.dcm"
+    check(_DCMTK_DECODERS[syntax], corpus_path(name), target)
+    native = pydicom.dcmread(target)
+    assert not native.file_meta.TransferSyntaxUID.is_compressed
+    return pixels_of(native)
+
+
+@pytest.mark.parametrize(("name", "syntax"), _COMPRESSED, ids=[name for name, _ in _COMPRESSED])
+def test_each_frame_decodes_as_another_decoder_does(name: str, syntax: str, tmp_path: Path) -> None:
+    """decode_frame against DCMTK (or imagecodecs' OpenJPEG): the same values for lossless
+    syntaxes, within rounding of the inverse DCT or wavelet for lossy ones."""
+    ds = read(name)
+    expected = _decoded_elsewhere(name, syntax, tmp_path).astype(np.int64)
+    count = frame_count(ds)
+    for index, data in enumerate(stored_frames(ds)):
+        got = decode_frame(header_of(name), syntax, data).pixels.astype(np.int64)
+        reference = expected[index] if count > 1 else expected
+        assert got.shape == reference.shape, index
+        if syntax in _LOSSY:
+            assert np.abs(got - reference).max() <= 2, index
+        else:
+            np.testing.assert_array_equal(got, reference)
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "CT_small.dcm"])
+def test_jpeg_2000_lossy_codestream_is_ten_to_one(name: str) -> None:
+    """The documented rate is measured on the codestream (the header's ratio is a constant);
+    both images have 16 bits stored, the unit OpenJPEG's rate counts in."""
+    ds = read(name)
+    values = pixels_of(ds)
+    codestream = encode_pixels(
+        values, JPEG2000, bits_stored=ds.BitsStored, photometric=ds.PhotometricInterpretation
+    )
+    ratio = values.size * ds.BitsStored / 8 / len(codestream)
+    assert 8 <= ratio <= 12, f"{len(codestream)} bytes: {ratio:.1f}:1"
