@@ -234,9 +234,11 @@ def orthanc_server(
     plugin: str = DICOMWEB_PLUGIN,
     keep: bool = False,
     peers: Peers | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Server]:
     """A fresh Orthanc with the DICOMweb plugin, SQLite index and folder storage in a temp dir;
-    its DICOM port (always open, as Orthanc's default) knows `peers` as modalities."""
+    its DICOM port (always open, as Orthanc's default) knows `peers` as modalities; `env` adds
+    to its environment (e.g. DCMTK's TCP_NODELAY)."""
     if shutil.which(binary) is None and not Path(binary).exists():
         raise RuntimeError(f"{binary} not found: apt-get install orthanc orthanc-dicomweb")
     if not Path(plugin).exists():
@@ -250,7 +252,11 @@ def orthanc_server(
         log = work / "server.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [binary, str(config)], stdout=out, stderr=subprocess.STDOUT, cwd=work
+                [binary, str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=work,
+                env={**os.environ, **(env or {})},
             )
         root = f"http://127.0.0.1:{http_port}"
         server = Server(
