@@ -28,11 +28,12 @@ Every process of the run has `TCP_NODELAY=1` in its environment: DCMTK's clients
 and the servers. Debian's DCMTK (which Orthanc's DICOM side is) only turns Nagle's algorithm
 off for the sockets it opens or accepts when that variable says so; without it every small
 DIMSE message of Orthanc waits for a delayed ACK (C-FIND in one association: about 45 ms per
-query instead of 4, measured here). Ours does not read it. A job whose
-check fails is an error for that server (shown in the table, exit status 1), never a figure.
-With `--rounds` > 1 the order of the servers alternates and the table shows medians; the ratio
-is oriented so that above 1 means ours is better (ours/Orthanc for throughputs, Orthanc/ours
-for times). The clients run on the same machine as the servers.
+query instead of 4, measured here). Ours does not read it.
+
+A job whose check fails is an error for that server (shown in the table, exit status 1), never
+a figure. With `--rounds` > 1 the order of the servers alternates and the table shows medians;
+the ratio is oriented so that above 1 means ours is better (ours/Orthanc for throughputs,
+Orthanc/ours for times). The clients run on the same machine as the servers.
 
     .venv/bin/python load-tests/compare_dimse.py --studies 2
     .venv/bin/python load-tests/compare_dimse.py --rounds 3 --json dimse.json
@@ -565,10 +566,6 @@ def table(runs: list[Run], rounds: int) -> list[list[str]]:
     return rows
 
 
-def order(rounds: int, first: str) -> Iterator[tuple[int, list[str]]]:
-    return compare_orthanc.order(rounds, first)
-
-
 def load() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -612,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = write_corpus(args, Path(folder))
         runs = [
             run_server(name, starters[name], data, args, number)
-            for number, names in order(args.rounds, args.first)
+            for number, names in compare_orthanc.order(args.rounds, args.first)
             for name in names
         ]
     load_after = load()
