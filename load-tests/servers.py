@@ -4,6 +4,11 @@ Each server gets a temporary data folder and free ports, runs as a child process
 goes to a log file in that folder) and is stopped (SIGTERM, then SIGKILL) when the context
 exits. `Server` gives the DICOMweb root, the process id and readings from /proc (peak resident
 memory, CPU seconds), so benchmarks can report what the server itself used.
+
+With `peers` (AE title -> (host, port)) both also listen for DICOM: ours on a free
+`--dimse-port` with the peers as C-MOVE destinations, Orthanc on its `DicomPort` with the peers
+in `DicomModalities` (which Orthanc needs both for a C-MOVE destination and to let a calling AE
+use C-FIND, C-MOVE and C-GET). `Server.dimse_port` and `Server.ae_title` say where to call.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ class Server:
     process: subprocess.Popen[bytes]
     data: Path
     log: Path
+    dimse_port: int = 0  # 0: no DICOM listener
+    ae_title: str = ""
 
     @property
     def pid(self) -> int:
@@ -145,14 +152,25 @@ def _workdir(prefix: str, keep: bool) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+Peers = Mapping[str, tuple[str, int]]  # AE title -> (host, port)
+
+PACS_AE_TITLE = "PACS"
+ORTHANC_AE_TITLE = "ORTHANC"  # Orthanc's default DicomAet
+
+
 @contextmanager
 def pacs_server(
-    pacs: str | None = None, keep: bool = False, env: Mapping[str, str] | None = None
+    pacs: str | None = None,
+    keep: bool = False,
+    env: Mapping[str, str] | None = None,
+    peers: Peers | None = None,
 ) -> Iterator[Server]:
     """A fresh `pacs serve` with its default SQLite index and folder storage; `env` adds
-    PACS_* settings to this process's environment (e.g. sign-in)."""
+    PACS_* settings to this process's environment (e.g. sign-in). Without `peers` DIMSE is off;
+    with them (even empty) it listens on a free port and may C-MOVE to each peer."""
     with _workdir("bench-pacs-", keep) as work:
         port = free_port()
+        dimse_port = free_port() if peers is not None else 0
         data = work / "data"
         log = work / "server.log"
         command = [
@@ -163,13 +181,25 @@ def pacs_server(
             "--data",
             str(data),
             "--dimse-port",
-            "0",
+            str(dimse_port),
+            "--ae-title",
+            PACS_AE_TITLE,
         ]
+        for ae, (host, peer_port) in (peers or {}).items():
+            command += ["--move-destination", f"{ae}={host}:{peer_port}"]
         with log.open("wb") as out:
             process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
             )
-        server = Server("ours", f"http://127.0.0.1:{port}/dicomweb", process, data, log)
+        server = Server(
+            "ours",
+            f"http://127.0.0.1:{port}/dicomweb",
+            process,
+            data,
+            log,
+            dimse_port,
+            PACS_AE_TITLE if dimse_port else "",
+        )
         try:
             _wait_ready(server, f"http://127.0.0.1:{port}/health", 60)
             yield server
@@ -177,9 +207,14 @@ def pacs_server(
             _stop(process)
 
 
-def orthanc_config(work: Path, http_port: int, dicom_port: int, plugin: str) -> dict[str, object]:
-    """Minimal configuration: everything not listed keeps Orthanc's built-in default."""
+def orthanc_config(
+    work: Path, http_port: int, dicom_port: int, plugin: str, peers: Peers | None = None
+) -> dict[str, object]:
+    """Minimal configuration: everything not listed keeps Orthanc's built-in default. `peers`
+    become `DicomModalities` (only when given, so the DICOMweb benchmarks keep their config)."""
+    modalities = {ae: [ae, host, port] for ae, (host, port) in (peers or {}).items()}
     return {
+        **({"DicomModalities": modalities} if peers else {}),
         "Name": "bench",
         "HttpPort": http_port,
         "DicomPort": dicom_port,
@@ -195,9 +230,15 @@ def orthanc_config(work: Path, http_port: int, dicom_port: int, plugin: str) -> 
 
 @contextmanager
 def orthanc_server(
-    binary: str = ORTHANC_BINARY, plugin: str = DICOMWEB_PLUGIN, keep: bool = False
+    binary: str = ORTHANC_BINARY,
+    plugin: str = DICOMWEB_PLUGIN,
+    keep: bool = False,
+    peers: Peers | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Server]:
-    """A fresh Orthanc with the DICOMweb plugin, SQLite index and folder storage in a temp dir."""
+    """A fresh Orthanc with the DICOMweb plugin, SQLite index and folder storage in a temp dir;
+    its DICOM port (always open, as Orthanc's default) knows `peers` as modalities; `env` adds
+    to its environment (e.g. DCMTK's TCP_NODELAY)."""
     if shutil.which(binary) is None and not Path(binary).exists():
         raise RuntimeError(f"{binary} not found: apt-get install orthanc orthanc-dicomweb")
     if not Path(plugin).exists():
@@ -205,14 +246,22 @@ def orthanc_server(
     with _workdir("bench-orthanc-", keep) as work:
         http_port, dicom_port = free_port(), free_port()
         config = work / "orthanc.json"
-        config.write_text(json.dumps(orthanc_config(work, http_port, dicom_port, plugin), indent=2))
+        config.write_text(
+            json.dumps(orthanc_config(work, http_port, dicom_port, plugin, peers), indent=2)
+        )
         log = work / "server.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [binary, str(config)], stdout=out, stderr=subprocess.STDOUT, cwd=work
+                [binary, str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=work,
+                env={**os.environ, **(env or {})},
             )
         root = f"http://127.0.0.1:{http_port}"
-        server = Server("Orthanc", f"{root}/dicom-web", process, work, log)
+        server = Server(
+            "Orthanc", f"{root}/dicom-web", process, work, log, dicom_port, ORTHANC_AE_TITLE
+        )
         try:
             _wait_ready(server, f"{root}/dicom-web/studies", 60)
             yield server

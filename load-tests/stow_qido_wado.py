@@ -70,7 +70,10 @@ class Corpus:
     patient_keys: dict[str, str] = field(default_factory=dict)  # study -> unique name part
 
 
-def make_instance(study: str, series: str, index: int, name: str, patient_id: str) -> Instance:
+def make_instance(
+    study: str, series: str, index: int, name: str, patient_id: str, *, size: int = ROWS
+) -> Instance:
+    """A `size` x `size` 16-bit CT (12 bits stored) with random pixels seeded by `index`."""
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = generate_uid()
@@ -82,10 +85,10 @@ def make_instance(study: str, series: str, index: int, name: str, patient_id: st
     ds.StudyDescription, ds.SeriesDescription = "load test", "load test series"
     ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, index + 1
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = ROWS, COLUMNS
+    ds.Rows = ds.Columns = size
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     rng = np.random.default_rng(index)
-    ds.PixelData = rng.integers(0, 4096, (ROWS, COLUMNS), dtype=np.uint16).tobytes()
+    ds.PixelData = rng.integers(0, 4096, (size, size), dtype=np.uint16).tobytes()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -96,7 +99,7 @@ def make_instance(study: str, series: str, index: int, name: str, patient_id: st
     return Instance(study, series, ds.SOPInstanceUID, buffer.getvalue())
 
 
-def make_corpus(count: int, studies: int, series_per_study: int) -> Corpus:
+def make_corpus(count: int, studies: int, series_per_study: int, size: int = ROWS) -> Corpus:
     tag = uuid.uuid4().hex[:8].upper()
     corpus = Corpus(tag, [], [generate_uid() for _ in range(studies)], series_per_study)
     series = {s: [generate_uid() for _ in range(series_per_study)] for s in corpus.studies}
@@ -112,18 +115,20 @@ def make_corpus(count: int, studies: int, series_per_study: int) -> Corpus:
                 index,
                 name=f"LOADTEST^{key}",
                 patient_id=f"LT-{key}",
+                size=size,
             )
         )
     return corpus
 
 
-def multipart(data: bytes) -> tuple[str, bytes]:
+def multipart(*files: bytes) -> tuple[str, bytes]:
+    """A STOW-RS body of one part per file, and its Content-Type."""
     boundary = uuid.uuid4().hex
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
     body = b"".join(
         [
-            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(),
-            data,
-            f"\r\n--{boundary}--\r\n".encode(),
+            *(part for data in files for part in (head, data, b"\r\n")),
+            f"--{boundary}--\r\n".encode(),
         ]
     )
     return f'multipart/related; type="application/dicom"; boundary={boundary}', body
