@@ -24,7 +24,9 @@ from app.index.migrations import SchemaError, latest_version, migrations
 from app.index.rows import (
     INSTANCE_COLUMNS,
     ORDER_COLUMNS,
+    InstanceCounts,
     bulk_text,
+    counted_pks,
     dumps,
     frames_text,
     modalities_text,
@@ -34,7 +36,13 @@ from app.index.rows import (
 )
 from app.query.columns import column_values
 from app.query.model import Query
-from app.query.sql import SQLITE, compile_search, install_sqlite_functions
+from app.query.sql import (
+    SQLITE,
+    Compiled,
+    compile_counts,
+    compile_search,
+    install_sqlite_functions,
+)
 from app.services.ports import (
     AddResult,
     AuditEvent,
@@ -129,8 +137,8 @@ class SqliteIndex:
 
     async def search(self, tenant: str, query: Query) -> list[SearchHit]:
         compiled = compile_search(tenant, query, SQLITE)
-        rows = await self._read(lambda db: db.execute(compiled.sql, compiled.params).fetchall())
-        return [search_hit(query.level, row) for row in rows]
+        rows, counts = await self._read(partial(_search, compiled=compiled))
+        return [search_hit(query.level, row, counts) for row in rows]
 
     async def instances(
         self,
@@ -179,6 +187,25 @@ class SqliteIndex:
 
     async def search_audit(self, tenant: str, query: AuditQuery) -> list[AuditEvent]:
         return await self._read(lambda db: sqlite_audit.search_audit(db, tenant, query))
+
+
+def _search(db: sqlite3.Connection, compiled: Compiled) -> tuple[list[sqlite3.Row], InstanceCounts]:
+    """The hits of a search and their instance counts, read in one snapshot."""
+    db.execute("BEGIN")
+    try:
+        rows = db.execute(compiled.sql, compiled.params).fetchall()
+        counts = InstanceCounts(study=_count(db, rows, "study"), series=_count(db, rows, "series"))
+    finally:
+        db.execute("COMMIT")
+    return rows, counts
+
+
+def _count(db: sqlite3.Connection, rows: list[sqlite3.Row], parent: str) -> dict[int, int]:
+    pks = counted_pks(rows, parent)
+    if not pks:
+        return {}
+    counting = compile_counts(parent, pks, SQLITE)
+    return {int(pk): int(n) for pk, n in db.execute(counting.sql, counting.params)}
 
 
 def _referenced(db: sqlite3.Connection, keys: tuple[str, ...]) -> list[str]:
@@ -298,14 +325,10 @@ def _add(
             now,
         ),
     )
-    db.execute("UPDATE series SET num_instances = num_instances + 1 WHERE pk = ?", (series_fk,))
-    db.execute(
-        """UPDATE study SET num_instances = num_instances + 1,
-               num_series = num_series + ?, updated_at = ? WHERE pk = ?""",
-        (int(new_series), now, study_fk),
-    )
+    # Instance counts are counted at read time (as on PostgreSQL, where updating them
+    # would leave a dead study and series row version behind every instance).
     if new_series:
-        _refresh_modalities(db, study_fk)
+        _series_changed(db, study_fk, 1, now)
     if new_study:
         db.execute("UPDATE patient SET num_studies = num_studies + 1 WHERE pk = ?", (patient_fk,))
     outcome = Outcome.REPLACED if orphan else Outcome.STORED
@@ -414,7 +437,10 @@ def _statements(script: str) -> list[str]:
 
 
 def _upsert_patient(db: sqlite3.Connection, tenant: str, meta: Json) -> int:
+    """The patient's pk, its row created or, if an attribute differs, updated (as on
+    PostgreSQL; a skipped update returns no row, so the pk is read again)."""
     cols = column_values("patient", meta)
+    key = (tenant, cols["patient_id"] or "", cols["issuer_of_patient_id"] or "")
     row = db.execute(
         """INSERT INTO patient (tenant, patient_id, issuer_of_patient_id, patient_name,
                patient_birth_date, patient_sex, attrs)
@@ -423,17 +449,25 @@ def _upsert_patient(db: sqlite3.Connection, tenant: str, meta: Json) -> int:
                patient_name = excluded.patient_name,
                patient_birth_date = excluded.patient_birth_date,
                patient_sex = excluded.patient_sex, attrs = excluded.attrs
+           WHERE patient.patient_name IS NOT excluded.patient_name
+               OR patient.patient_birth_date IS NOT excluded.patient_birth_date
+               OR patient.patient_sex IS NOT excluded.patient_sex
+               OR patient.attrs IS NOT excluded.attrs
            RETURNING pk""",
         (
-            tenant,
-            cols["patient_id"] or "",
-            cols["issuer_of_patient_id"] or "",
+            *key,
             cols["patient_name"],
             cols["patient_birth_date"],
             cols["patient_sex"],
             dumps(subset(meta, PATIENT_TAGS)),
         ),
     ).fetchone()
+    if row is None:
+        row = db.execute(
+            "SELECT pk FROM patient"
+            " WHERE tenant = ? AND patient_id = ? AND issuer_of_patient_id = ?",
+            key,
+        ).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -486,14 +520,17 @@ def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any]) -> int:
     return int(found[0])
 
 
-def _refresh_modalities(db: sqlite3.Connection, study_fk: int) -> None:
+def _series_changed(db: sqlite3.Connection, study_fk: int, added: int, now: str) -> None:
+    """A series of the study was added (1) or removed (-1): its series count and
+    ModalitiesInStudy change."""
     rows = db.execute(
         "SELECT DISTINCT modality FROM series WHERE study_fk = ? AND modality IS NOT NULL",
         (study_fk,),
     ).fetchall()
     db.execute(
-        "UPDATE study SET modalities_in_study = ? WHERE pk = ?",
-        (modalities_text([r[0] for r in rows]), study_fk),
+        """UPDATE study SET num_series = num_series + ?, modalities_in_study = ?,
+               updated_at = ? WHERE pk = ?""",
+        (added, modalities_text([r[0] for r in rows]), now, study_fk),
     )
 
 
@@ -505,20 +542,20 @@ def _delete_instance(db: sqlite3.Connection, instance_pk: int) -> None:
     assert row is not None
     series_fk, study_fk = row["series_fk"], row["study_fk"]
     db.execute("DELETE FROM instance WHERE pk = ?", (instance_pk,))
-    db.execute("UPDATE series SET num_instances = num_instances - 1 WHERE pk = ?", (series_fk,))
-    db.execute("UPDATE study SET num_instances = num_instances - 1 WHERE pk = ?", (study_fk,))
-    left = db.execute("SELECT num_instances FROM series WHERE pk = ?", (series_fk,)).fetchone()
-    if left is not None and left[0] == 0:
+    if not _has_instances(db, "series_fk", series_fk):
         db.execute("DELETE FROM series WHERE pk = ?", (series_fk,))
-        db.execute("UPDATE study SET num_series = num_series - 1 WHERE pk = ?", (study_fk,))
-        _refresh_modalities(db, study_fk)
-    study = db.execute(
-        "SELECT num_instances, patient_fk FROM study WHERE pk = ?", (study_fk,)
-    ).fetchone()
-    if study is not None and study[0] == 0:
+        _series_changed(db, study_fk, -1, _now())
+    if not _has_instances(db, "study_fk", study_fk):
+        patient_fk = _study_patient(db, study_fk)
         db.execute("DELETE FROM study WHERE pk = ?", (study_fk,))
-        db.execute("UPDATE patient SET num_studies = num_studies - 1 WHERE pk = ?", (study[1],))
-        db.execute("DELETE FROM patient WHERE pk = ? AND num_studies = 0", (study[1],))
+        db.execute("UPDATE patient SET num_studies = num_studies - 1 WHERE pk = ?", (patient_fk,))
+        db.execute("DELETE FROM patient WHERE pk = ? AND num_studies = 0", (patient_fk,))
+
+
+def _has_instances(db: sqlite3.Connection, column: str, pk: int) -> bool:
+    """Whether any instance has `pk` in `column` ("series_fk" or "study_fk")."""
+    row = db.execute(f"SELECT EXISTS (SELECT 1 FROM instance WHERE {column} = ?)", (pk,))
+    return bool(row.fetchone()[0])
 
 
 def _scope(

@@ -26,6 +26,7 @@ __all__ = [
     "SQLITE",
     "Compiled",
     "Dialect",
+    "compile_counts",
     "compile_search",
     "install_sqlite_functions",
 ]
@@ -78,6 +79,14 @@ class Dialect:
         """`expr` compared in code-point order (date and time strings in JSON)."""
         return expr
 
+    def one_of(self, expr: str, placeholder: str) -> str:
+        """`expr` is one of the integers bound by `int_list`."""
+        raise NotImplementedError
+
+    def int_list(self, values: Sequence[int]) -> object:
+        """`values` as the one parameter `one_of` reads."""
+        raise NotImplementedError
+
     def json_contains(
         self, column: str, path: Sequence[int], operand: str, *, number: bool
     ) -> str | None:
@@ -118,6 +127,13 @@ class _SQLite(Dialect):
         # that install_sqlite_functions registers on every connection.
         return f"{expr} REGEXP {placeholder}"
 
+    def one_of(self, expr: str, placeholder: str) -> str:
+        # One parameter whatever the number of values (SQLite limits bound parameters).
+        return f"{expr} IN (SELECT value FROM json_each({placeholder}))"
+
+    def int_list(self, values: Sequence[int]) -> object:
+        return "[" + ",".join(str(int(v)) for v in values) + "]"
+
 
 class _Postgres(Dialect):
     name = "postgres"
@@ -151,6 +167,12 @@ class _Postgres(Dialect):
     def ordered(self, expr: str) -> str:
         return f'{expr} COLLATE "C"'
 
+    def one_of(self, expr: str, placeholder: str) -> str:
+        return f"{expr} = ANY(CAST({placeholder} AS bigint[]))"
+
+    def int_list(self, values: Sequence[int]) -> object:
+        return [int(v) for v in values]
+
     def json_contains(
         self, column: str, path: Sequence[int], operand: str, *, number: bool
     ) -> str | None:
@@ -174,16 +196,19 @@ SQLITE: Dialect = _SQLite()
 POSTGRES: Dialect = _Postgres()
 
 
+# Instance counts are not stored (they would rewrite the study and series rows once per
+# instance stored): each hit carries its study's and series' pk, and `compile_counts`
+# counts their instances, once per distinct pk of the page, on the instance table's
+# foreign-key indexes.
 _SELECT: dict[Level, str] = {
     Level.PATIENT: "patient.attrs AS patient_attrs, patient.num_studies AS num_studies",
     Level.STUDY: (
         "study.attrs AS study_attrs, study.modalities_in_study AS modalities_in_study,"
-        " study.num_series AS num_series, study.num_instances AS num_instances"
+        " study.num_series AS num_series, study.pk AS study_pk"
     ),
 }
 _SELECT[Level.SERIES] = (
-    f"{_SELECT[Level.STUDY]}, series.attrs AS series_attrs,"
-    " series.num_instances AS series_num_instances"
+    f"{_SELECT[Level.STUDY]}, series.attrs AS series_attrs, series.pk AS series_pk"
 )
 _SELECT[Level.INSTANCE] = f"{_SELECT[Level.SERIES]}, instance.metadata AS instance_attrs"
 
@@ -238,6 +263,21 @@ def compile_search(tenant: str, query: Query, dialect: Dialect) -> Compiled:
     sql = f"SELECT {_SELECT[query.level]} FROM {_FROM[query.level]}"
     sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY {table}.pk LIMIT {b.bind(query.limit)} OFFSET {b.bind(query.offset)}"
+    return Compiled(sql, tuple(b.params))
+
+
+# The foreign key of instance to each parent whose instances `compile_counts` counts.
+_COUNTED = {"study": "study_fk", "series": "series_fk"}
+
+
+def compile_counts(parent: str, pks: Sequence[int], dialect: Dialect) -> Compiled:
+    """The number of instances of each `parent` ("study" or "series") row in `pks`, as
+    (pk, count) rows; a row without instances is absent. `pks` come from a search of the
+    caller's tenant, and a child always has its parent's tenant."""
+    column = f"instance.{_COUNTED[parent]}"
+    b = _Builder(dialect)
+    where = dialect.one_of(column, b.bind(dialect.int_list(pks)))
+    sql = f"SELECT {column}, count(*) FROM instance WHERE {where} GROUP BY {column}"
     return Compiled(sql, tuple(b.params))
 
 

@@ -119,8 +119,8 @@ def _computed_and_json(table: str) -> tuple[str, ...]:
     """Columns app/query/sql.py selects besides the whitelisted ones."""
     return {
         "patient": ("pk", "tenant", "attrs", "num_studies"),
-        "study": ("pk", "tenant", "attrs", "modalities_in_study", "num_series", "num_instances"),
-        "series": ("pk", "tenant", "study_fk", "attrs", "num_instances"),
+        "study": ("pk", "tenant", "attrs", "modalities_in_study", "num_series"),
+        "series": ("pk", "tenant", "study_fk", "attrs"),
         "instance": ("pk", "tenant", "series_fk", "study_fk", "metadata"),
     }[table]
 

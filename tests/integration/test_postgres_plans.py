@@ -41,22 +41,22 @@ _FILL = [
         FROM generate_series(1, {STUDIES // 4}) AS i""",
     f"""INSERT INTO study (tenant, patient_fk, study_instance_uid, study_date, study_time,
             accession_number, study_id, referring_physician_name, study_description,
-            patient_id, patient_name, modalities_in_study, num_series, num_instances, attrs)
+            patient_id, patient_name, modalities_in_study, num_series, attrs)
         SELECT {_TENANT_OF.format(i="p")}, p, '1.2.3.' || i,
                to_char(date '2000-01-01' + (i % 9000), 'YYYYMMDD'), '101500.000000',
                'ACC' || i, i::text,
                CASE WHEN i % 500 = 0 THEN 'jones^amy' ELSE 'ref' || (i % 300) || '^doc' END,
                'Study description ' || i, 'PID' || p,
                CASE WHEN p % 1000 = 0 THEN 'smith^john' || p ELSE 'pat' || p || '^given' END,
-               '\\CT\\MR\\', 2, 6,
+               '\\CT\\MR\\', 2,
                jsonb_build_object('00102160',
                    jsonb_build_object('vr', 'SH', 'Value', jsonb_build_array('G' || i % 2000)))
         FROM generate_series(1, {STUDIES}) AS i,
              LATERAL (SELECT (i - 1) % {STUDIES // 4} + 1) AS x(p)""",
     f"""INSERT INTO series (tenant, study_fk, series_instance_uid, modality, series_number,
-            series_description, num_instances, attrs)
+            series_description, attrs)
         SELECT study.tenant, (i + 1) / 2, '1.2.3.' || (i + 1) / 2 || '.' || i % 2,
-               CASE WHEN i % 2 = 0 THEN 'CT' ELSE 'MR' END, i % 2 + 1, 'Series ' || i, 3, '{{}}'
+               CASE WHEN i % 2 = 0 THEN 'CT' ELSE 'MR' END, i % 2 + 1, 'Series ' || i, '{{}}'
         FROM generate_series(1, {STUDIES * 2}) AS i JOIN study ON study.pk = (i + 1) / 2""",
     f"""INSERT INTO instance (tenant, series_fk, study_fk, sop_instance_uid, sop_class_uid,
             instance_number, transfer_syntax_uid, blob_key, size, sha256, frames, bulk,

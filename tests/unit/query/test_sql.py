@@ -17,6 +17,7 @@ from app.query.sql import (
     SQLITE,
     Compiled,
     Dialect,
+    compile_counts,
     compile_search,
     install_sqlite_functions,
 )
@@ -75,7 +76,7 @@ def condition_params(compiled: Compiled) -> tuple[object, ...]:
         ),
         (
             Level.STUDY,
-            ["study_attrs", "modalities_in_study", "num_series", "num_instances"],
+            ["study_attrs", "modalities_in_study", "num_series", "study_pk"],
             "FROM study WHERE study.tenant = ? ORDER",
             "study.pk",
         ),
@@ -85,9 +86,9 @@ def condition_params(compiled: Compiled) -> tuple[object, ...]:
                 "study_attrs",
                 "modalities_in_study",
                 "num_series",
-                "num_instances",
+                "study_pk",
                 "series_attrs",
-                "series_num_instances",
+                "series_pk",
             ],
             "FROM series JOIN study ON study.pk = series.study_fk"
             " WHERE series.tenant = ? AND study.tenant = ? ORDER",
@@ -99,9 +100,9 @@ def condition_params(compiled: Compiled) -> tuple[object, ...]:
                 "study_attrs",
                 "modalities_in_study",
                 "num_series",
-                "num_instances",
+                "study_pk",
                 "series_attrs",
-                "series_num_instances",
+                "series_pk",
                 "instance_attrs",
             ],
             "FROM instance JOIN series ON series.pk = instance.series_fk"
@@ -378,6 +379,32 @@ def test_a_column_of_an_unjoined_table_is_refused() -> None:
     query = Query(Level.STUDY, (Condition((0x00080080,), "LO", Match.SINGLE, ("x",)),))
     with pytest.raises(ValueError, match="series attributes"):
         compile_search(TENANT, query, SQLITE)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sql", "param"),
+    [
+        (
+            SQLITE,
+            "SELECT instance.series_fk, count(*) FROM instance"
+            " WHERE instance.series_fk IN (SELECT value FROM json_each(?))"
+            " GROUP BY instance.series_fk",
+            "[3,5]",
+        ),
+        (
+            POSTGRES,
+            "SELECT instance.series_fk, count(*) FROM instance"
+            " WHERE instance.series_fk = ANY(CAST($1 AS bigint[]))"
+            " GROUP BY instance.series_fk",
+            [3, 5],
+        ),
+    ],
+)
+def test_instance_counts_bind_the_pks_as_one_parameter(
+    dialect: Dialect, sql: str, param: object
+) -> None:
+    compiled = compile_counts("series", [3, 5], dialect)
+    assert (compiled.sql, compiled.params) == (sql, (param,))
 
 
 # -- execution against the real SQLite schema ------------------------------------------
