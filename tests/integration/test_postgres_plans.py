@@ -23,7 +23,7 @@ import pytest_asyncio
 from app.dicom.levels import Level
 from app.index.postgres import PostgresIndex, retrieval_sql
 from app.query.qido import parse_qido
-from app.query.sql import POSTGRES, compile_search
+from app.query.sql import POSTGRES, compile_counts, compile_search
 from tests.support.postgres import require_postgres, temporary_database
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -265,3 +265,18 @@ async def test_retrieval_uses_an_index(conn: asyncpg.Connection, name: str) -> N
     uids, expected = RETRIEVAL[name]
     sql, params = retrieval_sql("instance.metadata::text", TENANT, *uids)
     check(f"metadata/instances of {name}", await explain(conn, sql, params), expected)
+
+
+# Instance counts of a page of hits (app/query/sql.py, compile_counts): a hundred parents
+# spread over the table.
+COUNTS = {"study": "instance_study_fk", "series": "instance_series_fk"}
+
+
+@pytest.mark.parametrize("parent", list(COUNTS))
+async def test_counting_a_pages_instances_uses_an_index(
+    conn: asyncpg.Connection, parent: str
+) -> None:
+    pks = list(range(7, STUDIES, STUDIES // 100))
+    compiled = compile_counts(parent, pks, POSTGRES)
+    name = f"instances of a page of {parent} hits"
+    check(name, await explain(conn, compiled.sql, compiled.params), {COUNTS[parent]})
