@@ -7,7 +7,7 @@ and series rows (an overwrite locks the old and the new patient together first).
 of one study therefore queue on its rows instead of deadlocking. The parents' rows are
 rewritten only when what they hold changes: the patient's attributes, a new study (the
 patient's count), a new or emptied series (the study's series count and modalities).
-Instance counts are not stored but counted at read time (`compile_counts`): updating
+Instance counts are not stored but counted at read time (`compile_counted_search`): updating
 them would leave a dead study and series row version behind every instance, the table
 and its dozen indexes bloating until a VACUUM FULL. Should a deadlock still happen
 (inconsistent data, such as one study under two patients), PostgreSQL aborts one of the
@@ -31,9 +31,7 @@ from app.index import postgres_audit
 from app.index.migrations import IndexUnavailable, SchemaError, latest_version, migrations
 from app.index.rows import (
     INSTANCE_COLUMNS,
-    InstanceCounts,
     bulk_text,
-    counted_pks,
     dumps,
     frames_text,
     modalities_text,
@@ -43,7 +41,7 @@ from app.index.rows import (
 )
 from app.query.columns import column_values
 from app.query.model import Query
-from app.query.sql import POSTGRES, compile_counts, compile_search
+from app.query.sql import POSTGRES, compile_counted_search
 from app.services.ports import (
     AddResult,
     AuditEvent,
@@ -154,19 +152,9 @@ class PostgresIndex:
     # -- reads -------------------------------------------------------------------------
 
     async def search(self, tenant: str, query: Query) -> list[SearchHit]:
-        compiled = compile_search(tenant, query, POSTGRES)
+        compiled = compile_counted_search(tenant, query, POSTGRES)
         rows = await self._pool.fetch(compiled.sql, *compiled.params)
-        counts = InstanceCounts(
-            study=await self._count(rows, "study"), series=await self._count(rows, "series")
-        )
-        return [search_hit(query.level, row, counts) for row in rows]
-
-    async def _count(self, rows: Sequence[asyncpg.Record], parent: str) -> dict[int, int]:
-        pks = counted_pks(rows, parent)
-        if not pks:
-            return {}
-        compiled = compile_counts(parent, pks, POSTGRES)
-        return {int(pk): int(n) for pk, n in await self._pool.fetch(compiled.sql, *compiled.params)}
+        return [search_hit(query.level, row) for row in rows]
 
     async def instances(
         self,

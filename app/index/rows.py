@@ -6,8 +6,7 @@ Dialect-free on purpose: SQL stays in each backend. A row is whatever the driver
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -88,29 +87,8 @@ def stored_instance(row: Row) -> StoredInstance:
     )
 
 
-@dataclass(frozen=True)
-class InstanceCounts:
-    """Instances per study pk and per series pk (`app.query.sql.compile_counts`)."""
-
-    study: Mapping[int, int] = field(default_factory=dict)
-    series: Mapping[int, int] = field(default_factory=dict)
-
-
-# Each parent whose instances a search counts: the column alias of its pk in a hit.
-COUNTED_PKS = {"study": "study_pk", "series": "series_pk"}
-
-
-def counted_pks(rows: Sequence[Row], parent: str) -> list[int]:
-    """The distinct pks of `parent` in the hits of a search (none below its level)."""
-    alias = COUNTED_PKS[parent]
-    if not rows or alias not in set(rows[0].keys()):  # a sqlite3.Row "in" tests values
-        return []
-    return sorted({int(row[alias]) for row in rows})
-
-
-def search_hit(level: Level, row: Row, counts: InstanceCounts) -> SearchHit:
-    """A row of `app.query.sql.compile_search` (read by its column aliases), with the
-    instance counts of its study and series."""
+def search_hit(level: Level, row: Row) -> SearchHit:
+    """A row of `app.query.sql.compile_counted_search` (read by its column aliases)."""
     keys = set(row.keys())
     if level is Level.PATIENT:
         return SearchHit(
@@ -120,12 +98,12 @@ def search_hit(level: Level, row: Row, counts: InstanceCounts) -> SearchHit:
     computed: dict[int, Any] = {
         MODALITIES_IN_STUDY: modalities_list(row["modalities_in_study"]),
         NUMBER_OF_STUDY_RELATED_SERIES: row["num_series"],
-        NUMBER_OF_STUDY_RELATED_INSTANCES: counts.study.get(row["study_pk"], 0),
+        NUMBER_OF_STUDY_RELATED_INSTANCES: row["num_instances"],
     }
     series = instance = None
     if "series_attrs" in keys:
         series = orjson.loads(row["series_attrs"])
-        computed[NUMBER_OF_SERIES_RELATED_INSTANCES] = counts.series.get(row["series_pk"], 0)
+        computed[NUMBER_OF_SERIES_RELATED_INSTANCES] = row["series_num_instances"]
     if "instance_attrs" in keys:
         instance = orjson.loads(row["instance_attrs"])
     return SearchHit(

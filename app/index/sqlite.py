@@ -24,9 +24,7 @@ from app.index.migrations import SchemaError, latest_version, migrations
 from app.index.rows import (
     INSTANCE_COLUMNS,
     ORDER_COLUMNS,
-    InstanceCounts,
     bulk_text,
-    counted_pks,
     dumps,
     frames_text,
     modalities_text,
@@ -36,13 +34,7 @@ from app.index.rows import (
 )
 from app.query.columns import column_values
 from app.query.model import Query
-from app.query.sql import (
-    SQLITE,
-    Compiled,
-    compile_counts,
-    compile_search,
-    install_sqlite_functions,
-)
+from app.query.sql import SQLITE, compile_counted_search, install_sqlite_functions
 from app.services.ports import (
     AddResult,
     AuditEvent,
@@ -136,9 +128,9 @@ class SqliteIndex:
     # -- reads -------------------------------------------------------------------------
 
     async def search(self, tenant: str, query: Query) -> list[SearchHit]:
-        compiled = compile_search(tenant, query, SQLITE)
-        rows, counts = await self._read(partial(_search, compiled=compiled))
-        return [search_hit(query.level, row, counts) for row in rows]
+        compiled = compile_counted_search(tenant, query, SQLITE)
+        rows = await self._read(lambda db: db.execute(compiled.sql, compiled.params).fetchall())
+        return [search_hit(query.level, row) for row in rows]
 
     async def instances(
         self,
@@ -187,25 +179,6 @@ class SqliteIndex:
 
     async def search_audit(self, tenant: str, query: AuditQuery) -> list[AuditEvent]:
         return await self._read(lambda db: sqlite_audit.search_audit(db, tenant, query))
-
-
-def _search(db: sqlite3.Connection, compiled: Compiled) -> tuple[list[sqlite3.Row], InstanceCounts]:
-    """The hits of a search and their instance counts, read in one snapshot."""
-    db.execute("BEGIN")
-    try:
-        rows = db.execute(compiled.sql, compiled.params).fetchall()
-        counts = InstanceCounts(study=_count(db, rows, "study"), series=_count(db, rows, "series"))
-    finally:
-        db.execute("COMMIT")
-    return rows, counts
-
-
-def _count(db: sqlite3.Connection, rows: list[sqlite3.Row], parent: str) -> dict[int, int]:
-    pks = counted_pks(rows, parent)
-    if not pks:
-        return {}
-    counting = compile_counts(parent, pks, SQLITE)
-    return {int(pk): int(n) for pk, n in db.execute(counting.sql, counting.params)}
 
 
 def _referenced(db: sqlite3.Connection, keys: tuple[str, ...]) -> list[str]:

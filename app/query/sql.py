@@ -26,7 +26,7 @@ __all__ = [
     "SQLITE",
     "Compiled",
     "Dialect",
-    "compile_counts",
+    "compile_counted_search",
     "compile_search",
     "install_sqlite_functions",
 ]
@@ -79,14 +79,6 @@ class Dialect:
         """`expr` compared in code-point order (date and time strings in JSON)."""
         return expr
 
-    def one_of(self, expr: str, placeholder: str) -> str:
-        """`expr` is one of the integers bound by `int_list`."""
-        raise NotImplementedError
-
-    def int_list(self, values: Sequence[int]) -> object:
-        """`values` as the one parameter `one_of` reads."""
-        raise NotImplementedError
-
     def json_contains(
         self, column: str, path: Sequence[int], operand: str, *, number: bool
     ) -> str | None:
@@ -127,13 +119,6 @@ class _SQLite(Dialect):
         # that install_sqlite_functions registers on every connection.
         return f"{expr} REGEXP {placeholder}"
 
-    def one_of(self, expr: str, placeholder: str) -> str:
-        # One parameter whatever the number of values (SQLite limits bound parameters).
-        return f"{expr} IN (SELECT value FROM json_each({placeholder}))"
-
-    def int_list(self, values: Sequence[int]) -> object:
-        return "[" + ",".join(str(int(v)) for v in values) + "]"
-
 
 class _Postgres(Dialect):
     name = "postgres"
@@ -167,12 +152,6 @@ class _Postgres(Dialect):
     def ordered(self, expr: str) -> str:
         return f'{expr} COLLATE "C"'
 
-    def one_of(self, expr: str, placeholder: str) -> str:
-        return f"{expr} = ANY(CAST({placeholder} AS bigint[]))"
-
-    def int_list(self, values: Sequence[int]) -> object:
-        return [int(v) for v in values]
-
     def json_contains(
         self, column: str, path: Sequence[int], operand: str, *, number: bool
     ) -> str | None:
@@ -196,10 +175,6 @@ SQLITE: Dialect = _SQLite()
 POSTGRES: Dialect = _Postgres()
 
 
-# Instance counts are not stored (they would rewrite the study and series rows once per
-# instance stored): each hit carries its study's and series' pk, and `compile_counts`
-# counts their instances, once per distinct pk of the page, on the instance table's
-# foreign-key indexes.
 _SELECT: dict[Level, str] = {
     Level.PATIENT: "patient.attrs AS patient_attrs, patient.num_studies AS num_studies",
     Level.STUDY: (
@@ -210,7 +185,9 @@ _SELECT: dict[Level, str] = {
 _SELECT[Level.SERIES] = (
     f"{_SELECT[Level.STUDY]}, series.attrs AS series_attrs, series.pk AS series_pk"
 )
-_SELECT[Level.INSTANCE] = f"{_SELECT[Level.SERIES]}, instance.metadata AS instance_attrs"
+_SELECT[Level.INSTANCE] = (
+    f"{_SELECT[Level.SERIES]}, instance.metadata AS instance_attrs, instance.pk AS instance_pk"
+)
 
 _FROM: dict[Level, str] = {
     Level.PATIENT: "patient",
@@ -266,19 +243,40 @@ def compile_search(tenant: str, query: Query, dialect: Dialect) -> Compiled:
     return Compiled(sql, tuple(b.params))
 
 
-# The foreign key of instance to each parent whose instances `compile_counts` counts.
-_COUNTED = {"study": "study_fk", "series": "series_fk"}
+# Instance counts are not stored (they would rewrite the study and series rows once per
+# instance stored): `compile_counted_search` counts them for a page of hits, once per
+# distinct study and series of the page, on the instance table's foreign-key indexes.
+# parent: (the alias of its pk in a hit, instance's foreign key, the alias of the count)
+_COUNTED = {
+    "study": ("study_pk", "study_fk", "num_instances"),
+    "series": ("series_pk", "series_fk", "series_num_instances"),
+}
+_COUNTED_AT = {
+    Level.STUDY: ("study",),
+    Level.SERIES: ("study", "series"),
+    Level.INSTANCE: ("study", "series"),
+}
 
 
-def compile_counts(parent: str, pks: Sequence[int], dialect: Dialect) -> Compiled:
-    """The number of instances of each `parent` ("study" or "series") row in `pks`, as
-    (pk, count) rows; a row without instances is absent. `pks` come from a search of the
-    caller's tenant, and a child always has its parent's tenant."""
-    column = f"instance.{_COUNTED[parent]}"
-    b = _Builder(dialect)
-    where = dialect.one_of(column, b.bind(dialect.int_list(pks)))
-    sql = f"SELECT {column}, count(*) FROM instance WHERE {where} GROUP BY {column}"
-    return Compiled(sql, tuple(b.params))
+def compile_counted_search(tenant: str, query: Query, dialect: Dialect) -> Compiled:
+    """`compile_search`, its hits with the number of instances of their study (alias
+    num_instances) and series (series_num_instances), in one statement."""
+    page = compile_search(tenant, query, dialect)
+    parents = _COUNTED_AT.get(query.level, ())
+    if not parents:
+        return page
+    columns, joins = ["hit.*"], []
+    for parent in parents:
+        pk, fk, alias = _COUNTED[parent]
+        columns.append(f"coalesce({parent}_count.n, 0) AS {alias}")
+        joins.append(
+            f" LEFT JOIN (SELECT {fk}, count(*) AS n FROM instance"
+            f" WHERE {fk} IN (SELECT {pk} FROM hit) GROUP BY {fk}) AS {parent}_count"
+            f" ON {parent}_count.{fk} = hit.{pk}"
+        )
+    order = f"hit.{_LEVEL_TABLE[query.level]}_pk"
+    sql = f"WITH hit AS ({page.sql}) SELECT {', '.join(columns)} FROM hit{''.join(joins)}"
+    return Compiled(f"{sql} ORDER BY {order}", page.params)
 
 
 class _Builder:

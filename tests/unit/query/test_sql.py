@@ -17,7 +17,7 @@ from app.query.sql import (
     SQLITE,
     Compiled,
     Dialect,
-    compile_counts,
+    compile_counted_search,
     compile_search,
     install_sqlite_functions,
 )
@@ -104,6 +104,7 @@ def condition_params(compiled: Compiled) -> tuple[object, ...]:
                 "series_attrs",
                 "series_pk",
                 "instance_attrs",
+                "instance_pk",
             ],
             "FROM instance JOIN series ON series.pk = instance.series_fk"
             " JOIN study ON study.pk = instance.study_fk"
@@ -381,30 +382,19 @@ def test_a_column_of_an_unjoined_table_is_refused() -> None:
         compile_search(TENANT, query, SQLITE)
 
 
-@pytest.mark.parametrize(
-    ("dialect", "sql", "param"),
-    [
-        (
-            SQLITE,
-            "SELECT instance.series_fk, count(*) FROM instance"
-            " WHERE instance.series_fk IN (SELECT value FROM json_each(?))"
-            " GROUP BY instance.series_fk",
-            "[3,5]",
-        ),
-        (
-            POSTGRES,
-            "SELECT instance.series_fk, count(*) FROM instance"
-            " WHERE instance.series_fk = ANY(CAST($1 AS bigint[]))"
-            " GROUP BY instance.series_fk",
-            [3, 5],
-        ),
-    ],
-)
-def test_instance_counts_bind_the_pks_as_one_parameter(
-    dialect: Dialect, sql: str, param: object
-) -> None:
-    compiled = compile_counts("series", [3, 5], dialect)
-    assert (compiled.sql, compiled.params) == (sql, (param,))
+def test_counted_search_wraps_the_page_and_keeps_its_order_and_parameters() -> None:
+    query = parse_qido([("Modality", "CT")], Level.SERIES)
+    page = compile_search(TENANT, query, POSTGRES)
+    counted = compile_counted_search(TENANT, query, POSTGRES)
+    assert counted.params == page.params
+    assert counted.sql.startswith(f"WITH hit AS ({page.sql}) SELECT hit.*,")
+    assert counted.sql.endswith(" ORDER BY hit.series_pk")
+    assert "coalesce(study_count.n, 0) AS num_instances" in counted.sql
+    assert "coalesce(series_count.n, 0) AS series_num_instances" in counted.sql
+    patients = parse_qido([], Level.PATIENT)
+    assert compile_counted_search(TENANT, patients, SQLITE) == compile_search(
+        TENANT, patients, SQLITE
+    )
 
 
 # -- execution against the real SQLite schema ------------------------------------------
