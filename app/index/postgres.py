@@ -4,14 +4,14 @@ A pool of connections; each write is one READ COMMITTED transaction that takes i
 in one order: an advisory lock on the SOP Instance UID (so two uploads of one instance,
 from any process, decide IDENTICAL/CONFLICT one after the other), then the patient, study
 and series rows (an overwrite locks the old and the new patient together first). Uploads
-of one study therefore queue on its rows instead of deadlocking. The parents' rows are
-rewritten only when what they hold changes: the patient's attributes, a new study (the
-patient's count), a new or emptied series (the study's series count and modalities).
-Instance counts are not stored but counted at read time (`compile_counted_search`): updating
-them would leave a dead study and series row version behind every instance, the table
-and its dozen indexes bloating until a VACUUM FULL. Should a deadlock still happen
-(inconsistent data, such as one study under two patients), PostgreSQL aborts one of the
-transactions and it is retried whole, a bounded number of times.
+of one study therefore queue on its rows instead of deadlocking, and commit its instances
+in pk order. The parents' rows are rewritten only when what they hold changes: instance
+counts once per FOLD_AT instances (a search counts the newer ones: `compile_counted_search`;
+updating them per instance left a dead study and series row version behind each one), the
+series count and modalities once per series, the patient's once per study. Should a
+deadlock still happen (inconsistent data, such as one study under two patients),
+PostgreSQL aborts one of the transactions and it is retried whole, a bounded number of
+times.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
 from app.index import postgres_audit
 from app.index.migrations import IndexUnavailable, SchemaError, latest_version, migrations
 from app.index.rows import (
+    FOLD_AT,
     INSTANCE_COLUMNS,
     bulk_text,
     dumps,
@@ -373,6 +374,8 @@ async def _add(
     series_fk, new_series = await _ensure_series(conn, tenant, record, meta, study_fk)
     row = _instance_row(record, meta, meta_json, series_fk, study_fk)
     await _insert(conn, "instance", {"tenant": tenant, **row})
+    await conn.execute(_FOLD.format(table="series", fk="series_fk"), series_fk, FOLD_AT)
+    await conn.execute(_FOLD.format(table="study", fk="study_fk"), study_fk, FOLD_AT)
     if new_series:
         await _series_changed(conn, study_fk, 1)
     if new_study:
@@ -538,6 +541,15 @@ async def _lock_patients(
 
 
 _HAS_INSTANCES = "SELECT EXISTS (SELECT 1 FROM instance WHERE {} = $1)"
+# Fold the instances of a (locked) parent above its counted_pk into its num_instances
+# once there are at least $2 of them; otherwise leave the row as it is.
+_FOLD = """UPDATE {table} SET num_instances = num_instances + newer.n, counted_pk = newer.top
+    FROM (SELECT count(*) AS n, max(instance.pk) AS top FROM instance
+          WHERE instance.{fk} = $1
+            AND instance.pk > (SELECT counted_pk FROM {table} WHERE pk = $1)) AS newer
+    WHERE {table}.pk = $1 AND newer.n >= $2"""
+# An instance removed from a (locked) parent: counted in num_instances if folded.
+_UNFOLD = "UPDATE {} SET num_instances = num_instances - 1 WHERE pk = $1 AND counted_pk >= $2"
 
 
 async def _delete_instance(
@@ -552,6 +564,8 @@ async def _delete_instance(
     await conn.execute("SELECT 1 FROM study WHERE pk = $1 FOR UPDATE", study_fk)
     await conn.execute("SELECT 1 FROM series WHERE pk = $1 FOR UPDATE", series_fk)
     await conn.execute("DELETE FROM instance WHERE pk = $1", instance_pk)
+    await conn.execute(_UNFOLD.format("series"), series_fk, instance_pk)
+    await conn.execute(_UNFOLD.format("study"), study_fk, instance_pk)
     # The locks make these answers final: every writer of the study waits for us.
     if not await conn.fetchval(_HAS_INSTANCES.format("series_fk"), series_fk):
         await conn.execute("DELETE FROM series WHERE pk = $1", series_fk)

@@ -22,6 +22,7 @@ from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
 from app.index import sqlite_audit
 from app.index.migrations import SchemaError, latest_version, migrations
 from app.index.rows import (
+    FOLD_AT,
     INSTANCE_COLUMNS,
     ORDER_COLUMNS,
     bulk_text,
@@ -298,8 +299,10 @@ def _add(
             now,
         ),
     )
-    # Instance counts are counted at read time (as on PostgreSQL, where updating them
-    # would leave a dead study and series row version behind every instance).
+    # Instance counts are folded in once per FOLD_AT instances (as on PostgreSQL, where
+    # updating them would leave a dead study and series row version behind each one).
+    db.execute(_FOLD.format(table="series", fk="series_fk"), (series_fk, FOLD_AT))
+    db.execute(_FOLD.format(table="study", fk="study_fk"), (study_fk, FOLD_AT))
     if new_series:
         _series_changed(db, study_fk, 1, now)
     if new_study:
@@ -507,6 +510,17 @@ def _series_changed(db: sqlite3.Connection, study_fk: int, added: int, now: str)
     )
 
 
+# As app/index/postgres.py: fold the instances of a parent above its counted_pk into its
+# num_instances once there are at least ?2 of them.
+_FOLD = """UPDATE {table} SET num_instances = num_instances + newer.n, counted_pk = newer.top
+    FROM (SELECT count(*) AS n, max(instance.pk) AS top FROM instance
+          WHERE instance.{fk} = ?1
+            AND instance.pk > (SELECT counted_pk FROM {table} WHERE pk = ?1)) AS newer
+    WHERE {table}.pk = ?1 AND newer.n >= ?2"""
+# An instance removed from a parent: counted in num_instances if folded.
+_UNFOLD = "UPDATE {} SET num_instances = num_instances - 1 WHERE pk = ? AND counted_pk >= ?"
+
+
 def _delete_instance(db: sqlite3.Connection, instance_pk: int) -> None:
     """Remove an instance row, keeping counts exact and dropping emptied parents."""
     row = db.execute(
@@ -515,6 +529,8 @@ def _delete_instance(db: sqlite3.Connection, instance_pk: int) -> None:
     assert row is not None
     series_fk, study_fk = row["series_fk"], row["study_fk"]
     db.execute("DELETE FROM instance WHERE pk = ?", (instance_pk,))
+    db.execute(_UNFOLD.format("series"), (series_fk, instance_pk))
+    db.execute(_UNFOLD.format("study"), (study_fk, instance_pk))
     if not _has_instances(db, "series_fk", series_fk):
         db.execute("DELETE FROM series WHERE pk = ?", (series_fk,))
         _series_changed(db, study_fk, -1, _now())

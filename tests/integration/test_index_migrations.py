@@ -119,8 +119,16 @@ def _computed_and_json(table: str) -> tuple[str, ...]:
     """Columns app/query/sql.py selects besides the whitelisted ones."""
     return {
         "patient": ("pk", "tenant", "attrs", "num_studies"),
-        "study": ("pk", "tenant", "attrs", "modalities_in_study", "num_series"),
-        "series": ("pk", "tenant", "study_fk", "attrs"),
+        "study": (
+            "pk",
+            "tenant",
+            "attrs",
+            "modalities_in_study",
+            "num_series",
+            "num_instances",
+            "counted_pk",
+        ),
+        "series": ("pk", "tenant", "study_fk", "attrs", "num_instances", "counted_pk"),
         "instance": ("pk", "tenant", "series_fk", "study_fk", "metadata"),
     }[table]
 

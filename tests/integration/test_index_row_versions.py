@@ -2,13 +2,16 @@
 
 Storing an instance used to update its series and study rows (the instance counts) and its
 patient row (an unconditional upsert): on PostgreSQL each update leaves a dead row version
-behind, and a million instances left the study table eleven times its size. Triggers
-count the UPDATEs of patient, study and series rows while instances are stored; the counts
-and ModalitiesInStudy are checked at every level after stores and replacements.
+behind, and a million instances left the study table eleven times its size. Now instance
+counts are folded into the parent rows once per FOLD_AT instances and searches count the
+rest. Triggers count the UPDATEs of patient, study and series rows while instances are
+stored; counts and ModalitiesInStudy are checked at every level after stores (folded and
+not), replacements of folded instances, and concurrent stores from two index objects.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections import Counter
 
@@ -22,8 +25,9 @@ from app.dicom.levels import (
     NUMBER_OF_STUDY_RELATED_SERIES,
     Level,
 )
+from app.index.rows import FOLD_AT
 from app.query.qido import parse_qido
-from app.services.ports import Index, Outcome
+from app.services.ports import Index, InstanceRecord, Outcome
 from tests.integration.conftest import TENANT, Backend, Records
 
 PARENTS = ("patient", "study", "series")
@@ -77,87 +81,124 @@ async def study_counts(index: Index, study: str) -> dict[int, object]:
 
 async def series_counts(index: Index, study: str, level: Level) -> dict[str, int]:
     """NumberOfSeriesRelatedInstances per series, from the hits of a series or instance
-    search of the study (every instance hit carries its series' count)."""
-    query = parse_qido([("StudyInstanceUID", study)], level)
+    search of the study (every instance hit carries its series' count, and its study's)."""
+    query = parse_qido([("StudyInstanceUID", study), ("limit", "1000")], level)
     counts: dict[str, int] = {}
-    for hit in await index.search(TENANT, query):
+    hits = await index.search(TENANT, query)
+    for hit in hits:
         assert hit.series is not None
         uid = hit.series["0020000E"]["Value"][0]
-        assert (
-            counts.get(uid, hit.computed[NUMBER_OF_SERIES_RELATED_INSTANCES])
-            == (hit.computed[NUMBER_OF_SERIES_RELATED_INSTANCES])
-        )
-        counts[uid] = hit.computed[NUMBER_OF_SERIES_RELATED_INSTANCES]
+        count = hit.computed[NUMBER_OF_SERIES_RELATED_INSTANCES]
+        assert counts.setdefault(uid, count) == count
+    if level is Level.INSTANCE:
+        assert {hit.computed[NUMBER_OF_STUDY_RELATED_INSTANCES] for hit in hits} == {len(hits)}
     return counts
 
 
-async def test_storing_into_an_existing_series_rewrites_no_parent_row(
+async def store(index: Index, record: InstanceRecord) -> None:
+    assert (await index.add_instance(TENANT, record, overwrite=False)).outcome is Outcome.STORED
+
+
+async def test_storing_into_an_existing_series_rewrites_no_parent_row_per_instance(
     backend: Backend, records: Records
 ) -> None:
     index = await backend.open()
     try:
         await count_rewrites(backend)
         study, ct, mr = generate_uid(), generate_uid(), generate_uid()
-        first = records.make(study=study, series=ct, Modality="CT", seed=0)
-        assert (await index.add_instance(TENANT, first, overwrite=False)).outcome is Outcome.STORED
+        await store(index, records.make(study=study, series=ct, Modality="CT", seed=0))
         await rewrites(backend)  # the first instance creates the rows and counts the study
 
-        for n in range(1, 12):
-            series, modality = (ct, "CT") if n < 6 else (mr, "MR")
-            record = records.make(study=study, series=series, Modality=modality, seed=n)
-            assert (await index.add_instance(TENANT, record, overwrite=False)).outcome is (
-                Outcome.STORED
-            )
-        # 11 instances, one of them the first of a new series: the study row changes once
-        # (its series count and modalities); before, 11 patient, 11 study, 11 series.
-        assert await rewrites(backend) == Counter({"study": 1})
+        cts, mrs = 2 * FOLD_AT + 1, 4
+        for n in range(1, cts):
+            await store(index, records.make(study=study, series=ct, Modality="CT", seed=n))
+        for n in range(mrs):
+            await store(index, records.make(study=study, series=mr, Modality="MR", seed=n))
+        # Before: one patient, study and series row version per instance. Now the study
+        # and the CT series fold their counts twice, and the study adds the MR series.
+        assert await rewrites(backend) == Counter({"study": 2 + 1, "series": 2})
 
         renamed = records.make(
-            study=study, series=mr, Modality="MR", PatientName="OTHER^NAME", seed=12
+            study=study, series=mr, Modality="MR", PatientName="OTHER^NAME", seed=mrs
         )
-        await index.add_instance(TENANT, renamed, overwrite=False)
+        await store(index, renamed)
         assert await rewrites(backend) == Counter({"patient": 1})  # its attributes changed
 
         assert await study_counts(index, study) == {
             MODALITIES_IN_STUDY: ["CT", "MR"],
             NUMBER_OF_STUDY_RELATED_SERIES: 2,
-            NUMBER_OF_STUDY_RELATED_INSTANCES: 13,
+            NUMBER_OF_STUDY_RELATED_INSTANCES: cts + mrs + 1,
         }
         for level in (Level.SERIES, Level.INSTANCE):
-            assert await series_counts(index, study, level) == {ct: 6, mr: 7}
+            assert await series_counts(index, study, level) == {ct: cts, mr: mrs + 1}
     finally:
         await index.close()
 
 
-async def test_counts_and_modalities_follow_replacements_at_every_level(
+async def test_counts_and_modalities_follow_replacements_of_folded_instances(
     index: Index, records: Records
 ) -> None:
     study, ct, mr = generate_uid(), generate_uid(), generate_uid()
-    stored = [records.make(study=study, series=ct, Modality="CT", seed=n) for n in range(3)]
-    stored.append(records.make(study=study, series=mr, Modality="MR", seed=3))
+    stored = [
+        records.make(study=study, series=ct, Modality="CT", seed=n) for n in range(FOLD_AT + 2)
+    ]
+    stored.append(records.make(study=study, series=mr, Modality="MR", seed=0))
     for record in stored:
-        await index.add_instance(TENANT, record, overwrite=False)
+        await store(index, record)
+    cts = FOLD_AT + 2
 
-    # A CT instance again, other bytes, same series: nothing to count differently.
+    # A folded CT instance again, other bytes, same series: the same counts.
     again = records.make(
-        sop=stored[0].sop_instance_uid, study=study, series=ct, Modality="CT", seed=10
+        sop=stored[0].sop_instance_uid, study=study, series=ct, Modality="CT", seed=1000
     )
     assert (await index.add_instance(TENANT, again, overwrite=True)).outcome is Outcome.REPLACED
-    assert await series_counts(index, study, Level.SERIES) == {ct: 3, mr: 1}
+    assert await series_counts(index, study, Level.SERIES) == {ct: cts, mr: 1}
 
-    # The only MR instance moves into the CT series: the MR series is emptied and removed.
-    moved = records.make(
-        sop=stored[3].sop_instance_uid, study=study, series=ct, Modality="CT", seed=11
+    # A folded CT instance moves into the MR series, then the only MR one into the CT
+    # series: the MR series keeps one instance, then none is left and it is removed.
+    into_mr = records.make(
+        sop=stored[1].sop_instance_uid, study=study, series=mr, Modality="MR", seed=1001
     )
-    assert (await index.add_instance(TENANT, moved, overwrite=True)).outcome is Outcome.REPLACED
+    assert (await index.add_instance(TENANT, into_mr, overwrite=True)).outcome is Outcome.REPLACED
+    assert await series_counts(index, study, Level.SERIES) == {ct: cts - 1, mr: 2}
+    for moved in (stored[-1], into_mr):
+        record = records.make(
+            sop=moved.sop_instance_uid, study=study, series=ct, Modality="CT", seed=1002
+        )
+        await index.add_instance(TENANT, record, overwrite=True)
     assert await study_counts(index, study) == {
         MODALITIES_IN_STUDY: ["CT"],
         NUMBER_OF_STUDY_RELATED_SERIES: 1,
-        NUMBER_OF_STUDY_RELATED_INSTANCES: 4,
+        NUMBER_OF_STUDY_RELATED_INSTANCES: cts + 1,
     }
     for level in (Level.SERIES, Level.INSTANCE):
-        assert await series_counts(index, study, level) == {ct: 4}
+        assert await series_counts(index, study, level) == {ct: cts + 1}
     by_modality = parse_qido([("ModalitiesInStudy", "MR")], Level.STUDY)
     assert await index.search(TENANT, by_modality) == []
     by_modality = parse_qido([("ModalitiesInStudy", "CT")], Level.STUDY)
     assert len(await index.search(TENANT, by_modality)) == 1
+
+
+async def test_two_nodes_storing_into_one_series_at_once_lose_no_count(
+    backend: Backend, records: Records
+) -> None:
+    """Two index objects ("nodes"), four uploads in flight on each, one study and series:
+    the folds of one node must not miss the instances the other committed meanwhile."""
+    study, series = generate_uid(), generate_uid()
+    made = [records.make(study=study, series=series, seed=n) for n in range(3 * FOLD_AT + 7)]
+    nodes = [await backend.open(pool_size=4), await backend.open(pool_size=4)]
+    try:
+        queue = list(made)
+
+        async def upload(node: Index) -> None:
+            while queue:
+                await store(node, queue.pop())
+
+        await asyncio.gather(*(upload(node) for node in nodes for _ in range(4)))
+        for node in nodes:
+            assert (await study_counts(node, study))[NUMBER_OF_STUDY_RELATED_INSTANCES] == len(made)
+            for level in (Level.SERIES, Level.INSTANCE):
+                assert await series_counts(node, study, level) == {series: len(made)}
+    finally:
+        for node in nodes:
+            await node.close()
