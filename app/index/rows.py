@@ -33,7 +33,7 @@ INSTANCE_COLUMNS = """
 # num_instances once there are this many (app/query/sql.py, compile_counted_search): the
 # row is rewritten once per FOLD_AT instances, and a search counts fewer than FOLD_AT
 # index entries of each parent on its page.
-FOLD_AT = 64
+FOLD_AT = 32
 # Retrieval order of instances(); metadata() uses the same.
 ORDER_COLUMNS = ("series.series_number", "series.pk", "instance.instance_number", "instance.pk")
 

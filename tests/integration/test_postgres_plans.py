@@ -271,7 +271,7 @@ async def test_retrieval_uses_an_index(conn: asyncpg.Connection, name: str) -> N
 
 # The instance counts of a page of hits (app/query/sql.py, compile_counted_search): the
 # first page of the study list (100 studies) and a study's series count each parent's
-# instances on the instance table's foreign-key index.
+# instances not folded into its row yet on a range of the instance (fk, pk) indexes.
 COUNTED: dict[str, tuple[Level, dict[int, str], set[str]]] = {
     "/studies": (Level.STUDY, {}, {"instance_study_fk"}),
     "/studies/{s}/series": (
