@@ -19,7 +19,11 @@ import asyncpg
 import pytest
 
 from app.auth.principal import DEFAULT_TENANT
-from app.dicom.levels import NUMBER_OF_STUDY_RELATED_INSTANCES, Level
+from app.dicom.levels import (
+    NUMBER_OF_SERIES_RELATED_INSTANCES,
+    NUMBER_OF_STUDY_RELATED_INSTANCES,
+    Level,
+)
 from app.index.migrations import MIGRATIONS_ROOT, SchemaError, latest_version
 from app.query.columns import TABLE_LEVEL, columns_of
 from app.query.qido import parse_qido
@@ -223,6 +227,9 @@ async def test_existing_rows_move_into_the_default_tenant(backend: Backend) -> N
         assert found.blob_key == "abcdef0123"  # keys from before tenants stay as they were
         (study,) = await index.search(DEFAULT_TENANT, parse_qido([], Level.STUDY))
         assert study.computed[NUMBER_OF_STUDY_RELATED_INSTANCES] == 1
+        # Migration 0005 marks the stored counts as counting every instance there is.
+        (series,) = await index.search(DEFAULT_TENANT, parse_qido([], Level.SERIES))
+        assert series.computed[NUMBER_OF_SERIES_RELATED_INSTANCES] == 1
         assert await index.instances("clinic-a", "1.2.3") == []
     finally:
         await index.close()
