@@ -4,10 +4,14 @@ A pool of connections; each write is one READ COMMITTED transaction that takes i
 in one order: an advisory lock on the SOP Instance UID (so two uploads of one instance,
 from any process, decide IDENTICAL/CONFLICT one after the other), then the patient, study
 and series rows (an overwrite locks the old and the new patient together first). Uploads
-of one study therefore queue on its rows instead of deadlocking, and the computed counts
-are updated in place (`num = num + 1`), so they stay exact. Should a deadlock still happen
-(inconsistent data, such as one study under two patients), PostgreSQL aborts one of the
-transactions and it is retried whole, a bounded number of times.
+of one study therefore queue on its rows instead of deadlocking, and commit its instances
+in pk order. The parents' rows are rewritten only when what they hold changes: instance
+counts once per FOLD_AT instances (a search counts the newer ones: `compile_counted_search`;
+updating them per instance left a dead study and series row version behind each one), the
+series count and modalities once per series, the patient's once per study. Should a
+deadlock still happen (inconsistent data, such as one study under two patients),
+PostgreSQL aborts one of the transactions and it is retried whole, a bounded number of
+times.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
 from app.index import postgres_audit
 from app.index.migrations import IndexUnavailable, SchemaError, latest_version, migrations
 from app.index.rows import (
+    FOLD_AT,
     INSTANCE_COLUMNS,
     bulk_text,
     dumps,
@@ -37,7 +42,7 @@ from app.index.rows import (
 )
 from app.query.columns import column_values
 from app.query.model import Query
-from app.query.sql import POSTGRES, compile_search
+from app.query.sql import POSTGRES, compile_counted_search
 from app.services.ports import (
     AddResult,
     AuditEvent,
@@ -148,7 +153,7 @@ class PostgresIndex:
     # -- reads -------------------------------------------------------------------------
 
     async def search(self, tenant: str, query: Query) -> list[SearchHit]:
-        compiled = compile_search(tenant, query, POSTGRES)
+        compiled = compile_counted_search(tenant, query, POSTGRES)
         rows = await self._pool.fetch(compiled.sql, *compiled.params)
         return [search_hit(query.level, row) for row in rows]
 
@@ -369,17 +374,10 @@ async def _add(
     series_fk, new_series = await _ensure_series(conn, tenant, record, meta, study_fk)
     row = _instance_row(record, meta, meta_json, series_fk, study_fk)
     await _insert(conn, "instance", {"tenant": tenant, **row})
-    await conn.execute(
-        "UPDATE series SET num_instances = num_instances + 1 WHERE pk = $1", series_fk
-    )
-    await conn.execute(
-        """UPDATE study SET num_instances = num_instances + 1,
-               num_series = num_series + $2, updated_at = now() WHERE pk = $1""",
-        study_fk,
-        int(new_series),
-    )
+    await conn.execute(_FOLD.format(table="series", fk="series_fk"), series_fk, FOLD_AT)
+    await conn.execute(_FOLD.format(table="study", fk="study_fk"), study_fk, FOLD_AT)
     if new_series:
-        await _refresh_modalities(conn, study_fk)
+        await _series_changed(conn, study_fk, 1)
     if new_study:
         await conn.execute(
             "UPDATE patient SET num_studies = num_studies + 1 WHERE pk = $1", patient_fk
@@ -410,8 +408,13 @@ def _instance_row(
 
 async def _upsert_patient(conn: asyncpg.Connection, tenant: str, meta: Json) -> int:
     """The patient's pk, its row created or updated with this instance's attributes; the
-    row stays locked until commit (first in the lock order)."""
+    row stays locked until commit (first in the lock order).
+
+    The row is rewritten only if an attribute differs: ON CONFLICT locks the row whether
+    or not its WHERE holds, and then returns nothing, so the pk is read again.
+    """
     cols = column_values("patient", meta)
+    key = (tenant, cols["patient_id"] or "", cols["issuer_of_patient_id"] or "")
     pk = await conn.fetchval(
         """INSERT INTO patient (tenant, patient_id, issuer_of_patient_id, patient_name,
                patient_birth_date, patient_sex, attrs)
@@ -420,15 +423,23 @@ async def _upsert_patient(conn: asyncpg.Connection, tenant: str, meta: Json) -> 
                patient_name = excluded.patient_name,
                patient_birth_date = excluded.patient_birth_date,
                patient_sex = excluded.patient_sex, attrs = excluded.attrs
+           WHERE (patient.patient_name, patient.patient_birth_date, patient.patient_sex,
+                  patient.attrs)
+               IS DISTINCT FROM (excluded.patient_name, excluded.patient_birth_date,
+                  excluded.patient_sex, excluded.attrs)
            RETURNING pk""",
-        tenant,
-        cols["patient_id"] or "",
-        cols["issuer_of_patient_id"] or "",
+        *key,
         cols["patient_name"],
         cols["patient_birth_date"],
         cols["patient_sex"],
         dumps(subset(meta, PATIENT_TAGS)),
     )
+    if pk is None:
+        pk = await conn.fetchval(
+            "SELECT pk FROM patient"
+            " WHERE tenant = $1 AND patient_id = $2 AND issuer_of_patient_id = $3",
+            *key,
+        )
     return int(pk)
 
 
@@ -491,13 +502,17 @@ async def _insert(
     return None if pk is None else int(pk)
 
 
-async def _refresh_modalities(conn: asyncpg.Connection, study_fk: int) -> None:
+async def _series_changed(conn: asyncpg.Connection, study_fk: int, added: int) -> None:
+    """A series of the (locked) study was added (1) or removed (-1): one new version of
+    the study row with its series count and ModalitiesInStudy."""
     rows = await conn.fetch(
         "SELECT DISTINCT modality FROM series WHERE study_fk = $1 AND modality IS NOT NULL",
         study_fk,
     )
     await conn.execute(
-        "UPDATE study SET modalities_in_study = $1 WHERE pk = $2",
+        """UPDATE study SET num_series = num_series + $1, modalities_in_study = $2,
+               updated_at = now() WHERE pk = $3""",
+        added,
         modalities_text([r[0] for r in rows]),
         study_fk,
     )
@@ -525,6 +540,18 @@ async def _lock_patients(
     )
 
 
+_HAS_INSTANCES = "SELECT EXISTS (SELECT 1 FROM instance WHERE {} = $1)"
+# Fold the instances of a (locked) parent above its counted_pk into its num_instances
+# once there are at least $2 of them; otherwise leave the row as it is.
+_FOLD = """UPDATE {table} SET num_instances = num_instances + newer.n, counted_pk = newer.top
+    FROM (SELECT count(*) AS n, max(instance.pk) AS top FROM instance
+          WHERE instance.{fk} = $1
+            AND instance.pk > (SELECT counted_pk FROM {table} WHERE pk = $1)) AS newer
+    WHERE {table}.pk = $1 AND newer.n >= $2"""
+# An instance removed from a (locked) parent: counted in num_instances if folded.
+_UNFOLD = "UPDATE {} SET num_instances = num_instances - 1 WHERE pk = $1 AND counted_pk >= $2"
+
+
 async def _delete_instance(
     conn: asyncpg.Connection, instance_pk: int, series_fk: int, study_fk: int
 ) -> None:
@@ -537,19 +564,13 @@ async def _delete_instance(
     await conn.execute("SELECT 1 FROM study WHERE pk = $1 FOR UPDATE", study_fk)
     await conn.execute("SELECT 1 FROM series WHERE pk = $1 FOR UPDATE", series_fk)
     await conn.execute("DELETE FROM instance WHERE pk = $1", instance_pk)
-    series_left = await conn.fetchval(
-        "UPDATE series SET num_instances = num_instances - 1 WHERE pk = $1 RETURNING num_instances",
-        series_fk,
-    )
-    study_left = await conn.fetchval(
-        "UPDATE study SET num_instances = num_instances - 1 WHERE pk = $1 RETURNING num_instances",
-        study_fk,
-    )
-    if series_left == 0:
+    await conn.execute(_UNFOLD.format("series"), series_fk, instance_pk)
+    await conn.execute(_UNFOLD.format("study"), study_fk, instance_pk)
+    # The locks make these answers final: every writer of the study waits for us.
+    if not await conn.fetchval(_HAS_INSTANCES.format("series_fk"), series_fk):
         await conn.execute("DELETE FROM series WHERE pk = $1", series_fk)
-        await conn.execute("UPDATE study SET num_series = num_series - 1 WHERE pk = $1", study_fk)
-        await _refresh_modalities(conn, study_fk)
-    if study_left == 0:
+        await _series_changed(conn, study_fk, -1)
+    if not await conn.fetchval(_HAS_INSTANCES.format("study_fk"), study_fk):
         await conn.execute("DELETE FROM study WHERE pk = $1", study_fk)
         await conn.execute(
             "UPDATE patient SET num_studies = num_studies - 1 WHERE pk = $1", patient_fk

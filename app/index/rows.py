@@ -29,6 +29,11 @@ INSTANCE_COLUMNS = """
     instance.sop_class_uid, instance.transfer_syntax_uid, instance.blob_key, instance.size,
     instance.sha256, instance.encapsulated, instance.frames, instance.bulk, study.patient_id
 """
+# A writer folds a study's or series' instances above its counted_pk into its stored
+# num_instances once there are this many (app/query/sql.py, compile_counted_search): the
+# row is rewritten once per FOLD_AT instances, and a search counts fewer than FOLD_AT
+# index entries of each parent on its page.
+FOLD_AT = 32
 # Retrieval order of instances(); metadata() uses the same.
 ORDER_COLUMNS = ("series.series_number", "series.pk", "instance.instance_number", "instance.pk")
 
@@ -88,7 +93,7 @@ def stored_instance(row: Row) -> StoredInstance:
 
 
 def search_hit(level: Level, row: Row) -> SearchHit:
-    """A row of `app.query.sql.compile_search` (read by its column aliases)."""
+    """A row of `app.query.sql.compile_counted_search` (read by its column aliases)."""
     keys = set(row.keys())
     if level is Level.PATIENT:
         return SearchHit(

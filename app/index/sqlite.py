@@ -22,6 +22,7 @@ from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
 from app.index import sqlite_audit
 from app.index.migrations import SchemaError, latest_version, migrations
 from app.index.rows import (
+    FOLD_AT,
     INSTANCE_COLUMNS,
     ORDER_COLUMNS,
     bulk_text,
@@ -34,7 +35,7 @@ from app.index.rows import (
 )
 from app.query.columns import column_values
 from app.query.model import Query
-from app.query.sql import SQLITE, compile_search, install_sqlite_functions
+from app.query.sql import SQLITE, compile_counted_search, install_sqlite_functions
 from app.services.ports import (
     AddResult,
     AuditEvent,
@@ -128,7 +129,7 @@ class SqliteIndex:
     # -- reads -------------------------------------------------------------------------
 
     async def search(self, tenant: str, query: Query) -> list[SearchHit]:
-        compiled = compile_search(tenant, query, SQLITE)
+        compiled = compile_counted_search(tenant, query, SQLITE)
         rows = await self._read(lambda db: db.execute(compiled.sql, compiled.params).fetchall())
         return [search_hit(query.level, row) for row in rows]
 
@@ -298,14 +299,12 @@ def _add(
             now,
         ),
     )
-    db.execute("UPDATE series SET num_instances = num_instances + 1 WHERE pk = ?", (series_fk,))
-    db.execute(
-        """UPDATE study SET num_instances = num_instances + 1,
-               num_series = num_series + ?, updated_at = ? WHERE pk = ?""",
-        (int(new_series), now, study_fk),
-    )
+    # Instance counts are folded in once per FOLD_AT instances (as on PostgreSQL, where
+    # updating them would leave a dead study and series row version behind each one).
+    db.execute(_FOLD.format(table="series", fk="series_fk"), (series_fk, FOLD_AT))
+    db.execute(_FOLD.format(table="study", fk="study_fk"), (study_fk, FOLD_AT))
     if new_series:
-        _refresh_modalities(db, study_fk)
+        _series_changed(db, study_fk, 1, now)
     if new_study:
         db.execute("UPDATE patient SET num_studies = num_studies + 1 WHERE pk = ?", (patient_fk,))
     outcome = Outcome.REPLACED if orphan else Outcome.STORED
@@ -414,7 +413,10 @@ def _statements(script: str) -> list[str]:
 
 
 def _upsert_patient(db: sqlite3.Connection, tenant: str, meta: Json) -> int:
+    """The patient's pk, its row created or, if an attribute differs, updated (as on
+    PostgreSQL; a skipped update returns no row, so the pk is read again)."""
     cols = column_values("patient", meta)
+    key = (tenant, cols["patient_id"] or "", cols["issuer_of_patient_id"] or "")
     row = db.execute(
         """INSERT INTO patient (tenant, patient_id, issuer_of_patient_id, patient_name,
                patient_birth_date, patient_sex, attrs)
@@ -423,17 +425,25 @@ def _upsert_patient(db: sqlite3.Connection, tenant: str, meta: Json) -> int:
                patient_name = excluded.patient_name,
                patient_birth_date = excluded.patient_birth_date,
                patient_sex = excluded.patient_sex, attrs = excluded.attrs
+           WHERE patient.patient_name IS NOT excluded.patient_name
+               OR patient.patient_birth_date IS NOT excluded.patient_birth_date
+               OR patient.patient_sex IS NOT excluded.patient_sex
+               OR patient.attrs IS NOT excluded.attrs
            RETURNING pk""",
         (
-            tenant,
-            cols["patient_id"] or "",
-            cols["issuer_of_patient_id"] or "",
+            *key,
             cols["patient_name"],
             cols["patient_birth_date"],
             cols["patient_sex"],
             dumps(subset(meta, PATIENT_TAGS)),
         ),
     ).fetchone()
+    if row is None:
+        row = db.execute(
+            "SELECT pk FROM patient"
+            " WHERE tenant = ? AND patient_id = ? AND issuer_of_patient_id = ?",
+            key,
+        ).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -486,15 +496,29 @@ def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any]) -> int:
     return int(found[0])
 
 
-def _refresh_modalities(db: sqlite3.Connection, study_fk: int) -> None:
+def _series_changed(db: sqlite3.Connection, study_fk: int, added: int, now: str) -> None:
+    """A series of the study was added (1) or removed (-1): its series count and
+    ModalitiesInStudy change."""
     rows = db.execute(
         "SELECT DISTINCT modality FROM series WHERE study_fk = ? AND modality IS NOT NULL",
         (study_fk,),
     ).fetchall()
     db.execute(
-        "UPDATE study SET modalities_in_study = ? WHERE pk = ?",
-        (modalities_text([r[0] for r in rows]), study_fk),
+        """UPDATE study SET num_series = num_series + ?, modalities_in_study = ?,
+               updated_at = ? WHERE pk = ?""",
+        (added, modalities_text([r[0] for r in rows]), now, study_fk),
     )
+
+
+# As app/index/postgres.py: fold the instances of a parent above its counted_pk into its
+# num_instances once there are at least ?2 of them.
+_FOLD = """UPDATE {table} SET num_instances = num_instances + newer.n, counted_pk = newer.top
+    FROM (SELECT count(*) AS n, max(instance.pk) AS top FROM instance
+          WHERE instance.{fk} = ?1
+            AND instance.pk > (SELECT counted_pk FROM {table} WHERE pk = ?1)) AS newer
+    WHERE {table}.pk = ?1 AND newer.n >= ?2"""
+# An instance removed from a parent: counted in num_instances if folded.
+_UNFOLD = "UPDATE {} SET num_instances = num_instances - 1 WHERE pk = ? AND counted_pk >= ?"
 
 
 def _delete_instance(db: sqlite3.Connection, instance_pk: int) -> None:
@@ -505,20 +529,22 @@ def _delete_instance(db: sqlite3.Connection, instance_pk: int) -> None:
     assert row is not None
     series_fk, study_fk = row["series_fk"], row["study_fk"]
     db.execute("DELETE FROM instance WHERE pk = ?", (instance_pk,))
-    db.execute("UPDATE series SET num_instances = num_instances - 1 WHERE pk = ?", (series_fk,))
-    db.execute("UPDATE study SET num_instances = num_instances - 1 WHERE pk = ?", (study_fk,))
-    left = db.execute("SELECT num_instances FROM series WHERE pk = ?", (series_fk,)).fetchone()
-    if left is not None and left[0] == 0:
+    db.execute(_UNFOLD.format("series"), (series_fk, instance_pk))
+    db.execute(_UNFOLD.format("study"), (study_fk, instance_pk))
+    if not _has_instances(db, "series_fk", series_fk):
         db.execute("DELETE FROM series WHERE pk = ?", (series_fk,))
-        db.execute("UPDATE study SET num_series = num_series - 1 WHERE pk = ?", (study_fk,))
-        _refresh_modalities(db, study_fk)
-    study = db.execute(
-        "SELECT num_instances, patient_fk FROM study WHERE pk = ?", (study_fk,)
-    ).fetchone()
-    if study is not None and study[0] == 0:
+        _series_changed(db, study_fk, -1, _now())
+    if not _has_instances(db, "study_fk", study_fk):
+        patient_fk = _study_patient(db, study_fk)
         db.execute("DELETE FROM study WHERE pk = ?", (study_fk,))
-        db.execute("UPDATE patient SET num_studies = num_studies - 1 WHERE pk = ?", (study[1],))
-        db.execute("DELETE FROM patient WHERE pk = ? AND num_studies = 0", (study[1],))
+        db.execute("UPDATE patient SET num_studies = num_studies - 1 WHERE pk = ?", (patient_fk,))
+        db.execute("DELETE FROM patient WHERE pk = ? AND num_studies = 0", (patient_fk,))
+
+
+def _has_instances(db: sqlite3.Connection, column: str, pk: int) -> bool:
+    """Whether any instance has `pk` in `column` ("series_fk" or "study_fk")."""
+    row = db.execute(f"SELECT EXISTS (SELECT 1 FROM instance WHERE {column} = ?)", (pk,))
+    return bool(row.fetchone()[0])
 
 
 def _scope(

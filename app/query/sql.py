@@ -26,6 +26,7 @@ __all__ = [
     "SQLITE",
     "Compiled",
     "Dialect",
+    "compile_counted_search",
     "compile_search",
     "install_sqlite_functions",
 ]
@@ -178,14 +179,17 @@ _SELECT: dict[Level, str] = {
     Level.PATIENT: "patient.attrs AS patient_attrs, patient.num_studies AS num_studies",
     Level.STUDY: (
         "study.attrs AS study_attrs, study.modalities_in_study AS modalities_in_study,"
-        " study.num_series AS num_series, study.num_instances AS num_instances"
+        " study.num_series AS num_series, study.pk AS study_pk,"
+        " study.num_instances AS study_folded, study.counted_pk AS study_counted_pk"
     ),
 }
 _SELECT[Level.SERIES] = (
-    f"{_SELECT[Level.STUDY]}, series.attrs AS series_attrs,"
-    " series.num_instances AS series_num_instances"
+    f"{_SELECT[Level.STUDY]}, series.attrs AS series_attrs, series.pk AS series_pk,"
+    " series.num_instances AS series_folded, series.counted_pk AS series_counted_pk"
 )
-_SELECT[Level.INSTANCE] = f"{_SELECT[Level.SERIES]}, instance.metadata AS instance_attrs"
+_SELECT[Level.INSTANCE] = (
+    f"{_SELECT[Level.SERIES]}, instance.metadata AS instance_attrs, instance.pk AS instance_pk"
+)
 
 _FROM: dict[Level, str] = {
     Level.PATIENT: "patient",
@@ -239,6 +243,43 @@ def compile_search(tenant: str, query: Query, dialect: Dialect) -> Compiled:
     sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY {table}.pk LIMIT {b.bind(query.limit)} OFFSET {b.bind(query.offset)}"
     return Compiled(sql, tuple(b.params))
+
+
+# Instance counts are not updated once per instance stored (each update would leave a
+# dead study and series row version behind on PostgreSQL): a parent's num_instances counts
+# its instances up to its counted_pk, writers fold in the newer ones once there are enough
+# (app/index/rows.py, FOLD_AT), and `compile_counted_search` adds those not folded yet,
+# once per distinct parent of a page, on a range of the instance (fk, pk) indexes.
+# parent: instance's foreign key, the alias of the count
+_COUNTED = {"study": ("study_fk", "num_instances"), "series": ("series_fk", "series_num_instances")}
+_COUNTED_AT = {
+    Level.STUDY: ("study",),
+    Level.SERIES: ("study", "series"),
+    Level.INSTANCE: ("study", "series"),
+}
+
+
+def compile_counted_search(tenant: str, query: Query, dialect: Dialect) -> Compiled:
+    """`compile_search`, its hits with the number of instances of their study (alias
+    num_instances) and series (series_num_instances), in one statement."""
+    page = compile_search(tenant, query, dialect)
+    parents = _COUNTED_AT.get(query.level, ())
+    if not parents:
+        return page
+    columns, joins = ["hit.*"], []
+    for parent in parents:
+        fk, alias = _COUNTED[parent]
+        pk, counted, newer = f"{parent}_pk", f"{parent}_counted_pk", f"{parent}_newer"
+        columns.append(f"hit.{parent}_folded + coalesce({newer}.n, 0) AS {alias}")
+        joins.append(
+            f" LEFT JOIN (SELECT instance.{fk}, count(*) AS n"
+            f" FROM (SELECT DISTINCT {pk}, {counted} FROM hit) AS parent"
+            f" JOIN instance ON instance.{fk} = parent.{pk} AND instance.pk > parent.{counted}"
+            f" GROUP BY instance.{fk}) AS {newer} ON {newer}.{fk} = hit.{pk}"
+        )
+    order = f"hit.{_LEVEL_TABLE[query.level]}_pk"
+    sql = f"WITH hit AS ({page.sql}) SELECT {', '.join(columns)} FROM hit{''.join(joins)}"
+    return Compiled(f"{sql} ORDER BY {order}", page.params)
 
 
 class _Builder:

@@ -19,7 +19,11 @@ import asyncpg
 import pytest
 
 from app.auth.principal import DEFAULT_TENANT
-from app.dicom.levels import NUMBER_OF_STUDY_RELATED_INSTANCES, Level
+from app.dicom.levels import (
+    NUMBER_OF_SERIES_RELATED_INSTANCES,
+    NUMBER_OF_STUDY_RELATED_INSTANCES,
+    Level,
+)
 from app.index.migrations import MIGRATIONS_ROOT, SchemaError, latest_version
 from app.query.columns import TABLE_LEVEL, columns_of
 from app.query.qido import parse_qido
@@ -119,8 +123,16 @@ def _computed_and_json(table: str) -> tuple[str, ...]:
     """Columns app/query/sql.py selects besides the whitelisted ones."""
     return {
         "patient": ("pk", "tenant", "attrs", "num_studies"),
-        "study": ("pk", "tenant", "attrs", "modalities_in_study", "num_series", "num_instances"),
-        "series": ("pk", "tenant", "study_fk", "attrs", "num_instances"),
+        "study": (
+            "pk",
+            "tenant",
+            "attrs",
+            "modalities_in_study",
+            "num_series",
+            "num_instances",
+            "counted_pk",
+        ),
+        "series": ("pk", "tenant", "study_fk", "attrs", "num_instances", "counted_pk"),
         "instance": ("pk", "tenant", "series_fk", "study_fk", "metadata"),
     }[table]
 
@@ -215,6 +227,9 @@ async def test_existing_rows_move_into_the_default_tenant(backend: Backend) -> N
         assert found.blob_key == "abcdef0123"  # keys from before tenants stay as they were
         (study,) = await index.search(DEFAULT_TENANT, parse_qido([], Level.STUDY))
         assert study.computed[NUMBER_OF_STUDY_RELATED_INSTANCES] == 1
+        # Migration 0005 marks the stored counts as counting every instance there is.
+        (series,) = await index.search(DEFAULT_TENANT, parse_qido([], Level.SERIES))
+        assert series.computed[NUMBER_OF_SERIES_RELATED_INSTANCES] == 1
         assert await index.instances("clinic-a", "1.2.3") == []
     finally:
         await index.close()

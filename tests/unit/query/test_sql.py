@@ -17,6 +17,7 @@ from app.query.sql import (
     SQLITE,
     Compiled,
     Dialect,
+    compile_counted_search,
     compile_search,
     install_sqlite_functions,
 )
@@ -75,7 +76,14 @@ def condition_params(compiled: Compiled) -> tuple[object, ...]:
         ),
         (
             Level.STUDY,
-            ["study_attrs", "modalities_in_study", "num_series", "num_instances"],
+            [
+                "study_attrs",
+                "modalities_in_study",
+                "num_series",
+                "study_pk",
+                "study_folded",
+                "study_counted_pk",
+            ],
             "FROM study WHERE study.tenant = ? ORDER",
             "study.pk",
         ),
@@ -85,9 +93,13 @@ def condition_params(compiled: Compiled) -> tuple[object, ...]:
                 "study_attrs",
                 "modalities_in_study",
                 "num_series",
-                "num_instances",
+                "study_pk",
+                "study_folded",
+                "study_counted_pk",
                 "series_attrs",
-                "series_num_instances",
+                "series_pk",
+                "series_folded",
+                "series_counted_pk",
             ],
             "FROM series JOIN study ON study.pk = series.study_fk"
             " WHERE series.tenant = ? AND study.tenant = ? ORDER",
@@ -99,10 +111,15 @@ def condition_params(compiled: Compiled) -> tuple[object, ...]:
                 "study_attrs",
                 "modalities_in_study",
                 "num_series",
-                "num_instances",
+                "study_pk",
+                "study_folded",
+                "study_counted_pk",
                 "series_attrs",
-                "series_num_instances",
+                "series_pk",
+                "series_folded",
+                "series_counted_pk",
                 "instance_attrs",
+                "instance_pk",
             ],
             "FROM instance JOIN series ON series.pk = instance.series_fk"
             " JOIN study ON study.pk = instance.study_fk"
@@ -380,6 +397,23 @@ def test_a_column_of_an_unjoined_table_is_refused() -> None:
         compile_search(TENANT, query, SQLITE)
 
 
+def test_counted_search_wraps_the_page_and_keeps_its_order_and_parameters() -> None:
+    query = parse_qido([("Modality", "CT")], Level.SERIES)
+    page = compile_search(TENANT, query, POSTGRES)
+    counted = compile_counted_search(TENANT, query, POSTGRES)
+    assert counted.params == page.params
+    assert counted.sql.startswith(f"WITH hit AS ({page.sql}) SELECT hit.*,")
+    assert counted.sql.endswith(" ORDER BY hit.series_pk")
+    assert "hit.study_folded + coalesce(study_newer.n, 0) AS num_instances" in counted.sql
+    assert "hit.series_folded + coalesce(series_newer.n, 0) AS series_num_instances" in (
+        counted.sql
+    )
+    patients = parse_qido([], Level.PATIENT)
+    assert compile_counted_search(TENANT, patients, SQLITE) == compile_search(
+        TENANT, patients, SQLITE
+    )
+
+
 # -- execution against the real SQLite schema ------------------------------------------
 
 
@@ -541,7 +575,8 @@ def db() -> Iterator[sqlite3.Connection]:
     _insert_studies(connection)
     _insert_series(connection)
     _insert_instances(connection)
-    connection.executescript((MIGRATIONS / "0002_tenant.sql").read_text())
+    for later in sorted(MIGRATIONS.glob("*.sql"))[1:]:
+        connection.executescript(later.read_text())
     for table in ("patient", "study", "series", "instance"):
         connection.execute(f"UPDATE {table} SET tenant = ?", (TENANT,))
     yield connection
