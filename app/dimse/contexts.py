@@ -20,7 +20,6 @@ from pynetdicom.presentation import (
 from app.dicom.transfer_syntax import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
-    NATIVE_LITTLE_ENDIAN,
     STORABLE,
 )
 from app.query.identifier import Model
@@ -125,15 +124,17 @@ def sending_contexts(instances: Iterable[StoredInstance]) -> list[PresentationCo
     """The contexts to propose to a C-MOVE destination for `instances`.
 
     One context per SOP class and stored transfer syntax, so that the destination can
-    accept exactly the syntax a file is stored in and it is sent byte for byte; for native
-    little endian objects one more context with both little endian syntaxes, between which
-    pynetdicom converts when the stored one is refused. Beyond 128 contexts the rest are
-    dropped (the instances that needed them fail).
+    accept exactly the syntax a file is stored in and it is sent byte for byte; then, per
+    SOP class, one more context with both little endian syntaxes, which every receiver
+    decodes: an instance whose stored syntax the destination refused is transcoded to the
+    one it accepts (app/services/delivery.py). Beyond 128 contexts the rest are dropped (the
+    instances that needed them fail).
     """
     pairs = dict.fromkeys((i.sop_class_uid, i.transfer_syntax_uid) for i in instances)
     contexts = [build_context(sop_class, [ts]) for sop_class, ts in pairs]
-    native = dict.fromkeys(sop for sop, ts in pairs if ts in NATIVE_LITTLE_ENDIAN)
+    sop_classes = dict.fromkeys(sop for sop, _ in pairs)
     contexts += [
-        build_context(sop, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN]) for sop in native
+        build_context(sop, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN])
+        for sop in sop_classes
     ]
     return contexts[:MAX_CONTEXTS] or [build_context(VERIFICATION)]
