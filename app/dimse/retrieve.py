@@ -26,7 +26,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.status import code_to_category
 
 from app.auth.ae_policy import DimseService
@@ -42,6 +42,9 @@ from app.services.errors import ArchiveError
 from app.services.ports import StoredInstance
 
 log = logging.getLogger(__name__)
+
+# Bound to every association a C-MOVE opens (to its destination or the answer-only listener).
+OUTGOING_HANDLERS: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, set_no_delay)]
 
 
 class StoredFile(Dataset):
@@ -117,7 +120,7 @@ def handle_move(event: Event, bridge: Bridge, answer_only: tuple[str, int]) -> I
     options = {
         "contexts": sending_contexts(found),
         "evt_handlers": [
-            (evt.EVT_CONN_OPEN, set_no_delay),
+            *OUTGOING_HANDLERS,
             (evt.EVT_ESTABLISHED, _wrap_sender, [bridge, tally]),
         ],
         **tls,
@@ -138,7 +141,7 @@ def _status_only(answer_only: tuple[str, int], status: Dataset) -> Iterator[Any]
     destination and a count, so the association goes to the answer-only listener."""
     options = {
         "contexts": sending_contexts(()),
-        "evt_handlers": [(evt.EVT_CONN_OPEN, set_no_delay)],
+        "evt_handlers": OUTGOING_HANDLERS,
     }
     yield (*answer_only, options)
     yield 1
