@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from app.dimse.contexts import VERIFICATION
+from app.dimse.nodelay import set_no_delay
 
 # Loopback: nobody else can reach it, and it needs no setting.
 HOST = "127.0.0.1"
@@ -43,7 +44,9 @@ class AnswerOnly:
         return HOST, int(self._server.server_address[1])
 
     def start(self) -> None:
-        self._server = self.ae.start_server((HOST, 0), block=False)
+        self._server = self.ae.start_server(
+            (HOST, 0), block=False, evt_handlers=[(evt.EVT_CONN_OPEN, set_no_delay)]
+        )
         log.debug("answer-only C-MOVE listener on %s:%d", *self.address)
 
     def stop(self) -> None:

@@ -9,59 +9,55 @@ succeeded, Warning (B000) when some failed, A702 when all failed, Cancel (FE00) 
 
 pynetdicom only passes datasets on, but a dataset would be decoded and encoded again. So
 each instance travels as a `StoredFile` placeholder, and `send_c_store` of the association
-that sends is wrapped to send the file instead: the blob is downloaded to a spool file and
-sent from disk in chunks (`STORE_SEND_CHUNKED_DATASET`), its dataset bytes as stored. That
-needs a presentation context in the stored transfer syntax; when the peer accepted only
-the other native little endian syntax, the file is read with pydicom and pynetdicom
-converts it. Anything else fails that sub-operation: the archive does not transcode.
+that sends is wrapped to send a file instead, from disk in chunks
+(`STORE_SEND_CHUNKED_DATASET`): the one the delivery service gives (app/services/delivery.py),
+in a transfer syntax the peer accepted for the instance's SOP class. That is the stored file
+itself when the peer accepts its syntax, a transcoded copy otherwise; a sub-operation fails
+only when no accepted syntax can be produced or the stored file is missing or damaged.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.status import code_to_category
 
 from app.auth.ae_policy import DimseService
 from app.auth.principal import Access
-from app.dicom.transfer_syntax import NATIVE_LITTLE_ENDIAN
 from app.dimse.audit import record_transfer, refuse
 from app.dimse.bridge import Bridge, access_for, peer, policy_of
 from app.dimse.contexts import GET_MODELS, MOVE_MODELS, sending_contexts
+from app.dimse.nodelay import set_no_delay
 from app.dimse.status import Status, with_comment
 from app.query.identifier import Model, parse_retrieve_identifier
 from app.query.matching import QueryError
-from app.services.errors import StorageInconsistent
+from app.services.errors import ArchiveError
 from app.services.ports import StoredInstance
 
 log = logging.getLogger(__name__)
 
+# Bound to every association a C-MOVE opens (to its destination or the answer-only listener).
+OUTGOING_HANDLERS: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, set_no_delay)]
+
 
 class StoredFile(Dataset):
     """Stands in for a stored instance among the datasets pynetdicom sends; the wrapped
-    `send_c_store` sends `path` instead. SOPInstanceUID is set for pynetdicom's list of
-    failed instances."""
+    `send_c_store` sends its file instead, read with `access` (the requestor's).
+    SOPInstanceUID is set for pynetdicom's list of failed instances."""
 
-    def __init__(self, instance: StoredInstance, path: Path | None, error: str = "") -> None:
+    def __init__(self, instance: StoredInstance, access: Access) -> None:
         super().__init__()
         self.SOPClassUID = instance.sop_class_uid
         self.SOPInstanceUID = instance.sop_instance_uid
         self._stored_instance = instance
-        self._stored_path = path
-        self._stored_error = error
+        self._stored_access = access
 
 
 @dataclass
@@ -110,7 +106,8 @@ def handle_move(event: Event, bridge: Bridge, answer_only: tuple[str, int]) -> I
         log.info("C-MOVE from %s refused: unknown move destination %r", who, name)
         yield None, None  # pynetdicom answers A801 Move Destination Unknown
         return
-    found = _instances(event, bridge, model, access_for(event.assoc, policy), "C-MOVE")
+    access = access_for(event.assoc, policy)
+    found = _instances(event, bridge, model, access, "C-MOVE")
     if isinstance(found, Dataset):
         yield from _status_only(answer_only, found)
         return
@@ -122,13 +119,16 @@ def handle_move(event: Event, bridge: Bridge, answer_only: tuple[str, int]) -> I
         tls["tls_args"] = (bridge.config.tls_move_context, destination.host)
     options = {
         "contexts": sending_contexts(found),
-        "evt_handlers": [(evt.EVT_ESTABLISHED, _wrap_sender, [tally])],
+        "evt_handlers": [
+            *OUTGOING_HANDLERS,
+            (evt.EVT_ESTABLISHED, _wrap_sender, [bridge, tally]),
+        ],
         **tls,
     }
     yield (*address, options)
     try:  # pynetdicom drops the generator after a count of 0: still audited
         yield len(found)
-        yield from _send_each(event, bridge, found, "C-MOVE")
+        yield from _send_each(event, found, access, "C-MOVE")
     finally:  # also when pynetdicom stops early (cancel, abort)
         via = " over TLS" if destination.tls else ""
         log.info("C-MOVE from %s to %s (%s:%d%s): %s", who, name, *address, via, tally)
@@ -139,7 +139,11 @@ def handle_move(event: Event, bridge: Bridge, answer_only: tuple[str, int]) -> I
 def _status_only(answer_only: tuple[str, int], status: Dataset) -> Iterator[Any]:
     """A C-MOVE answered with `status`: a status with a comment can only follow a
     destination and a count, so the association goes to the answer-only listener."""
-    yield (*answer_only, {"contexts": sending_contexts(())})
+    options = {
+        "contexts": sending_contexts(()),
+        "evt_handlers": OUTGOING_HANDLERS,
+    }
+    yield (*answer_only, options)
     yield 1
     yield status, None
 
@@ -147,8 +151,9 @@ def _status_only(answer_only: tuple[str, int], status: Dataset) -> Iterator[Any]
 def handle_get(event: Event, bridge: Bridge) -> Iterator[Any]:
     model = GET_MODELS[str(event.request.AffectedSOPClassUID)]
     policy = policy_of(event.assoc, bridge)
+    access = access_for(event.assoc, policy)
     if policy.allows(DimseService.GET):
-        found = _instances(event, bridge, model, access_for(event.assoc, policy), "C-GET")
+        found = _instances(event, bridge, model, access, "C-GET")
     else:
         log.info("C-GET from %s refused: not authorized", peer(event.assoc))
         found = refuse(event.assoc, bridge, DimseService.GET)
@@ -158,10 +163,10 @@ def handle_get(event: Event, bridge: Bridge) -> Iterator[Any]:
         return
     tally = Tally()
     assoc = event.assoc
-    restore = _wrap_sender(event, tally)
+    restore = _wrap_sender(event, bridge, tally)
     try:  # pynetdicom drops the generator after a count of 0: still audited
         yield len(found)
-        yield from _send_each(event, bridge, found, "C-GET")
+        yield from _send_each(event, found, access, "C-GET")
     finally:  # also when pynetdicom stops early (cancel, abort)
         restore()
         log.info("C-GET from %s: %s", peer(assoc), tally)
@@ -195,54 +200,17 @@ def _instances(
 
 
 def _send_each(
-    event: Event, bridge: Bridge, instances: list[StoredInstance], operation: str
+    event: Event, instances: list[StoredInstance], access: Access, operation: str
 ) -> Iterator[Any]:
     for instance in instances:
         if event.is_cancelled:
             log.info("%s cancelled by %s", operation, peer(event.assoc))
             yield Status.CANCEL, None  # pynetdicom adds the remaining and failed counts
             return
-        path: Path | None = None
-        error = ""
-        try:
-            path = bridge.run(_download(bridge, instance))
-        except StorageInconsistent as exc:
-            error = str(exc)
-        except Exception:
-            log.exception("cannot read instance %s from storage", instance.sop_instance_uid)
-            error = f"cannot read instance {instance.sop_instance_uid} from storage"
-        try:
-            yield Status.PENDING, StoredFile(instance, path, error)
-        finally:
-            if path is not None:
-                path.unlink(missing_ok=True)
+        yield Status.PENDING, StoredFile(instance, access)
 
 
-async def _download(bridge: Bridge, instance: StoredInstance) -> Path:
-    """The stored file in a spool file, checked against the SHA-256 recorded at ingest."""
-    folder = bridge.archive.store.spool_dir
-    path = folder / f"{uuid.uuid4().hex}.part"
-    digest = hashlib.sha256()
-    handle = await asyncio.to_thread(path.open, "wb")
-    try:
-        async for chunk in bridge.archive.retrieve.content(instance):
-            digest.update(chunk)
-            await asyncio.to_thread(handle.write, chunk)
-    except BaseException:
-        handle.close()
-        path.unlink(missing_ok=True)
-        raise
-    handle.close()
-    if digest.hexdigest() != instance.sha256:
-        path.unlink(missing_ok=True)
-        raise StorageInconsistent(
-            f"the stored file of instance {instance.sop_instance_uid} does not match its "
-            "checksum; the archive needs a consistency check"
-        )
-    return path
-
-
-def _wrap_sender(event: Event, tally: Tally) -> Callable[[], None]:
+def _wrap_sender(event: Event, bridge: Bridge, tally: Tally) -> Callable[[], None]:
     """Make `send_c_store` of `event.assoc` send `StoredFile`s as stored files; returns a
     function that undoes it. Bound to EVT_ESTABLISHED of a C-MOVE destination association,
     called with the C-GET request's event for a C-GET."""
@@ -260,7 +228,7 @@ def _wrap_sender(event: Event, tally: Tally) -> Callable[[], None]:
             return original(dataset, msg_id, priority, originator_aet, originator_id)
         try:
             status = _send_stored(
-                target, original, dataset, msg_id, priority, originator_aet, originator_id
+                target, bridge, original, dataset, msg_id, priority, originator_aet, originator_id
             )
         except Exception as exc:
             tally.failed += 1
@@ -277,46 +245,41 @@ def _wrap_sender(event: Event, tally: Tally) -> Callable[[], None]:
     return restore
 
 
-def _read_whole(path: Path, instance: StoredInstance) -> Dataset:
-    """The stored file read and every value decoded, for pynetdicom to re-encode. pynetdicom
-    logs a failure's message (pydicom's may quote values): ours names the type only."""
-    try:
-        ds = dcmread(path)
-        for elem in ds.iterall():
-            _ = elem.value
-    except Exception as exc:
-        raise ValueError(
-            f"instance {instance.sop_instance_uid} cannot be converted for the peer: its stored "
-            f"data is damaged ({type(exc).__name__})"
-        ) from None
-    return ds
-
-
 def _send_stored(
-    assoc: Association, send: Callable[..., Dataset], stored: StoredFile, *args: Any
+    assoc: Association,
+    bridge: Bridge,
+    send: Callable[..., Dataset],
+    stored: StoredFile,
+    *args: Any,
 ) -> Dataset:
-    """`send` (the original `send_c_store` of `assoc`) of the file of `stored`; `args` are
+    """`send` (the original `send_c_store` of `assoc`) of the file the delivery service
+    gives for `stored`: as stored, or transcoded to a syntax the peer accepted; `args` are
     the rest of `send_c_store`'s arguments."""
-    path = stored._stored_path
-    if path is None:
-        raise RuntimeError(stored._stored_error or "the stored file could not be read")
     instance = stored._stored_instance
-    sop_class, syntax = instance.sop_class_uid, instance.transfer_syntax_uid
-    if _accepted(assoc, sop_class, syntax):
-        return send(path, *args)  # chunked from disk, the dataset bytes as stored
-    if syntax in NATIVE_LITTLE_ENDIAN and any(
-        _accepted(assoc, sop_class, other) for other in NATIVE_LITTLE_ENDIAN
-    ):
-        return send(_read_whole(path, instance), *args)  # pynetdicom converts the syntax
-    raise ValueError(
-        f"the peer accepted no presentation context for {UID(sop_class).name} in "
-        f"{UID(syntax).name} (the archive does not transcode)"
-    )
+    accepted = _accepted_syntaxes(assoc, instance.sop_class_uid)
+    delivery, access = bridge.archive.delivery, stored._stored_access
+    try:
+        local = None
+        if instance.transfer_syntax_uid in accepted:  # the usual case: without the event loop
+            local = delivery.stored_file(access, instance)
+        if local is None:
+            local = bridge.run(delivery.local_file(access, instance, accepted))
+    except ArchiveError as exc:
+        log.warning("instance %s not sent: %s", instance.sop_instance_uid, exc)
+        raise ValueError(str(exc)) from None
+    except Exception:
+        log.exception("cannot read instance %s from storage", instance.sop_instance_uid)
+        raise ValueError(f"cannot read instance {instance.sop_instance_uid} from storage") from None
+    try:
+        return send(local.path, *args)  # chunked from disk, the dataset bytes as they are
+    finally:
+        local.discard()
 
 
-def _accepted(assoc: Association, sop_class: str, syntax: str) -> bool:
-    """Whether we may send `sop_class` in `syntax` on `assoc`."""
-    return any(
-        cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == syntax and cx.as_scu
+def _accepted_syntaxes(assoc: Association, sop_class: str) -> list[str]:
+    """The transfer syntaxes we may send `sop_class` in on `assoc`, in the order accepted."""
+    return [
+        str(cx.transfer_syntax[0])
         for cx in assoc.accepted_contexts
-    )
+        if cx.abstract_syntax == sop_class and cx.as_scu
+    ]

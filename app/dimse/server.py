@@ -32,7 +32,11 @@ from app.dimse import peer_faults
 from app.dimse.answer_only import AnswerOnly
 from app.dimse.audit import record_refused_node, record_rejected, refuse
 from app.dimse.bridge import Bridge, DimseConfig, peer, policy_of
-from app.dimse.contexts import prefer_receiver_syntaxes, supported_contexts
+from app.dimse.contexts import (
+    copy_contexts_cheaply,
+    prefer_receiver_syntaxes,
+    supported_contexts,
+)
 from app.dimse.find import handle_find
 from app.dimse.listener import Listener
 from app.dimse.poll_ready import use_poll
@@ -86,6 +90,7 @@ class DimseServer:
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.STORE_SEND_CHUNKED_DATASET = True
         use_poll()
+        copy_contexts_cheaply()
         # A TLS peer we refuse (or that refuses us) is a line, not a traceback.
         logging.getLogger("pynetdicom.transport").addFilter(_without_tls_traceback)
         peer_faults.install()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from app.audit.message import AuditSource
 from app.audit.syslog import SyslogSender
 from app.services.audit import AuditService
+from app.services.delivery import Delivery
 from app.services.imaging import ImagingService
 from app.services.ports import BlobStore, Index
 from app.services.retrieve import RetrieveService
@@ -26,6 +27,7 @@ class Archive:
     retrieve: RetrieveService
     imaging: ImagingService
     audit: AuditService
+    delivery: Delivery
 
     @classmethod
     def build(cls, settings: Settings, index: Index, blobs: BlobStore) -> Archive:
@@ -34,6 +36,7 @@ class Archive:
         source = AuditSource(f"pacs@{host}", host, ae_title=settings.ae_title.strip())
         sender = SyslogSender.from_settings(settings.audit_syslog, settings.audit_syslog_ca, source)
         audit = AuditService(index, sender)
+        imaging = ImagingService(retrieve, max_queued=settings.max_queued_imaging)
         return cls(
             settings=settings,
             index=index,
@@ -48,8 +51,9 @@ class Archive:
             ),
             search=SearchService(index),
             retrieve=retrieve,
-            imaging=ImagingService(retrieve, max_queued=settings.max_queued_imaging),
+            imaging=imaging,
             audit=audit,
+            delivery=Delivery(retrieve, imaging, settings.spool_dir),
         )
 
     async def close(self) -> None:

@@ -24,6 +24,10 @@ from app.query.model import Query
 from app.services.errors import NotFound, StorageInconsistent, Unsupported
 from app.services.ports import BlobStore, Index, StoredInstance, StoredMetadata
 
+# (study, series, instance) UIDs of what a retrieve identifier matched; below the study
+# level, None means all.
+Scope = tuple[str, str | None, str | None]
+
 _UID_KEYS = {Level.STUDY: "0020000D", Level.SERIES: "0020000E", Level.INSTANCE: "00080018"}
 
 
@@ -78,23 +82,47 @@ class RetrieveService:
         level = Level.STUDY if query.level is Level.PATIENT else query.level
         search = replace(query, level=level, include=frozenset(), include_all=False, limit=page)
         found: list[StoredInstance] = []
-        seen: set[tuple[str | None, ...]] = set()
+        seen: set[Scope] = set()
         offset = 0
         while True:
             hits = await self.index.search(access.tenant, replace(search, offset=offset))
+            scopes: list[Scope] = []
             for hit in hits:
+                study = _first_value(hit.study or {}, _UID_KEYS[Level.STUDY])
                 scope = (
-                    _first_value(hit.study or {}, _UID_KEYS[Level.STUDY]),
+                    study,
                     _first_value(hit.series or {}, _UID_KEYS[Level.SERIES]),
                     _first_value(hit.instance or {}, _UID_KEYS[Level.INSTANCE]),
                 )
-                if scope[0] is None or scope in seen:
-                    continue
-                seen.add(scope)
-                found.extend(await self.index.instances(access.tenant, *scope))
+                if study is not None and scope not in seen:
+                    seen.add(scope)
+                    scopes.append(scope)
+            found.extend(await self._instances_of(access.tenant, scopes))
             if len(hits) < page:
                 return found
             offset += page
+
+    async def _instances_of(self, tenant: str, scopes: list[Scope]) -> list[StoredInstance]:
+        """The instances of each (study, series, instance) scope, in order. Instances named
+        one by one (an IMAGE-level identifier with a UID list) are read a series at a time
+        when several share one: one index query per series, not one per instance."""
+        per_series: dict[tuple[str, str | None], int] = {}
+        for study, series, sop in scopes:
+            if sop is not None:
+                per_series[study, series] = per_series.get((study, series), 0) + 1
+        series_rows: dict[tuple[str, str | None], dict[str, StoredInstance]] = {}
+        found: list[StoredInstance] = []
+        for study, series, sop in scopes:
+            if sop is None or per_series[study, series] == 1:
+                found.extend(await self.index.instances(tenant, study, series, sop))
+                continue
+            rows = series_rows.get((study, series))
+            if rows is None:
+                listed = await self.index.instances(tenant, study, series)
+                rows = series_rows[study, series] = {i.sop_instance_uid: i for i in listed}
+            if sop in rows:
+                found.append(rows[sop])
+        return found
 
     async def metadata(
         self, access: Access, study: str, series: str | None = None, sop: str | None = None

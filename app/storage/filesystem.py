@@ -65,6 +65,9 @@ class FolderBlobStore:
         finally:
             handle.close()
 
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._path(key).unlink, True)
 

@@ -265,6 +265,9 @@ class S3BlobStore:
             raise OSError(f"S3 read of blob {key} failed: {exc}") from exc
         return response
 
+    def local_path(self, key: str) -> Path | None:
+        return None  # objects are read over HTTP only
+
     async def delete(self, key: str) -> None:
         # DeleteObject succeeds for a missing key, so deleting twice is harmless.
         try:

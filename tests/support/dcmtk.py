@@ -53,13 +53,19 @@ def check(tool: str, *args: str | Path, timeout: float = 60) -> str:
 
 
 @contextmanager
-def storescp(folder: Path, ae_title: str = "STORESCP", tls: tuple[str, ...] = ()) -> Iterator[int]:
+def storescp(
+    folder: Path,
+    ae_title: str = "STORESCP",
+    tls: tuple[str, ...] = (),
+    syntaxes: str = "+xa",
+) -> Iterator[int]:
     """A storescp writing what it receives to `folder` exactly as received (+B), accepting
-    every transfer syntax it knows (+xa); yields its port. `tls`: DCMTK's TLS options
+    the transfer syntaxes `syntaxes` names (default +xa: every one it knows; +xe: the
+    uncompressed ones only); yields its port. `tls`: DCMTK's TLS options
     (`+tls key cert +cf ca`), used by storescp and by the echoscu that checks it is up."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    command = ["storescp", "+B", "+xa", *tls, "-aet", ae_title, "-od", str(folder), str(port)]
+    command = ["storescp", "+B", syntaxes, *tls, "-aet", ae_title, "-od", str(folder), str(port)]
 
     def answers() -> bool:
         echo = run("echoscu", *tls, "-aec", ae_title, "127.0.0.1", str(port), timeout=5)
