@@ -178,7 +178,12 @@ class StoreService:
         try:
             spooled, parsed = await asyncio.to_thread(self._spool_received, received)
         except Exception as exc:  # e.g. the spool folder's disk is full
-            return self._refused(audit, failure_of(exc))
+            named = StoreResult(
+                False,
+                sop_class_uid=received.sop_class_uid,
+                sop_instance_uid=received.sop_instance_uid,
+            )
+            return self._refused(audit, failure_of(exc, named))
         return await self._store(access.tenant, spooled, parsed, None, audit)
 
     def _spool_received(self, received: Received) -> tuple[Spooled, Parsed]:

@@ -96,6 +96,22 @@ async def test_a_failing_blob_store_is_0110_on_both_paths(store: Store, tmp_path
 
 
 @pytest.mark.parametrize("store", PATHS)
+async def test_a_spool_that_cannot_be_written_is_0110_on_both_paths(
+    store: Store, tmp_path: Path
+) -> None:
+    async with ingest(tmp_path / "data") as setup:
+        spool = setup.service.spool_dir
+        spool.rmdir()
+        spool.write_bytes(b"")  # not a folder: creating a spool file fails (ENOTDIR)
+        result = await store(setup, make_file(), tmp_path)
+        assert (result.ok, result.reason) == (False, FailureReason.PROCESSING_FAILURE)
+        assert setup.blob_files() == []
+        [event] = await setup.audit_events()
+        assert event.outcome is EventOutcome.SERIOUS_FAILURE
+    _answers(result, 0x0110, "the archive failed; nothing was stored")
+
+
+@pytest.mark.parametrize("store", PATHS)
 async def test_a_failing_index_is_0110_not_an_exception(store: Store, tmp_path: Path) -> None:
     # It escaped as an exception: a 500 on STOW-RS, and C-STORE mapped it on its own.
     async with ingest(tmp_path / "data", index_fault=RuntimeError("database is locked")) as setup:
