@@ -41,6 +41,7 @@ from app.dimse.find import handle_find
 from app.dimse.listener import Listener
 from app.dimse.poll_ready import use_poll
 from app.dimse.retrieve import handle_get, handle_move
+from app.dimse.socket_reads import use_large_reads
 from app.dimse.status import Status
 from app.dimse.store import handle_store
 from app.services.archive import Archive
@@ -91,6 +92,7 @@ class DimseServer:
         _config.STORE_SEND_CHUNKED_DATASET = True
         use_poll()
         copy_contexts_cheaply()
+        use_large_reads()
         # A TLS peer we refuse (or that refuses us) is a line, not a traceback.
         logging.getLogger("pynetdicom.transport").addFilter(_without_tls_traceback)
         peer_faults.install()

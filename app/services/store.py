@@ -1,6 +1,9 @@
 """Store use case: spool an incoming object, parse it, put its blob, index it.
 
-Shared by STOW-RS and C-STORE. The order makes partial writes invisible: the
+Shared by STOW-RS and C-STORE: STOW-RS hands over a stream (`store_stream`), C-STORE the
+file pynetdicom received (`store_received`); from there on, spooling, hashing, the fsync,
+parsing, storing, indexing, auditing and the mapping of failures to reasons
+(`failure_reason_of`) are one path. The order makes partial writes invisible: the
 blob is stored under a fresh key first and only then indexed in one transaction; any
 failure before the commit deletes the blob, so no query ever sees a half-stored object.
 
@@ -17,7 +20,6 @@ import asyncio
 import errno
 import hashlib
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field, replace
@@ -32,6 +34,15 @@ from app.dicom.instance import ParsedInstance
 from app.dicom.parse import DicomParseError, UnsupportedTransferSyntax, parse_instance
 from app.services.audit import AuditService, audit_outcome
 from app.services.ports import BlobStore, Index, InstanceRecord, Outcome, blob_key
+from app.services.spool import (
+    SPOOL_BATCH,
+    Received,
+    Spooled,
+    make_durable,
+    spool_path,
+    spool_received,
+    write_chunks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +75,6 @@ class StoreResult:
     reason: FailureReason | None = None
     message: str = ""
     warnings: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Spooled:
-    path: Path
-    size: int
-    sha256: str
 
 
 class StoreService:
@@ -122,7 +126,7 @@ class StoreService:
         chunks are gathered in memory up to SPOOL_BATCH and the last write, the fsync and
         the parse happen in one call: a typical instance takes a single hand-off.
         """
-        path = self.spool_dir / f"{uuid.uuid4().hex}.part"
+        path = spool_path(self.spool_dir)
         digest = hashlib.sha256()
         size = 0
         handle: BinaryIO | None = None
@@ -135,7 +139,7 @@ class StoreService:
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= SPOOL_BATCH:
-                    handle = await asyncio.to_thread(_write, handle, path, pending)
+                    handle = await asyncio.to_thread(write_chunks, handle, path, pending)
                     pending, pending_size = [], 0
             parsed = await asyncio.to_thread(_finish, handle, path, pending, parse)
         except BaseException:
@@ -158,9 +162,37 @@ class StoreService:
         try:
             spooled, parsed = await self._receive(chunks, parse=True)
         except OSError as exc:
-            return self._refused(audit, _resource_failure(exc))
+            return self._refused(audit, failure_of(exc))
         assert parsed is not None
         return await self._store(access.tenant, spooled, parsed, study_instance_uid, audit)
+
+    async def store_received(
+        self, access: Access, received: Received, *, audit: AuditEvent
+    ) -> StoreResult:
+        """Store a dataset received over DIMSE; `received.path` stays the caller's.
+
+        Spooling (our file meta, one copy of the dataset bytes, hashed, synced) and parsing
+        happen in one worker call, as for a stream.
+        """
+        access.require(Permission.WRITE)
+        try:
+            spooled, parsed = await asyncio.to_thread(self._spool_received, received)
+        except Exception as exc:  # e.g. the spool folder's disk is full
+            named = StoreResult(
+                False,
+                sop_class_uid=received.sop_class_uid,
+                sop_instance_uid=received.sop_instance_uid,
+            )
+            return self._refused(audit, failure_of(exc, named))
+        return await self._store(access.tenant, spooled, parsed, None, audit)
+
+    def _spool_received(self, received: Received) -> tuple[Spooled, Parsed]:
+        spooled = spool_received(received, self.spool_dir)
+        try:
+            return spooled, _parse(spooled.path)
+        except BaseException:
+            spooled.path.unlink(missing_ok=True)
+            raise
 
     async def store_file(
         self,
@@ -241,8 +273,8 @@ class StoreService:
             key = blob_key(tenant, uuid.uuid4().hex)
             try:
                 await self.blobs.put(key, spooled.path)
-            except OSError as exc:
-                return self._refused(audit, _resource_failure(exc, result), patient_id)
+            except Exception as exc:
+                return self._refused(audit, failure_of(exc, result), patient_id)
             moved = True
             event = replace(
                 audit,
@@ -293,16 +325,18 @@ class StoreService:
             )
         except BaseException as exc:
             await self.blobs.delete(key)
-            if isinstance(exc, Exception):
-                # The index failed: nothing was kept, not even the event; say so elsewhere.
-                self.audit.record(
-                    replace(
-                        event,
-                        outcome=EventOutcome.SERIOUS_FAILURE,
-                        reason=f"the index failed ({type(exc).__name__}); nothing was stored",
-                    )
+            if not isinstance(exc, Exception):
+                raise
+            # The index failed: nothing was kept, not even the event; say so elsewhere.
+            self.audit.record(
+                replace(
+                    event,
+                    outcome=EventOutcome.SERIOUS_FAILURE,
+                    reason=f"the index failed ({type(exc).__name__}); nothing was stored",
                 )
-            raise
+            )
+            failure_of(exc, result)
+            return
         if added.audit is not None:
             self.audit.forward(added.audit)
         if added.outcome in (Outcome.IDENTICAL, Outcome.CONFLICT, Outcome.PATIENT_MISMATCH):
@@ -346,24 +380,10 @@ def _patient_id(parsed: ParsedInstance) -> str | None:
 # A parse outcome: what ingest learned, or why the object cannot be stored.
 Parsed = ParsedInstance | DicomParseError
 
-SPOOL_BATCH = 1 << 20
-
-
-def _write(handle: BinaryIO | None, path: Path, chunks: list[bytes]) -> BinaryIO:
-    if handle is None:
-        handle = path.open("wb")
-    handle.writelines(chunks)
-    return handle
-
 
 def _finish(handle: BinaryIO | None, path: Path, chunks: list[bytes], parse: bool) -> Parsed | None:
     """Write the last chunks, make the file durable, and parse it if asked to."""
-    handle = _write(handle, path, chunks)
-    try:
-        handle.flush()
-        os.fsync(handle.fileno())  # an acknowledged instance must survive a power cut
-    finally:
-        handle.close()
+    make_durable(write_chunks(handle, path, chunks))
     return _parse(path) if parse else None
 
 
@@ -385,13 +405,24 @@ def _result_for(parsed: ParsedInstance) -> StoreResult:
     )
 
 
-def _resource_failure(exc: OSError, result: StoreResult | None = None) -> StoreResult:
+def failure_of(exc: Exception, result: StoreResult | None = None) -> StoreResult:
+    """The failed result of an object the archive could not keep because of `exc` (a
+    spool, blob store or index failure): A700 when the storage is full, a retry being
+    worth it once space is freed; 0110 for any other fault of the archive. The one place
+    where these are decided, for STOW-RS and C-STORE alike."""
     result = result or StoreResult(False)
     result.ok = False
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        result.reason, result.message = FailureReason.OUT_OF_RESOURCES, "storage is full"
+    result.reason, result.message = failure_reason_of(exc)
+    if result.reason is FailureReason.OUT_OF_RESOURCES:
+        log.warning("store refused: %s", exc)
     else:
-        log.error("storage failure: %s", exc)
-        result.reason = FailureReason.PROCESSING_FAILURE
-        result.message = "the storage backend failed; nothing was stored"
+        # The archive's fault, not the sender's: ERROR, with the traceback.
+        log.error("store failed (%s)", type(exc).__name__, exc_info=exc)
     return result
+
+
+def failure_reason_of(exc: Exception) -> tuple[FailureReason, str]:
+    """The reason, and its words for the sender, of a failure raised while storing."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return FailureReason.OUT_OF_RESOURCES, "storage is full"
+    return FailureReason.PROCESSING_FAILURE, "the archive failed; nothing was stored"

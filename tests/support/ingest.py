@@ -1,0 +1,117 @@
+"""The store service on real parts (a SQLite index, a folder blob store, the audit service)
+with faults injected at its ports, and received datasets as pynetdicom spools them."""
+
+from __future__ import annotations
+
+import errno
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.filewriter import write_file_meta_info
+from pynetdicom.dsutils import create_file_meta, split_dataset
+
+from app.audit.event import AuditEvent
+from app.audit.query import AuditQuery
+from app.auth.principal import Access, Principal
+from app.index.sqlite import SqliteIndex
+from app.services.audit import AuditService
+from app.services.ports import BlobStore, Index
+from app.services.spool import Received
+from app.services.store import StoreService
+from app.storage.filesystem import FolderBlobStore
+
+WRITER = Access(Principal("modality", frozenset({"write", "read"}), None))  # type: ignore[arg-type]
+STORAGE_FULL = OSError(errno.ENOSPC, "No space left on device")
+BACKEND_DOWN = OSError(errno.EIO, "Input/output error")
+
+
+class FaultyBlobs:
+    """The folder store, whose `put` raises `fault` when one is set."""
+
+    def __init__(self, inner: BlobStore, fault: Exception | None) -> None:
+        self.inner, self.fault = inner, fault
+
+    async def put(self, key: str, source: Path) -> None:
+        if self.fault is not None:
+            raise self.fault
+        await self.inner.put(key, source)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class FaultyIndex:
+    """The SQLite index, whose `add_instance` raises `fault` when one is set."""
+
+    def __init__(self, inner: Index, fault: Exception | None) -> None:
+        self.inner, self.fault = inner, fault
+
+    async def add_instance(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fault is not None:
+            raise self.fault
+        return await self.inner.add_instance(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@dataclass
+class Ingest:
+    service: StoreService
+    index: Index
+    data: Path
+
+    def spool_files(self) -> list[Path]:
+        return sorted((self.data / "spool").iterdir())
+
+    def blob_files(self) -> list[Path]:
+        return sorted(p for p in (self.data / "blobs").rglob("*") if p.is_file())
+
+    async def audit_events(self) -> list[AuditEvent]:
+        await self.service.audit.close()  # writes what is queued
+        return await self.index.search_audit("default", AuditQuery())
+
+
+@asynccontextmanager
+async def ingest(
+    data: Path, *, put_fault: Exception | None = None, index_fault: Exception | None = None
+) -> AsyncIterator[Ingest]:
+    index = await SqliteIndex.open(data / "index.sqlite")
+    try:
+        faulty = FaultyIndex(index, index_fault)
+        blobs = FaultyBlobs(FolderBlobStore(data / "blobs"), put_fault)
+        audit = AuditService(index)
+        service = StoreService(faulty, blobs, data / "spool", audit)  # type: ignore[arg-type]
+        yield Ingest(service, index, data)
+        await audit.close()
+    finally:
+        await index.close()
+
+
+def received_file(path: Path, part10: bytes, source_ae: str = "MODALITY") -> Received:
+    """`part10`'s dataset in a file as pynetdicom writes it while receiving a C-STORE
+    (STORE_RECV_CHUNKED_DATASET): its own file meta, then the dataset bytes."""
+    ds = pydicom.dcmread(io.BytesIO(part10))
+    path.write_bytes(part10)
+    _, offset = split_dataset(path)  # pynetdicom's reading of a file meta group
+    meta = create_file_meta(
+        sop_class_uid=ds.SOPClassUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        transfer_syntax=ds.file_meta.TransferSyntaxUID,
+    )
+    with path.open("wb") as out:
+        out.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(out, meta)  # type: ignore[arg-type]
+        out.write(part10[offset:])
+    return Received(
+        path,
+        sop_class_uid=str(ds.SOPClassUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        source_ae=source_ae,
+    )

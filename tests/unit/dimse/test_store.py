@@ -1,0 +1,122 @@
+"""The C-STORE handler against a minimal bridge: an association object with no network
+(pynetdicom's own), the real store service on a SQLite index and a folder blob store. The
+handler hands over pynetdicom's spooled file and answers the service's result."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContextTuple
+from pynetdicom.transport import AddressInformation
+
+from app.auth.ae_policy import parse_ae_policy
+from app.dimse.bridge import Bridge, DimseConfig
+from app.dimse.store import handle_store
+from app.services.archive import Archive
+from app.services.audit import AuditService
+from app.services.store import StoreService
+from tests.support.dicom_factory import make_file
+from tests.support.ingest import STORAGE_FULL, Ingest, ingest, received_file
+
+POLICY = parse_ae_policy("MODALITY=store;VIEWER=find")
+
+
+@dataclass
+class MiniArchive:
+    """What the C-STORE handler uses of the archive."""
+
+    store: StoreService
+    audit: AuditService
+
+
+@dataclass
+class Scp:
+    setup: Ingest
+    bridge: Bridge
+    work: Path
+
+    async def store(self, data: bytes, calling_ae: str = "MODALITY") -> Dataset | int:
+        """C-STORE `data` as pynetdicom hands it to the handler; the received file is
+        left where pynetdicom would remove it."""
+        received = received_file(self.work / f"{generate_uid()}.dcm", data)
+        request = C_STORE()
+        request.AffectedSOPClassUID = received.sop_class_uid
+        request.AffectedSOPInstanceUID = received.sop_instance_uid
+        request._dataset_path = received.path
+        assoc = Association(AE("PACS"), "acceptor")
+        assoc.requestor.ae_title = calling_ae
+        assoc.requestor.address_info = AddressInformation("127.0.0.1", 40000)
+        context = PresentationContextTuple(1, CTImageStorage, ExplicitVRLittleEndian)
+        event = Event(assoc, evt.EVT_C_STORE, {"request": request, "context": context})
+        # The handler blocks on the loop (as in pynetdicom's threads): off the loop.
+        status = await asyncio.to_thread(handle_store, event, self.bridge)
+        assert received.path.exists()  # pynetdicom's to remove
+        return status
+
+
+@pytest.fixture
+async def scp(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Scp]:
+    put_fault = getattr(request, "param", None)
+    async with ingest(tmp_path / "data", put_fault=put_fault) as setup:
+        archive = MiniArchive(setup.service, setup.service.audit)
+        config = DimseConfig("127.0.0.1", 0, "PACS", ae_policies=POLICY)
+        bridge = Bridge(cast(Archive, archive), asyncio.get_running_loop(), config)
+        yield Scp(setup, bridge, tmp_path)
+
+
+def _code(status: Dataset | int) -> int:
+    return status if isinstance(status, int) else int(status.Status)
+
+
+async def test_a_received_dataset_is_stored(scp: Scp) -> None:
+    data = make_file(rows=32, columns=32)
+    assert _code(await scp.store(data)) == 0x0000
+    [blob] = scp.setup.blob_files()
+    assert pydicom.dcmread(blob).PixelData == pydicom.dcmread(io.BytesIO(data)).PixelData
+    assert pydicom.dcmread(blob).file_meta.SourceApplicationEntityTitle == "MODALITY"
+    assert scp.setup.spool_files() == []
+
+
+@pytest.mark.parametrize("scp", [STORAGE_FULL], indirect=True)
+async def test_a_full_storage_is_a700_with_the_services_words(scp: Scp) -> None:
+    status = await scp.store(make_file())
+    assert isinstance(status, Dataset)
+    assert (status.Status, status.ErrorComment) == (0xA700, "storage is full")
+    assert scp.setup.spool_files() == [] and scp.setup.blob_files() == []
+
+
+async def test_a_damaged_dataset_is_refused_c000(scp: Scp) -> None:
+    data = make_file(rows=32, columns=32)
+    status = await scp.store(data[: len(data) - 100])  # pixel data cut short
+    assert isinstance(status, Dataset)
+    assert status.Status == 0xC000
+    assert scp.setup.spool_files() == [] and scp.setup.blob_files() == []
+
+
+async def test_another_patient_in_a_stored_study_is_c40a(scp: Scp) -> None:
+    study = generate_uid()
+    assert _code(await scp.store(make_file(study=study, PatientID="A"))) == 0x0000
+    status = await scp.store(make_file(study=study, PatientID="B"))
+    assert isinstance(status, Dataset)
+    assert status.Status == 0xC40A
+    assert len(scp.setup.blob_files()) == 1
+
+
+async def test_an_ae_without_store_is_refused_0124_and_nothing_is_stored(scp: Scp) -> None:
+    status = await scp.store(make_file(), calling_ae="VIEWER")
+    assert isinstance(status, Dataset)
+    assert status.Status == 0x0124
+    assert scp.setup.spool_files() == [] and scp.setup.blob_files() == []
