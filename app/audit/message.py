@@ -13,6 +13,11 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+# pynetdicom defines its SOP class constants at import time, out of mypy's sight.
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+)
+
 from app.audit.event import AuditAction, AuditEvent, AuditProtocol, Code, EventActionCode
 
 # Active participant roles (CID 402).
@@ -24,7 +29,7 @@ SOP_CLASS_UID = Code("110181", "DCM", "SOP Class UID")
 PATIENT_NUMBER = Code("2", "RFC-3881", "Patient Number")
 URI = Code("12", "RFC-3881", "URI")
 # The Query participant object of a QIDO-RS search: the information model it searches.
-STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_FIND: str = StudyRootQueryRetrieveInformationModelFind
 
 # ParticipantObjectTypeCode and ParticipantObjectTypeCodeRole (A.5.1.2).
 PERSON, SYSTEM_OBJECT = "1", "2"

@@ -11,11 +11,34 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
 from pynetdicom.association import Association
 from pynetdicom.presentation import (
     AllStoragePresentationContexts,
     PresentationContext,
     build_context,
+)
+
+# pynetdicom defines its SOP class constants at import time, out of mypy's sight.
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
 )
 
 from app.dicom.transfer_syntax import (
@@ -26,13 +49,13 @@ from app.dicom.transfer_syntax import (
 from app.query.identifier import Model
 from app.services.ports import StoredInstance
 
-VERIFICATION = "1.2.840.10008.1.1"
-PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
-PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
-PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
-STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
-STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
-STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+VERIFICATION: str = Verification
+PATIENT_ROOT_FIND: str = PatientRootQueryRetrieveInformationModelFind
+PATIENT_ROOT_MOVE: str = PatientRootQueryRetrieveInformationModelMove
+PATIENT_ROOT_GET: str = PatientRootQueryRetrieveInformationModelGet
+STUDY_ROOT_FIND: str = StudyRootQueryRetrieveInformationModelFind
+STUDY_ROOT_MOVE: str = StudyRootQueryRetrieveInformationModelMove
+STUDY_ROOT_GET: str = StudyRootQueryRetrieveInformationModelGet
 
 # An association holds at most 128 presentation contexts (odd IDs 1 to 255, PS3.8 9.3.2.2).
 MAX_CONTEXTS = 128
@@ -46,16 +69,17 @@ MAX_CONTEXTS = 128
 _PREFERRED = (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.92",  # JPEG 2000 Part 2 Lossless
-    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
-    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    RLELossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    JPEG2000MCLossless,  # JPEG 2000 Part 2 Lossless
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    # pydicom 3.0 names neither of these two yet
     "1.2.840.10008.1.2.4.110",  # JPEG XL Lossless
     "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression
 )
@@ -73,8 +97,8 @@ GET_MODELS: dict[str, Model] = {PATIENT_ROOT_GET: "patient", STUDY_ROOT_GET: "st
 _QUERY_TRANSFER_SYNTAXES = (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
 )
 
 

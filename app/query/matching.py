@@ -24,6 +24,7 @@ from app.dicom.levels import (
     Level,
     level_of,
 )
+from app.dicom.uid import is_valid_uid
 from app.digits import INT32, INT64, NumberError, parse_decimal, parse_int
 from app.query.columns import Kind, normalize, normalize_time
 from app.query.model import Condition, Match
@@ -91,7 +92,6 @@ UNIVERSAL_ONLY = frozenset(
 )
 
 _TAG_RE = re.compile(r"[0-9A-Fa-f]{8}")
-_UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 # YYYY[MM[DD[HH[MM[SS[.F{1,6}]]]]]][&ZZXX]: digits, fraction, offset hours and minutes.
 _DT_RE = re.compile(r"([0-9]{4}(?:[0-9]{2}){0,5})(?:\.([0-9]{1,6}))?(?:[+-]([0-9]{2})([0-9]{2}))?")
 
@@ -201,8 +201,10 @@ def _match(
 
 
 def check_uid(key: str, uid: str) -> str:
+    """`uid` without surrounding spaces, if it is a valid UID: QIDO-RS values and C-FIND,
+    C-MOVE and C-GET identifiers use the same validator as URL paths and stored files."""
     uid = uid.strip()
-    if len(uid) > 64 or not _UID_RE.fullmatch(uid):
+    if not is_valid_uid(uid):
         raise QueryError(f"query key {key!r} has an invalid UID {uid!r}", key=key)
     return uid
 

@@ -296,6 +296,26 @@ def test_find_identifier_errors_have_a_comment(assoc: Association) -> None:
         assert comment in status.ErrorComment
 
 
+# issue 11: a UID with a leading zero component was a 400 in a URL path but matched as a
+# query value; one validator now refuses it alike in a path, a QIDO-RS value and a C-FIND key.
+def test_qido_and_find_refuse_the_same_malformed_uids(pacs: Pacs, assoc: Association) -> None:
+    with httpx.Client(base_url=f"{pacs.url}/dicomweb", timeout=30) as http:
+        path = http.get("/studies/1.02.3/series")
+        assert path.status_code == 400, path.text
+        assert "StudyInstanceUID" in path.json()["error"]
+        for bad in ["1.02.3", "1.2\\01.3", "1..2"]:
+            qido = http.get("/studies", params={"StudyInstanceUID": bad})
+            assert qido.status_code == 400, (bad, qido.text)
+            assert "'StudyInstanceUID' has an invalid UID" in qido.json()["error"]
+            identifier = query("STUDY", StudyInstanceUID=bad.split("\\"))
+            status, pending = final(assoc.send_c_find(identifier, STUDY_ROOT_FIND))
+            assert (status.Status, pending) == (0xA900, 0), bad
+            # ErrorComment is an LO: 64 characters, the value cut off
+            assert "'StudyInstanceUID (0020,000D)' has an invalid UID" in status.ErrorComment
+        good = http.get("/studies", params={"StudyInstanceUID": "1.0.3"})
+        assert good.status_code in (200, 204), good.text
+
+
 def test_find_cancel(pacs: Pacs, assoc: Association) -> None:
     study, series = generate_uid(), generate_uid()
     count = 250

@@ -195,6 +195,8 @@ def test_wrong_levels(ds: Dataset, model: Model, message: str) -> None:
         ({"Modality": "CT"}, "belongs to the series level"),
         ({"StudyDate": "2024"}, "invalid date"),
         ({"StudyInstanceUID": "1.2.x"}, "invalid UID"),
+        ({"StudyInstanceUID": "1.02.3"}, "invalid UID '1.02.3'"),
+        ({"StudyInstanceUID": ["1.2", "1.02"]}, "invalid UID '1.02'"),
         ({"NumberOfStudyRelatedInstances": "3"}, "only universal matching"),
     ],
 )

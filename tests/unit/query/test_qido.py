@@ -370,6 +370,12 @@ def test_scope_adds_conditions_and_intersects_with_query_keys() -> None:
         ([("StudyInstanceUID", "1.2,")], Level.STUDY, "invalid UID ''"),
         ([("StudyInstanceUID", "1.2.*")], Level.STUDY, "invalid UID '1.2.*'"),
         ([("StudyInstanceUID", "1." * 40 + "1")], Level.STUDY, "invalid UID"),
+        # issue 11: one UID validator, so a leading zero is refused here as in a URL path
+        ([("StudyInstanceUID", "1.02.3")], Level.STUDY, "'StudyInstanceUID' has an invalid UID"),
+        ([("StudyInstanceUID", "1.2\\1.02")], Level.STUDY, "invalid UID '1.02'"),
+        ([("StudyInstanceUID", "1.2,01.3")], Level.STUDY, "invalid UID '01.3'"),
+        ([("StudyInstanceUID", "1..2")], Level.STUDY, "invalid UID '1..2'"),
+        ([("SOPInstanceUID", "1.2.00")], Level.INSTANCE, "'SOPInstanceUID' has an invalid UID"),
         ([("StudyDate", "2020")], Level.STUDY, "'StudyDate' has an invalid date '2020'"),
         ([("StudyDate", "20201340")], Level.STUDY, "invalid date '20201340'"),
         ([("StudyDate", "2020*")], Level.STUDY, "invalid date '2020*'"),
