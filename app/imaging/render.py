@@ -7,11 +7,9 @@ it in a worker thread.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
@@ -149,33 +147,19 @@ def _frame_duration_ms(header: Dataset) -> float:
 def _encode(
     images: list[Image.Image], media_type: str, quality: int | None, duration_ms: float
 ) -> bytes:
-    with _spool() as out:
-        first = images[0]
-        if media_type == "image/jpeg":
-            first.save(out, "JPEG", quality=quality or DEFAULT_QUALITY)
-        elif media_type == "image/png":
-            first.save(out, "PNG")
-        elif len(images) == 1:
-            first.save(out, "GIF")
-        else:
-            # Browsers treat delays under 20 ms as 100 ms: keep fast cines fast but valid.
-            duration = max(20, round(duration_ms))
-            first.save(
-                out, "GIF", save_all=True, append_images=images[1:], duration=duration, loop=0
-            )
-        out.seek(0)
-        return out.read()
-
-
-def _spool() -> BinaryIO:
-    """The file Pillow encodes into. Pillow releases the GIL while it encodes to a file
-    descriptor but holds it while it encodes into memory (BytesIO): two JPEG encodes in two
-    threads then take as long as in one, and the event loop waits too. An anonymous memory
-    file (memfd) gives it a descriptor without touching a disk."""
-    memfd_create = getattr(os, "memfd_create", None)  # Linux; elsewhere a temporary file
-    if memfd_create is None:
-        return tempfile.TemporaryFile()
-    return os.fdopen(memfd_create("rendered"), "w+b")
+    out = io.BytesIO()
+    first = images[0]
+    if media_type == "image/jpeg":
+        first.save(out, "JPEG", quality=quality or DEFAULT_QUALITY)
+    elif media_type == "image/png":
+        first.save(out, "PNG")
+    elif len(images) == 1:
+        first.save(out, "GIF")
+    else:
+        # Browsers treat delays under 20 ms as 100 ms: keep fast cines fast but valid.
+        duration = max(20, round(duration_ms))
+        first.save(out, "GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
+    return out.getvalue()
 
 
 def _check_media_type(media_type: str) -> None:

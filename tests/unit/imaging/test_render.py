@@ -356,30 +356,6 @@ def test_jpeg_size_mode_and_quality() -> None:
     assert _decode(render(colour_header, [(colour, "RGB")], RenderOptions())).mode == "RGB"
 
 
-@pytest.mark.parametrize("media_type", ["image/jpeg", "image/png", "image/gif"])
-def test_encoding_writes_to_a_file_descriptor_so_pillow_releases_the_gil(
-    media_type: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Pillow holds the GIL while it encodes into a BytesIO, and releases it only while it
-    encodes to a file descriptor: renders in worker threads would otherwise run one at a time."""
-    header, pixels = _load("MR_small.dcm")
-    targets: list[int] = []
-    save = Image.Image.save
-
-    def recording_save(image: Image.Image, fp: Any, *args: Any, **kwargs: Any) -> None:
-        targets.append(fp.fileno())  # a BytesIO raises io.UnsupportedOperation here
-        save(image, fp, *args, **kwargs)
-
-    monkeypatch.setattr(Image.Image, "save", recording_save)
-    data = render(header, [(pixels, "MONOCHROME2")], RenderOptions(media_type=media_type))
-    monkeypatch.undo()
-    assert len(targets) == 1 and targets[0] >= 0
-    expected = io.BytesIO()
-    image = Image.fromarray(display_pixels(header, pixels, "MONOCHROME2"))
-    image.save(expected, _decode(data).format, **({"quality": 90} if "jpeg" in media_type else {}))
-    assert data == expected.getvalue()
-
-
 def test_multi_frame_gif_has_every_frame() -> None:
     header, pixels = _load("emri_small.dcm")
     frames = [(pixels[i], "MONOCHROME2") for i in range(len(pixels))]
