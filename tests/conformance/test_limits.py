@@ -9,7 +9,6 @@ integers and NUL characters (500 on SQLite and PostgreSQL), and `?=1` silently i
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conformance.helpers import Stored, error_message, reuid_testdata, stored, stow_ok, token
-from tests.support.postgres import create_database, drop_database, require_postgres
+from tests.support.postgres import index_backend_env
 from tests.support.server import running_server
 
 ARABIC_ONE = "\u0661"  # ARABIC-INDIC DIGIT ONE: int() reads it as 1
@@ -195,22 +194,14 @@ def qido(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[httpx.Client]:
     """A client of a server on each index backend, with emri_small stored."""
-    database = ""
-    if request.param == "postgres":
-        require_postgres()
-        database = asyncio.run(create_database())
-    try:
-        env = {"PACS_DATABASE_URL": database} if database else {}
-        data: Path = tmp_path_factory.mktemp(f"qido-{request.param}")
-        with (
-            running_server(data, env=env) as url,
-            httpx.Client(base_url=f"{url}/dicomweb", timeout=60) as http,
-        ):
-            _store_emri(http)
-            yield http
-    finally:
-        if database:
-            asyncio.run(drop_database(database))
+    data: Path = tmp_path_factory.mktemp(f"qido-{request.param}")
+    with (
+        index_backend_env(request.param) as env,
+        running_server(data, env=env) as url,
+        httpx.Client(base_url=f"{url}/dicomweb", timeout=60) as http,
+    ):
+        _store_emri(http)
+        yield http
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ HTTP and DIMSE connections) have tests of their own.
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from tests.conformance.helpers import (
 )
 from tests.fuzz.stow_bodies import with_transfer_syntax
 from tests.support.dicom_factory import make_file
-from tests.support.postgres import create_database, drop_database, require_postgres
+from tests.support.postgres import index_backend_env
 from tests.support.server import PIDS, running_server
 
 MIB = 1024 * 1024
@@ -108,15 +107,9 @@ class Fixture:
 def archive(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Fixture]:
-    database = ""
-    if request.param == "postgres":
-        require_postgres()
-        database = asyncio.run(create_database())
-    env = {"PACS_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES)}
-    if database:
-        env["PACS_DATABASE_URL"] = database
-    try:
-        data = tmp_path_factory.mktemp(f"resources-{request.param}")
+    data = tmp_path_factory.mktemp(f"resources-{request.param}")
+    with index_backend_env(request.param) as backend:
+        env = {**backend, "PACS_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES)}
         with (
             running_server(data, env=env) as url,
             httpx.Client(base_url=f"{url}/dicomweb", timeout=60) as http,
@@ -130,9 +123,6 @@ def archive(
             ]
             stow_ok(http, [ct.data, emri.data, *mixed])
             yield Fixture(url, ct, emri, study)
-    finally:
-        if database:
-            asyncio.run(drop_database(database))
 
 
 Row = Callable[[httpx.Client, Fixture], None]

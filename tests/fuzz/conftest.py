@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from tests.conformance.helpers import reuid_testdata, stored, stow_ok, token
 from tests.fuzz.budget import REPORT, seconds
 from tests.fuzz.live import Served
-from tests.support.postgres import create_database, drop_database, require_postgres
+from tests.support.postgres import index_backend_env
 from tests.support.server import running_server
 
 # What the server holds before fuzzing: a multi-frame MR (10 frames of 64 x 64), a CT and
@@ -40,18 +39,9 @@ def archive(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     """A server on each index backend, with the samples stored."""
-    database = ""
-    if request.param == "postgres":
-        require_postgres()
-        database = asyncio.run(create_database())
-    try:
-        env = {"PACS_DATABASE_URL": database} if database else {}
-        data: Path = tmp_path_factory.mktemp(f"fuzz-{request.param}")
-        with running_server(data, env=env) as url:
-            samples = [stored(reuid_testdata(name, PatientID=token())[0]) for name in SAMPLES]
-            with httpx.Client(base_url=f"{url}/dicomweb", timeout=60) as http:
-                stow_ok(http, [s.data for s in samples])
-            yield Served(request.param, url, samples, data / "server.log")
-    finally:
-        if database:
-            asyncio.run(drop_database(database))
+    data: Path = tmp_path_factory.mktemp(f"fuzz-{request.param}")
+    with index_backend_env(request.param) as env, running_server(data, env=env) as url:
+        samples = [stored(reuid_testdata(name, PatientID=token())[0]) for name in SAMPLES]
+        with httpx.Client(base_url=f"{url}/dicomweb", timeout=60) as http:
+            stow_ok(http, [s.data for s in samples])
+        yield Served(request.param, url, samples, data / "server.log")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from functools import cache
 from urllib.parse import urlsplit, urlunsplit
 
@@ -109,3 +109,18 @@ def leftover_databases() -> set[str]:
     with ThreadPoolExecutor(1) as pool:
         existing = pool.submit(asyncio.run, _databases()).result()
     return existing & CREATED
+
+
+@contextmanager
+def index_backend_env(backend: str) -> Iterator[dict[str, str]]:
+    """The server environment for the index backend `backend` ("sqlite": the embedded
+    default, nothing to set; "postgres": a new database, dropped on exit)."""
+    if backend != "postgres":
+        yield {}
+        return
+    require_postgres()
+    url = asyncio.run(create_database())
+    try:
+        yield {"PACS_DATABASE_URL": url}
+    finally:
+        asyncio.run(drop_database(url))
