@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,14 +35,13 @@ import asyncpg
 from pydicom.uid import generate_uid
 
 from app.dicom.levels import Level
-from app.dicom.parse import parse_instance
 from app.index.postgres import PostgresIndex
 from app.index.rows import FOLD_AT
 from app.query.qido import parse_qido
 from app.query.sql import POSTGRES, compile_counted_search, compile_search
 from app.services.ports import InstanceRecord
-from tests.support.dicom_factory import make_file
 from tests.support.postgres import temporary_database
+from tests.support.records import Records
 
 TABLES = ("patient", "study", "series", "instance")
 SERIES_PER_STUDY = 4
@@ -59,36 +56,19 @@ def records(instances: int, studies: int, folder: Path) -> list[InstanceRecord]:
     study_uids = [generate_uid() for _ in range(studies)]
     series_uids = [[generate_uid() for _ in range(SERIES_PER_STUDY)] for _ in study_uids]
     per_study = max(1, instances // studies)
+    maker = Records(folder)
     made = []
     for n in range(instances):
         s = min(studies - 1, n // per_study)
         k = min(SERIES_PER_STUDY - 1, (n - s * per_study) * SERIES_PER_STUDY // per_study)
-        data = make_file(
-            study=study_uids[s],
-            series=series_uids[s][k],
-            Modality=MODALITIES[k],
-            PatientID=f"P{s // 2}",
-            InstanceNumber=n,
-            seed=n,
-        )
-        path = folder / f"{n}.dcm"
-        path.write_bytes(data)
-        parsed = parse_instance(path)
         made.append(
-            InstanceRecord(
-                study_instance_uid=parsed.study_instance_uid,
-                series_instance_uid=parsed.series_instance_uid,
-                sop_instance_uid=parsed.sop_instance_uid,
-                sop_class_uid=parsed.sop_class_uid,
-                transfer_syntax_uid=parsed.transfer_syntax_uid,
-                blob_key=uuid.uuid4().hex,
-                size=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-                encapsulated=parsed.encapsulated,
-                frames=parsed.frames,
-                bulk=parsed.bulk,
-                metadata=parsed.metadata,
-                patient_id=f"P{s // 2}",
+            maker.make(
+                study=study_uids[s],
+                series=series_uids[s][k],
+                Modality=MODALITIES[k],
+                PatientID=f"P{s // 2}",
+                InstanceNumber=n,
+                seed=n,
             )
         )
     return made

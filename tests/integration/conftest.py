@@ -6,22 +6,19 @@ on SQLite and once on PostgreSQL: one suite, so that both implement one contract
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from app.dicom.parse import parse_instance
 from app.index.postgres import PostgresIndex
 from app.index.sqlite import SqliteIndex
-from app.services.ports import Index, InstanceRecord
-from tests.support.dicom_factory import make_file
+from app.services.ports import Index
 from tests.support.postgres import leftover_databases, require_postgres, temporary_database
+from tests.support.records import Records
 
 BACKENDS = ["sqlite", "postgres"]
 # The tenant index tests write to and read from (not the default one: nothing may rely on it).
@@ -73,43 +70,6 @@ def no_database_left_behind() -> Iterator[None]:
     yield
     left = leftover_databases()
     assert not left, f"test databases were not dropped: {sorted(left)}"
-
-
-class Records:
-    """InstanceRecords as the store service makes them, from files written and parsed here.
-
-    Blob keys are synthetic; size and SHA-256 are those of the file.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def make(self, **attrs: Any) -> InstanceRecord:
-        data = make_file(**attrs)
-        path = self.folder / f"{uuid.uuid4().hex}.dcm"
-        path.write_bytes(data)
-        parsed = parse_instance(path)
-        return InstanceRecord(
-            study_instance_uid=parsed.study_instance_uid,
-            series_instance_uid=parsed.series_instance_uid,
-            sop_instance_uid=parsed.sop_instance_uid,
-            sop_class_uid=parsed.sop_class_uid,
-            transfer_syntax_uid=parsed.transfer_syntax_uid,
-            blob_key=uuid.uuid4().hex,
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            encapsulated=parsed.encapsulated,
-            frames=parsed.frames,
-            bulk=parsed.bulk,
-            metadata=parsed.metadata,
-            patient_id=_patient_id(parsed.metadata),
-        )
-
-
-def _patient_id(metadata: dict[str, Any]) -> str | None:
-    values = metadata.get("00100020", {}).get("Value")
-    return str(values[0]) if values else None
 
 
 @pytest.fixture
