@@ -27,7 +27,14 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
-from app.dicom.levels import MODALITIES_IN_STUDY, SHARED_TAGS, SPECIFIC_CHARACTER_SET, Level
+from app.dicom.levels import (
+    LEVELS,
+    MODALITIES_IN_STUDY,
+    SHARED_TAGS,
+    SPECIFIC_CHARACTER_SET,
+    UNIQUE_KEYS,
+    Level,
+)
 from app.query.matching import (
     QueryError,
     check_path,
@@ -52,17 +59,9 @@ Model = Literal["patient", "study"]
 
 QUERY_RETRIEVE_LEVEL = 0x00080052
 
-# The unique key of each level (PS3.4 C.6.1.1, C.6.2.1).
-UNIQUE_KEYS: dict[Level, int] = {
-    Level.PATIENT: 0x00100020,  # PatientID
-    Level.STUDY: 0x0020000D,  # StudyInstanceUID
-    Level.SERIES: 0x0020000E,  # SeriesInstanceUID
-    Level.INSTANCE: 0x00080018,  # SOPInstanceUID
-}
-
 _MODEL_LEVELS: dict[Model, tuple[Level, ...]] = {
-    "patient": (Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE),
-    "study": (Level.STUDY, Level.SERIES, Level.INSTANCE),
+    "patient": LEVELS,
+    "study": LEVELS[LEVELS.index(Level.STUDY) :],
 }
 
 

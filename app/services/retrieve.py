@@ -15,7 +15,7 @@ import orjson
 from app.auth.principal import Access, Permission
 from app.dicom.byteorder import swap_width, swapped
 from app.dicom.instance import BulkRange, FrameRanges
-from app.dicom.levels import Level
+from app.dicom.levels import LEVELS, UNIQUE_KEYS, Level
 from app.dicom.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -28,7 +28,7 @@ from app.services.ports import BlobStore, Index, StoredInstance, StoredMetadata
 # level, None means all.
 Scope = tuple[str, str | None, str | None]
 
-_UID_KEYS = {Level.STUDY: "0020000D", Level.SERIES: "0020000E", Level.INSTANCE: "00080018"}
+_UID_KEYS = {level: f"{UNIQUE_KEYS[level]:08X}" for level in LEVELS[1:]}
 
 
 @dataclass(frozen=True)

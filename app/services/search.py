@@ -11,13 +11,17 @@ from collections.abc import Iterable
 from typing import Any
 
 from app.auth.principal import Access, Permission
-from app.dicom.levels import DEFAULT_RETURN, INSTANCE_AVAILABILITY, MODALITIES_IN_STUDY, Level
+from app.dicom.levels import (
+    DEFAULT_RETURN,
+    INSTANCE_AVAILABILITY,
+    LEVELS,
+    MODALITIES_IN_STUDY,
+    Level,
+)
 from app.query.model import Query
 from app.services.ports import Index, Json, SearchHit
 
 _COMPUTED_VR = {MODALITIES_IN_STUDY: "CS"}
-
-_LEVEL_ORDER = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE)
 
 
 def return_tags(query: Query, fixed: Iterable[Level] = ()) -> frozenset[int]:
@@ -25,8 +29,8 @@ def return_tags(query: Query, fixed: Iterable[Level] = ()) -> frozenset[int]:
     fixed = set(fixed)
     tags = set(DEFAULT_RETURN[query.level]) | query.include
     if query.level is not Level.PATIENT:
-        upto = _LEVEL_ORDER.index(query.level)
-        for level in _LEVEL_ORDER[1:upto]:
+        upto = LEVELS.index(query.level)
+        for level in LEVELS[1:upto]:
             if level not in fixed:
                 tags |= DEFAULT_RETURN[level]
     return frozenset(tags)
