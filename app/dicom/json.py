@@ -16,7 +16,7 @@ import base64
 import math
 import re
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from decimal import Decimal
 from functools import lru_cache
@@ -62,6 +62,12 @@ _LUT_DESCRIPTORS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
 # Word size of the binary VRs whose values must be swapped when the dataset is big endian:
 # JSON carries values in little endian order, like every current transfer syntax.
 _WORD_SIZE = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def first_value(attrs: Mapping[str, Any], tag: int) -> Any:
+    """The first value of `tag` in a DICOM JSON object, or None when absent or empty."""
+    values = attrs.get(f"{tag:08X}", {}).get("Value")
+    return values[0] if values else None
 
 
 def encode_dataset(

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import orjson
 
 from app.auth.principal import Access, Permission
 from app.dicom.byteorder import swap_width, swapped
 from app.dicom.instance import BulkRange, FrameRanges
-from app.dicom.levels import LEVELS, UNIQUE_KEYS, Level
+from app.dicom.json import first_value
+from app.dicom.levels import UNIQUE_KEYS, Level, tag
 from app.dicom.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -28,8 +28,6 @@ from app.services.ports import BlobStore, Index, StoredInstance, StoredMetadata
 # level, None means all.
 Scope = tuple[str, str | None, str | None]
 
-_UID_KEYS = {level: f"{UNIQUE_KEYS[level]:08X}" for level in LEVELS[1:]}
-
 
 @dataclass(frozen=True)
 class Swap:
@@ -37,11 +35,6 @@ class Swap:
 
     width: int
     value_offset: int
-
-
-def _first_value(attrs: dict[str, Any], tag: str) -> Any:
-    values = attrs.get(tag, {}).get("Value")
-    return values[0] if values else None
 
 
 def _describe(study: str, series: str | None, sop: str | None) -> str:
@@ -88,11 +81,11 @@ class RetrieveService:
             hits = await self.index.search(access.tenant, replace(search, offset=offset))
             scopes: list[Scope] = []
             for hit in hits:
-                study = _first_value(hit.study or {}, _UID_KEYS[Level.STUDY])
+                study = first_value(hit.study or {}, UNIQUE_KEYS[Level.STUDY])
                 scope = (
                     study,
-                    _first_value(hit.series or {}, _UID_KEYS[Level.SERIES]),
-                    _first_value(hit.instance or {}, _UID_KEYS[Level.INSTANCE]),
+                    first_value(hit.series or {}, UNIQUE_KEYS[Level.SERIES]),
+                    first_value(hit.instance or {}, UNIQUE_KEYS[Level.INSTANCE]),
                 )
                 if study is not None and scope not in seen:
                     seen.add(scope)
@@ -218,7 +211,7 @@ class RetrieveService:
             instance.series_instance_uid,
             instance.sop_instance_uid,
         )
-        bits = _first_value(orjson.loads(found[0].json), "00280100") if found else None
+        bits = first_value(orjson.loads(found[0].json), tag("BitsAllocated")) if found else None
         width = max(swap_width(pixel.vr), (int(bits) // 8) if bits else 1)
         return Swap(width, pixel.offset)
 

@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.audit.event import EventOutcome
-from app.dicom.levels import RETRIEVE_URL, Level
+from app.dicom.json import first_value
+from app.dicom.levels import RETRIEVE_URL, UNIQUE_KEYS, Level
 from app.query.qido import QueryError, parse_qido
 from app.services.archive import Archive
 from app.services.errors import NotAcceptable
@@ -22,20 +23,17 @@ from app.web.urls import base_url, instance_url, series_url, study_url
 
 DICOM_JSON = "application/dicom+json"
 _JSON_TYPES = ("*/*", "application/*", "application/dicom+json", "application/json")
-
-
-def _uid(attrs: dict[str, Any], tag: str) -> str | None:
-    values = attrs.get(tag, {}).get("Value")
-    return str(values[0]) if values else None
+_STUDY = UNIQUE_KEYS[Level.STUDY]
+_SERIES = UNIQUE_KEYS[Level.SERIES]
 
 
 def _retrieve_url(
     attrs: dict[str, Any], level: Level, base: str, scope: dict[int, str]
 ) -> str | None:
     # UIDs fixed by the URL are not repeated in the results, so take them from the path.
-    study = _uid(attrs, "0020000D") or scope.get(0x0020000D)
-    series = _uid(attrs, "0020000E") or scope.get(0x0020000E)
-    sop = _uid(attrs, "00080018")
+    study = first_value(attrs, _STUDY) or scope.get(_STUDY)
+    series = first_value(attrs, _SERIES) or scope.get(_SERIES)
+    sop = first_value(attrs, UNIQUE_KEYS[Level.INSTANCE])
     if level is Level.STUDY and study:
         return study_url(base, study)
     if level is Level.SERIES and study and series:
@@ -56,10 +54,10 @@ def _search(level: Level) -> Callable[[Request], Awaitable[Response]]:
         scope: dict[int, str] = {}
         fixed: list[Level] = []
         if study:
-            scope[0x0020000D] = study
+            scope[_STUDY] = study
             fixed.append(Level.STUDY)
         if series:
-            scope[0x0020000E] = series
+            scope[_SERIES] = series
             fixed.append(Level.SERIES)
         try:
             query = parse_qido(
