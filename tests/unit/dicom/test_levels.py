@@ -1,0 +1,37 @@
+"""Attributes named by keyword, and the level each belongs to."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.dicom.levels import LEVELS, UNIQUE_KEYS, Level, level_of, tag, tags
+
+
+def test_tag_refuses_a_misspelt_keyword() -> None:
+    with pytest.raises(KeyError, match="PatientNmae"):
+        tag("PatientNmae")
+
+
+def test_tags_by_keyword_are_pydicoms() -> None:
+    assert tags("PatientID", "StudyInstanceUID") == {0x00100020, 0x0020000D}
+
+
+@pytest.mark.parametrize(
+    ("keyword", "level"),
+    [
+        ("PatientName", Level.PATIENT),
+        ("AccessionNumber", Level.STUDY),
+        ("ModalitiesInStudy", Level.STUDY),
+        ("BodyPartExamined", Level.SERIES),
+        ("NumberOfSeriesRelatedInstances", Level.SERIES),
+        ("InstanceNumber", Level.INSTANCE),
+        ("WindowCenter", Level.INSTANCE),
+    ],
+)
+def test_level_of(keyword: str, level: Level) -> None:
+    assert level_of(tag(keyword)) is level
+
+
+def test_unique_keys_follow_the_level_order() -> None:
+    assert list(UNIQUE_KEYS) == list(LEVELS)
+    assert [level_of(UNIQUE_KEYS[level]) for level in LEVELS] == list(LEVELS)
