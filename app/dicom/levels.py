@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydicom.datadict import tag_for_keyword
+from app.dicom.tags import tag, tags
 
 
 class Level(StrEnum):
@@ -23,18 +23,6 @@ class Level(StrEnum):
 
 # The levels from the top of the hierarchy down.
 LEVELS: tuple[Level, ...] = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE)
-
-
-def tag(keyword: str) -> int:
-    """The tag of a keyword of pydicom's data dictionary (a KeyError for a misspelt one)."""
-    found = tag_for_keyword(keyword)
-    if found is None:
-        raise KeyError(f"{keyword!r} is not a DICOM keyword")
-    return found
-
-
-def tags(*keywords: str) -> frozenset[int]:
-    return frozenset(tag(k) for k in keywords)
 
 
 # The unique key of each level (PS3.4 C.6.1.1, C.6.2.1).

@@ -15,7 +15,8 @@ from app.auth.principal import Access, Permission
 from app.dicom.byteorder import swap_width, swapped
 from app.dicom.instance import BulkRange, FrameRanges
 from app.dicom.json import first_value
-from app.dicom.levels import UNIQUE_KEYS, Level, tag
+from app.dicom.levels import UNIQUE_KEYS, Level
+from app.dicom.tags import tag
 from app.dicom.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,

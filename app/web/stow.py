@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from app.auth.principal import Access, Permission
 from app.dicom.multipart import MultipartError, iter_parts, parse_media_type
+from app.dicom.tags import json_key
 from app.services.archive import Archive
 from app.services.store import FailureReason, StoreResult
 from app.web.access import request_access
@@ -183,12 +184,23 @@ async def _unless_empty(part: AsyncIterable[bytes]) -> AsyncIterator[bytes] | No
     return whole()
 
 
+# The attributes of the Store Instances Response Module (PS3.18 Table 10.5.3-1).
+_REFERENCED_SOP_CLASS = json_key("ReferencedSOPClassUID")
+_REFERENCED_SOP_INSTANCE = json_key("ReferencedSOPInstanceUID")
+_RETRIEVE_URL = json_key("RetrieveURL")
+_WARNING_REASON = json_key("WarningReason")
+_FAILURE_REASON = json_key("FailureReason")
+_ERROR_COMMENT = json_key("ErrorComment")
+_FAILED_SOP_SEQUENCE = json_key("FailedSOPSequence")
+_REFERENCED_SOP_SEQUENCE = json_key("ReferencedSOPSequence")
+
+
 def _item(result: StoreResult, base: str) -> dict[str, Any]:
     item: dict[str, Any] = {}
     if result.sop_class_uid:
-        item["00081150"] = {"vr": "UI", "Value": [result.sop_class_uid]}
+        item[_REFERENCED_SOP_CLASS] = {"vr": "UI", "Value": [result.sop_class_uid]}
     if result.sop_instance_uid:
-        item["00081155"] = {"vr": "UI", "Value": [result.sop_instance_uid]}
+        item[_REFERENCED_SOP_INSTANCE] = {"vr": "UI", "Value": [result.sop_instance_uid]}
     if result.ok:
         assert result.study_instance_uid and result.series_instance_uid
         assert result.sop_instance_uid
@@ -198,15 +210,15 @@ def _item(result: StoreResult, base: str) -> dict[str, Any]:
             result.series_instance_uid,
             result.sop_instance_uid,
         )
-        item["00081190"] = {"vr": "UR", "Value": [url]}
+        item[_RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
         if result.warnings:
-            item["00081196"] = {"vr": "US", "Value": [FailureReason.COERCION_OF_DATA_ELEMENTS]}
-            item["00000902"] = {"vr": "LO", "Value": ["; ".join(result.warnings)]}
+            item[_WARNING_REASON] = {"vr": "US", "Value": [FailureReason.COERCION_OF_DATA_ELEMENTS]}
+            item[_ERROR_COMMENT] = {"vr": "LO", "Value": ["; ".join(result.warnings)]}
     else:
         assert result.reason is not None
-        item["00081197"] = {"vr": "US", "Value": [int(result.reason)]}
+        item[_FAILURE_REASON] = {"vr": "US", "Value": [int(result.reason)]}
         # Error Comment: the reason in words, for people reading the response.
-        item["00000902"] = {"vr": "LO", "Value": [result.message]}
+        item[_ERROR_COMMENT] = {"vr": "LO", "Value": [result.message]}
     return item
 
 
@@ -217,11 +229,12 @@ def _response(request: Request, study: str | None, results: list[StoreResult]) -
     body: dict[str, Any] = {}
     studies = {r.study_instance_uid for r in stored}
     target = study or (studies.pop() if len(studies) == 1 else None)
-    body["00081190"] = {"vr": "UR", "Value": [study_url(base, target)]} if target else {"vr": "UR"}
+    url = {"vr": "UR", "Value": [study_url(base, target)]} if target else {"vr": "UR"}
+    body[_RETRIEVE_URL] = url
     if failed:
-        body["00081198"] = {"vr": "SQ", "Value": [_item(r, base) for r in failed]}
+        body[_FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": [_item(r, base) for r in failed]}
     if stored:
-        body["00081199"] = {"vr": "SQ", "Value": [_item(r, base) for r in stored]}
+        body[_REFERENCED_SOP_SEQUENCE] = {"vr": "SQ", "Value": [_item(r, base) for r in stored]}
     status = 200 if not failed else (202 if stored else 409)
     if failed:
         # One line per request, whatever its number of parts; reason codes only, as

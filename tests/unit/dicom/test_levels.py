@@ -1,19 +1,11 @@
-"""Attributes named by keyword, and the level each belongs to."""
+"""The level each attribute belongs to."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.dicom.levels import LEVELS, UNIQUE_KEYS, Level, level_of, tag, tags
-
-
-def test_tag_refuses_a_misspelt_keyword() -> None:
-    with pytest.raises(KeyError, match="PatientNmae"):
-        tag("PatientNmae")
-
-
-def test_tags_by_keyword_are_pydicoms() -> None:
-    assert tags("PatientID", "StudyInstanceUID") == {0x00100020, 0x0020000D}
+from app.dicom.levels import LEVELS, UNIQUE_KEYS, Level, level_of
+from app.dicom.tags import tag
 
 
 @pytest.mark.parametrize(

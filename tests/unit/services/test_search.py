@@ -10,8 +10,8 @@ from app.dicom.levels import (
     MODALITIES_IN_STUDY,
     NUMBER_OF_STUDY_RELATED_INSTANCES,
     Level,
-    tag,
 )
+from app.dicom.tags import tag
 from app.query.model import Query
 from app.services.ports import SearchHit
 from app.services.search import return_tags, shape
