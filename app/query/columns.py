@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from app.dicom.levels import Level
+from app.dicom.tags import tag
 from app.digits import INT64, NumberError, parse_int
 
 
@@ -45,41 +46,69 @@ TABLE_LEVEL: dict[str, Level] = {
     "instance": Level.INSTANCE,
 }
 
+
+def _column(table: str, name: str, kind: Kind, *path: str) -> Column:
+    """The column `name` of `table` for the attribute at the path of keywords `path`."""
+    return Column(table, name, tuple(tag(keyword) for keyword in path), kind)
+
+
 _COLUMNS: tuple[Column, ...] = (
-    Column("patient", "patient_id", (0x00100020,), Kind.TEXT),
-    Column("patient", "issuer_of_patient_id", (0x00100021,), Kind.TEXT),
-    Column("patient", "patient_name", (0x00100010,), Kind.PN),
-    Column("patient", "patient_birth_date", (0x00100030,), Kind.DATE),
-    Column("patient", "patient_sex", (0x00100040,), Kind.TEXT),
-    Column("study", "study_instance_uid", (0x0020000D,), Kind.UID),
-    Column("study", "study_date", (0x00080020,), Kind.DATE),
-    Column("study", "study_time", (0x00080030,), Kind.TIME),
-    Column("study", "accession_number", (0x00080050,), Kind.TEXT),
-    Column("study", "study_id", (0x00200010,), Kind.TEXT),
-    Column("study", "referring_physician_name", (0x00080090,), Kind.PN),
-    Column("study", "study_description", (0x00081030,), Kind.TEXT),
-    Column("study", "modalities_in_study", (0x00080061,), Kind.MULTI),
-    Column("series", "series_instance_uid", (0x0020000E,), Kind.UID),
-    Column("series", "modality", (0x00080060,), Kind.TEXT),
-    Column("series", "series_number", (0x00200011,), Kind.INT),
-    Column("series", "series_description", (0x0008103E,), Kind.TEXT),
-    Column("series", "body_part_examined", (0x00180015,), Kind.TEXT),
-    Column("series", "performed_procedure_step_start_date", (0x00400244,), Kind.DATE),
-    Column("series", "performed_procedure_step_start_time", (0x00400245,), Kind.TIME),
-    Column("series", "scheduled_procedure_step_id", (0x00400275, 0x00400009), Kind.TEXT),
-    Column("series", "requested_procedure_id", (0x00400275, 0x00401001), Kind.TEXT),
-    Column("instance", "sop_instance_uid", (0x00080018,), Kind.UID),
-    Column("instance", "sop_class_uid", (0x00080016,), Kind.UID),
-    Column("instance", "instance_number", (0x00200013,), Kind.INT),
+    _column("patient", "patient_id", Kind.TEXT, "PatientID"),
+    _column("patient", "issuer_of_patient_id", Kind.TEXT, "IssuerOfPatientID"),
+    _column("patient", "patient_name", Kind.PN, "PatientName"),
+    _column("patient", "patient_birth_date", Kind.DATE, "PatientBirthDate"),
+    _column("patient", "patient_sex", Kind.TEXT, "PatientSex"),
+    _column("study", "study_instance_uid", Kind.UID, "StudyInstanceUID"),
+    _column("study", "study_date", Kind.DATE, "StudyDate"),
+    _column("study", "study_time", Kind.TIME, "StudyTime"),
+    _column("study", "accession_number", Kind.TEXT, "AccessionNumber"),
+    _column("study", "study_id", Kind.TEXT, "StudyID"),
+    _column("study", "referring_physician_name", Kind.PN, "ReferringPhysicianName"),
+    _column("study", "study_description", Kind.TEXT, "StudyDescription"),
+    _column("study", "modalities_in_study", Kind.MULTI, "ModalitiesInStudy"),
+    _column("series", "series_instance_uid", Kind.UID, "SeriesInstanceUID"),
+    _column("series", "modality", Kind.TEXT, "Modality"),
+    _column("series", "series_number", Kind.INT, "SeriesNumber"),
+    _column("series", "series_description", Kind.TEXT, "SeriesDescription"),
+    _column("series", "body_part_examined", Kind.TEXT, "BodyPartExamined"),
+    _column(
+        "series",
+        "performed_procedure_step_start_date",
+        Kind.DATE,
+        "PerformedProcedureStepStartDate",
+    ),
+    _column(
+        "series",
+        "performed_procedure_step_start_time",
+        Kind.TIME,
+        "PerformedProcedureStepStartTime",
+    ),
+    _column(
+        "series",
+        "scheduled_procedure_step_id",
+        Kind.TEXT,
+        "RequestAttributesSequence",
+        "ScheduledProcedureStepID",
+    ),
+    _column(
+        "series",
+        "requested_procedure_id",
+        Kind.TEXT,
+        "RequestAttributesSequence",
+        "RequestedProcedureID",
+    ),
+    _column("instance", "sop_instance_uid", Kind.UID, "SOPInstanceUID"),
+    _column("instance", "sop_class_uid", Kind.UID, "SOPClassUID"),
+    _column("instance", "instance_number", Kind.INT, "InstanceNumber"),
 )
 
 # Patient attributes are also matched on the study row (denormalized), so that study and
 # lower-level queries need no join to the patient table.
 _STUDY_PATIENT_COLUMNS: tuple[Column, ...] = (
-    Column("study", "patient_id", (0x00100020,), Kind.TEXT),
-    Column("study", "patient_name", (0x00100010,), Kind.PN),
-    Column("study", "patient_birth_date", (0x00100030,), Kind.DATE),
-    Column("study", "patient_sex", (0x00100040,), Kind.TEXT),
+    _column("study", "patient_id", Kind.TEXT, "PatientID"),
+    _column("study", "patient_name", Kind.PN, "PatientName"),
+    _column("study", "patient_birth_date", Kind.DATE, "PatientBirthDate"),
+    _column("study", "patient_sex", Kind.TEXT, "PatientSex"),
 )
 
 
@@ -145,8 +174,8 @@ def normalize_time(value: str, *, upper: bool) -> str | None:
 
 def _json_value(attrs: dict[str, Any], path: tuple[int, ...]) -> Any:
     node: Any = attrs
-    for i, tag in enumerate(path):
-        element = node.get(f"{tag:08X}") if isinstance(node, dict) else None
+    for i, step in enumerate(path):
+        element = node.get(f"{step:08X}") if isinstance(node, dict) else None
         values = element.get("Value") if isinstance(element, dict) else None
         if not values:
             return None
