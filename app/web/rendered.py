@@ -10,14 +10,13 @@ the middle instance of the first series with images.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from app.audit.event import AuditAction
 from app.auth.principal import Access
-from app.imaging.render import RenderOptions, Viewport
+from app.imaging.render import RenderOptions
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable, NotFound
 from app.services.imaging import PixelSource
@@ -166,14 +165,12 @@ async def retrieve_thumbnail(request: Request) -> Response:
     size = THUMBNAIL_SIZE
     if options.viewport is not None:
         size = max(1, min(options.viewport.width, options.viewport.height))
-    source = await archive.imaging.open(access, _representative(instances))
+    frame = None
     if "frames" in request.path_params:
         numbers = frame_numbers(
             request.path_params["frames"], archive.settings.max_frames_per_request
         )
-        archive.imaging.check_frames(source, numbers[:1])
-        fitted = replace(options, viewport=Viewport(size, size), annotation=frozenset())
-        data = await archive.imaging.rendered(source, numbers[:1], fitted)
-    else:
-        data = await archive.imaging.thumbnail(source, options.media_type, size)
+        frame = numbers[0]
+    representative = _representative(instances)
+    data = await archive.imaging.cached_thumbnail(access, representative, options, size, frame)
     return _image_response(data, options.media_type)
