@@ -106,7 +106,8 @@ async def retrieve_rendered(request: Request) -> Response:
     _, _, sop = path_uids(request)
     options = _options(request, allow_gif=True)
     if sop is not None:
-        source = await archive.imaging.open(access, instances[0])
+        # One image, produced whole before the response: header values decoded as read.
+        source = await archive.imaging.open(access, instances[0], check_values=False)
         data = await render_instance(archive, source, options)
         return _image_response(data, options.media_type)
     images = [i for i in instances if _has_pixels(i)]
@@ -116,8 +117,8 @@ async def retrieve_rendered(request: Request) -> Response:
         check_animation(archive, options, len(instance.frames))
 
     def part(instance: StoredInstance) -> Part:
-        async def image() -> bytes:
-            source = await archive.imaging.open(access, instance)
+        async def image() -> bytes:  # whole before its part starts, as above
+            source = await archive.imaging.open(access, instance, check_values=False)
             return await render_instance(archive, source, options)
 
         return bytes_part(image)
@@ -133,9 +134,11 @@ async def retrieve_rendered_frames(request: Request) -> Response:
     numbers = frame_numbers(request.path_params["frames"], archive.settings.max_frames_per_request)
     instances = await _instances(request, access)
     options = _options(request, allow_gif=True)
-    source = await archive.imaging.open(access, instances[0])
+    # One image is produced whole before the response; parts after the first are not.
+    whole = len(numbers) == 1 or options.media_type == "image/gif"
+    source = await archive.imaging.open(access, instances[0], check_values=not whole)
     archive.imaging.check_frames(source, numbers)
-    if len(numbers) == 1 or options.media_type == "image/gif":
+    if whole:
         check_animation(archive, options, len(numbers))
         data = await archive.imaging.rendered(source, numbers, options)
         return _image_response(data, options.media_type)
