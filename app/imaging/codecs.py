@@ -123,11 +123,35 @@ def decode_frame(header: Dataset, transfer_syntax_uid: str, data: bytes) -> Fram
                 f"(Rows, Columns, Samples per Pixel, Bits Allocated) need {length}"
             )
         source = data[:length]
+        grey = _native_grey(source, options)
+        if grey is not None:
+            return Frame(grey, options["photometric_interpretation"])
     try:
         pixels, properties = _as_array(decoder, syntax, source, options)
     except Exception as exc:  # the plugins raise anything from ValueError to RuntimeError
         raise CodecError(f"the {_name(syntax)} frame cannot be decoded: {_words(exc)}") from exc
     return Frame(pixels, str(properties["photometric_interpretation"]))
+
+
+def _native_grey(data: bytes, options: dict[str, Any]) -> NDArray[Any] | None:
+    """A native frame of one integer sample per pixel in 8, 16 or 32 bits, read straight with
+    numpy: pydicom's Decoder costs ten times the reading itself (0.2 ms of a 512x512 CT
+    slice), every rendered image pays it. The same values as pydicom's: bits above Bits
+    Stored ignored, the sign taken from the highest stored bit. None for anything else."""
+    bits = options["bits_allocated"]
+    if options["samples_per_pixel"] != 1 or bits not in (8, 16, 32):
+        return None
+    if options["pixel_keyword"] != "PixelData":
+        return None
+    signed = options["pixel_representation"] == 1
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    values = np.frombuffer(data, dtype).reshape(options["rows"], options["columns"])
+    unused = bits - options["bits_stored"]
+    if not unused:
+        return values.copy()  # writeable, as pydicom's
+    if signed:  # shifted up and back: the arithmetic shift spreads the stored sign bit
+        return (values << unused) >> unused
+    return values & dtype.type((1 << options["bits_stored"]) - 1)
 
 
 def _as_array(
