@@ -150,8 +150,10 @@ def _native_grey(data: bytes, options: dict[str, Any]) -> NDArray[Any] | None:
     if not unused:
         return values.copy()  # writeable, as pydicom's
     if signed:  # shifted up and back: the arithmetic shift spreads the stored sign bit
-        return (values << unused) >> unused
-    return values & dtype.type((1 << options["bits_stored"]) - 1)
+        shifted: NDArray[Any] = np.right_shift(np.left_shift(values, unused), unused)
+        return shifted
+    masked: NDArray[Any] = np.bitwise_and(values, dtype.type((1 << options["bits_stored"]) - 1))
+    return masked
 
 
 def _as_array(
