@@ -9,6 +9,7 @@ thumbnails are PNG: which image a thumbnail shows is read from its pixels.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -30,6 +31,33 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("thumbnail-cache")
     with running_server(data, "--overwrite") as url:
         yield f"{url}/dicomweb"
+
+
+@pytest.mark.parametrize(("budget", "kept"), [(None, True), ("0", False)])
+def test_thumbnail_cache_bytes_from_the_environment(
+    tmp_path: Path, budget: str | None, kept: bool
+) -> None:
+    """The cache answers without the stored file once it holds the thumbnail: taking the
+    blobs away shows whether it did (the default keeps it, PACS_THUMBNAIL_CACHE_BYTES=0 not)."""
+    env = {} if budget is None else {"PACS_THUMBNAIL_CACHE_BYTES": budget}
+    with running_server(tmp_path / "data", env=env) as url:
+        with httpx.Client(base_url=f"{url}/dicomweb", timeout=60) as http:
+            instance = _image(LEFT_TO_RIGHT, study=generate_uid(), series=generate_uid())
+            stow_ok(http, [instance.data])
+            first = http.get(f"{instance.path}/thumbnail", headers={"Accept": PNG})
+            assert first.status_code == 200, first.text
+            blobs = [p for p in (tmp_path / "data" / "blobs").rglob("*") if p.is_file()]
+            assert blobs
+            for blob in blobs:
+                blob.unlink()
+            again = http.get(f"{instance.path}/thumbnail", headers={"Accept": PNG})
+    if kept:
+        assert again.status_code == 200, again.text
+        assert again.content == first.content
+    else:
+        # Drawn again from the file, which is gone: the server's own fault, said as such.
+        assert again.status_code == 500, again.text
+        assert "missing from storage" in again.text
 
 
 def _image(
