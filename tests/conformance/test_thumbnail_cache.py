@@ -40,17 +40,19 @@ def test_thumbnail_cache_bytes_from_the_environment(
     """The cache answers without the stored file once it holds the thumbnail: taking the
     blobs away shows whether it did (the default keeps it, PACS_THUMBNAIL_CACHE_BYTES=0 not)."""
     env = {} if budget is None else {"PACS_THUMBNAIL_CACHE_BYTES": budget}
-    with running_server(tmp_path / "data", env=env) as url:
-        with httpx.Client(base_url=f"{url}/dicomweb", timeout=60) as http:
-            instance = _image(LEFT_TO_RIGHT, study=generate_uid(), series=generate_uid())
-            stow_ok(http, [instance.data])
-            first = http.get(f"{instance.path}/thumbnail", headers={"Accept": PNG})
-            assert first.status_code == 200, first.text
-            blobs = [p for p in (tmp_path / "data" / "blobs").rglob("*") if p.is_file()]
-            assert blobs
-            for blob in blobs:
-                blob.unlink()
-            again = http.get(f"{instance.path}/thumbnail", headers={"Accept": PNG})
+    with (
+        running_server(tmp_path / "data", env=env) as url,
+        httpx.Client(base_url=f"{url}/dicomweb", timeout=60) as http,
+    ):
+        instance = _image(LEFT_TO_RIGHT, study=generate_uid(), series=generate_uid())
+        stow_ok(http, [instance.data])
+        first = http.get(f"{instance.path}/thumbnail", headers={"Accept": PNG})
+        assert first.status_code == 200, first.text
+        blobs = [p for p in (tmp_path / "data" / "blobs").rglob("*") if p.is_file()]
+        assert blobs
+        for blob in blobs:
+            blob.unlink()
+        again = http.get(f"{instance.path}/thumbnail", headers={"Accept": PNG})
     if kept:
         assert again.status_code == 200, again.text
         assert again.content == first.content
