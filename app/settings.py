@@ -72,6 +72,9 @@ class Settings:
     # Pixel work (rendering, thumbnails, transcoding) runs one piece per core; this many may
     # wait for a core before a new request is refused with 503 and Retry-After.
     max_queued_imaging: int = 32
+    # Encoded thumbnails kept in memory for viewers that ask again (0: none kept), least
+    # recently used dropped first; a 128-pixel JPEG is about 4 KiB.
+    thumbnail_cache_bytes: int = 16 * 1024 * 1024
     # Largest STOW request body accepted, in bytes (0: no limit). Bodies stream to disk.
     max_request_bytes: int = 0
     # Most body parts in one multipart STOW request (0: no limit): each part is a store
@@ -187,6 +190,8 @@ class Settings:
             raise ValueError("PACS_MAX_FRAMES_PER_REQUEST: must be at least 1")
         if self.max_queued_imaging < 0:
             raise ValueError("PACS_MAX_QUEUED_IMAGING: must be 0 (no waiting) or more")
+        if self.thumbnail_cache_bytes < 0:
+            raise ValueError("PACS_THUMBNAIL_CACHE_BYTES: must be 0 (no cache) or more")
         for ae in self.dimse_allowed_ae_titles:
             _check_ae_title(ae, "PACS_DIMSE_ALLOWED_AES / --dimse-allow")
         _ = self.move_destination_map

@@ -1,8 +1,8 @@
 """Rendered images (PS3.18 8.3.5, 10.4.1.1.3) and thumbnails: decoded frames to JPEG, PNG or GIF.
 
 `display.py` turns each frame into 8-bit display values; here the viewport crops, flips and
-scales, annotations are burnt in and Pillow encodes. Everything here is synchronous: callers run
-it in a worker thread.
+scales, annotations are burnt in; libjpeg-turbo (imagecodecs) encodes JPEG, Pillow PNG and GIF.
+Everything here is synchronous: callers run it in a worker thread.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import imagecodecs
+import numpy as np
+from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
@@ -144,11 +147,29 @@ def _frame_duration_ms(header: Dataset) -> float:
     return DEFAULT_FRAME_TIME_MS
 
 
+def encode_jpeg(display: NDArray[np.uint8], quality: int | None) -> bytes:
+    """8-bit grey (rows, columns) or RGB (rows, columns, 3) display values as a baseline JPEG,
+    byte for byte what Pillow's save(quality=...) writes (libjpeg's quality scaling, 4:2:0
+    YCbCr for colour), but through imagecodecs, which releases the GIL while it encodes: two
+    rendering workers then encode on two cores."""
+    level = quality or DEFAULT_QUALITY
+    display = np.ascontiguousarray(display)
+    if display.ndim == 3:
+        return bytes(
+            imagecodecs.jpeg8_encode(
+                display, level=level, colorspace="RGB", outcolorspace="YCbCr", subsampling="420"
+            )
+        )
+    return bytes(imagecodecs.jpeg8_encode(display, level=level))
+
+
 def _encode(
     images: list[Image.Image], media_type: str, quality: int | None, duration_ms: float
 ) -> bytes:
     out = io.BytesIO()
     first = images[0]
+    if media_type == "image/jpeg" and first.mode in ("L", "RGB"):
+        return encode_jpeg(np.asarray(first), quality)
     if media_type == "image/jpeg":
         first.save(out, "JPEG", quality=quality or DEFAULT_QUALITY)
     elif media_type == "image/png":
@@ -194,6 +215,9 @@ def render(
     images: list[Image.Image] = []
     for (pixels, photometric), index in zip(frames, indexes, strict=True):
         display, voi = display_with_voi(header, pixels, photometric, options.window, index)
+        plain = options.viewport is None and not options.annotation
+        if plain and options.media_type == "image/jpeg" and display.dtype == np.uint8:
+            return encode_jpeg(display, options.quality)  # one frame: nothing to add
         image = Image.fromarray(display)
         if options.viewport is not None:
             image = _apply_viewport(image, options.viewport)

@@ -36,7 +36,11 @@ class Archive:
         source = AuditSource(f"pacs@{host}", host, ae_title=settings.ae_title.strip())
         sender = SyslogSender.from_settings(settings.audit_syslog, settings.audit_syslog_ca, source)
         audit = AuditService(index, sender)
-        imaging = ImagingService(retrieve, max_queued=settings.max_queued_imaging)
+        imaging = ImagingService(
+            retrieve,
+            max_queued=settings.max_queued_imaging,
+            thumbnail_cache_bytes=settings.thumbnail_cache_bytes,
+        )
         return cls(
             settings=settings,
             index=index,

@@ -10,14 +10,13 @@ the middle instance of the first series with images.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from app.audit.event import AuditAction
 from app.auth.principal import Access
-from app.imaging.render import RenderOptions, Viewport
+from app.imaging.render import RenderOptions
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable, NotFound
 from app.services.imaging import PixelSource
@@ -107,7 +106,8 @@ async def retrieve_rendered(request: Request) -> Response:
     _, _, sop = path_uids(request)
     options = _options(request, allow_gif=True)
     if sop is not None:
-        source = await archive.imaging.open(access, instances[0])
+        # One image, produced whole before the response: header values decoded as read.
+        source = await archive.imaging.open(access, instances[0], check_values=False)
         data = await render_instance(archive, source, options)
         return _image_response(data, options.media_type)
     images = [i for i in instances if _has_pixels(i)]
@@ -117,8 +117,8 @@ async def retrieve_rendered(request: Request) -> Response:
         check_animation(archive, options, len(instance.frames))
 
     def part(instance: StoredInstance) -> Part:
-        async def image() -> bytes:
-            source = await archive.imaging.open(access, instance)
+        async def image() -> bytes:  # whole before its part starts, as above
+            source = await archive.imaging.open(access, instance, check_values=False)
             return await render_instance(archive, source, options)
 
         return bytes_part(image)
@@ -134,9 +134,11 @@ async def retrieve_rendered_frames(request: Request) -> Response:
     numbers = frame_numbers(request.path_params["frames"], archive.settings.max_frames_per_request)
     instances = await _instances(request, access)
     options = _options(request, allow_gif=True)
-    source = await archive.imaging.open(access, instances[0])
+    # One image is produced whole before the response; parts after the first are not.
+    whole = len(numbers) == 1 or options.media_type == "image/gif"
+    source = await archive.imaging.open(access, instances[0], check_values=not whole)
     archive.imaging.check_frames(source, numbers)
-    if len(numbers) == 1 or options.media_type == "image/gif":
+    if whole:
         check_animation(archive, options, len(numbers))
         data = await archive.imaging.rendered(source, numbers, options)
         return _image_response(data, options.media_type)
@@ -166,14 +168,12 @@ async def retrieve_thumbnail(request: Request) -> Response:
     size = THUMBNAIL_SIZE
     if options.viewport is not None:
         size = max(1, min(options.viewport.width, options.viewport.height))
-    source = await archive.imaging.open(access, _representative(instances))
+    frame = None
     if "frames" in request.path_params:
         numbers = frame_numbers(
             request.path_params["frames"], archive.settings.max_frames_per_request
         )
-        archive.imaging.check_frames(source, numbers[:1])
-        fitted = replace(options, viewport=Viewport(size, size), annotation=frozenset())
-        data = await archive.imaging.rendered(source, numbers[:1], fitted)
-    else:
-        data = await archive.imaging.thumbnail(source, options.media_type, size)
+        frame = numbers[0]
+    representative = _representative(instances)
+    data = await archive.imaging.cached_thumbnail(access, representative, options, size, frame)
     return _image_response(data, options.media_type)

@@ -338,7 +338,9 @@ async def _frames_response(
             ranges = archive.retrieve.frame_ranges(instance, numbers)
             swap = await archive.retrieve.pixel_swap(access, instance)
             return await _send_frames(_stored_frames(archive, instance, ranges, swap), rep)
-        source = source or await archive.imaging.open(access, instance)
+        # Every frame is produced before the first byte (below): header values may be decoded
+        # as they are read, damage is then a 501 all the same.
+        source = source or await archive.imaging.open(access, instance, check_values=False)
         # Frames that were not indexed (deflated files, say) go through the decoder even
         # when no conversion is asked for; native frames are sent little endian.
         target = EXPLICIT_VR_LITTLE_ENDIAN if rep.transfer_syntax in NATIVE else rep.transfer_syntax

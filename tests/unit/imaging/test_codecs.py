@@ -105,6 +105,40 @@ def test_a_frame_is_decoded_from_its_own_bytes_only(name: str) -> None:
     np.testing.assert_array_equal(third.pixels, expected[2])
 
 
+@pytest.mark.parametrize(
+    ("bits_allocated", "bits_stored", "signed"),
+    [(8, 8, 0), (8, 7, 1), (16, 12, 0), (16, 12, 1), (16, 16, 1), (32, 24, 1), (32, 20, 0)],
+)
+def test_native_grey_frames_ignore_unused_bits_as_pydicom_does(
+    bits_allocated: int, bits_stored: int, signed: int
+) -> None:
+    """Native grey frames are read with numpy, not pydicom's Decoder: the same values, with
+    garbage in the bits above Bits Stored and both signs."""
+    rng = np.random.default_rng(bits_allocated * 100 + bits_stored + signed)
+    data = rng.integers(0, 256, 5 * 7 * bits_allocated // 8, dtype=np.uint8).tobytes()
+    header = Dataset()
+    header.Rows, header.Columns, header.SamplesPerPixel = 5, 7, 1
+    header.BitsAllocated, header.BitsStored = bits_allocated, bits_stored
+    header.PixelRepresentation, header.PhotometricInterpretation = signed, "MONOCHROME2"
+    frame = decode_frame(header, ExplicitVRLittleEndian, data)
+    expected, _ = get_decoder(ExplicitVRLittleEndian).as_array(
+        data,
+        rows=5,
+        columns=7,
+        samples_per_pixel=1,
+        bits_allocated=bits_allocated,
+        bits_stored=bits_stored,
+        pixel_representation=signed,
+        photometric_interpretation="MONOCHROME2",
+        number_of_frames=1,
+        pixel_keyword="PixelData",
+    )
+    np.testing.assert_array_equal(frame.pixels, expected)
+    assert frame.pixels.dtype == expected.dtype
+    assert frame.pixels.flags.writeable
+    assert frame.photometric_interpretation == "MONOCHROME2"
+
+
 def test_native_frame_with_a_pad_byte_decodes() -> None:
     ds = read("SC_rgb_small_odd.dcm")  # 27 bytes of pixels, stored with a pad byte
     assert len(ds.PixelData) == 28

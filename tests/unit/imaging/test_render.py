@@ -356,6 +356,31 @@ def test_jpeg_size_mode_and_quality() -> None:
     assert _decode(render(colour_header, [(colour, "RGB")], RenderOptions())).mode == "RGB"
 
 
+def _pillow_jpeg(image: Image.Image, quality: int) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "photometric"), [("CT_small.dcm", "MONOCHROME2"), ("SC_rgb.dcm", "RGB")]
+)
+@pytest.mark.parametrize("quality", [None, 1, 50, 100])
+@pytest.mark.parametrize("viewport", [None, Viewport(40, 40)])
+def test_jpeg_is_byte_for_byte_what_pillow_writes(
+    name: str, photometric: str, quality: int | None, viewport: Viewport | None
+) -> None:
+    """libjpeg-turbo through imagecodecs (which releases the GIL) keeps Pillow's output: the
+    same quality scaling, colour 4:2:0, headers; with and without the viewport's resizing."""
+    header, pixels = _load(name)
+    options = RenderOptions(quality=quality, viewport=viewport)
+    data = render(header, [(pixels, photometric)], options)
+    image = Image.fromarray(display_pixels(header, pixels, photometric))
+    if viewport is not None:
+        image = image.resize(_decode(data).size, Image.Resampling.LANCZOS)
+    assert data == _pillow_jpeg(image, quality or 90)
+
+
 def test_multi_frame_gif_has_every_frame() -> None:
     header, pixels = _load("emri_small.dcm")
     frames = [(pixels[i], "MONOCHROME2") for i in range(len(pixels))]
