@@ -19,6 +19,7 @@ only when no accepted syntax can be produced or the stored file is missing or da
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,9 @@ from pynetdicom.status import code_to_category
 
 from app.auth.ae_policy import DimseService
 from app.auth.principal import Access
+from app.dimse import message, sending
+from app.dimse.association import Association as DestinationAssociation
+from app.dimse.association import AssociationRejected, associate
 from app.dimse.audit import record_transfer, refuse
 from app.dimse.bridge import Bridge, access_for, peer, policy_of
 from app.dimse.contexts import GET_MODELS, MOVE_MODELS, sending_contexts
@@ -40,8 +44,14 @@ from app.query.identifier import Model, parse_retrieve_identifier
 from app.query.matching import QueryError
 from app.services.errors import ArchiveError
 from app.services.ports import StoredInstance
+from app.settings import MoveDestination
 
 log = logging.getLogger(__name__)
+
+# Our largest PDU on the associations we open (we read only their responses).
+MAX_PDU = 1 << 16
+# How long a destination has to answer our A-RELEASE-RQ.
+RELEASE_TIMEOUT = 5.0
 
 # Bound to every association a C-MOVE opens (to its destination or the answer-only listener).
 OUTGOING_HANDLERS: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, set_no_delay)]
@@ -113,27 +123,63 @@ def handle_move(event: Event, bridge: Bridge, answer_only: tuple[str, int]) -> I
         return
     tally = Tally()
     address = (destination.host, destination.port)
-    tls: dict[str, Any] = {}
-    if destination.tls:
-        # pynetdicom wraps the socket with (context, server host name for SNI).
-        tls["tls_args"] = (bridge.config.tls_move_context, destination.host)
+    via = " over TLS" if destination.tls else ""
+    try:
+        sub = bridge.run(_associate(bridge, name, destination, found))
+    except (OSError, AssociationRejected) as exc:
+        reason = _reason(exc)
+        log.warning(
+            "C-MOVE from %s: cannot associate with %s (%s:%d%s): %s",
+            *(who, name, *address, via, reason),
+        )
+        record_transfer(event.assoc, bridge, found, destination=name, failure=reason)
+        yield from _status_only(
+            answer_only,
+            with_comment(Status.MOVE_DESTINATION_UNKNOWN, f"cannot associate with {name}"),
+        )
+        return
+    # pynetdicom still answers the C-MOVE request: it "sends" each instance on an
+    # association with the answer-only listener, whose send_c_store sends it on ours.
     options = {
-        "contexts": sending_contexts(found),
+        "contexts": sending_contexts(()),
         "evt_handlers": [
             *OUTGOING_HANDLERS,
-            (evt.EVT_ESTABLISHED, _wrap_sender, [bridge, tally]),
+            (evt.EVT_ESTABLISHED, _wrap_sender, [bridge, tally, sub]),
         ],
-        **tls,
     }
-    yield (*address, options)
+    yield (*answer_only, options)
     try:  # pynetdicom drops the generator after a count of 0: still audited
         yield len(found)
         yield from _send_each(event, found, access, "C-MOVE")
     finally:  # also when pynetdicom stops early (cancel, abort)
-        via = " over TLS" if destination.tls else ""
+        bridge.run(sub.release(RELEASE_TIMEOUT))
         log.info("C-MOVE from %s to %s (%s:%d%s): %s", who, name, *address, via, tally)
         failure = tally.failure(len(found))
         record_transfer(event.assoc, bridge, found, destination=name, failure=failure)
+
+
+async def _associate(
+    bridge: Bridge, name: str, destination: MoveDestination, found: list[StoredInstance]
+) -> DestinationAssociation:
+    config = bridge.config
+    return await associate(
+        destination.host,
+        destination.port,
+        calling_ae=config.ae_title,
+        called_ae=name,
+        contexts=sending_contexts(found),
+        answer_within=config.limits.request_timeout,
+        max_pdu=MAX_PDU,
+        ssl_context=config.tls_move_context if destination.tls else None,
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return getattr(exc, "reason", None) or str(exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc)
 
 
 def _status_only(answer_only: tuple[str, int], status: Dataset) -> Iterator[Any]:
@@ -210,10 +256,13 @@ def _send_each(
         yield Status.PENDING, StoredFile(instance, access)
 
 
-def _wrap_sender(event: Event, bridge: Bridge, tally: Tally) -> Callable[[], None]:
-    """Make `send_c_store` of `event.assoc` send `StoredFile`s as stored files; returns a
-    function that undoes it. Bound to EVT_ESTABLISHED of a C-MOVE destination association,
-    called with the C-GET request's event for a C-GET."""
+def _wrap_sender(
+    event: Event, bridge: Bridge, tally: Tally, sub: DestinationAssociation | None = None
+) -> Callable[[], None]:
+    """Make `send_c_store` of `event.assoc` send `StoredFile`s as stored files, on `sub`
+    (our own association with a C-MOVE destination) when given; returns a function that
+    undoes it. Bound to EVT_ESTABLISHED of a C-MOVE's carrier association, called with the
+    C-GET request's event for a C-GET."""
     target = event.assoc
     original = target.send_c_store
 
@@ -227,9 +276,17 @@ def _wrap_sender(event: Event, bridge: Bridge, tally: Tally) -> Callable[[], Non
         if not isinstance(dataset, StoredFile):
             return original(dataset, msg_id, priority, originator_aet, originator_id)
         try:
-            status = _send_stored(
-                target, bridge, original, dataset, msg_id, priority, originator_aet, originator_id
-            )
+            if sub is not None:
+                originator = (originator_aet or "", originator_id or 0)
+                status = bridge.run(_send_on(sub, bridge, dataset, msg_id, originator))
+            else:
+                status = _send_stored(
+                    target,
+                    bridge,
+                    original,
+                    dataset,
+                    *(msg_id, priority, originator_aet, originator_id),
+                )
         except Exception as exc:
             tally.failed += 1
             tally.errors.append(f"{dataset.SOPInstanceUID}: {exc}")
@@ -274,6 +331,51 @@ def _send_stored(
         return send(local.path, *args)  # chunked from disk, the dataset bytes as they are
     finally:
         local.discard()
+
+
+async def _send_on(
+    sub: DestinationAssociation,
+    bridge: Bridge,
+    stored: StoredFile,
+    message_id: int,
+    originator: tuple[str, int],
+) -> Dataset:
+    """Send the file the delivery service gives for `stored` on `sub`; its status."""
+    instance = stored._stored_instance
+    accepted = sending.accepted_syntaxes(sub, instance.sop_class_uid)
+    delivery, access = bridge.archive.delivery, stored._stored_access
+    try:
+        local = None
+        if instance.transfer_syntax_uid in accepted:
+            local = delivery.stored_file(access, instance)
+        if local is None:
+            local = await delivery.local_file(access, instance, accepted)
+    except ArchiveError as exc:
+        log.warning("instance %s not sent: %s", instance.sop_instance_uid, exc)
+        raise ValueError(str(exc)) from None
+    except Exception:
+        log.exception("cannot read instance %s from storage", instance.sop_instance_uid)
+        raise ValueError(f"cannot read instance {instance.sop_instance_uid} from storage") from None
+    try:
+        context = sending.context_for(sub, instance.sop_class_uid, local.transfer_syntax_uid)
+        if context is None:  # local_file gives an accepted syntax
+            raise ValueError(f"no context for {local.transfer_syntax_uid}")
+        answer = await sending.send_file(
+            sub,
+            context,
+            local.path,
+            sop_instance_uid=instance.sop_instance_uid,
+            message_id=message_id,
+            originator=originator,
+        )
+    finally:
+        local.discard()
+    status = Dataset()
+    status.Status = int(answer.get(message.STATUS, 0xC000))
+    comment = answer.get(message.ERROR_COMMENT)
+    if isinstance(comment, str) and comment:
+        status.ErrorComment = comment
+    return status
 
 
 def _accepted_syntaxes(assoc: Association, sop_class: str) -> list[str]:
