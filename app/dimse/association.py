@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 from pydicom.uid import UID
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
@@ -63,8 +63,12 @@ class AssociationRejected(Exception):
     """The peer rejected our A-ASSOCIATE-RQ, or never answered it."""
 
 
+class Writable(Protocol):
+    def write(self, data: bytes | memoryview, /) -> object: ...
+
+
 # Where a data set goes as it arrives: a file for it, by its command, or None (bytes).
-Sink = Callable[[Command, "Context"], BinaryIO | None]
+Sink = Callable[[Command, "Context"], Writable | None]
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,9 @@ class Context:
     id: int
     abstract_syntax: str
     transfer_syntax: str
-    # Whether the requestor may act as SCU, and as SCP, for it (SCP: C-GET's C-STOREs).
-    scu_role: bool = True
-    scp_role: bool = False
+    # Whether we may act as SCU (send C-STOREs: C-MOVE, C-GET), and as SCP (serve requests).
+    as_scu: bool = True
+    as_scp: bool = False
 
 
 @dataclass
@@ -102,6 +106,15 @@ class Association:
     contexts: dict[int, Context] = field(default_factory=dict)
     # Set once we sent or received an A-ABORT or the connection broke.
     closed: bool = False
+    # While another task reads the association (an acceptor's message loop), the answers
+    # to our requests (C-GET's C-STOREs) are handed over here, by message ID.
+    answers: dict[int, asyncio.Future[Command]] | None = None
+    _message_id: int = 0
+
+    def next_message_id(self) -> int:
+        """A message ID for a request of ours (C-GET's C-STOREs: unique on the association)."""
+        self._message_id = self._message_id % 0xFFFF + 1
+        return self._message_id
 
     @property
     def peer(self) -> str:
@@ -118,7 +131,7 @@ class Association:
         command: Command | None = None
         context: Context | None = None
         data = bytearray()
-        out: BinaryIO | None = None
+        out: Writable | None = None
         while True:
             pdu = await self._read()
             if pdu.type is not PduType.P_DATA_TF:
@@ -174,6 +187,8 @@ class Association:
     # -- sending ------------------------------------------------------------------------
 
     async def send(self, context: Context, command: Command, data: bytes | None = None) -> None:
+        if self.closed:
+            raise Aborted("the association has ended")
         pieces = pdata.pdus(context.id, True, message.encode(command), self.peer_max_pdu)
         if data is not None:
             pieces += pdata.pdus(context.id, False, data, self.peer_max_pdu)
@@ -182,9 +197,45 @@ class Association:
 
     async def send_file(self, context: Context, command: Command, path: Path, offset: int) -> None:
         """A command and, as its data set, the bytes of `path` from `offset` on."""
+        if self.closed:
+            raise Aborted("the association has ended")
         pieces = pdata.pdus(context.id, True, message.encode(command), self.peer_max_pdu)
         self.writer.writelines(pieces)
         await pdata.send_file(self.writer, context.id, path, offset, self.peer_max_pdu)
+
+    async def request(self, context: Context, command: Command, path: Path, offset: int) -> Command:
+        """Send a request with the data set of `path` from `offset`; its answer's command."""
+        message_id = int(command[message.MESSAGE_ID])
+        waiting: asyncio.Future[Command] | None = None
+        if self.answers is not None:
+            waiting = self.answers[message_id] = asyncio.get_running_loop().create_future()
+        try:
+            await self.send_file(context, command, path, offset)
+            if waiting is not None:
+                return await waiting
+            return (await self.receive()).command
+        finally:
+            if self.answers is not None:
+                self.answers.pop(message_id, None)
+
+    def answered(self, command: Command) -> bool:
+        """Hand an answer to the request waiting for it; False if none is."""
+        responded_to = command.get(message.MESSAGE_ID_BEING_RESPONDED_TO)
+        waiting = (
+            self.answers.get(int(responded_to), None)
+            if self.answers and isinstance(responded_to, int)
+            else None
+        )
+        if waiting is None or waiting.done():
+            return False
+        waiting.set_result(command)
+        return True
+
+    def fail_waiting(self, error: BaseException) -> None:
+        """The association ended: the requests waiting for answers get `error`."""
+        for waiting in (self.answers or {}).values():
+            if not waiting.done():
+                waiting.set_exception(error)
 
     # -- ending -------------------------------------------------------------------------
 

@@ -9,22 +9,23 @@ a value is not ASCII.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import orjson
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pynetdicom.events import Event
 
 from app.audit.event import EventOutcome
 from app.auth.ae_policy import DimseService
 from app.dicom.levels import SPECIFIC_CHARACTER_SET, Level
 from app.dimse.audit import record_query, refuse
-from app.dimse.bridge import Bridge, access_for, peer, policy_of
+from app.dimse.bridge import Bridge, access_for, policy_of
 from app.dimse.contexts import FIND_MODELS
+from app.dimse.message import CommandField
+from app.dimse.operation import Operation
 from app.dimse.status import Status, with_comment
 from app.query.identifier import QUERY_RETRIEVE_LEVEL, UNIQUE_KEYS, Model, parse_identifier
 from app.query.matching import QueryError
@@ -38,71 +39,73 @@ UTF8 = "ISO_IR 192"
 
 _LEVELS = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE)
 
-Response = tuple[int | Dataset, Dataset | None]
 
+async def handle_find(operation: Operation, bridge: Bridge) -> None:
+    async def answer(status: int | Dataset, identifier: Dataset | None = None) -> None:
+        await operation.respond(CommandField.C_FIND_RSP, status, identifier)
 
-def handle_find(event: Event, bridge: Bridge) -> Iterator[Response]:
-    sop_class = str(event.request.AffectedSOPClassUID)
-    model = FIND_MODELS[sop_class]
-    who = peer(event.assoc)
-    policy = policy_of(event.assoc, bridge)
+    assoc = operation.assoc
+    sop_class = operation.sop_class
+    model = FIND_MODELS.get(sop_class)
+    who = assoc.peer
+    if model is None:
+        await answer(Status.SOP_CLASS_NOT_SUPPORTED)
+        return
+    policy = policy_of(assoc, bridge)
     if not policy.allows(DimseService.FIND):
         log.info("C-FIND from %s refused: not authorized", who)
-        yield refuse(event.assoc, bridge, DimseService.FIND), None
+        await answer(refuse(assoc, bridge, DimseService.FIND))
         return
-    access = access_for(event.assoc, policy)
+    access = access_for(assoc, policy)
     request: Dataset | None = None
 
     def audit(outcome: EventOutcome = EventOutcome.SUCCESS, reason: str = "") -> None:
-        record_query(
-            event.assoc, bridge, access, request, sop_class, outcome=outcome, reason=reason
-        )
+        record_query(assoc, bridge, access, request, sop_class, outcome=outcome, reason=reason)
 
     try:
-        request = event.identifier
+        request = operation.identifier()
         query = parse_identifier(request, model)
     except QueryError as exc:
         # Without the caller's value (names, dates): the response and the audit trail
         # carry the whole reason, the application log does not.
         log.info("C-FIND from %s refused: %s", who, exc.loggable)
         audit(EventOutcome.MINOR_FAILURE, str(exc))
-        yield with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
+        await answer(with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)))
         return
     except Exception as exc:  # pydicom raises many types for an undecodable identifier
         # pydicom's messages quote the value it could not decode: the kind only.
         log.info("C-FIND from %s: cannot decode the identifier (%s)", who, type(exc).__name__)
         audit(EventOutcome.MINOR_FAILURE, "cannot decode the identifier")
-        yield with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "cannot decode"), None
+        await answer(with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "cannot decode"))
         return
     sent = 0
     offset = 0
     while True:
         try:
-            page = bridge.run(
-                bridge.archive.search.search(access, replace(query, limit=PAGE, offset=offset))
+            page = await bridge.archive.search.search(
+                access, replace(query, limit=PAGE, offset=offset)
             )
         except Exception:
             log.exception("C-FIND from %s: the search failed", who)
             audit(EventOutcome.SERIOUS_FAILURE, "the search failed")
-            yield with_comment(Status.PROCESSING_FAILURE, "the search failed"), None
+            await answer(with_comment(Status.PROCESSING_FAILURE, "the search failed"))
             return
         if offset == 0:
             audit()  # answered (whether or not the caller reads every match)
         for attrs in page:
-            if event.is_cancelled:
+            if operation.cancelled:
                 log.info("C-FIND %s from %s: cancelled after %d matches", query.level, who, sent)
-                yield Status.CANCEL, None
+                await answer(Status.CANCEL)
                 return
-            yield (
-                Status.PENDING,
-                response(request, attrs, query.level, model, bridge.config.ae_title),
-            )
+            identifier = response(request, attrs, query.level, model, bridge.config.ae_title)
+            await answer(Status.PENDING, identifier)
             sent += 1
+            await asyncio.sleep(0)  # let the association's reader see a C-CANCEL
         if len(page) < PAGE:
             break
         offset += PAGE
     log.info("C-FIND %s from %s: %d matches", query.level, who, sent)
-    yield Status.SUCCESS, None
+    await answer(Status.SUCCESS)
 
 
 def response(request: Dataset, attrs: Json, level: Level, model: Model, ae_title: str) -> Dataset:

@@ -35,7 +35,11 @@ def data_set_offset(path: Path) -> int:
 def context_for(assoc: Association, sop_class: str, transfer_syntax: str) -> Context | None:
     """The accepted context to send `sop_class` in `transfer_syntax` on, if any."""
     for context in assoc.contexts.values():
-        if context.abstract_syntax == sop_class and context.transfer_syntax == transfer_syntax:
+        if (
+            context.abstract_syntax == sop_class
+            and context.transfer_syntax == transfer_syntax
+            and context.as_scu
+        ):
             return context
     return None
 
@@ -45,7 +49,7 @@ def accepted_syntaxes(assoc: Association, sop_class: str) -> list[str]:
     return [
         cx.transfer_syntax
         for _, cx in sorted(assoc.contexts.items())
-        if cx.abstract_syntax == sop_class
+        if cx.abstract_syntax == sop_class and cx.as_scu
     ]
 
 
@@ -71,8 +75,7 @@ async def send_file(
     if originator is not None:
         command[message.MOVE_ORIGINATOR_AE_TITLE] = originator[0]
         command[message.MOVE_ORIGINATOR_MESSAGE_ID] = originator[1] & 0xFFFF
-    await assoc.send_file(context, command, path, data_set_offset(path))
-    answer = await assoc.receive()
-    if answer.command.get(message.COMMAND_FIELD) != CommandField.C_STORE_RSP:
+    answer = await assoc.request(context, command, path, data_set_offset(path))
+    if answer.get(message.COMMAND_FIELD) != CommandField.C_STORE_RSP:
         raise ValueError("the peer answered a C-STORE-RQ with another message")
-    return answer.command
+    return answer
