@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from app.audit.event import EventOutcome
 from app.auth.ae_policy import DimseService
@@ -24,6 +25,7 @@ from app.dicom.levels import SPECIFIC_CHARACTER_SET, Level
 from app.dimse.audit import record_query, refuse
 from app.dimse.bridge import Bridge, access_for, policy_of
 from app.dimse.contexts import FIND_MODELS
+from app.dimse.find_encoding import encode_element, value_bytes
 from app.dimse.message import CommandField
 from app.dimse.operation import Operation
 from app.dimse.status import Status, with_comment
@@ -34,6 +36,8 @@ from app.services.ports import Json
 log = logging.getLogger(__name__)
 
 PAGE = 100
+# Syntaxes whose responses find_encoding.py writes: whether each is implicit VR.
+_LITTLE_ENDIAN: dict[str, bool] = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}
 RETRIEVE_AE_TITLE = 0x00080054
 UTF8 = "ISO_IR 192"
 
@@ -80,6 +84,7 @@ async def handle_find(operation: Operation, bridge: Bridge) -> None:
         return
     sent = 0
     offset = 0
+    implicit = _LITTLE_ENDIAN.get(operation.context.transfer_syntax)
     while True:
         try:
             page = await bridge.archive.search.search(
@@ -97,8 +102,15 @@ async def handle_find(operation: Operation, bridge: Bridge) -> None:
                 log.info("C-FIND %s from %s: cancelled after %d matches", query.level, who, sent)
                 await answer(Status.CANCEL)
                 return
-            identifier = response(request, attrs, query.level, model, bridge.config.ae_title)
-            await answer(Status.PENDING, identifier)
+            ae_title = bridge.config.ae_title
+            encoded = implicit is not None and response_bytes(
+                request, attrs, query.level, model, ae_title, implicit=implicit
+            )
+            if encoded:
+                await operation.respond(CommandField.C_FIND_RSP, Status.PENDING, encoded=encoded)
+            else:
+                identifier = response(request, attrs, query.level, model, ae_title)
+                await answer(Status.PENDING, identifier)
             sent += 1
             await asyncio.sleep(0)  # let the association's reader see a C-CANCEL
         if len(page) < PAGE:
@@ -112,13 +124,7 @@ def response(request: Dataset, attrs: Json, level: Level, model: Model, ae_title
     """The response identifier of one match: the request's keys with the match's values."""
     out = Dataset()
     ascii_only = True
-    wanted: dict[int, str] = {}
-    for key in request:
-        if key.tag.element != 0 and key.tag.group > 0x0002:
-            wanted[int(key.tag)] = key.VR
-    first = 0 if model == "patient" else 1
-    for unique_level in _LEVELS[first : _LEVELS.index(level) + 1]:
-        wanted.setdefault(UNIQUE_KEYS[unique_level], "")
+    wanted = _wanted(request, level, model)
     for tag, vr in wanted.items():
         if tag == QUERY_RETRIEVE_LEVEL:
             out.QueryRetrieveLevel = level.value
@@ -137,6 +143,54 @@ def response(request: Dataset, attrs: Json, level: Level, model: Model, ae_title
     elif SPECIFIC_CHARACTER_SET in wanted:
         out.SpecificCharacterSet = request[SPECIFIC_CHARACTER_SET].value or ""
     return out
+
+
+def response_bytes(
+    request: Dataset, attrs: Json, level: Level, model: Model, ae_title: str, *, implicit: bool
+) -> bytes | None:
+    """`response(...)` encoded in (implicit or explicit) VR little endian without a
+    Dataset (see find_encoding.py); None when one of its values needs pydicom."""
+    elements: dict[int, tuple[str, bytes]] = {}
+    for tag, vr in _wanted(request, level, model).items():
+        if tag == QUERY_RETRIEVE_LEVEL:
+            elements[tag] = ("CS", level.value.encode())
+        elif tag == RETRIEVE_AE_TITLE:
+            elements[tag] = ("AE", ae_title.encode())
+        elif tag != SPECIFIC_CHARACTER_SET:
+            value = attrs.get(f"{tag:08X}")
+            if value:  # as `response`: the index's value, with its VR (maybe empty)
+                kind = value.get("vr") if isinstance(value, dict) else None
+                raw = value_bytes(kind, value) if isinstance(kind, str) else None
+                if raw is None or not isinstance(kind, str):
+                    return None
+                elements[tag] = (kind, raw)
+            elif vr:  # none: the request's key, empty
+                if len(vr) != 2:
+                    return None
+                elements[tag] = (vr, b"")
+    if not all(raw.isascii() for _, raw in elements.values()):
+        elements[SPECIFIC_CHARACTER_SET] = ("CS", UTF8.encode())
+    elif SPECIFIC_CHARACTER_SET in request:
+        charset = request[SPECIFIC_CHARACTER_SET].value or ""
+        if not isinstance(charset, str):
+            return None
+        elements[SPECIFIC_CHARACTER_SET] = ("CS", charset.encode())
+    return b"".join(
+        encode_element(tag, vr, raw, implicit) for tag, (vr, raw) in sorted(elements.items())
+    )
+
+
+def _wanted(request: Dataset, level: Level, model: Model) -> dict[int, str]:
+    """The keys of a response: the request's (with their VRs), then the unique keys of
+    the query level and the levels above it (without a VR: only sent with a value)."""
+    wanted: dict[int, str] = {}
+    for key in request:
+        if key.tag.element != 0 and key.tag.group > 0x0002:
+            wanted[int(key.tag)] = key.VR
+    first = 0 if model == "patient" else 1
+    for unique_level in _LEVELS[first : _LEVELS.index(level) + 1]:
+        wanted.setdefault(UNIQUE_KEYS[unique_level], "")
+    return wanted
 
 
 def _from_json(tag: int, value: Any) -> DataElement | None:

@@ -47,10 +47,15 @@ class Operation:
         status: int | Dataset,
         identifier: Dataset | None = None,
         extra: Command | None = None,
+        *,
+        encoded: bytes | None = None,
     ) -> None:
         """Send a response with `status` (a code, or a Dataset with a comment), the
-        elements of `extra` (sub-operation counts) and `identifier` if given."""
-        data = dsutils.encode(identifier, *_encoding(self.context)) if identifier else None
+        elements of `extra` (sub-operation counts) and `identifier` if given (or its
+        `encoded` bytes, in the context's transfer syntax)."""
+        data = encoded
+        if identifier is not None:
+            data = dsutils.encode(identifier, *_encoding(self.context))
         command = message.response(self.command, field, status, data is not None)
         if extra:
             command.update(extra)
