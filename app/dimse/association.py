@@ -47,6 +47,9 @@ from app.dimse.pdu import (
 
 log = logging.getLogger(__name__)
 
+# Bytes of messages held back (`Association.send(..., more=True)`) before they go anyway.
+HELD_BYTES = 1 << 16
+
 # PS3.7 A.2.1: the DICOM application context.
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
 
@@ -110,6 +113,8 @@ class Association:
     # to our requests (C-GET's C-STOREs) are handed over here, by message ID.
     answers: dict[int, asyncio.Future[Command]] | None = None
     _message_id: int = 0
+    _held: list[bytes | memoryview] = field(default_factory=list)
+    _held_bytes: int = 0
 
     def next_message_id(self) -> int:
         """A message ID for a request of ours (C-GET's C-STOREs: unique on the association)."""
@@ -186,21 +191,35 @@ class Association:
 
     # -- sending ------------------------------------------------------------------------
 
-    async def send(self, context: Context, command: Command, data: bytes | None = None) -> None:
+    async def send(
+        self, context: Context, command: Command, data: bytes | None = None, *, more: bool = False
+    ) -> None:
+        """Send a message. With `more`, it is held back (up to HELD_BYTES) and goes out
+        with the next message sent without: C-FIND's matches of a page in one write."""
         if self.closed:
             raise Aborted("the association has ended")
         pieces = pdata.pdus(context.id, True, message.encode(command), self.peer_max_pdu)
         if data is not None:
             pieces += pdata.pdus(context.id, False, data, self.peer_max_pdu)
-        self.writer.writelines(pieces)
-        await self.writer.drain()
+        self._held += pieces
+        self._held_bytes += sum(map(len, pieces))
+        if not more or self._held_bytes > HELD_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Send the messages held back."""
+        if self._held:
+            held, self._held, self._held_bytes = self._held, [], 0
+            self.writer.writelines(held)
+            await self.writer.drain()
 
     async def send_file(self, context: Context, command: Command, path: Path, offset: int) -> None:
         """A command and, as its data set, the bytes of `path` from `offset` on."""
         if self.closed:
             raise Aborted("the association has ended")
         pieces = pdata.pdus(context.id, True, message.encode(command), self.peer_max_pdu)
-        self.writer.writelines(pieces)
+        held, self._held, self._held_bytes = self._held, [], 0  # messages held back go first
+        self.writer.writelines(held + pieces)
         await pdata.send_file(self.writer, context.id, path, offset, self.peer_max_pdu)
 
     async def request(self, context: Context, command: Command, path: Path, offset: int) -> Command:

@@ -106,15 +106,19 @@ async def handle_find(operation: Operation, bridge: Bridge) -> None:
             encoded = implicit is not None and response_bytes(
                 request, attrs, query.level, model, ae_title, implicit=implicit
             )
-            if encoded:
-                await operation.respond(CommandField.C_FIND_RSP, Status.PENDING, encoded=encoded)
-            else:
-                identifier = response(request, attrs, query.level, model, ae_title)
-                await answer(Status.PENDING, identifier)
+            identifier = None if encoded else response(request, attrs, query.level, model, ae_title)
+            await operation.respond(
+                CommandField.C_FIND_RSP,
+                Status.PENDING,
+                identifier,
+                encoded=encoded or None,
+                more=True,  # a page's matches go out together, then the final status
+            )
             sent += 1
             await asyncio.sleep(0)  # let the association's reader see a C-CANCEL
         if len(page) < PAGE:
             break
+        await assoc.flush()  # this page's matches, before the next one is searched
         offset += PAGE
     log.info("C-FIND %s from %s: %d matches", query.level, who, sent)
     await answer(Status.SUCCESS)

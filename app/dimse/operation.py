@@ -49,17 +49,18 @@ class Operation:
         extra: Command | None = None,
         *,
         encoded: bytes | None = None,
+        more: bool = False,
     ) -> None:
         """Send a response with `status` (a code, or a Dataset with a comment), the
         elements of `extra` (sub-operation counts) and `identifier` if given (or its
-        `encoded` bytes, in the context's transfer syntax)."""
+        `encoded` bytes, in the context's transfer syntax). `more`: see Association.send."""
         data = encoded
         if identifier is not None:
             data = dsutils.encode(identifier, *_encoding(self.context))
         command = message.response(self.command, field, status, data is not None)
         if extra:
             command.update(extra)
-        await self.assoc.send(self.context, command, data)
+        await self.assoc.send(self.context, command, data, more=more)
 
 
 def _encoding(context: Context) -> tuple[bool, bool, bool]:

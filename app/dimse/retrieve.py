@@ -227,7 +227,10 @@ async def _send_all(  # noqa: PLR0917 (one call per operation, each argument nam
             tally.fail(instance.sop_instance_uid, str(exc))
         else:
             tally.add(code, instance.sop_instance_uid)
-        await operation.respond(field, Status.PENDING, None, tally.counts())
+        # C-GET: the Pending response goes out with the next C-STORE-RQ (or the final one).
+        await operation.respond(
+            field, Status.PENDING, None, tally.counts(), more=target is operation.assoc
+        )
     return tally.final_status()
 
 

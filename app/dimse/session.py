@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from pydicom.uid import UID
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 
 from app.auth.ae_policy import DimseService
@@ -28,9 +29,9 @@ from app.dimse.audit import record_rejected, refuse
 from app.dimse.bridge import Bridge, policy_of
 from app.dimse.find import handle_find
 from app.dimse.message import CommandField
-from app.dimse.negotiation import negotiate
+from app.dimse.negotiation import Negotiated, negotiate
 from app.dimse.operation import Operation
-from app.dimse.pdu import AbortReason, PduError, PduType, abort, read_pdu
+from app.dimse.pdu import AbortReason, Pdu, PduError, PduType, abort, read_pdu
 from app.dimse.retrieve import handle_get, handle_move
 from app.dimse.status import Status
 from app.dimse.store import Incoming, handle_store
@@ -42,6 +43,9 @@ silences = ThrottledLog(log, level=logging.INFO)
 # Largest P-DATA-TF we receive: big enough for throughput, small enough to bound memory
 # per association (one PDU is held at a time).
 MAX_PDU = 1 << 20
+# Distinct A-ASSOCIATE-RQs whose outcome is remembered (see Sessions._set_up).
+SET_UPS_REMEMBERED = 32
+SET_UP_BYTES_REMEMBERED = 1 << 16  # 128 contexts take about 10 KB
 IDLE = "association aborted: idle for longer than PACS_DIMSE_IDLE_TIMEOUT"
 
 Handler = Callable[[Operation, Bridge], Awaitable[None]]
@@ -59,6 +63,7 @@ class Sessions:
         self.bridge = bridge
         self.supported = list(supported)
         self.associations = 0
+        self._set_ups: dict[bytes, tuple[A_ASSOCIATE, Negotiated, bytes]] = {}
 
     async def serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str, port: int
@@ -91,7 +96,7 @@ class Sessions:
             await _abort(writer, AbortReason.UNEXPECTED_PDU)
             return
         try:
-            request = acceptor.decode_request(first)
+            request, negotiated, accept = self._set_up(first)
         except PduError as exc:
             log.warning("DICOM connection from %s:%d aborted: %s", address, port, exc)
             await _abort(writer, exc.reason)
@@ -119,9 +124,8 @@ class Sessions:
                 with contextlib.suppress(OSError):
                     await writer.drain()
                 return
-            negotiated = negotiate(request, self.supported)
-            assoc.contexts = negotiated.contexts
-            writer.write(acceptor.accept(request, negotiated, MAX_PDU))
+            assoc.contexts = dict(negotiated.contexts)
+            writer.write(accept)
             refused = [
                 UID(str(cx.abstract_syntax)).name for cx in negotiated.results if cx.result != 0
             ]
@@ -135,6 +139,22 @@ class Sessions:
             await Session(assoc, self.bridge).run()
         finally:
             self.associations -= 1
+
+    def _set_up(self, pdu: Pdu) -> tuple[A_ASSOCIATE, Negotiated, bytes]:
+        """The request of an A-ASSOCIATE-RQ, its negotiation and our A-ASSOCIATE-AC. A
+        modality sends the same request every time, and decoding, negotiating and encoding
+        128 contexts with pynetdicom's classes takes tens of milliseconds: the last few
+        distinct requests are remembered (the outcome depends on the request alone)."""
+        cached = self._set_ups.get(pdu.body)
+        if cached is None:
+            request = acceptor.decode_request(pdu)
+            negotiated = negotiate(request, self.supported)
+            cached = (request, negotiated, acceptor.accept(request, negotiated, MAX_PDU))
+            if len(pdu.body) <= SET_UP_BYTES_REMEMBERED:
+                if len(self._set_ups) >= SET_UPS_REMEMBERED:
+                    del self._set_ups[next(iter(self._set_ups))]
+                self._set_ups[pdu.body] = cached
+        return cached
 
     def _rejection(self, calling: str) -> acceptor.Rejection | None:
         config = self.bridge.config
