@@ -47,6 +47,8 @@ from app.dimse.pdu import (
 
 log = logging.getLogger(__name__)
 
+# Seconds a closing connection may take to send what is left.
+CLOSE_WAIT = 2.0
 # Bytes of messages held back (`Association.send(..., more=True)`) before they go anyway.
 HELD_BYTES = 1 << 16
 
@@ -285,18 +287,25 @@ class Association:
     async def abort(
         self, source: int = SOURCE_PROVIDER, reason: int = AbortReason.NOT_SPECIFIED
     ) -> None:
+        """Send an A-ABORT and drop the connection, with whatever is still unsent (a peer
+        that stopped reading must not keep it open)."""
         if not self.closed:
             self.closed = True
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(Exception):
                 self.writer.write(abort(source, reason))
-                await self.writer.drain()
-        await self.close()
+        self.writer.transport.abort()
 
     async def close(self) -> None:
+        """Close the connection once what was written is sent, within CLOSE_WAIT seconds
+        (then drop it)."""
         self.closed = True
         self.writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await asyncio.wait_for(self.writer.wait_closed(), 2)
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), CLOSE_WAIT)
+        except TimeoutError:
+            self.writer.transport.abort()
+        except (OSError, ssl.SSLError):
+            pass  # already closed by the peer
 
 
 def no_delay(writer: asyncio.StreamWriter) -> None:

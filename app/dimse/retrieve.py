@@ -14,6 +14,7 @@ C-CANCEL, with the Failed SOP Instance UID List when any failed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -261,14 +262,22 @@ async def _send_one(
         context = sending.context_for(target, instance.sop_class_uid, local.transfer_syntax_uid)
         if context is None:  # local_file gives an accepted syntax
             raise ValueError(f"no accepted context for {local.transfer_syntax_uid}")
-        answer = await sending.send_file(
-            target,
-            context,
-            local.path,
-            sop_instance_uid=instance.sop_instance_uid,
-            message_id=target.next_message_id(),
-            originator=originator,
-        )
+        # A peer that never answers must not hold the request for ever.
+        async with asyncio.timeout(bridge.config.idle_timeout):
+            answer = await sending.send_file(
+                target,
+                context,
+                local.path,
+                sop_instance_uid=instance.sop_instance_uid,
+                message_id=target.next_message_id(),
+                originator=originator,
+            )
+    except TimeoutError:
+        await target.abort()
+        why = f"no C-STORE response within {bridge.config.idle_timeout:g} s"
+        if target.answers is not None:  # C-GET: the requestor's own association
+            raise Aborted(why) from None
+        raise ValueError(why) from None
     except (Aborted, PduError, ConnectionError) as exc:
         if target.answers is not None:  # C-GET: the requestor's own association ended
             raise

@@ -289,12 +289,18 @@ class Session:
                 )
 
     async def _long(self, handler: Handler, operation: Operation) -> None:
+        name = handler.__name__
         try:
             await handler(operation, self.bridge)
         except (Aborted, ConnectionError, OSError) as exc:
-            log.info(
-                "association with %s: %s interrupted (%s)", self.assoc.peer, handler.__name__, exc
-            )
+            log.info("association with %s: %s interrupted (%s)", self.assoc.peer, name, exc)
+        except Exception:  # our fault: say so, and answer rather than leave the peer waiting
+            log.exception("association with %s: %s failed", self.assoc.peer, name)
+            with contextlib.suppress(Exception):
+                await operation.respond(
+                    _response(operation.command.get(message.COMMAND_FIELD)),
+                    Status.PROCESSING_FAILURE,
+                )
         finally:
             self.current = None
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
 from pynetdicom.presentation import build_context
 
 from app.dimse import message, pdata
@@ -17,11 +22,15 @@ from app.dimse.association import Association, associate
 from app.dimse.contexts import VERIFICATION
 from app.dimse.message import CommandField
 from app.dimse.pdu import PduType, header
-from tests.support.dcmtk import check, require_dcmtk
+from tests.support.dcmtk import check, require_dcmtk, run
+from tests.support.dicom_factory import make_file
 from tests.support.server import free_port, running_server
 
 # A-ABORT from the service provider (source 2) with a reason (PS3.8 9.3.8).
 ABORT = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 2))
+
+
+IDLE = 2
 
 
 @dataclass(frozen=True)
@@ -31,11 +40,34 @@ class Pacs:
 
 
 @pytest.fixture(scope="module")
-def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
+def silent() -> Iterator[int]:
+    """A C-MOVE destination that accepts an association and never answers a C-STORE."""
+    release = threading.Event()
+
+    def never_answer(event: Event) -> int:
+        release.wait(60)
+        return 0x0000
+
+    ae = AE(ae_title="SILENT")
+    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, never_answer)]
+    )
+    try:
+        yield port
+    finally:
+        release.set()
+        server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory, silent: int) -> Iterator[Pacs]:
     require_dcmtk()
     data = tmp_path_factory.mktemp("protocol")
     port = free_port()
-    with running_server(data, "--dimse-port", str(port)):
+    args = ["--dimse-port", str(port), "--move-destination", f"SILENT=127.0.0.1:{silent}"]
+    with running_server(data, *args, env={"PACS_DIMSE_IDLE_TIMEOUT": str(IDLE)}):
         yield Pacs(port, data / "server.log")
 
 
@@ -103,6 +135,28 @@ def test_a_truncated_pdv_is_aborted(pacs: Pacs) -> None:
     answer = _after_association(pacs.port, [header(PduType.P_DATA_TF, 3) + b"\x00\x00\x00"])
     assert answer.startswith(ABORT)
     _warned(pacs, "truncated PDV item header")
+
+
+def test_a_move_destination_that_never_answers_fails_after_the_idle_timeout(
+    pacs: Pacs, tmp_path: Path
+) -> None:
+    """Regression: the archive waited for ever for the C-STORE response of a destination
+    that accepted the association and then said nothing; the C-MOVE never ended."""
+    study = generate_uid()
+    path = tmp_path / "one.dcm"
+    path.write_bytes(make_file(study=study))
+    check("storescu", "-aec", "PACS", "127.0.0.1", str(pacs.port), path)
+    start = time.monotonic()
+    moved = run(
+        "movescu", "-v", "-S", "-aec", "PACS", "-aem", "SILENT",
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+        "127.0.0.1", str(pacs.port), timeout=30,
+    )  # fmt: skip
+    assert time.monotonic() - start < IDLE + 10
+    assert "Received Final Move Response (Refused: OutOfResourcesSubOperations)" in moved.stdout, (
+        moved.stdout
+    )
+    assert "no C-STORE response within 2 s" in pacs.log.read_text()
 
 
 def test_the_server_still_serves_after_protocol_errors(pacs: Pacs) -> None:
