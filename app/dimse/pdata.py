@@ -94,21 +94,52 @@ async def send_file(
 ) -> None:
     """Send the bytes of `path` from `offset` to its end as a data set.
 
-    The file is read on the event loop: a stored instance is in the page cache or on a
-    local disk, and one read of a few MB costs less than a hop to a thread and back."""
+    Each chunk is read with one preadv() straight into its place between the PDU headers
+    of one buffer, which goes to the transport in one write: one copy of the file's bytes,
+    a few system calls, whatever the peer's maximum PDU. The file is read on the event
+    loop: a stored instance is in the page cache or on a local disk, and one read of a few
+    MB costs less than a hop to a thread and back."""
     size = fragment_size(peer_max_pdu)
     chunk = max(size, FILE_CHUNK // size * size)  # whole fragments, but the last
-    with open(path, "rb") as file:  # noqa: ASYNC230 (see the docstring)
-        remaining = os.fstat(file.fileno()).st_size - offset
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        remaining = os.fstat(fd).st_size - offset
         if remaining <= 0:
             writer.writelines(pdus(context_id, False, b"", peer_max_pdu))
             await writer.drain()
             return
-        file.seek(offset)
         while remaining > 0:
-            data = file.read(min(chunk, remaining))
-            if not data:
-                raise OSError(f"{path} ended before the size it had")
-            remaining -= len(data)
-            writer.writelines(pdus(context_id, False, data, peer_max_pdu, last=remaining <= 0))
+            length = min(chunk, remaining)
+            remaining -= length
+            writer.write(
+                _read_fragments(
+                    fd, offset, length, size, context_id=context_id, last=remaining <= 0
+                )
+            )
+            offset += length
             await writer.drain()
+    finally:
+        os.close(fd)
+
+
+def _read_fragments(
+    fd: int, offset: int, length: int, size: int, *, context_id: int, last: bool
+) -> bytearray:
+    """`length` bytes of `fd` from `offset` as P-DATA-TF PDUs of fragments of `size`."""
+    count = -(-length // size)
+    buffer = bytearray(length + count * OVERHEAD)
+    view = memoryview(buffer)
+    regions = []
+    position = 0
+    for number in range(count):
+        piece = min(size, length - number * size)
+        control = LAST if last and number == count - 1 else 0
+        HEADER.pack_into(buffer, position, PduType.P_DATA_TF, _PDV.size + piece)
+        _PDV.pack_into(buffer, position + HEADER.size, piece + 2, context_id, control)
+        position += OVERHEAD
+        regions.append(view[position : position + piece])
+        position += piece
+    got = os.preadv(fd, regions, offset)
+    if got != length:  # a regular file gives what it has: it shrank under us
+        raise OSError(f"read {got} of {length} bytes: the file changed while it was sent")
+    return buffer

@@ -77,7 +77,11 @@ def test_a_maximum_without_room_for_data_is_refused() -> None:
     assert pdata.fragment_size(0) == pdata.DEFAULT_PDU - 6  # 0: no limit
 
 
-async def test_a_file_is_sent_from_an_offset_in_fragments(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [pdata.FILE_CHUNK, 50_000], ids=["one read", "several"])
+async def test_a_file_is_sent_from_an_offset_in_fragments(
+    tmp_path: Path, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pdata, "FILE_CHUNK", chunk)
     path = tmp_path / "file"
     content = bytes(range(256)) * 4000  # 1 MB: several reads of FILE_CHUNK at 16 KB PDUs
     path.write_bytes(b"HEAD" + content)
