@@ -11,8 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from starlette.types import ASGIApp
 
 from app.auth.tokens import IssuerUnavailable, TokenVerifier
-from app.dimse.bridge import DimseConfig
-from app.dimse.listener import ConnectionLimits
+from app.dimse.bridge import ConnectionLimits, DimseConfig
 from app.dimse.server import serve_dimse
 from app.index.migrations import IndexUnavailable, SchemaError
 from app.index.postgres import PostgresIndex

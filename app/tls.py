@@ -6,21 +6,10 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any
 
 
 class TlsConfigurationError(ValueError):
     """A TLS setting that cannot be used; the message names the setting and the reason."""
-
-
-class _LazyHandshakeContext(ssl.SSLContext):
-    """pynetdicom wraps each accepted socket in the thread that accepts connections, and a
-    handshake there would let one silent client stall every other one. This context leaves
-    the handshake to the association's own thread (`handshake()`), which bounds it in time."""
-
-    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        kwargs["do_handshake_on_connect"] = False
-        return super().wrap_socket(sock, *args, **kwargs)
 
 
 def _no_password() -> str:
@@ -76,7 +65,7 @@ def https_context(cert: str, key: str, ca: str = "") -> ssl.SSLContext:
 def dicom_server_context(cert: str, key: str, ca: str = "") -> ssl.SSLContext:
     """The DICOM TLS listener: TLS 1.2 or later (the BCP 195 profiles of PS3.15 B.9); with
     `ca`, a client must present a certificate it signed, or the handshake fails."""
-    context = _LazyHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     _load_identity(context, cert, key, "PACS_DIMSE_TLS_CERT / PACS_DIMSE_TLS_KEY")
     if ca:
@@ -101,14 +90,3 @@ def dicom_client_context(cert: str = "", key: str = "", ca: str = "") -> ssl.SSL
     if cert and key:
         _load_identity(context, cert, key, "PACS_DIMSE_TLS_CERT / PACS_DIMSE_TLS_KEY")
     return context
-
-
-def handshake(sock: ssl.SSLSocket, timeout: float) -> None:
-    """Complete the server side of a handshake left pending by `dicom_server_context`,
-    within `timeout` seconds; raises OSError (ssl.SSLError, TimeoutError) when it fails."""
-    previous = sock.gettimeout()
-    sock.settimeout(timeout)
-    try:
-        sock.do_handshake()
-    finally:
-        sock.settimeout(previous)

@@ -586,6 +586,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--orthanc", default=servers.ORTHANC_BINARY, help="Orthanc executable")
     parser.add_argument("--plugin", default=servers.DICOMWEB_PLUGIN, help="DICOMweb plugin .so")
     parser.add_argument("--keep", action="store_true", help="keep the servers' data folders")
+    parser.add_argument(
+        "--only", choices=["ours", "Orthanc"], help="run one server (no ratio: before/after)"
+    )
+    parser.add_argument("--dimse-only", action="store_true", help="skip the STOW and WADO jobs")
     parser.add_argument("--json", type=Path, help="also write every figure of every run here")
     args = parser.parse_args(argv)
     if args.instances is None:
@@ -604,6 +608,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.orthanc, args.plugin, keep=args.keep, peers=peers, env=NODELAY
         ),
     }
+    if args.only:
+        starters = {args.only: starters[args.only]}
+    if args.dimse_only:
+        ORDER[:] = [key for key in ORDER if not key.startswith(("stow", "wado"))]
     load_before, started = load(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-dimse-corpus-") as folder:
         data = write_corpus(args, Path(folder))
@@ -611,6 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_server(name, starters[name], data, args, number)
             for number, names in compare_orthanc.order(args.rounds, args.first)
             for name in names
+            if name in starters
         ]
     load_after = load()
 

@@ -1,8 +1,7 @@
 """How DIMSE requests reach the audit trail: the one place that turns an association and
 its `Access` into audit events (calling AE title, its address, our AE title).
 
-Handlers run on pynetdicom threads; `AuditService.record` is safe from any thread and
-never blocks, so a handler records and goes on.
+`AuditService.record` never blocks, so a handler records and goes on.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from dataclasses import replace
 from urllib.parse import urlencode
 
 from pydicom.dataset import Dataset
-from pynetdicom.association import Association
 
 from app.audit.event import (
     AuditAction,
@@ -24,6 +22,7 @@ from app.audit.event import (
 )
 from app.auth.ae_policy import DimseService
 from app.auth.principal import DEFAULT_TENANT, Access
+from app.dimse.association import Association
 from app.dimse.bridge import Bridge, access_for, policy_of
 from app.dimse.status import not_authorized
 from app.services.audit import per_study
@@ -38,7 +37,7 @@ def association_event(
         access,
         action,
         AuditProtocol.DIMSE,
-        ae_title=assoc.requestor.ae_title.strip(),
+        ae_title=assoc.peer_ae.strip(),
         called=bridge.config.ae_title.strip(),
     )
 
@@ -123,8 +122,8 @@ def record_transfer(
 
 def record_rejected(bridge: Bridge, assoc: Association, reason: str) -> None:
     """A refused association (Security Alert, Node Authentication)."""
-    calling = assoc.requestor.ae_title.strip()
-    record_refused_node(bridge, assoc.requestor.address, reason, calling)
+    calling = assoc.peer_ae.strip()
+    record_refused_node(bridge, assoc.address, reason, calling)
 
 
 def record_refused_node(

@@ -1,23 +1,29 @@
-"""How DIMSE handlers reach the archive: pynetdicom runs them in its own threads, and the
-archive's services run on the server's event loop, so each call crosses over."""
+"""What DIMSE handlers are given: the archive (its services, called directly: handlers are
+coroutines on the archive's event loop) and the DIMSE settings; who the caller of an
+association is, for the policies and the log lines."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
-
-from pynetdicom.association import Association
 
 from app.auth.ae_policy import AePolicies, AePolicy
 from app.auth.principal import Access
-from app.dimse.listener import ConnectionLimits
+from app.dimse.association import Association
 from app.services.archive import Archive
 from app.settings import MoveDestination
 
-T = TypeVar("T")
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    # Seconds a new connection has to send its A-ASSOCIATE-RQ (ARTIM).
+    request_timeout: float
+    # Open connections (waiting or associated) from one address, and in all.
+    per_address: int
+    total: int
+    backlog: int
 
 
 @dataclass(frozen=True)
@@ -66,24 +72,13 @@ class Bridge:
     loop: asyncio.AbstractEventLoop
     config: DimseConfig
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the archive's event loop and wait for its result (from a
-        pynetdicom thread, never from the loop itself)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
 
 def policy_of(assoc: Association, bridge: Bridge) -> AePolicy:
     """The policy of the calling AE of an association we accepted, from where it calls."""
-    return bridge.config.ae_policies.of(assoc.requestor.ae_title, assoc.requestor.address)
+    return bridge.config.ae_policies.of(assoc.peer_ae, assoc.address)
 
 
 def access_for(assoc: Association, policy: AePolicy) -> Access:
     """What the services see of a request on `assoc`: the calling AE title and its address,
     with the permissions and the tenant of its policy."""
-    return policy.access(assoc.requestor.ae_title.strip(), assoc.requestor.address)
-
-
-def peer(assoc: Association) -> str:
-    """The calling side of an association, for log lines: AE title, address and port."""
-    user = assoc.requestor if assoc.is_acceptor else assoc.acceptor
-    return f"{user.ae_title}@{user.address}:{user.port}"
+    return policy.access(assoc.peer_ae.strip(), assoc.address)

@@ -9,7 +9,6 @@ a C-GET requestor proposes so that the instances come back over its own associat
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -23,7 +22,6 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
-from pynetdicom.association import Association
 from pynetdicom.presentation import (
     AllStoragePresentationContexts,
     PresentationContext,
@@ -117,34 +115,6 @@ def supported_contexts() -> list[PresentationContext]:
     return contexts
 
 
-def prefer_receiver_syntaxes(assoc: Association) -> None:
-    """Where a requestor proposes the SCP role for a storage SOP class (a C-GET requestor
-    that will receive instances), accept its transfer syntaxes in its own order of
-    preference: it is the one that has to read them. Call before negotiation starts
-    (EVT_REQUESTED); only this association's copy of the supported contexts changes."""
-    primitive = assoc.requestor.primitive
-    roles = assoc.requestor.role_selection
-    receiving = {uid for uid, item in roles.items() if item.scp_role}
-    if primitive is None or not receiving:
-        return
-    proposed: dict[str, list[str]] = {}
-    for cx in primitive.presentation_context_definition_list:
-        if str(cx.abstract_syntax) in receiving:
-            proposed.setdefault(str(cx.abstract_syntax), [str(ts) for ts in cx.transfer_syntax])
-    contexts = []
-    for supported in assoc.acceptor.supported_contexts:
-        theirs = proposed.get(str(supported.abstract_syntax))
-        if theirs is None or supported.scp_role is None:
-            contexts.append(supported)
-            continue
-        ours = [str(ts) for ts in supported.transfer_syntax]
-        ordered = [ts for ts in theirs if ts in ours] + [ts for ts in ours if ts not in theirs]
-        cx = build_context(str(supported.abstract_syntax), ordered)
-        cx.scu_role, cx.scp_role = supported.scu_role, supported.scp_role
-        contexts.append(cx)
-    assoc.acceptor.supported_contexts = contexts
-
-
 def sending_contexts(instances: Iterable[StoredInstance]) -> list[PresentationContext]:
     """The contexts to propose to a C-MOVE destination for `instances`.
 
@@ -163,20 +133,3 @@ def sending_contexts(instances: Iterable[StoredInstance]) -> list[PresentationCo
         for sop in sop_classes
     ]
     return contexts[:MAX_CONTEXTS] or [build_context(VERIFICATION)]
-
-
-def _copy_context(context: PresentationContext, memo: dict[int, Any]) -> PresentationContext:
-    """A copy of `context` as `copy.deepcopy` would make it, without copying each UID
-    (immutable strings): only the transfer syntax list is the copy's own."""
-    copy = PresentationContext.__new__(PresentationContext)
-    copy.__dict__.update(context.__dict__)
-    copy._transfer_syntax = list(context._transfer_syntax)
-    return copy
-
-
-def copy_contexts_cheaply() -> None:
-    """pynetdicom deep-copies the AE's supported contexts for every association it accepts:
-    ours are some 180 SOP classes with 7,000 transfer syntax UIDs, and copying them UID by
-    UID took most of an association's set-up (120 ms of an echoscu's 230 on a loaded
-    2-core machine). Process-wide, as `poll_ready.use_poll` is."""
-    PresentationContext.__deepcopy__ = _copy_context  # type: ignore[attr-defined]

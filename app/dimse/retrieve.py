@@ -1,269 +1,257 @@
 """C-MOVE and C-GET SCP: send the instances an identifier names, each file as it is stored.
 
-pynetdicom drives the sub-operations: a handler yields the destination (C-MOVE only), the
-number of instances, then one `(Pending, dataset)` per instance, and pynetdicom sends each
-with `send_c_store` on the destination association (C-MOVE, one association per request)
-or on the requestor's own association (C-GET), counting completed, failed and warning
-sub-operations and choosing the final status (PS3.4 C.4.2.1.5, C.4.3.1.4): Success when all
-succeeded, Warning (B000) when some failed, A702 when all failed, Cancel (FE00) on C-CANCEL.
-
-pynetdicom only passes datasets on, but a dataset would be decoded and encoded again. So
-each instance travels as a `StoredFile` placeholder, and `send_c_store` of the association
-that sends is wrapped to send a file instead, from disk in chunks
-(`STORE_SEND_CHUNKED_DATASET`): the one the delivery service gives (app/services/delivery.py),
-in a transfer syntax the peer accepted for the instance's SOP class. That is the stored file
-itself when the peer accepts its syntax, a transcoded copy otherwise; a sub-operation fails
-only when no accepted syntax can be produced or the stored file is missing or damaged.
+C-MOVE opens an association of our own with the destination (`association.associate`),
+C-GET sends on the requestor's association (the SCP role it proposed for the storage SOP
+classes). Each instance goes as the file the delivery service gives
+(app/services/delivery.py), in a transfer syntax the peer accepted for its SOP class: the
+stored file itself when the peer accepts its syntax, a transcoded copy otherwise; a
+sub-operation fails only when no accepted syntax can be produced or the stored file is
+missing or damaged. After each sub-operation a Pending response counts what is left and
+what was done; the final status (PS3.4 C.4.2.1.5, C.4.3.1.4) is Success when all
+succeeded, Warning (B000) when some failed, A702 when all failed, Cancel (FE00) on
+C-CANCEL, with the Failed SOP Instance UID List when any failed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterator
+import ssl
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import evt
-from pynetdicom.association import Association
-from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.status import code_to_category
 
 from app.auth.ae_policy import DimseService
 from app.auth.principal import Access
+from app.dimse import message, sending
+from app.dimse.association import Aborted, Association, AssociationRejected, associate
 from app.dimse.audit import record_transfer, refuse
-from app.dimse.bridge import Bridge, access_for, peer, policy_of
+from app.dimse.bridge import Bridge, access_for, policy_of
 from app.dimse.contexts import GET_MODELS, MOVE_MODELS, sending_contexts
-from app.dimse.nodelay import set_no_delay
+from app.dimse.message import Command, CommandField
+from app.dimse.operation import Operation
+from app.dimse.pdu import PduError
 from app.dimse.status import Status, with_comment
 from app.query.identifier import Model, parse_retrieve_identifier
 from app.query.matching import QueryError
 from app.services.errors import ArchiveError
 from app.services.ports import StoredInstance
+from app.settings import MoveDestination
 
 log = logging.getLogger(__name__)
 
-# Bound to every association a C-MOVE opens (to its destination or the answer-only listener).
-OUTGOING_HANDLERS: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, set_no_delay)]
-
-
-class StoredFile(Dataset):
-    """Stands in for a stored instance among the datasets pynetdicom sends; the wrapped
-    `send_c_store` sends its file instead, read with `access` (the requestor's).
-    SOPInstanceUID is set for pynetdicom's list of failed instances."""
-
-    def __init__(self, instance: StoredInstance, access: Access) -> None:
-        super().__init__()
-        self.SOPClassUID = instance.sop_class_uid
-        self.SOPInstanceUID = instance.sop_instance_uid
-        self._stored_instance = instance
-        self._stored_access = access
+# Our largest PDU on the associations we open (we read only their responses).
+MAX_PDU = 1 << 16
+# How long a destination has to answer our A-RELEASE-RQ.
+RELEASE_TIMEOUT = 5.0
+# The counts of a request answered before any sub-operation.
+_NONE_DONE: Command = {message.COMPLETED: 0, message.FAILED: 0, message.WARNING: 0}
 
 
 @dataclass
 class Tally:
-    """What the sub-operations did, for the log line of the request."""
+    """What the sub-operations did: the counts of the responses and the log line."""
 
+    total: int
     completed: int = 0
     warning: int = 0
     failed: int = 0
+    failed_uids: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
-    def add(self, status: Dataset) -> None:
-        category = code_to_category(int(status.get("Status", 0xC000)))
+    def add(self, code: int, sop_instance_uid: str) -> None:
+        category = code_to_category(code)
         if category == "Success":
             self.completed += 1
         elif category == "Warning":
             self.warning += 1
         else:
-            self.failed += 1
+            self.fail(sop_instance_uid)
+
+    def fail(self, sop_instance_uid: str, error: str = "") -> None:
+        self.failed += 1
+        self.failed_uids.append(sop_instance_uid)
+        if error:
+            self.errors.append(f"{sop_instance_uid}: {error}")
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.warning + self.failed
+
+    def counts(self, remaining: bool = True) -> Command:
+        counts: Command = {
+            message.COMPLETED: self.completed,
+            message.FAILED: self.failed,
+            message.WARNING: self.warning,
+        }
+        if remaining:
+            counts[message.REMAINING] = self.total - self.done
+        return counts
+
+    def final_status(self) -> int:
+        if not self.failed and not self.warning:
+            return Status.SUCCESS
+        if not self.completed and not self.warning:
+            return Status.UNABLE_TO_PERFORM_SUBOPERATIONS
+        return Status.WARNING
+
+    def failed_list(self) -> Dataset | None:
+        if not self.failed_uids:
+            return None
+        identifier = Dataset()
+        identifier.FailedSOPInstanceUIDList = self.failed_uids
+        return identifier
 
     def __str__(self) -> str:
         text = f"{self.completed} sent, {self.warning} with warnings, {self.failed} failed"
         return f"{text} ({'; '.join(self.errors[:3])})" if self.errors else text
 
-    def failure(self, total: int) -> str:
+    def failure(self) -> str:
         """Why not every sub-operation succeeded, for the audit trail ("" if they did)."""
-        if self.failed or self.completed + self.warning < total:
-            return f"{self.completed + self.warning} of {total} sent: {self}"
+        if self.failed or self.completed + self.warning < self.total:
+            return f"{self.completed + self.warning} of {self.total} sent: {self}"
         return ""
 
 
-def handle_move(event: Event, bridge: Bridge, answer_only: tuple[str, int]) -> Iterator[Any]:
-    """`answer_only`: where an answer with a status alone goes (see `answer_only.py`)."""
-    model = MOVE_MODELS[str(event.request.AffectedSOPClassUID)]
-    who = peer(event.assoc)
+async def handle_move(operation: Operation, bridge: Bridge) -> None:
+    assoc = operation.assoc
+    who = assoc.peer
+
+    async def answer(status: int | Dataset, extra: Command | None = None) -> None:
+        await operation.respond(CommandField.C_MOVE_RSP, status, None, extra or _NONE_DONE)
+
+    model = MOVE_MODELS.get(operation.sop_class)
+    if model is None:
+        await answer(Status.SOP_CLASS_NOT_SUPPORTED)
+        return
     # The policy first: a caller that may not move must not learn from A801 which
     # destinations exist, nor make us associate with one.
-    policy = policy_of(event.assoc, bridge)
+    policy = policy_of(assoc, bridge)
     if not policy.allows(DimseService.MOVE):
         log.info("C-MOVE from %s refused: not authorized", who)
-        yield from _status_only(answer_only, refuse(event.assoc, bridge, DimseService.MOVE))
+        await answer(refuse(assoc, bridge, DimseService.MOVE))
         return
-    name = (event.move_destination or "").strip()
+    name = str(operation.command.get(message.MOVE_DESTINATION, "")).strip()
     destination = bridge.config.move_destinations.get(name)
     if destination is None:
         log.info("C-MOVE from %s refused: unknown move destination %r", who, name)
-        yield None, None  # pynetdicom answers A801 Move Destination Unknown
+        await answer(Status.MOVE_DESTINATION_UNKNOWN)
         return
-    access = access_for(event.assoc, policy)
-    found = _instances(event, bridge, model, access, "C-MOVE")
+    access = access_for(assoc, policy)
+    found = await _instances(operation, bridge, model, access, "C-MOVE")
     if isinstance(found, Dataset):
-        yield from _status_only(answer_only, found)
+        await answer(found)
         return
-    tally = Tally()
     address = (destination.host, destination.port)
-    tls: dict[str, Any] = {}
-    if destination.tls:
-        # pynetdicom wraps the socket with (context, server host name for SNI).
-        tls["tls_args"] = (bridge.config.tls_move_context, destination.host)
-    options = {
-        "contexts": sending_contexts(found),
-        "evt_handlers": [
-            *OUTGOING_HANDLERS,
-            (evt.EVT_ESTABLISHED, _wrap_sender, [bridge, tally]),
-        ],
-        **tls,
-    }
-    yield (*address, options)
-    try:  # pynetdicom drops the generator after a count of 0: still audited
-        yield len(found)
-        yield from _send_each(event, found, access, "C-MOVE")
-    finally:  # also when pynetdicom stops early (cancel, abort)
-        via = " over TLS" if destination.tls else ""
+    via = " over TLS" if destination.tls else ""
+    tally = Tally(len(found))
+    if not found:
         log.info("C-MOVE from %s to %s (%s:%d%s): %s", who, name, *address, via, tally)
-        failure = tally.failure(len(found))
-        record_transfer(event.assoc, bridge, found, destination=name, failure=failure)
-
-
-def _status_only(answer_only: tuple[str, int], status: Dataset) -> Iterator[Any]:
-    """A C-MOVE answered with `status`: a status with a comment can only follow a
-    destination and a count, so the association goes to the answer-only listener."""
-    options = {
-        "contexts": sending_contexts(()),
-        "evt_handlers": OUTGOING_HANDLERS,
-    }
-    yield (*answer_only, options)
-    yield 1
-    yield status, None
-
-
-def handle_get(event: Event, bridge: Bridge) -> Iterator[Any]:
-    model = GET_MODELS[str(event.request.AffectedSOPClassUID)]
-    policy = policy_of(event.assoc, bridge)
-    access = access_for(event.assoc, policy)
-    if policy.allows(DimseService.GET):
-        found = _instances(event, bridge, model, access, "C-GET")
-    else:
-        log.info("C-GET from %s refused: not authorized", peer(event.assoc))
-        found = refuse(event.assoc, bridge, DimseService.GET)
-    if isinstance(found, Dataset):
-        yield 1
-        yield found, None
+        record_transfer(assoc, bridge, found, destination=name, failure="")
+        await answer(Status.SUCCESS)
         return
-    tally = Tally()
-    assoc = event.assoc
-    restore = _wrap_sender(event, bridge, tally)
-    try:  # pynetdicom drops the generator after a count of 0: still audited
-        yield len(found)
-        yield from _send_each(event, found, access, "C-GET")
-    finally:  # also when pynetdicom stops early (cancel, abort)
-        restore()
-        log.info("C-GET from %s: %s", peer(assoc), tally)
-        failure = tally.failure(len(found))
-        record_transfer(assoc, bridge, found, destination=None, failure=failure)
-
-
-def _instances(
-    event: Event, bridge: Bridge, model: Model, access: Access, operation: str
-) -> list[StoredInstance] | Dataset:
-    """The instances of the caller's tenant the identifier names, or the failure status
-    to answer with."""
-    who = peer(event.assoc)
     try:
-        query = parse_retrieve_identifier(event.identifier, model)
-    except QueryError as exc:
-        log.info("%s from %s refused: %s", operation, who, exc.loggable)
-        return with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
-    except Exception as exc:  # pydicom raises many types for an undecodable identifier
-        log.info(
-            "%s from %s: cannot decode the identifier (%s)", operation, who, type(exc).__name__
+        sub = await _associate(bridge, name, destination, found)
+    except (OSError, AssociationRejected) as exc:
+        reason = _reason(exc)
+        log.warning(
+            "C-MOVE from %s: cannot associate with %s (%s:%d%s): %s",
+            *(who, name, *address, via, reason),
         )
-        return with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "cannot decode")
+        record_transfer(assoc, bridge, found, destination=name, failure=reason)
+        await answer(with_comment(Status.MOVE_DESTINATION_UNKNOWN, f"cannot associate with {name}"))
+        return
+    originator = (assoc.peer_ae, operation.message_id)
     try:
-        found = bridge.run(bridge.archive.retrieve.instances_matching(access, query))
-    except Exception:
-        log.exception("%s from %s: the search failed", operation, who)
-        return with_comment(Status.PROCESSING_FAILURE, "the search failed")
-    log.info("%s %s from %s: %d instances", operation, query.level, who, len(found))
-    return found
+        status = await _send_all(operation, bridge, sub, found, access, tally, originator)
+    finally:
+        await sub.release(RELEASE_TIMEOUT)
+        log.info("C-MOVE from %s to %s (%s:%d%s): %s", who, name, *address, via, tally)
+        record_transfer(assoc, bridge, found, destination=name, failure=tally.failure())
+    await operation.respond(
+        CommandField.C_MOVE_RSP, status, tally.failed_list(), tally.counts(status == Status.CANCEL)
+    )
 
 
-def _send_each(
-    event: Event, instances: list[StoredInstance], access: Access, operation: str
-) -> Iterator[Any]:
-    for instance in instances:
-        if event.is_cancelled:
-            log.info("%s cancelled by %s", operation, peer(event.assoc))
-            yield Status.CANCEL, None  # pynetdicom adds the remaining and failed counts
-            return
-        yield Status.PENDING, StoredFile(instance, access)
+async def handle_get(operation: Operation, bridge: Bridge) -> None:
+    assoc = operation.assoc
+    model = GET_MODELS.get(operation.sop_class)
+    if model is None:
+        await operation.respond(CommandField.C_GET_RSP, Status.SOP_CLASS_NOT_SUPPORTED)
+        return
+    policy = policy_of(assoc, bridge)
+    access = access_for(assoc, policy)
+    found: list[StoredInstance] | Dataset
+    if policy.allows(DimseService.GET):
+        found = await _instances(operation, bridge, model, access, "C-GET")
+    else:
+        log.info("C-GET from %s refused: not authorized", assoc.peer)
+        found = refuse(assoc, bridge, DimseService.GET)
+    if isinstance(found, Dataset):
+        await operation.respond(CommandField.C_GET_RSP, found, None, _NONE_DONE)
+        return
+    tally = Tally(len(found))
+    try:
+        status = await _send_all(operation, bridge, assoc, found, access, tally, None)
+    finally:
+        log.info("C-GET from %s: %s", assoc.peer, tally)
+        record_transfer(assoc, bridge, found, destination=None, failure=tally.failure())
+    await operation.respond(
+        CommandField.C_GET_RSP, status, tally.failed_list(), tally.counts(status == Status.CANCEL)
+    )
 
 
-def _wrap_sender(event: Event, bridge: Bridge, tally: Tally) -> Callable[[], None]:
-    """Make `send_c_store` of `event.assoc` send `StoredFile`s as stored files; returns a
-    function that undoes it. Bound to EVT_ESTABLISHED of a C-MOVE destination association,
-    called with the C-GET request's event for a C-GET."""
-    target = event.assoc
-    original = target.send_c_store
-
-    def send_c_store(
-        dataset: Any,
-        msg_id: int = 1,
-        priority: int = 2,
-        originator_aet: str | None = None,
-        originator_id: int | None = None,
-    ) -> Dataset:
-        if not isinstance(dataset, StoredFile):
-            return original(dataset, msg_id, priority, originator_aet, originator_id)
-        try:
-            status = _send_stored(
-                target, bridge, original, dataset, msg_id, priority, originator_aet, originator_id
-            )
-        except Exception as exc:
-            tally.failed += 1
-            tally.errors.append(f"{dataset.SOPInstanceUID}: {exc}")
-            raise
-        tally.add(status)
-        return status
-
-    target.send_c_store = send_c_store  # type: ignore[method-assign]
-
-    def restore() -> None:
-        del target.send_c_store
-
-    return restore
-
-
-def _send_stored(
-    assoc: Association,
+async def _send_all(  # noqa: PLR0917 (one call per operation, each argument named)
+    operation: Operation,
     bridge: Bridge,
-    send: Callable[..., Dataset],
-    stored: StoredFile,
-    *args: Any,
-) -> Dataset:
-    """`send` (the original `send_c_store` of `assoc`) of the file the delivery service
-    gives for `stored`: as stored, or transcoded to a syntax the peer accepted; `args` are
-    the rest of `send_c_store`'s arguments."""
-    instance = stored._stored_instance
-    accepted = _accepted_syntaxes(assoc, instance.sop_class_uid)
-    delivery, access = bridge.archive.delivery, stored._stored_access
+    target: Association,
+    found: list[StoredInstance],
+    access: Access,
+    tally: Tally,
+    originator: tuple[str, int] | None,
+) -> int:
+    """Send each instance on `target`, a Pending response after each; the final status."""
+    field = CommandField(int(operation.command[message.COMMAND_FIELD]) | 0x8000)
+    operation_name = "C-MOVE" if field == CommandField.C_MOVE_RSP else "C-GET"
+    for instance in found:
+        if operation.cancelled:
+            log.info("%s cancelled by %s", operation_name, operation.assoc.peer)
+            return Status.CANCEL
+        if target.closed and target is not operation.assoc:
+            tally.fail(instance.sop_instance_uid, "the destination ended the association")
+            await operation.respond(field, Status.PENDING, None, tally.counts())
+            continue
+        try:
+            code = await _send_one(bridge, target, instance, access, originator)
+        except ValueError as exc:
+            tally.fail(instance.sop_instance_uid, str(exc))
+        else:
+            tally.add(code, instance.sop_instance_uid)
+        # C-GET: the Pending response goes out with the next C-STORE-RQ (or the final one).
+        await operation.respond(
+            field, Status.PENDING, None, tally.counts(), more=target is operation.assoc
+        )
+    return tally.final_status()
+
+
+async def _send_one(
+    bridge: Bridge,
+    target: Association,
+    instance: StoredInstance,
+    access: Access,
+    originator: tuple[str, int] | None,
+) -> int:
+    """The status code of the C-STORE of `instance` on `target`; ValueError (why) when it
+    could not be sent."""
+    accepted = sending.accepted_syntaxes(target, instance.sop_class_uid)
+    delivery = bridge.archive.delivery
     try:
         local = None
-        if instance.transfer_syntax_uid in accepted:  # the usual case: without the event loop
+        if instance.transfer_syntax_uid in accepted:  # the usual case: the stored file
             local = delivery.stored_file(access, instance)
         if local is None:
-            local = bridge.run(delivery.local_file(access, instance, accepted))
+            local = await delivery.local_file(access, instance, accepted)
     except ArchiveError as exc:
         log.warning("instance %s not sent: %s", instance.sop_instance_uid, exc)
         raise ValueError(str(exc)) from None
@@ -271,15 +259,77 @@ def _send_stored(
         log.exception("cannot read instance %s from storage", instance.sop_instance_uid)
         raise ValueError(f"cannot read instance {instance.sop_instance_uid} from storage") from None
     try:
-        return send(local.path, *args)  # chunked from disk, the dataset bytes as they are
+        context = sending.context_for(target, instance.sop_class_uid, local.transfer_syntax_uid)
+        if context is None:  # local_file gives an accepted syntax
+            raise ValueError(f"no accepted context for {local.transfer_syntax_uid}")
+        # A peer that never answers must not hold the request for ever.
+        async with asyncio.timeout(bridge.config.idle_timeout):
+            answer = await sending.send_file(
+                target,
+                context,
+                local.path,
+                sop_instance_uid=instance.sop_instance_uid,
+                message_id=target.next_message_id(),
+                originator=originator,
+            )
+    except TimeoutError:
+        await target.abort()
+        why = f"no C-STORE response within {bridge.config.idle_timeout:g} s"
+        if target.answers is not None:  # C-GET: the requestor's own association
+            raise Aborted(why) from None
+        raise ValueError(why) from None
+    except (Aborted, PduError, ConnectionError) as exc:
+        if target.answers is not None:  # C-GET: the requestor's own association ended
+            raise
+        await target.abort()
+        raise ValueError(f"the destination ended the association ({exc})") from None
     finally:
         local.discard()
+    return int(answer.get(message.STATUS, 0xC000))
 
 
-def _accepted_syntaxes(assoc: Association, sop_class: str) -> list[str]:
-    """The transfer syntaxes we may send `sop_class` in on `assoc`, in the order accepted."""
-    return [
-        str(cx.transfer_syntax[0])
-        for cx in assoc.accepted_contexts
-        if cx.abstract_syntax == sop_class and cx.as_scu
-    ]
+async def _instances(
+    operation: Operation, bridge: Bridge, model: Model, access: Access, name: str
+) -> list[StoredInstance] | Dataset:
+    """The instances of the caller's tenant the identifier names, or the failure status
+    to answer with."""
+    who = operation.assoc.peer
+    try:
+        query = parse_retrieve_identifier(operation.identifier(), model)
+    except QueryError as exc:
+        log.info("%s from %s refused: %s", name, who, exc.loggable)
+        return with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+    except Exception as exc:  # pydicom raises many types for an undecodable identifier
+        log.info("%s from %s: cannot decode the identifier (%s)", name, who, type(exc).__name__)
+        return with_comment(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "cannot decode")
+    try:
+        found = await bridge.archive.retrieve.instances_matching(access, query)
+    except Exception:
+        log.exception("%s from %s: the search failed", name, who)
+        return with_comment(Status.PROCESSING_FAILURE, "the search failed")
+    log.info("%s %s from %s: %d instances", name, query.level, who, len(found))
+    return found
+
+
+async def _associate(
+    bridge: Bridge, name: str, destination: MoveDestination, found: list[StoredInstance]
+) -> Association:
+    config = bridge.config
+    return await associate(
+        destination.host,
+        destination.port,
+        calling_ae=config.ae_title,
+        called_ae=name,
+        contexts=sending_contexts(found),
+        answer_within=config.limits.request_timeout,
+        max_pdu=MAX_PDU,
+        ssl_context=config.tls_move_context if destination.tls else None,
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return getattr(exc, "reason", None) or str(exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from enum import IntEnum
 
 from pydicom.dataset import Dataset
-from pynetdicom.association import Association
 
 from app.auth.ae_policy import DimseService
+from app.dimse.association import Association
 
 # Error Comment (0000,0902) is LO: at most 64 characters.
 _COMMENT_LENGTH = 64
@@ -24,6 +24,8 @@ class Status(IntEnum):
     DUPLICATE_SOP_INSTANCE = 0x0111
     # The calling AE may not use this service (its AE policy): "Refused: Not authorized".
     NOT_AUTHORIZED = 0x0124
+    # A request on a context whose SOP class does not offer it.
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
     # Storage (PS3.4 B.2.3).
     OUT_OF_RESOURCES = 0xA700
     CANNOT_UNDERSTAND = 0xC000
@@ -54,5 +56,5 @@ def shorten(text: str) -> str:
 
 def not_authorized(assoc: Association, service: DimseService) -> Dataset:
     """The refusal of a service the calling AE's policy does not allow."""
-    ae_title = assoc.requestor.ae_title.strip()
+    ae_title = assoc.peer_ae.strip()
     return with_comment(Status.NOT_AUTHORIZED, f"AE {ae_title} may not use C-{service.upper()}")

@@ -478,6 +478,45 @@ def test_get_sends_over_the_same_association(pacs: Pacs) -> None:
         assert received[str(ds.SOPInstanceUID)] == split_part10(to_bytes(ds))[1]
 
 
+def test_get_cancel_stops_the_sub_operations(pacs: Pacs) -> None:
+    """C-CANCEL of a C-GET (read while the sub-operations run on the same association):
+    FE00 with the counts so far, and the rest is not sent."""
+    study = generate_uid()
+    count = 12
+    pacs.stow([make_file(study=study, seed=n, rows=64, columns=64) for n in range(count)])
+    received: list[str] = []
+
+    def handle_store(event: Event) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(STUDY_ROOT_GET)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate(
+        "127.0.0.1",
+        pacs.port,
+        ae_title="PACS",
+        ext_neg=[pynetdicom_role(CTImageStorage)],
+        evt_handlers=[(evt.EVT_C_STORE, handle_store)],
+    )
+    context = next(cx for cx in assoc.accepted_contexts if cx.abstract_syntax == STUDY_ROOT_GET)
+    statuses = []
+    try:
+        identifier = query("STUDY", StudyInstanceUID=study)
+        for status, _ in assoc.send_c_get(identifier, STUDY_ROOT_GET, msg_id=9):
+            statuses.append(status)
+            if status.Status == 0xFF00 and len(statuses) == 1:
+                assoc.send_c_cancel(9, context.context_id)
+    finally:
+        assoc.release()
+    final = statuses[-1]
+    assert final.Status == 0xFE00
+    assert 1 <= final.NumberOfCompletedSuboperations < count
+    assert final.NumberOfRemainingSuboperations == count - final.NumberOfCompletedSuboperations
+    assert len(received) == final.NumberOfCompletedSuboperations
+
+
 # -- associations -------------------------------------------------------------------------------
 
 

@@ -1,11 +1,12 @@
-"""The C-STORE handler against a minimal bridge: an association object with no network
-(pynetdicom's own), the real store service on a SQLite index and a folder blob store. The
-handler hands over pynetdicom's spooled file and answers the service's result."""
+"""The C-STORE handler against a minimal bridge: an association on a socket pair, the real
+store service on a SQLite index and a folder blob store. The handler hands over the file the
+data set was received into and answers the service's result."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,21 +16,18 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, evt
-from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.events import Event
-from pynetdicom.presentation import PresentationContextTuple
-from pynetdicom.transport import AddressInformation
 
 from app.auth.ae_policy import parse_ae_policy
+from app.dimse import message
+from app.dimse.association import Association, Context
 from app.dimse.bridge import Bridge, DimseConfig
-from app.dimse.store import handle_store
+from app.dimse.operation import Operation
+from app.dimse.store import Incoming, stored_status
 from app.services.archive import Archive
 from app.services.audit import AuditService
 from app.services.store import StoreService
 from tests.support.dicom_factory import make_file
-from tests.support.ingest import STORAGE_FULL, Ingest, ingest, received_file
+from tests.support.ingest import STORAGE_FULL, Ingest, ingest
 
 POLICY = parse_ae_policy("MODALITY=store;VIEWER=find")
 
@@ -49,21 +47,31 @@ class Scp:
     work: Path
 
     async def store(self, data: bytes, calling_ae: str = "MODALITY") -> Dataset | int:
-        """C-STORE `data` as pynetdicom hands it to the handler; the received file is
-        left where pynetdicom would remove it."""
-        received = received_file(self.work / f"{generate_uid()}.dcm", data)
-        request = C_STORE()
-        request.AffectedSOPClassUID = received.sop_class_uid
-        request.AffectedSOPInstanceUID = received.sop_instance_uid
-        request._dataset_path = received.path
-        assoc = Association(AE("PACS"), "acceptor")
-        assoc.requestor.ae_title = calling_ae
-        assoc.requestor.address_info = AddressInformation("127.0.0.1", 40000)
-        context = PresentationContextTuple(1, CTImageStorage, ExplicitVRLittleEndian)
-        event = Event(assoc, evt.EVT_C_STORE, {"request": request, "context": context})
-        # The handler blocks on the loop (as in pynetdicom's threads): off the loop.
-        status = await asyncio.to_thread(handle_store, event, self.bridge)
-        assert received.path.exists()  # pynetdicom's to remove
+        """C-STORE `data`'s data set as it arrives on an association: into an Incoming
+        file, which is left for the association to remove."""
+        ds = pydicom.dcmread(io.BytesIO(data))
+        command: message.Command = {
+            message.COMMAND_FIELD: message.CommandField.C_STORE_RQ,
+            message.AFFECTED_SOP_CLASS_UID: str(ds.SOPClassUID),
+            message.AFFECTED_SOP_INSTANCE_UID: str(ds.SOPInstanceUID),
+        }
+        incoming = Incoming.open(command, calling_ae, ExplicitVRLittleEndian)
+        offset = data.index(b"DICM") + 4
+        offset += 12 + int.from_bytes(data[offset + 8 : offset + 12], "little")
+        for start in range(offset, len(data), 16384):  # as fragments arrive
+            incoming.write(memoryview(data)[start : start + 16384])
+        incoming.finish()
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        assoc = Association(reader, writer, calling_ae, "127.0.0.1", 40000, "PACS", 1, 1)
+        context = Context(1, CTImageStorage, ExplicitVRLittleEndian, as_scp=True)
+        try:
+            status = await stored_status(Operation(assoc, context, command), self.bridge, incoming)
+        finally:
+            await assoc.close()
+            theirs.close()
+        assert incoming.received.path.exists()  # the association's to remove
+        incoming.discard()
         return status
 
 
