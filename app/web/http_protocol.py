@@ -14,6 +14,8 @@ connections made `/health` unreachable. This subclass, passed to uvicorn as `htt
 - connection budgets: per client address (trusted proxies exempt) and in all; a connection
   over either is closed at once, with a throttled warning.
 
+It also offers ASGI's zero-copy send extension (app/web/zerocopy.py) to every request.
+
 It hooks `connection_made`, `connection_lost`, `on_message_begin`, `on_headers_complete`,
 `on_body` and `on_message_complete` of uvicorn's `HttpToolsProtocol`, each calling the
 original.
@@ -31,6 +33,7 @@ from typing import ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.throttled_log import ThrottledLog
+from app.web import zerocopy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -132,6 +135,8 @@ class GuardedProtocol(HttpToolsProtocol):
             self._header_timer.cancel()
             self._header_timer = None
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle.scope is self.scope:  # not an upgrade
+            zerocopy.offer(self.cycle)
         self._restart_body_timer()
 
     def _no_headers(self) -> None:
