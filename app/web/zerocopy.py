@@ -32,7 +32,9 @@ Send = Callable[[Any], Awaitable[None]]
 
 def offer(cycle: RequestResponseCycle) -> None:
     """Announce the extension in the cycle's scope and handle its messages; other messages
-    go to uvicorn's own `send`."""
+    go to uvicorn's own `send`. Not over TLS: sendfile would write past the encryption."""
+    if cycle.transport.get_extra_info("sslcontext") is not None:
+        return
     cycle.scope.setdefault("extensions", {})[EXTENSION] = {}
     plain: Send = cycle.send
 
