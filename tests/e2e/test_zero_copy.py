@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def test_a_study_is_sent_byte_for_byte_from_the_stored_files(served: tuple[str, 
     _, params = media_params(headers["content-type"])
     parts = split_multipart(body, params["boundary"])
     assert sorted(_sha(p.content) for p in parts) == sorted(sent)
+    # The access log counts the bytes sent from files too.
+    assert _logged(data / "server.log", f"GET /dicomweb/studies/{{study}} 200 {len(body)} B")
     assert head.status_code == 200 and head.content == b""
     assert int(head.headers["content-length"]) == len(body)
 
@@ -96,6 +99,16 @@ def test_a_study_is_sent_byte_for_byte_from_the_stored_files(served: tuple[str, 
         )
     assert one.status_code == 200
     assert _sha(one.content) == _sha(files[1]) and one.headers["etag"] == f'"{_sha(files[1])}"'
+
+
+def _logged(log: Path, line: str) -> bool:
+    """Whether `line` appears in the server's log (written as the request ends)."""
+    deadline = time.monotonic() + 5
+    while line not in log.read_text():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _series(file: bytes) -> str:
