@@ -273,7 +273,8 @@ def uvicorn_options(settings: Settings, https: ssl.SSLContext | None) -> dict[st
                 ),
                 total=math.ceil(settings.http_max_connections / settings.http_worker_count),
                 exempt=settings.trusted_proxy_networks,
-            )
+            ),
+            sendfile=settings.http_sendfile,
         ),
         "timeout_keep_alive": settings.http_keepalive_timeout,
         "backlog": settings.listen_backlog,

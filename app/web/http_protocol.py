@@ -14,7 +14,8 @@ connections made `/health` unreachable. This subclass, passed to uvicorn as `htt
 - connection budgets: per client address (trusted proxies exempt) and in all; a connection
   over either is closed at once, with a throttled warning.
 
-It also offers ASGI's zero-copy send extension (app/web/zerocopy.py) to every request.
+With `sendfile`, it also offers ASGI's zero-copy send extension (app/web/zerocopy.py) to
+every request (PACS_HTTP_SENDFILE).
 
 It hooks `connection_made`, `connection_lost`, `on_message_begin`, `on_headers_complete`,
 `on_body` and `on_message_complete` of uvicorn's `HttpToolsProtocol`, each calling the
@@ -59,12 +60,14 @@ class HttpLimits:
         return any(ip in network for network in self.exempt)
 
 
-def guarded_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
-    """The protocol class for one server: its limits, and its count of connections by
-    address (uvicorn makes one protocol object per connection)."""
+def guarded_protocol(limits: HttpLimits, *, sendfile: bool = False) -> type[HttpToolsProtocol]:
+    """The protocol class for one server: its limits, whether it offers zero-copy sends,
+    and its count of connections by address (uvicorn makes one protocol object per
+    connection)."""
 
     class Protocol(GuardedProtocol):
         LIMITS = limits
+        SENDFILE = sendfile
         BY_ADDRESS: ClassVar[Counter[str]] = Counter()
 
     return Protocol
@@ -72,6 +75,7 @@ def guarded_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
 
 class GuardedProtocol(HttpToolsProtocol):
     LIMITS: ClassVar[HttpLimits]
+    SENDFILE: ClassVar[bool]
     BY_ADDRESS: ClassVar[Counter[str]]
 
     _address = ""
@@ -135,7 +139,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self._header_timer.cancel()
             self._header_timer = None
         super().on_headers_complete()
-        if self.cycle is not None and self.cycle.scope is self.scope:  # not an upgrade
+        if self.SENDFILE and self.cycle is not None and self.cycle.scope is self.scope:
             zerocopy.offer(self.cycle)
         self._restart_body_timer()
 

@@ -96,7 +96,9 @@ def pacs(pki: Certificates, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         args += ["--dimse-tls-ca", str(pki.site.ca)]
         args += ["--move-destination", f"STORESCP=127.0.0.1:{destination}:tls"]
         args += ["--move-destination", f"ELSEWHERE=127.0.0.1:{elsewhere}:tls"]
-        with running_server(root / "data", *args, https=pki.site.client_context()) as url:
+        # With sendfile on: over HTTPS it must not be used (test_https_with_curl).
+        env = {"PACS_HTTP_SENDFILE": "true"}
+        with running_server(root / "data", *args, https=pki.site.client_context(), env=env) as url:
             yield Pacs(url, dimse_port, tls_port, root / "moved", root / "data" / "server.log")
 
 

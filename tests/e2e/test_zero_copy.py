@@ -1,4 +1,5 @@
-"""Issue 11: WADO-RS sends stored files with os.sendfile (app/web/zerocopy.py). The bytes
+"""Issue 11: WADO-RS sends stored files under a Content-Length, read and written or, with
+PACS_HTTP_SENDFILE, with os.sendfile (app/web/zerocopy.py). The bytes
 must be the stored files' bytes, in order, also when the client reads slowly (the socket
 fills and the server waits for it), and a stored file whose size changed since ingest is an
 error, never a body that silently disagrees with its Content-Length headers.
@@ -25,10 +26,13 @@ from tests.support.server import running_server
 STUDY_ACCEPT = 'multipart/related; type="application/dicom"'
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+@pytest.fixture(scope="module", params=["true", "false"], ids=["sendfile", "read"])
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    """A server sending stored files with sendfile (PACS_HTTP_SENDFILE), or reading them."""
     data = tmp_path_factory.mktemp("zero-copy")
-    with running_server(data) as url:
+    with running_server(data, env={"PACS_HTTP_SENDFILE": request.param}) as url:
         yield url, data
 
 
