@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import gc
 import logging
+import math
 import ssl
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import uvicorn
 
@@ -19,6 +20,7 @@ from app.open_files import raise_open_file_limit
 from app.settings import Settings
 from app.tls import https_context
 from app.web.http_protocol import HttpLimits, guarded_protocol
+from app.workers import PARENT_FLAG, SOCKET_FD_FLAG, serve_first, serve_worker
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
         "tenant, e.g. MODALITY1=echo,store@clinic-a (repeatable; default: all, default tenant)",
     )
     serve.add_argument("--log-level", help="debug, info, warning (default info)")
+    # Set by the first process for the HTTP workers it starts (app/workers.py).
+    serve.add_argument(SOCKET_FD_FLAG, dest="http_socket_fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument(PARENT_FLAG, dest="http_parent_pid", type=int, help=argparse.SUPPRESS)
     migrate = sub.add_parser("migrate", help="apply pending index migrations and exit")
     migrate.add_argument("--data", type=Path)
     migrate.add_argument("--database", dest="database_url")
@@ -121,8 +126,13 @@ _REPEATABLE = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    worker = _Worker(args.http_socket_fd, args.http_parent_pid)
+    del args.http_socket_fd, args.http_parent_pid
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
+    if worker.fd is not None:  # DIMSE belongs to the first process
+        overrides.update(dimse_port=0, dimse_tls_port=0)
     for name, separator in _REPEATABLE.items():
         if overrides.get(name) is not None:
             overrides[name] = separator.join(overrides[name])
@@ -142,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         # name) and a damaged frame at ERROR; ingest reports the former as STOW warnings
         # and retrieval the latter as a 501 with the instance's UID.
         logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    if worker.fd is not None:  # the first process checked the backends
+        return _serve_worker(settings, worker)
     try:
         # Opening the backends applies pending migrations and checks that the database
         # and the blob store answer, so a wrong setting is one clear line, not a traceback.
@@ -158,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     except STARTUP_ERRORS as exc:
         print(f"pacs: {exc}", file=sys.stderr)
         return 1
-    return _serve(settings, https)
+    return _serve(settings, https, argv)
+
+
+class _Worker(NamedTuple):
+    fd: int | None  # the inherited HTTP socket of a worker process
+    parent: int | None
 
 
 def _check_transport(settings: Settings) -> ssl.SSLContext | None:
@@ -180,7 +197,7 @@ async def _check_backends(settings: Settings) -> None:
     await check_issuer(settings)
 
 
-def _serve(settings: Settings, https: ssl.SSLContext | None) -> int:
+def _serve(settings: Settings, https: ssl.SSLContext | None, argv: list[str]) -> int:
     logging.getLogger("pacs").info(
         "DICOMweb at %s://%s:%d/dicomweb%s, data in %s",
         "https" if settings.uses_https else "http",
@@ -199,8 +216,24 @@ def _serve(settings: Settings, https: ssl.SSLContext | None) -> int:
     # is left out of the collector's full passes, each of which stops the event loop; with
     # thousands of connections open, they would be a third of every pause.
     gc.freeze()
+    if settings.http_worker_count > 1:
+        return serve_first(app, uvicorn_options(settings, https), settings.http_worker_count, argv)
     uvicorn.run(app, **uvicorn_options(settings, https))
     return 0
+
+
+def _serve_worker(settings: Settings, worker: _Worker) -> int:
+    """An HTTP worker started by the first process: HTTP only, on the socket it inherited."""
+    assert worker.fd is not None and worker.parent is not None
+    https = (
+        https_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
+        if (settings.uses_https)
+        else None
+    )
+    _open_file_limit(settings)
+    app = build_app(settings, first=False)
+    gc.freeze()
+    return serve_worker(app, uvicorn_options(settings, https), worker.fd, worker.parent)
 
 
 def _open_file_limit(settings: Settings) -> None:
@@ -234,10 +267,14 @@ def uvicorn_options(settings: Settings, https: ssl.SSLContext | None) -> dict[st
             HttpLimits(
                 header_timeout=settings.http_header_timeout,
                 body_timeout=settings.http_body_timeout,
-                per_address=settings.http_max_connections_per_address,
-                total=settings.http_max_connections,
+                # Each worker process counts its own connections: its share of the budgets.
+                per_address=math.ceil(
+                    settings.http_max_connections_per_address / settings.http_worker_count
+                ),
+                total=math.ceil(settings.http_max_connections / settings.http_worker_count),
                 exempt=settings.trusted_proxy_networks,
-            )
+            ),
+            sendfile=settings.http_sendfile,
         ),
         "timeout_keep_alive": settings.http_keepalive_timeout,
         "backlog": settings.listen_backlog,

@@ -77,7 +77,9 @@ async def open_blobs(settings: Settings) -> BlobStore:
 
 
 @asynccontextmanager
-async def open_archive(settings: Settings) -> AsyncIterator[Archive]:
+async def open_archive(settings: Settings, *, discard_spool: bool = True) -> AsyncIterator[Archive]:
+    """The archive on its backends; with `discard_spool`, unfinished uploads of a previous
+    process are removed first (only where no other process of this node is receiving)."""
     index = await open_index(settings)
     try:
         blobs = await open_blobs(settings)
@@ -85,7 +87,7 @@ async def open_archive(settings: Settings) -> AsyncIterator[Archive]:
         await index.close()
         raise
     archive = Archive.build(settings, index, blobs)
-    if stale := archive.store.discard_stale_spool():
+    if discard_spool and (stale := archive.store.discard_stale_spool()):
         log.warning("removed %d unfinished uploads left in %s", stale, settings.spool_dir)
     try:
         yield archive
@@ -137,9 +139,17 @@ def _without_password(url: str) -> str:
 
 
 @asynccontextmanager
-async def run_archive(settings: Settings) -> AsyncIterator[Archive]:
-    """The open archive with its DICOM (DIMSE) listener, for the lifetime of `pacs serve`."""
-    async with open_archive(settings) as archive, _sweeping(archive):
+async def run_archive(settings: Settings, *, first: bool = True) -> AsyncIterator[Archive]:
+    """The open archive with its DICOM (DIMSE) listener, for the lifetime of `pacs serve`.
+    Only the `first` of several HTTP worker processes (app/workers.py) runs DIMSE and the
+    orphan sweep; with several, unfinished uploads were removed by the start-up check,
+    before any worker started."""
+    if not first:
+        async with open_archive(settings, discard_spool=False) as archive:
+            yield archive
+        return
+    discard = settings.http_worker_count == 1
+    async with open_archive(settings, discard_spool=discard) as archive, _sweeping(archive):
         _announce_backends(settings)
         if not (settings.dimse_port or settings.dimse_tls_port):
             log.info("DICOM (DIMSE) is off (--dimse-port 0)")
@@ -206,7 +216,7 @@ async def check_issuer(settings: Settings) -> None:
             await verifier.close()
 
 
-def build_app(settings: Settings) -> ASGIApp:
+def build_app(settings: Settings, *, first: bool = True) -> ASGIApp:
     links = LinkSettings(
         settings.trusted_proxy_networks,
         settings.public_base_url,
@@ -215,7 +225,7 @@ def build_app(settings: Settings) -> ASGIApp:
     )
     config = settings.oidc_config
     return create_app(
-        lambda: run_archive(settings),
+        lambda: run_archive(settings, first=first),
         cors_origins=settings.cors_origins,
         verifier=TokenVerifier(config) if config else None,
         links=links,

@@ -497,7 +497,7 @@ def run_server(
                 target = Target(server, data, args, scratch / "received", scratch / "got")
                 run_tool(target.dcmtk("echoscu"))  # the DICOM port answers before timing
                 busy0, own0 = servers.busy_seconds(), servers.own_seconds()
-                for key in ORDER:
+                for key in args.job_keys:
                     job = jobs[key]
                     cpu0, busy1, own1 = (
                         server.cpu_seconds(),
@@ -566,6 +566,22 @@ def table(runs: list[Run], rounds: int) -> list[list[str]]:
     return rows
 
 
+# Jobs that read what the C-STOREs loaded.
+_READS_STORED = {"find", "find_assoc", "move", "get", "wado1", "wado8"}
+
+
+def job_keys(text: str | None) -> list[str]:
+    """The jobs `--jobs` names, in run order, with the loads they need."""
+    if text is None:
+        return list(ORDER)
+    wanted = {k.strip() for k in text.split(",") if k.strip()}
+    if unknown := wanted - set(ORDER):
+        raise ValueError(f"--jobs: unknown {', '.join(sorted(unknown))} (of {','.join(ORDER)})")
+    if wanted & _READS_STORED:
+        wanted |= {"store1", "store4"}
+    return [k for k in ORDER if k in wanted]
+
+
 def load() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -586,12 +602,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--orthanc", default=servers.ORTHANC_BINARY, help="Orthanc executable")
     parser.add_argument("--plugin", default=servers.DICOMWEB_PLUGIN, help="DICOMweb plugin .so")
     parser.add_argument("--keep", action="store_true", help="keep the servers' data folders")
-    parser.add_argument(
-        "--only", choices=["ours", "Orthanc"], help="run one server (no ratio: before/after)"
-    )
-    parser.add_argument("--dimse-only", action="store_true", help="skip the STOW and WADO jobs")
     parser.add_argument("--json", type=Path, help="also write every figure of every run here")
+    parser.add_argument(
+        "--jobs",
+        help=f"comma-separated jobs to run (of {','.join(ORDER)}; default all); the C-STOREs "
+        "that load what a retrieval reads run too",
+    )
+    parser.add_argument(
+        "--servers", default="ours,Orthanc", help="comma-separated: ours, Orthanc (default both)"
+    )
     args = parser.parse_args(argv)
+    try:
+        args.job_keys = job_keys(args.jobs)
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.server_names = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if not args.server_names or set(args.server_names) - {"ours", "Orthanc"}:
+        parser.error(f"--servers: ours and/or Orthanc, not {args.servers!r}")
     if args.instances is None:
         args.instances = args.studies * args.series * 20
     if args.studies < 2 or args.instances < args.studies * args.series:
@@ -608,10 +635,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.orthanc, args.plugin, keep=args.keep, peers=peers, env=NODELAY
         ),
     }
-    if args.only:
-        starters = {args.only: starters[args.only]}
-    if args.dimse_only:
-        ORDER[:] = [key for key in ORDER if not key.startswith(("stow", "wado"))]
     load_before, started = load(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-dimse-corpus-") as folder:
         data = write_corpus(args, Path(folder))
@@ -619,7 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_server(name, starters[name], data, args, number)
             for number, names in compare_orthanc.order(args.rounds, args.first)
             for name in names
-            if name in starters
+            if name in args.server_names
         ]
     load_after = load()
 

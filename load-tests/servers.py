@@ -60,6 +60,16 @@ def default_pacs() -> str:
     return str(candidate) if candidate.exists() else "pacs"
 
 
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, user + system CPU ticks) of a process, None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After the ")" closing the command name: state is field 3, ppid 4, utime 14, stime 15.
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
 @dataclass
 class Server:
     name: str
@@ -93,13 +103,16 @@ class Server:
         return self._status("VmRSS")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process (all its threads) so far."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        """User + system CPU time of the server process (all its threads) and of its child
+        processes still running (`pacs serve`'s HTTP workers) so far."""
+        own = _stat(self.pid)
+        if own is None:
             return float("nan")
-        # After the ")" closing the command name: state is field 3, utime 14, stime 15.
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        total = own[1]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and (child := _stat(int(entry.name))) and child[0] == self.pid:
+                total += child[1]
+        return total / CLOCK_TICKS
 
     def stored_bytes(self) -> int:
         """Bytes of files under the data folder (blobs, index, logs)."""

@@ -6,8 +6,10 @@ ranges. No file is parsed again to answer a request.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
+from typing import BinaryIO
 
 import orjson
 
@@ -131,6 +133,37 @@ class RetrieveService:
         """The stored Part 10 file, byte for byte."""
         async for chunk in self._read(instance, 0, None):
             yield chunk
+
+    def has_local_file(self, instance: StoredInstance) -> bool:
+        """Whether the blob store keeps `instance` as a file on this machine
+        (`open_stored`); the same answer for every instance of a store."""
+        return self.blobs.local_path(instance.blob_key) is not None
+
+    def open_stored(self, instance: StoredInstance) -> BinaryIO | None:
+        """The stored file itself, open for reading, when the blob store keeps it on this
+        machine (None: read it with `content`). Its size is checked against the size
+        recorded at ingest: StorageInconsistent when the file is missing or its size
+        differs. (Its SHA-256 is not: hashing every read would cost what sending it from
+        the page cache saves.) Blocking but short (an open and a stat)."""
+        path = self.blobs.local_path(instance.blob_key)
+        if path is None:
+            return None
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            raise StorageInconsistent(
+                f"the stored file of instance {instance.sop_instance_uid} is missing from "
+                "storage; the archive needs a consistency check"
+            ) from None
+        size = os.fstat(handle.fileno()).st_size
+        if size != instance.size:
+            handle.close()
+            raise StorageInconsistent(
+                f"the stored file of instance {instance.sop_instance_uid} has {size} bytes, "
+                f"not the {instance.size} recorded when it was stored; the archive needs a "
+                "consistency check"
+            )
+        return handle
 
     async def read_bytes(
         self, instance: StoredInstance, start: int = 0, length: int | None = None

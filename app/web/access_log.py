@@ -48,6 +48,8 @@ class AccessLog:
                 status = int(message["status"])
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+            elif message["type"] == "http.response.zerocopysend":  # app/web/zerocopy.py
+                sent += message["count"]
             await send(message)
 
         try:

@@ -8,7 +8,7 @@ the event `store_event` makes here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence, Sized
 from dataclasses import replace
 from typing import TypeVar
 
@@ -40,6 +40,7 @@ from app.web.urls import DICOMWEB_PREFIX, TENANTS_PATH
 
 _TENANT_PREFIX = f"{DICOMWEB_PREFIX}{TENANTS_PATH}/"
 Found = TypeVar("Found", bound=StoredInstance | StoredMetadata)
+Chunk = TypeVar("Chunk", bound=Sized)  # bytes, or a file segment of a response
 
 
 def _record(request: HTTPConnection, event: AuditEvent) -> None:
@@ -103,13 +104,13 @@ def audited_stream(
     access: Access,
     action: AuditAction,
     found: Sequence[StoredInstance],
-    chunks: AsyncIterator[bytes],
-) -> AsyncIterator[bytes]:
+    chunks: AsyncIterator[Chunk],
+) -> AsyncIterator[Chunk]:
     """`chunks` as they come; if they fail part-way (a blob the store cannot read), a
     failed read (SERIOUS_FAILURE) of `found` too, next to the event of the start: the
     trail must not say only "success" for a response cut off."""
 
-    async def guarded() -> AsyncIterator[bytes]:
+    async def guarded() -> AsyncIterator[Chunk]:
         sent = 0
         try:
             async for chunk in chunks:

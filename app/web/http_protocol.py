@@ -14,6 +14,9 @@ connections made `/health` unreachable. This subclass, passed to uvicorn as `htt
 - connection budgets: per client address (trusted proxies exempt) and in all; a connection
   over either is closed at once, with a throttled warning.
 
+With `sendfile`, it also offers ASGI's zero-copy send extension (app/web/zerocopy.py) to
+every request (PACS_HTTP_SENDFILE).
+
 It hooks `connection_made`, `connection_lost`, `on_message_begin`, `on_headers_complete`,
 `on_body` and `on_message_complete` of uvicorn's `HttpToolsProtocol`, each calling the
 original.
@@ -31,6 +34,7 @@ from typing import ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.throttled_log import ThrottledLog
+from app.web import zerocopy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -56,12 +60,14 @@ class HttpLimits:
         return any(ip in network for network in self.exempt)
 
 
-def guarded_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
-    """The protocol class for one server: its limits, and its count of connections by
-    address (uvicorn makes one protocol object per connection)."""
+def guarded_protocol(limits: HttpLimits, *, sendfile: bool = False) -> type[HttpToolsProtocol]:
+    """The protocol class for one server: its limits, whether it offers zero-copy sends,
+    and its count of connections by address (uvicorn makes one protocol object per
+    connection)."""
 
     class Protocol(GuardedProtocol):
         LIMITS = limits
+        SENDFILE = sendfile
         BY_ADDRESS: ClassVar[Counter[str]] = Counter()
 
     return Protocol
@@ -69,6 +75,7 @@ def guarded_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
 
 class GuardedProtocol(HttpToolsProtocol):
     LIMITS: ClassVar[HttpLimits]
+    SENDFILE: ClassVar[bool]
     BY_ADDRESS: ClassVar[Counter[str]]
 
     _address = ""
@@ -132,6 +139,8 @@ class GuardedProtocol(HttpToolsProtocol):
             self._header_timer.cancel()
             self._header_timer = None
         super().on_headers_complete()
+        if self.SENDFILE and self.cycle is not None and self.cycle.scope is self.scope:
+            zerocopy.offer(self.cycle)
         self._restart_body_timer()
 
     def _no_headers(self) -> None:

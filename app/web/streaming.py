@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, TypeVar
 
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from app.dicom.multipart import closing, content_type_header, new_boundary, part_head
 from app.services.errors import NotAcceptable, Unsupported
@@ -21,19 +25,97 @@ _SPOOL_CHUNK = 1024 * 1024
 # One body of a multipart response, produced when its turn comes: (chunks, size in bytes).
 Part = Callable[[], Awaitable[tuple[AsyncIterator[bytes], int]]]
 
+_ZERO_COPY = "http.response.zerocopysend"  # ASGI extension (app/web/zerocopy.py serves it)
 
-async def opened(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+
+@dataclass(frozen=True)
+class FileSegment:
+    """`count` bytes of an open file from `offset`, sent straight from the file (zero-copy
+    when the server offers it); the response closes the file once sent."""
+
+    file: BinaryIO
+    offset: int
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+
+Segment = bytes | FileSegment
+Chunk = TypeVar("Chunk", bytes, Segment)
+
+
+async def opened(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
     """Start a stream now, so that an error opening it (a blob missing from storage, say)
     becomes an error response instead of a response cut off after its headers."""
     first = await anext(chunks, None)
 
-    async def rest() -> AsyncIterator[bytes]:
+    async def rest() -> AsyncIterator[Chunk]:
         if first is not None:
             yield first
         async for chunk in chunks:
             yield chunk
 
     return rest()
+
+
+class SegmentedResponse(Response):
+    """A body of byte strings and file segments of known total `length` (sent as its
+    Content-Length). File segments go to the server as zero-copy sends when it offers the
+    extension, else are read in 1 MB chunks. A segment that fails to come ends the body
+    short of its length: the client sees the response cut off."""
+
+    def __init__(
+        self,
+        segments: AsyncIterator[Segment],
+        length: int,
+        media_type: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.segments = segments
+        self.status_code = 200
+        self.media_type = media_type
+        self.background = None
+        self.init_headers({**(headers or {}), "Content-Length": str(length)})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        zero_copy = _ZERO_COPY in scope.get("extensions", {})
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        try:
+            async for segment in self.segments:
+                if isinstance(segment, bytes):
+                    await send({"type": "http.response.body", "body": segment, "more_body": True})
+                    continue
+                try:
+                    if zero_copy:
+                        await send(
+                            {
+                                "type": _ZERO_COPY,
+                                "file": segment.file,
+                                "offset": segment.offset,
+                                "count": segment.count,
+                                "more_body": True,
+                            }
+                        )
+                    else:
+                        await _send_read(segment, send)
+                finally:
+                    segment.file.close()
+        finally:
+            await self.segments.aclose()  # type: ignore[attr-defined]
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _send_read(segment: FileSegment, send: Send) -> None:
+    fd, offset, left = segment.file.fileno(), segment.offset, segment.count
+    while left > 0:
+        chunk = await asyncio.to_thread(os.pread, fd, min(left, _SPOOL_CHUNK), offset)
+        if not chunk:
+            raise OSError(f"the file ended {left} bytes before the bytes to send")
+        offset, left = offset + len(chunk), left - len(chunk)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 
 async def one_chunk(data: bytes) -> AsyncIterator[bytes]:

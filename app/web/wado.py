@@ -34,7 +34,16 @@ from app.web.negotiation import (
     parse_accept,
 )
 from app.web.ranges import ByteRange, parse_range
-from app.web.streaming import Part, bytes_part, multipart_response, opened, produced_first
+from app.web.streaming import (
+    FileSegment,
+    Part,
+    Segment,
+    SegmentedResponse,
+    bytes_part,
+    multipart_response,
+    opened,
+    produced_first,
+)
 from app.web.urls import base_url, instance_url
 
 log = logging.getLogger(__name__)
@@ -134,6 +143,9 @@ async def retrieve_instances(request: Request) -> Response:
                 'type="application/dicom" to retrieve a study or series'
             )
         return await _single_instance(request, archive, access, plans[0])
+    as_stored = all(plan.transcoder is None for plan in plans)
+    if as_stored and archive.retrieve.has_local_file(plans[0].instance):
+        return await _stored_files(request, access, plans, multipart=True)
     boundary = new_boundary()
 
     async def body() -> AsyncIterator[bytes]:
@@ -166,6 +178,52 @@ async def retrieve_instances(request: Request) -> Response:
     )
 
 
+async def _stored_files(
+    request: Request,
+    access: Access,
+    plans: Sequence[_Plan],
+    multipart: bool,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Instances sent as stored from the blob store's own files (each opened and its size
+    checked when its turn comes), with a Content-Length: zero-copy under `pacs serve`.
+    One instance as the whole body unless `multipart`."""
+    retrieve = _archive(request).retrieve
+    boundary = new_boundary()
+    if multipart:
+        heads = [
+            part_head(boundary, _part_type(p.rep), {"Content-Length": str(p.instance.size)})
+            for p in plans
+        ]
+        after, tail = b"\r\n", closing(boundary)
+        media_type = content_type_header(boundary, "application/dicom")
+    else:
+        heads, after, tail = [b""], b"", b""
+        media_type = _part_type(plans[0].rep)
+    length = sum(len(h) + p.instance.size + len(after) for h, p in zip(heads, plans, strict=True))
+
+    async def segments() -> AsyncIterator[Segment]:
+        for head, plan in zip(heads, plans, strict=True):
+            handle = retrieve.open_stored(plan.instance)
+            assert handle is not None  # has_local_file
+            if head:
+                yield head
+            yield FileSegment(handle, 0, plan.instance.size)
+            if after:
+                yield after
+        if tail:
+            yield tail
+
+    transferred = AuditAction.INSTANCES_TRANSFERRED
+    instances = [p.instance for p in plans]
+    return SegmentedResponse(
+        await opened(audited_stream(request, access, transferred, instances, segments())),
+        length + len(tail),
+        media_type,
+        headers,
+    )
+
+
 async def plan_response(
     request: Request,
     archive: Archive,
@@ -194,6 +252,8 @@ async def _single_instance(
                 plan.instance.sha256,
             )
         headers["ETag"] = f'"{plan.instance.sha256}"'
+        if archive.retrieve.has_local_file(plan.instance):
+            return await _stored_files(request, access, [plan], multipart=False, headers=headers)
     content, length = await _instance_body(archive, plan)
     transferred = AuditAction.INSTANCES_TRANSFERRED
     content = audited_stream(request, access, transferred, [plan.instance], content)

@@ -96,7 +96,9 @@ def pacs(pki: Certificates, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         args += ["--dimse-tls-ca", str(pki.site.ca)]
         args += ["--move-destination", f"STORESCP=127.0.0.1:{destination}:tls"]
         args += ["--move-destination", f"ELSEWHERE=127.0.0.1:{elsewhere}:tls"]
-        with running_server(root / "data", *args, https=pki.site.client_context()) as url:
+        # With sendfile on: over HTTPS it must not be used (test_https_with_curl).
+        env = {"PACS_HTTP_SENDFILE": "true"}
+        with running_server(root / "data", *args, https=pki.site.client_context(), env=env) as url:
             yield Pacs(url, dimse_port, tls_port, root / "moved", root / "data" / "server.log")
 
 
@@ -134,6 +136,23 @@ def test_https_with_curl(pacs: Pacs, pki: Certificates, tmp_path: Path) -> None:
     body, status = found.stdout.rsplit("\n", 1)
     assert status == "200"
     assert study in body and f'"{pacs.url}/dicomweb/studies/{study}"' in body
+    # Issue 11: stored files go out with sendfile on plain HTTP; over TLS they must not
+    # (sendfile would write them past the encryption).
+    got = tmp_path / "got.dcm"
+    retrieved = curl(
+        "--cacert", pki.site.ca, "-o", got, "-H", "Accept: application/dicom",
+        f"{pacs.url}/dicomweb/studies/{study}/series/{_series(path)}/instances/{_sop(path)}",
+    )  # fmt: skip
+    assert retrieved.returncode == 0, retrieved.stderr
+    assert got.read_bytes() == path.read_bytes()
+
+
+def _series(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+
+
+def _sop(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 def test_https_certificate_is_checked(pacs: Pacs, pki: Certificates) -> None:

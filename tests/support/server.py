@@ -56,8 +56,10 @@ def running_server(
     command = [
         sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--data", str(data), *args
     ]  # fmt: skip
-    # DIMSE off unless asked for (--dimse-port): servers run side by side in the suite.
-    environment = {**os.environ, "PACS_DIMSE_PORT": "0", **(env or {})}
+    # DIMSE off unless asked for (--dimse-port): servers run side by side in the suite. One
+    # HTTP process unless asked for (PACS_HTTP_WORKERS): a worker per core in every server
+    # of the suite would only add start-up time and memory on a shared machine.
+    environment = {**os.environ, "PACS_DIMSE_PORT": "0", "PACS_HTTP_WORKERS": "1", **(env or {})}
     with background_process(
         command,
         log or data / "server.log",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 
@@ -32,3 +34,19 @@ def test_plain_http_without_a_context() -> None:
     config.load()
     assert not config.is_ssl and config.ssl is None
     assert config.proxy_headers is False
+
+
+def test_each_http_worker_gets_its_share_of_the_connection_budgets() -> None:
+    settings = Settings(http_workers=3, http_max_connections=10, http_max_connections_per_address=4)
+    limits = uvicorn_options(settings, None)["http"].LIMITS
+    assert (limits.total, limits.per_address) == (4, 2)  # rounded up
+
+
+def test_http_workers_default_to_one_per_usable_core() -> None:
+    assert Settings().http_worker_count == len(os.sched_getaffinity(0))
+    assert Settings(http_workers=1).http_worker_count == 1
+
+
+def test_a_negative_number_of_http_workers_is_refused() -> None:
+    with pytest.raises(ValueError, match="PACS_HTTP_WORKERS"):
+        Settings.from_env({"PACS_HTTP_WORKERS": "-1"})
