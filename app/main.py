@@ -157,7 +157,7 @@ async def run_archive(settings: Settings, *, first: bool = True) -> AsyncIterato
             return
         config = dimse_config(settings)
         if config.known_callers_only and not config.required_calling_aes:
-            # pynetdicom reads an empty list of required AEs as "anyone": stay closed.
+            # An empty list of required AEs reads as "anyone": stay closed.
             log.warning(
                 "DICOM (DIMSE) is off: sign-in is on and no calling AE title is known; "
                 "list them in PACS_DIMSE_AE_POLICY or PACS_DIMSE_ALLOWED_AES"
@@ -165,7 +165,8 @@ async def run_archive(settings: Settings, *, first: bool = True) -> AsyncIterato
             yield archive
             return
         if settings.log_level.lower() != "debug":
-            # pynetdicom logs every PDU and message at INFO; our own lines summarise them.
+            # pynetdicom's PDU classes, which negotiation uses, log what they decode at INFO;
+            # our own lines summarise associations.
             logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         async with serve_dimse(archive, config):
             yield archive
