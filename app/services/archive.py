@@ -48,6 +48,7 @@ class Archive:
                 audit,
                 overwrite=settings.overwrite,
                 allow_patient_mismatch=settings.patient_mismatch == "warn",
+                index_batch=settings.index_batch,
             ),
             search=SearchService(index),
             retrieve=retrieve,

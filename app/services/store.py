@@ -33,7 +33,8 @@ from app.auth.principal import Access, Permission
 from app.dicom.instance import ParsedInstance
 from app.dicom.parse import DicomParseError, UnsupportedTransferSyntax, parse_instance
 from app.services.audit import AuditService, audit_outcome
-from app.services.ports import BlobStore, Index, InstanceRecord, Outcome, blob_key
+from app.services.group_commit import GroupCommit
+from app.services.ports import Adding, BlobStore, Index, InstanceRecord, Outcome, blob_key
 from app.services.spool import (
     SPOOL_BATCH,
     Received,
@@ -87,8 +88,13 @@ class StoreService:
         *,
         overwrite: bool = False,
         allow_patient_mismatch: bool = False,
+        index_batch: int = 64,
     ) -> None:
         self.index = index
+        # Concurrent ingests share index commits (app/services/group_commit.py). A
+        # cancelled caller (a client gone) leaves its blob to the batch: if the batch did
+        # not keep it, the orphan sweep removes it later.
+        self.commits = GroupCommit(index, index_batch)
         self.blobs = blobs
         self.audit = audit
         self.spool_dir = spool_dir
@@ -315,18 +321,17 @@ class StoreService:
             metadata=parsed.metadata,
             patient_id=event.patient_id,
         )
+        adding = Adding(
+            tenant,
+            record,
+            overwrite=self.overwrite,
+            audit=partial(audit_outcome, event),
+            allow_patient_mismatch=self.allow_patient_mismatch,
+        )
         try:
-            added = await self.index.add_instance(
-                tenant,
-                record,
-                overwrite=self.overwrite,
-                audit=partial(audit_outcome, event),
-                allow_patient_mismatch=self.allow_patient_mismatch,
-            )
-        except BaseException as exc:
+            added = await self.commits.add(adding)
+        except Exception as exc:
             await self.blobs.delete(key)
-            if not isinstance(exc, Exception):
-                raise
             # The index failed: nothing was kept, not even the event; say so elsewhere.
             self.audit.record(
                 replace(
