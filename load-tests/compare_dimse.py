@@ -489,6 +489,7 @@ def run_server(
     print(f"\n== round {number}: {name}", file=sys.stderr, flush=True)
     result = Run(name, number)
     jobs = {j.key: j for j in JOBS}
+    wanted = set(args.jobs.split(",")) if args.jobs else set(jobs)
     with tempfile.TemporaryDirectory(prefix="bench-dimse-") as work:
         scratch = Path(work)
         with storescp(scratch / "received") as port:
@@ -498,6 +499,8 @@ def run_server(
                 run_tool(target.dcmtk("echoscu"))  # the DICOM port answers before timing
                 busy0, own0 = servers.busy_seconds(), servers.own_seconds()
                 for key in ORDER:
+                    if key not in wanted:
+                        continue
                     job = jobs[key]
                     cpu0, busy1, own1 = (
                         server.cpu_seconds(),
@@ -587,7 +590,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plugin", default=servers.DICOMWEB_PLUGIN, help="DICOMweb plugin .so")
     parser.add_argument("--keep", action="store_true", help="keep the servers' data folders")
     parser.add_argument("--json", type=Path, help="also write every figure of every run here")
+    parser.add_argument(
+        "--jobs",
+        help="only these jobs, comma-separated keys (e.g. store1,store4,stow1,stow8); "
+        "a retrieval job needs the stores before it",
+    )
+    parser.add_argument(
+        "--servers", choices=["both", "ours", "Orthanc"], default="both", help="which to run"
+    )
     args = parser.parse_args(argv)
+    unknown = set(args.jobs.split(",")) - {j.key for j in JOBS} if args.jobs else set()
+    if unknown:
+        parser.error(f"unknown jobs {', '.join(sorted(unknown))}: {', '.join(ORDER)}")
     if args.instances is None:
         args.instances = args.studies * args.series * 20
     if args.studies < 2 or args.instances < args.studies * args.series:
@@ -611,6 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_server(name, starters[name], data, args, number)
             for number, names in compare_orthanc.order(args.rounds, args.first)
             for name in names
+            if args.servers in ("both", name)
         ]
     load_after = load()
 
