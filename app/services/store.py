@@ -95,6 +95,7 @@ class StoreService:
         # cancelled caller (a client gone) leaves its blob to the batch: if the batch did
         # not keep it, the orphan sweep removes it later.
         self.commits = GroupCommit(index, index_batch)
+        self._storing: set[asyncio.Task[StoreResult]] = set()
         self.blobs = blobs
         self.audit = audit
         self.spool_dir = spool_dir
@@ -164,13 +165,39 @@ class StoreService:
         audit: AuditEvent,
     ) -> StoreResult:
         """Store one streamed object; `audit` names the caller (see the module text)."""
+        storing = await self.receive_stream(
+            access, chunks, study_instance_uid=study_instance_uid, audit=audit
+        )
+        return await storing
+
+    async def receive_stream(
+        self,
+        access: Access,
+        chunks: AsyncIterable[bytes],
+        *,
+        study_instance_uid: str | None = None,
+        audit: AuditEvent,
+    ) -> asyncio.Future[StoreResult]:
+        """Receive one streamed object (spooled, synced and parsed when this returns, the
+        stream consumed) and go on storing it meanwhile: the result comes with the future.
+        A caller reading several objects from one stream (the parts of a STOW-RS body)
+        receives the next while this one is stored and indexed, so they can share an
+        index commit. The store runs to its end even if nobody awaits it."""
         access.require(Permission.WRITE)
         try:
             spooled, parsed = await self._receive(chunks, parse=True)
         except OSError as exc:
-            return self._refused(audit, failure_of(exc))
+            done: asyncio.Future[StoreResult] = asyncio.get_running_loop().create_future()
+            done.set_result(self._refused(audit, failure_of(exc)))
+            return done
         assert parsed is not None
-        return await self._store(access.tenant, spooled, parsed, study_instance_uid, audit)
+        task = asyncio.create_task(
+            self._store(access.tenant, spooled, parsed, study_instance_uid, audit)
+        )
+        # A strong reference until it ends: the event loop keeps only weak ones.
+        self._storing.add(task)
+        task.add_done_callback(self._storing.discard)
+        return task
 
     async def store_received(
         self, access: Access, received: Received, *, audit: AuditEvent
