@@ -28,16 +28,22 @@ class FolderBlobStore:
         await asyncio.to_thread(self._put, key, source)
 
     def _put(self, key: str, source: Path) -> None:
+        """Rename the (synced) file into place, then sync the folders whose entries
+        changed: a rename is durable only once its folder is, and a new folder once its
+        parent is. Only then may the caller index the blob and acknowledge it."""
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        created = _make_folders(target.parent)
         try:
             os.replace(source, target)  # atomic on the same file system
         except OSError:
             # Another file system: copy to a temporary name, then rename into place.
             tmp = target.with_name(target.name + ".part")
             shutil.copyfile(source, tmp)
+            _sync(tmp)
             os.replace(tmp, target)
             source.unlink()
+        for folder in (target.parent, *(made.parent for made in created)):
+            _sync(folder)
 
     async def read(
         self, key: str, start: int = 0, length: int | None = None
@@ -106,6 +112,26 @@ class FolderBlobStore:
 
     async def close(self) -> None:
         return None
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and any missing parents; the folders created, deepest last."""
+    missing: list[Path] = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(exist_ok=True)  # another writer may create it meanwhile
+    return missing[::-1]
+
+
+def _sync(path: Path) -> None:
+    """fsync a file or a folder (opened read-only, as Linux allows for both)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _files(folder: Path, skip: Path) -> Iterator[Path]:
