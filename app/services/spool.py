@@ -31,6 +31,9 @@ class Spooled:
     path: Path
     size: int
     sha256: str
+    # False: written but not yet synced (`sync_file`), which the store does before the
+    # file becomes a blob, beside the receiving of the next object.
+    synced: bool = True
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,12 @@ def make_durable(handle: BinaryIO) -> None:
         os.fsync(handle.fileno())
     finally:
         handle.close()
+
+
+def sync_file(path: Path) -> None:
+    """fsync a closed file: Linux writes back the file's pages whichever descriptor asks."""
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def spool_received(received: Received, folder: Path) -> Spooled:

@@ -5,9 +5,11 @@ and each is answered only by the outcome of its own batch's commit."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import pytest
 from pydicom.uid import generate_uid
 
 from app.index.sqlite import SqliteIndex
@@ -16,7 +18,7 @@ from app.services.store import FailureReason, StoreResult
 from tests.support.dicom_factory import make_file
 from tests.support.ingest import WRITER, Ingest, ingest
 from tests.support.poison import poison
-from tests.unit.services.test_store_failures import _event
+from tests.unit.services.test_store_failures import PATHS, Store, _event
 
 ARRIVING = 7  # ingests that arrive while the first one's commit runs
 
@@ -95,3 +97,26 @@ async def test_a_failed_commit_fails_every_instance_of_its_batch_and_keeps_none(
         stored = await index.instances("default", study)
         assert [s.sop_instance_uid for s in stored] == [results[0].sop_instance_uid]
         assert len(setup.blob_files()) == 1 and setup.spool_files() == []
+
+
+@pytest.mark.parametrize("store", PATHS)
+async def test_an_acknowledged_instance_is_synced_with_its_folder(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spool file's sync moved out of the receiving (it runs beside the next part):
+    still, when the store answers, the blob's bytes and its folder entry are on disk."""
+    synced: set[tuple[int, int]] = set()
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        stat = os.fstat(fd)
+        synced.add((stat.st_dev, stat.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    async with ingest(tmp_path / "data") as setup:
+        result = await store(setup, make_file(), tmp_path)
+        assert result.ok
+        (blob,) = setup.blob_files()
+        for path in (blob, blob.parent):
+            assert (path.stat().st_dev, path.stat().st_ino) in synced, path
