@@ -58,6 +58,7 @@ class Archive:
         )
 
     async def close(self) -> None:
+        await self.store.close()  # first: a running store still writes blobs and index rows
         await self.audit.close()  # before the index: queued events are written first
         await self.index.close()
         await self.blobs.close()

@@ -107,6 +107,12 @@ class StoreService:
         self.allow_patient_mismatch = allow_patient_mismatch
         spool_dir.mkdir(parents=True, exist_ok=True)
 
+    async def close(self) -> None:
+        """Wait for the stores still running (parts whose request went away), so that
+        none is cut off by the index closing."""
+        if self._storing:
+            await asyncio.gather(*self._storing, return_exceptions=True)
+
     def discard_stale_spool(self) -> int:
         """Remove spool files left by a previous process that stopped mid-upload.
 

@@ -28,6 +28,7 @@ _PARTS_BETWEEN_YIELDS = 32  # a small part costs some 8-30 us: about 1 ms betwee
 # Parts of one request stored (blob, index) at once while the next are received: enough
 # to fill an index batch with one request's parts; each holds a spooled file, not memory.
 _PARTS_STORING = 16
+_SETTLED_BETWEEN_YIELDS = 4096  # results gathered per slice: well under a millisecond
 
 
 async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
@@ -104,6 +105,7 @@ async def _store_parts(
     audit = store_event(request, access)
     max_parts = archive.settings.max_stow_parts
     entries: list[_Entry] = []
+    storing: set[asyncio.Future[StoreResult]] = set()  # of entries, those not done yet
     try:
         async for part in iter_parts(body, boundary):
             number += 1
@@ -137,11 +139,12 @@ async def _store_parts(
                     )
                 )
                 continue
-            storing = await archive.store.receive_stream(
+            future = await archive.store.receive_stream(
                 access, chunks, study_instance_uid=study, audit=audit
             )
-            entries.append((number, storing))
-            await _within_window(entries)
+            entries.append((number, future))
+            storing.add(future)
+            await _within_window(storing)
     except MultipartError as exc:
         results.extend(await _settled(entries))
         if not results:
@@ -172,10 +175,11 @@ async def _store_parts(
         raise MultipartError("the multipart body contains no parts")
 
 
-async def _within_window(entries: list[_Entry]) -> None:
-    """Wait while more than _PARTS_STORING parts of the request are being stored."""
+async def _within_window(storing: set[asyncio.Future[StoreResult]]) -> None:
+    """Wait while more than _PARTS_STORING parts of the request are being stored; `storing`
+    keeps those not done (a set of at most that many: no scan of every part so far)."""
     while True:
-        storing = [e[1] for e in entries if isinstance(e, tuple) and not e[1].done()]
+        storing.difference_update([f for f in storing if f.done()])
         if len(storing) <= _PARTS_STORING:
             return
         await asyncio.wait(storing, return_when=asyncio.FIRST_COMPLETED)
@@ -184,7 +188,11 @@ async def _within_window(entries: list[_Entry]) -> None:
 async def _settled(entries: list[_Entry]) -> list[StoreResult]:
     """The results of `entries`, in order, once every part is stored; `entries` empties."""
     results: list[StoreResult] = []
-    for entry in entries:
+    for count, entry in enumerate(entries, 1):
+        if count % _SETTLED_BETWEEN_YIELDS == 0:
+            # Tens of thousands of parts answered at once (empty, refused) would otherwise
+            # hold the loop here (awaiting a finished store does not yield either).
+            await asyncio.sleep(0)
         if isinstance(entry, StoreResult):
             results.append(entry)
             continue
