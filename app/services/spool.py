@@ -1,7 +1,8 @@
 """Spool files: where an incoming object waits, hashed and durable, until the blob store
 takes it. STOW-RS bodies arrive as chunks; C-STORE datasets as the file pynetdicom wrote
 while receiving them (`STORE_RECV_CHUNKED_DATASET`). Either way the spool file is the
-PS3.10 file the archive keeps, synced to disk before anything is acknowledged."""
+PS3.10 file the archive keeps, durable (the blob store's put syncs it) before anything
+is acknowledged."""
 
 from __future__ import annotations
 
@@ -31,9 +32,6 @@ class Spooled:
     path: Path
     size: int
     sha256: str
-    # False: written but not yet synced (`sync_file`), which the store does before the
-    # file becomes a blob, beside the receiving of the next object.
-    synced: bool = True
 
 
 @dataclass(frozen=True)
@@ -72,12 +70,6 @@ def make_durable(handle: BinaryIO) -> None:
         os.fsync(handle.fileno())
     finally:
         handle.close()
-
-
-def sync_file(path: Path) -> None:
-    """fsync a closed file: Linux writes back the file's pages whichever descriptor asks."""
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
 
 
 def spool_received(received: Received, folder: Path) -> Spooled:

@@ -41,7 +41,6 @@ from app.services.spool import (
     Spooled,
     spool_path,
     spool_received,
-    sync_file,
     write_chunks,
 )
 
@@ -141,7 +140,7 @@ class StoreService:
         Every hand-off to a worker thread costs more than writing a small instance, so
         chunks are gathered in memory up to SPOOL_BATCH and the last write and the parse
         happen in one call: a typical instance takes a single hand-off (the fsync comes
-        later, in `_store`, beside the receiving of the next object). The
+        later, in the blob store's put, beside the receiving of the next object). The
         chunks are hashed there too, off the event loop (0.3-0.9 ms per 512 KB that the
         loop, which receives every request, no longer spends).
         """
@@ -165,7 +164,7 @@ class StoreService:
                 handle.close()
             path.unlink(missing_ok=True)
             raise
-        return Spooled(path, size, digest.hexdigest(), synced=False), parsed
+        return Spooled(path, size, digest.hexdigest()), parsed
 
     async def store_stream(
         self,
@@ -189,7 +188,7 @@ class StoreService:
         study_instance_uid: str | None = None,
         audit: AuditEvent,
     ) -> asyncio.Future[StoreResult]:
-        """Receive one streamed object (spooled, synced and parsed when this returns, the
+        """Receive one streamed object (spooled and parsed when this returns, the
         stream consumed) and go on storing it meanwhile: the result comes with the future.
         A caller reading several objects from one stream (the parts of a STOW-RS body)
         receives the next while this one is stored and indexed, so they can share an
@@ -316,11 +315,9 @@ class StoreService:
             # Under the tenant's segment (app/storage/keys.py): tenants never share a blob.
             key = blob_key(tenant, uuid.uuid4().hex)
             try:
-                if not spooled.synced:
-                    # Here rather than while receiving: the sync of one part runs beside
-                    # the receiving of the next, and those of concurrent ingests in
-                    # parallel; the file is durable before it becomes a blob.
-                    await asyncio.to_thread(sync_file, spooled.path)
+                # Durable when put returns (the folder store syncs the file and its folder
+                # after renaming it; S3 keeps it once the upload completes), so a streamed
+                # part is not synced while received: that runs beside the next part.
                 await self.blobs.put(key, spooled.path)
             except Exception as exc:
                 return self._refused(audit, failure_of(exc, result), patient_id)
@@ -432,7 +429,7 @@ Parsed = ParsedInstance | DicomParseError
 def _finish(
     handle: BinaryIO | None, path: Path, chunks: list[bytes], digest: Hash, parse: bool
 ) -> Parsed | None:
-    """Write (and hash) the last chunks, close the file (synced later: `_store`), and
+    """Write (and hash) the last chunks, close the file (the blob store syncs it), and
     parse it if asked to."""
     write_chunks(handle, path, chunks, digest).close()
     return _parse(path) if parse else None

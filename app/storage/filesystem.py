@@ -28,9 +28,13 @@ class FolderBlobStore:
         await asyncio.to_thread(self._put, key, source)
 
     def _put(self, key: str, source: Path) -> None:
-        """Rename the (synced) file into place, then sync the folders whose entries
-        changed: a rename is durable only once its folder is, and a new folder once its
-        parent is. Only then may the caller index the blob and acknowledge it."""
+        """Rename the file into place, then sync it and the folders whose entries
+        changed (a rename is durable only once its folder is, a new folder once its
+        parent is): when this returns the blob survives a power cut, and only then may
+        the caller index and acknowledge it. Syncing after the rename costs less than
+        before it: on ext4 the file's sync commits the journal holding the rename too, so
+        the folders' syncs find little left to do (same Linux, measured with 8 STOWs in
+        flight: a sync before the rename plus the folders' took some 15% of throughput)."""
         target = self._path(key)
         created = _make_folders(target.parent)
         try:
@@ -39,11 +43,10 @@ class FolderBlobStore:
             # Another file system: copy to a temporary name, then rename into place.
             tmp = target.with_name(target.name + ".part")
             shutil.copyfile(source, tmp)
-            _sync(tmp)
             os.replace(tmp, target)
             source.unlink()
-        for folder in (target.parent, *(made.parent for made in created)):
-            _sync(folder)
+        for path in (target, target.parent, *(made.parent for made in created)):
+            _sync(path)
 
     async def read(
         self, key: str, start: int = 0, length: int | None = None
