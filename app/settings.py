@@ -81,6 +81,10 @@ class Settings:
     # attempt and a response item, so a body of empty parts would otherwise cost unbounded
     # work and response size. The rest of a longer body is not read.
     max_stow_parts: int = 10000
+    # Most instances indexed in one transaction when concurrent ingests share a commit
+    # (app/services/group_commit.py): bounds how long one batch holds the index's write
+    # lock and how many answers one failed commit fails.
+    index_batch: int = 64
     # Comma-separated origins allowed by CORS; "*" allows any.
     cors_origins: str = "*"
     log_level: str = "info"
@@ -427,6 +431,7 @@ _AT_LEAST_ONE = (
     "http_max_connections_per_address",
     "http_max_connections",
     "listen_backlog",
+    "index_batch",
 )
 
 

@@ -44,6 +44,7 @@ from app.query.columns import column_values
 from app.query.model import Query
 from app.query.sql import POSTGRES, compile_counted_search
 from app.services.ports import (
+    Adding,
     AddResult,
     AuditEvent,
     AuditFor,
@@ -125,28 +126,26 @@ class PostgresIndex:
         audit: AuditFor | None = None,
         allow_patient_mismatch: bool = False,
     ) -> AddResult:
-        meta, meta_json = _storable(record.metadata)
+        adding = Adding(tenant, record, overwrite, audit, allow_patient_mismatch)
+        (added,) = await self.add_instances((adding,))
+        if isinstance(added, Exception):
+            raise added
+        return added
+
+    async def add_instances(self, batch: Sequence[Adding]) -> list[AddResult | Exception]:
+        # Added in one order, whatever the order of arrival: two batches (of two processes)
+        # that share studies lock their rows in the same order rather than deadlocking.
+        order = sorted(range(len(batch)), key=lambda i: _lock_order(batch[i]))
+        storable = [_storable(item.record.metadata) for item in batch]
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
-                    added = await _add_or_refuse(
-                        conn,
-                        tenant,
-                        record,
-                        meta,
-                        meta_json,
-                        overwrite=overwrite,
-                        allow_patient_mismatch=allow_patient_mismatch,
-                    )
-                    if audit is None:
-                        return added
-                    event = audit(added)
-                    await postgres_audit.insert_audit_event(conn, event)
-                    return replace(added, audit=event)
+                    done = {i: await _add_item(conn, batch[i], *storable[i]) for i in order}
+                return [done[i] for i in range(len(batch))]
             except _RETRYABLE as exc:
                 if attempt == _ATTEMPTS:
                     raise
-                log.info("retrying %s (%s)", record.sop_instance_uid, type(exc).__name__)
+                log.info("retrying a batch of %d (%s)", len(batch), type(exc).__name__)
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
         raise AssertionError("unreachable")
 
@@ -290,6 +289,38 @@ def _without_nul(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_nul(v) for v in value]
     return value
+
+
+def _lock_order(item: Adding) -> tuple[str, str, str]:
+    return (item.tenant, item.record.study_instance_uid, item.record.sop_instance_uid)
+
+
+async def _add_item(
+    conn: asyncpg.Connection, item: Adding, meta: Json, meta_json: str
+) -> AddResult | Exception:
+    """One instance of a batch in a savepoint: an error of its own undoes it alone and is
+    returned; one worth retrying (a deadlock, a row inserted by another transaction)
+    retries the whole batch (see `PostgresIndex.add_instances`)."""
+    try:
+        async with conn.transaction():
+            added = await _add_or_refuse(
+                conn,
+                item.tenant,
+                item.record,
+                meta,
+                meta_json,
+                overwrite=item.overwrite,
+                allow_patient_mismatch=item.allow_patient_mismatch,
+            )
+            if item.audit is None:
+                return added
+            event = item.audit(added)
+            await postgres_audit.insert_audit_event(conn, event)
+            return replace(added, audit=event)
+    except _RETRYABLE:
+        raise
+    except (asyncpg.PostgresError, ValueError) as exc:
+        return exc
 
 
 class _Refused(Exception):

@@ -37,6 +37,7 @@ from app.query.columns import column_values
 from app.query.model import Query
 from app.query.sql import SQLITE, compile_counted_search, install_sqlite_functions
 from app.services.ports import (
+    Adding,
     AddResult,
     AuditEvent,
     AuditFor,
@@ -115,16 +116,15 @@ class SqliteIndex:
         audit: AuditFor | None = None,
         allow_patient_mismatch: bool = False,
     ) -> AddResult:
-        return await self._write(
-            lambda db: _add_audited(
-                db,
-                tenant,
-                record,
-                overwrite=overwrite,
-                audit=audit,
-                allow_patient_mismatch=allow_patient_mismatch,
-            )
-        )
+        adding = Adding(tenant, record, overwrite, audit, allow_patient_mismatch)
+        (added,) = await self.add_instances((adding,))
+        if isinstance(added, Exception):
+            raise added
+        return added
+
+    async def add_instances(self, batch: Sequence[Adding]) -> list[AddResult | Exception]:
+        items = tuple(batch)
+        return await self._write(lambda db: _add_batch(db, items))
 
     # -- reads -------------------------------------------------------------------------
 
@@ -210,18 +210,37 @@ def _transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) 
     db.execute("BEGIN IMMEDIATE")
     try:
         result = fn(db)
+        db.commit()  # inside: a failed commit (a deferred constraint, a full disk) rolls back
     except BaseException:
         db.rollback()
         raise
-    if isinstance(result, AddResult) and result.outcome in _UNCHANGED and result.audit is None:
-        db.rollback()
-    else:
-        db.commit()
     return result
 
 
-# Outcomes that leave the data as it was.
-_UNCHANGED = (Outcome.IDENTICAL, Outcome.CONFLICT, Outcome.PATIENT_MISMATCH)
+def _add_batch(db: sqlite3.Connection, items: Sequence[Adding]) -> list[AddResult | Exception]:
+    """Add each item in a savepoint of the caller's transaction: one that fails is undone
+    alone and returned as its exception."""
+    results: list[AddResult | Exception] = []
+    for item in items:
+        db.execute("SAVEPOINT batch_item")
+        try:
+            added = _add_audited(
+                db,
+                item.tenant,
+                item.record,
+                overwrite=item.overwrite,
+                audit=item.audit,
+                allow_patient_mismatch=item.allow_patient_mismatch,
+            )
+        except Exception as exc:
+            if not db.in_transaction:
+                raise  # SQLite rolled the whole transaction back (a full disk, I/O): none kept
+            db.execute("ROLLBACK TO batch_item")
+            results.append(exc)
+        else:
+            results.append(added)
+        db.execute("RELEASE batch_item")
+    return results
 
 
 def _add_audited(

@@ -52,6 +52,7 @@ class Archive:
                 audit,
                 overwrite=settings.overwrite,
                 allow_patient_mismatch=settings.patient_mismatch == "warn",
+                index_batch=settings.index_batch,
             ),
             search=SearchService(index),
             retrieve=retrieve,
@@ -61,6 +62,7 @@ class Archive:
         )
 
     async def close(self) -> None:
+        await self.store.close()  # first: a running store still writes blobs and index rows
         await self.audit.close()  # before the index: queued events are written first
         await self.index.close()
         await self.blobs.close()

@@ -93,6 +93,17 @@ AuditFor = Callable[["AddResult"], AuditEvent]
 
 
 @dataclass(frozen=True)
+class Adding:
+    """One instance for `Index.add_instances`: the arguments of `Index.add_instance`."""
+
+    tenant: str
+    record: InstanceRecord
+    overwrite: bool
+    audit: AuditFor | None = None
+    allow_patient_mismatch: bool = False
+
+
+@dataclass(frozen=True)
 class SearchHit:
     """One QIDO/C-FIND result row: the stored attributes of each level it spans."""
 
@@ -128,6 +139,14 @@ class Index(Protocol):
         `allow_patient_mismatch` it is stored into the study (which keeps its patient) and
         the result says `patient_mismatch`. Decided in the write transaction, so two
         concurrent first instances of one study cannot both create it for their patient."""
+        ...
+
+    async def add_instances(self, batch: Sequence[Adding]) -> list[AddResult | Exception]:
+        """Index several instances in one transaction and one commit (a group commit), each
+        as `add_instance` would, in order. An instance that fails alone (a constraint of
+        its own rows) is undone alone and its exception returned in its place; the others
+        stand. An exception raised, not returned, means nothing of the batch was kept (the
+        commit failed, the connection broke)."""
         ...
 
     async def search(self, tenant: str, query: Query) -> list[SearchHit]: ...

@@ -1,7 +1,8 @@
 """Spool files: where an incoming object waits, hashed and durable, until the blob store
 takes it. STOW-RS bodies arrive as chunks; C-STORE datasets as the file pynetdicom wrote
 while receiving them (`STORE_RECV_CHUNKED_DATASET`). Either way the spool file is the
-PS3.10 file the archive keeps, synced to disk before anything is acknowledged."""
+PS3.10 file the archive keeps, durable (the blob store's put syncs it) before anything
+is acknowledged."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from app.dicom.file_meta import file_header
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hash
 
 # Bytes gathered from a stream before a worker thread writes them (see StoreService).
 SPOOL_BATCH = 1 << 20
@@ -46,9 +50,15 @@ def spool_path(folder: Path) -> Path:
     return folder / f"{uuid.uuid4().hex}.part"  # removed at start if left by a crash
 
 
-def write_chunks(handle: BinaryIO | None, path: Path, chunks: list[bytes]) -> BinaryIO:
+def write_chunks(
+    handle: BinaryIO | None, path: Path, chunks: list[bytes], digest: Hash
+) -> BinaryIO:
+    """Append `chunks` to the spool file (opened at the first call), hashing them: on a
+    worker thread, where hashing (which releases the GIL) runs beside the event loop."""
     if handle is None:
         handle = path.open("wb")
+    for chunk in chunks:
+        digest.update(chunk)
     handle.writelines(chunks)
     return handle
 

@@ -26,23 +26,26 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from app.audit.event import AuditEvent, EventOutcome
 from app.auth.principal import Access, Permission
 from app.dicom.instance import ParsedInstance
 from app.dicom.parse import DicomParseError, UnsupportedTransferSyntax, parse_instance
 from app.services.audit import AuditService, audit_outcome
-from app.services.ports import BlobStore, Index, InstanceRecord, Outcome, blob_key
+from app.services.group_commit import GroupCommit
+from app.services.ports import Adding, BlobStore, Index, InstanceRecord, Outcome, blob_key
 from app.services.spool import (
     SPOOL_BATCH,
     Received,
     Spooled,
-    make_durable,
     spool_path,
     spool_received,
     write_chunks,
 )
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hash
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +90,14 @@ class StoreService:
         *,
         overwrite: bool = False,
         allow_patient_mismatch: bool = False,
+        index_batch: int = 64,
     ) -> None:
         self.index = index
+        # Concurrent ingests share index commits (app/services/group_commit.py). A
+        # cancelled caller (a client gone) leaves its blob to the batch: if the batch did
+        # not keep it, the orphan sweep removes it later.
+        self.commits = GroupCommit(index, index_batch)
+        self._storing: set[asyncio.Task[StoreResult]] = set()
         self.blobs = blobs
         self.audit = audit
         self.spool_dir = spool_dir
@@ -96,6 +105,12 @@ class StoreService:
         # PACS_PATIENT_MISMATCH=warn: store into a study of another patient, with a warning.
         self.allow_patient_mismatch = allow_patient_mismatch
         spool_dir.mkdir(parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        """Wait for the stores still running (parts whose request went away), so that
+        none is cut off by the index closing."""
+        if self._storing:
+            await asyncio.gather(*self._storing, return_exceptions=True)
 
     def discard_stale_spool(self) -> int:
         """Remove spool files left by a previous process that stopped mid-upload.
@@ -123,8 +138,11 @@ class StoreService:
         """Spool a stream, and parse it in the same worker call when `parse` is set.
 
         Every hand-off to a worker thread costs more than writing a small instance, so
-        chunks are gathered in memory up to SPOOL_BATCH and the last write, the fsync and
-        the parse happen in one call: a typical instance takes a single hand-off.
+        chunks are gathered in memory up to SPOOL_BATCH and the last write and the parse
+        happen in one call: a typical instance takes a single hand-off (the fsync comes
+        later, in the blob store's put, beside the receiving of the next object). The
+        chunks are hashed there too, off the event loop (0.3-0.9 ms per 512 KB that the
+        loop, which receives every request, no longer spends).
         """
         path = spool_path(self.spool_dir)
         digest = hashlib.sha256()
@@ -134,14 +152,13 @@ class StoreService:
         pending_size = 0
         try:
             async for chunk in chunks:
-                digest.update(chunk)
                 size += len(chunk)
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= SPOOL_BATCH:
-                    handle = await asyncio.to_thread(write_chunks, handle, path, pending)
+                    handle = await asyncio.to_thread(write_chunks, handle, path, pending, digest)
                     pending, pending_size = [], 0
-            parsed = await asyncio.to_thread(_finish, handle, path, pending, parse)
+            parsed = await asyncio.to_thread(_finish, handle, path, pending, digest, parse)
         except BaseException:
             if handle is not None:
                 handle.close()
@@ -158,13 +175,39 @@ class StoreService:
         audit: AuditEvent,
     ) -> StoreResult:
         """Store one streamed object; `audit` names the caller (see the module text)."""
+        storing = await self.receive_stream(
+            access, chunks, study_instance_uid=study_instance_uid, audit=audit
+        )
+        return await storing
+
+    async def receive_stream(
+        self,
+        access: Access,
+        chunks: AsyncIterable[bytes],
+        *,
+        study_instance_uid: str | None = None,
+        audit: AuditEvent,
+    ) -> asyncio.Future[StoreResult]:
+        """Receive one streamed object (spooled and parsed when this returns, the
+        stream consumed) and go on storing it meanwhile: the result comes with the future.
+        A caller reading several objects from one stream (the parts of a STOW-RS body)
+        receives the next while this one is stored and indexed, so they can share an
+        index commit. The store runs to its end even if nobody awaits it."""
         access.require(Permission.WRITE)
         try:
             spooled, parsed = await self._receive(chunks, parse=True)
         except OSError as exc:
-            return self._refused(audit, failure_of(exc))
+            done: asyncio.Future[StoreResult] = asyncio.get_running_loop().create_future()
+            done.set_result(self._refused(audit, failure_of(exc)))
+            return done
         assert parsed is not None
-        return await self._store(access.tenant, spooled, parsed, study_instance_uid, audit)
+        task = asyncio.create_task(
+            self._store(access.tenant, spooled, parsed, study_instance_uid, audit)
+        )
+        # A strong reference until it ends: the event loop keeps only weak ones.
+        self._storing.add(task)
+        task.add_done_callback(self._storing.discard)
+        return task
 
     async def store_received(
         self, access: Access, received: Received, *, audit: AuditEvent
@@ -272,6 +315,9 @@ class StoreService:
             # Under the tenant's segment (app/storage/keys.py): tenants never share a blob.
             key = blob_key(tenant, uuid.uuid4().hex)
             try:
+                # Durable when put returns (the folder store syncs the file and its folder
+                # after renaming it; S3 keeps it once the upload completes), so a streamed
+                # part is not synced while received: that runs beside the next part.
                 await self.blobs.put(key, spooled.path)
             except Exception as exc:
                 return self._refused(audit, failure_of(exc, result), patient_id)
@@ -315,18 +361,17 @@ class StoreService:
             metadata=parsed.metadata,
             patient_id=event.patient_id,
         )
+        adding = Adding(
+            tenant,
+            record,
+            overwrite=self.overwrite,
+            audit=partial(audit_outcome, event),
+            allow_patient_mismatch=self.allow_patient_mismatch,
+        )
         try:
-            added = await self.index.add_instance(
-                tenant,
-                record,
-                overwrite=self.overwrite,
-                audit=partial(audit_outcome, event),
-                allow_patient_mismatch=self.allow_patient_mismatch,
-            )
-        except BaseException as exc:
+            added = await self.commits.add(adding)
+        except Exception as exc:
             await self.blobs.delete(key)
-            if not isinstance(exc, Exception):
-                raise
             # The index failed: nothing was kept, not even the event; say so elsewhere.
             self.audit.record(
                 replace(
@@ -381,9 +426,12 @@ def _patient_id(parsed: ParsedInstance) -> str | None:
 Parsed = ParsedInstance | DicomParseError
 
 
-def _finish(handle: BinaryIO | None, path: Path, chunks: list[bytes], parse: bool) -> Parsed | None:
-    """Write the last chunks, make the file durable, and parse it if asked to."""
-    make_durable(write_chunks(handle, path, chunks))
+def _finish(
+    handle: BinaryIO | None, path: Path, chunks: list[bytes], digest: Hash, parse: bool
+) -> Parsed | None:
+    """Write (and hash) the last chunks, close the file (the blob store syncs it), and
+    parse it if asked to."""
+    write_chunks(handle, path, chunks, digest).close()
     return _parse(path) if parse else None
 
 

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 _PARTS_BETWEEN_YIELDS = 32  # a small part costs some 8-30 us: about 1 ms between yields
+# Parts of one request stored (blob, index) at once while the next are received: enough
+# to fill an index batch with one request's parts; each holds a spooled file, not memory.
+_PARTS_STORING = 16
+_SETTLED_BETWEEN_YIELDS = 4096  # results gathered per slice: well under a millisecond
 
 
 async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
@@ -80,6 +84,10 @@ async def store_instances(request: Request) -> Response:
     return _response(request, study, results)
 
 
+# A part received, and being stored (its number, for messages), or already answered.
+_Entry = StoreResult | tuple[int, "asyncio.Future[StoreResult]"]
+
+
 async def _store_parts(
     request: Request,
     archive: Archive,
@@ -90,9 +98,15 @@ async def _store_parts(
     study: str | None,
     results: list[StoreResult],
 ) -> None:
+    """Store each part; a part is received (spooled, parsed) before the next is read, and
+    stored and indexed while the next ones arrive, up to _PARTS_STORING at once, so the
+    parts of one request share index commits. Every part's result is awaited before the
+    response: it says only what is durable."""
     number = 0
     audit = store_event(request, access)
     max_parts = archive.settings.max_stow_parts
+    entries: list[_Entry] = []
+    storing: set[asyncio.Future[StoreResult]] = set()  # of entries, those not done yet
     try:
         async for part in iter_parts(body, boundary):
             number += 1
@@ -102,10 +116,11 @@ async def _store_parts(
                 # /health, for its whole length (150-570 ms for 550 KB): let others in.
                 await asyncio.sleep(0)
             if max_parts and number > max_parts:
+                results.extend(await _settled(entries))
                 _too_many_parts(max_parts, results)
                 break
             if part.content_type not in ("application/dicom", ""):
-                results.append(
+                entries.append(
                     StoreResult(
                         False,
                         reason=FailureReason.CANNOT_UNDERSTAND,
@@ -117,7 +132,7 @@ async def _store_parts(
             chunks = await _unless_empty(part)
             if chunks is None:
                 # Nothing to parse, spool or audit: answered here, cheaply.
-                results.append(
+                entries.append(
                     StoreResult(
                         False,
                         reason=FailureReason.CANNOT_UNDERSTAND,
@@ -125,18 +140,20 @@ async def _store_parts(
                     )
                 )
                 continue
-            result = await archive.store.store_stream(
+            future = await archive.store.receive_stream(
                 access, chunks, study_instance_uid=study, audit=audit
             )
-            if not result.ok and not result.sop_instance_uid:
-                result.message = f"part {number}: {result.message}"
-            results.append(result)
+            entries.append((number, future))
+            storing.add(future)
+            await _within_window(storing)
     except MultipartError as exc:
+        results.extend(await _settled(entries))
         if not results:
             raise  # nothing processed: the request as a whole is malformed (400)
         # Parts already stored stay stored; report the broken remainder as a failure.
         results.append(StoreResult(False, reason=FailureReason.CANNOT_UNDERSTAND, message=str(exc)))
     except PayloadTooLarge as exc:
+        results.extend(await _settled(entries))
         # A chunked body passed the limit while streaming. Parts before it are stored (each
         # is indexed as it arrives, so that memory stays bounded): they are listed, with
         # the part being received as a failure, instead of a 413 that hides them. Nothing
@@ -153,8 +170,40 @@ async def _store_parts(
                 message=f"{exc}: part {cut} and any after it were not stored",
             )
         )
+    else:
+        results.extend(await _settled(entries))
     if not results:
         raise MultipartError("the multipart body contains no parts")
+
+
+async def _within_window(storing: set[asyncio.Future[StoreResult]]) -> None:
+    """Wait while more than _PARTS_STORING parts of the request are being stored; `storing`
+    keeps those not done (a set of at most that many: no scan of every part so far)."""
+    while True:
+        storing.difference_update([f for f in storing if f.done()])
+        if len(storing) <= _PARTS_STORING:
+            return
+        await asyncio.wait(storing, return_when=asyncio.FIRST_COMPLETED)
+
+
+async def _settled(entries: list[_Entry]) -> list[StoreResult]:
+    """The results of `entries`, in order, once every part is stored; `entries` empties."""
+    results: list[StoreResult] = []
+    for count, entry in enumerate(entries, 1):
+        if count % _SETTLED_BETWEEN_YIELDS == 0:
+            # Tens of thousands of parts answered at once (empty, refused) would otherwise
+            # hold the loop here (awaiting a finished store does not yield either).
+            await asyncio.sleep(0)
+        if isinstance(entry, StoreResult):
+            results.append(entry)
+            continue
+        number, storing = entry
+        result = await storing
+        if not result.ok and not result.sop_instance_uid:
+            result.message = f"part {number}: {result.message}"
+        results.append(result)
+    entries.clear()
+    return results
 
 
 def _too_many_parts(limit: int, results: list[StoreResult]) -> None:

@@ -237,6 +237,33 @@ def test_non_dicom_part_among_good_ones(http: httpx.Client, dicomweb: str) -> No
     assert _study_counts(http, study)["instances"] == 2
 
 
+def test_more_parts_than_are_stored_at_once_are_all_answered_in_order(
+    http: httpx.Client,
+) -> None:
+    """Parts are stored while the next ones arrive, at most 16 at a time (app/web/stow.py):
+    40 parts, every seventh not DICOM, are each answered, in the order sent, and stored."""
+    study, series = generate_uid(), generate_uid()
+    patient = token()
+    sops = [generate_uid() for _ in range(40)]
+    garbage = b"not DICOM " * 50
+    parts = [
+        garbage
+        if n % 7 == 3
+        else make_file(study=study, series=series, sop=sop, InstanceNumber=n, PatientID=patient)
+        for n, sop in enumerate(sops)
+    ]
+    response = stow(http, parts)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    good = [sop for n, sop in enumerate(sops) if n % 7 != 3]
+    assert [value(i, REFERENCED_SOP_INSTANCE) for i in _referenced(body)] == good
+    failed = _failed(body)
+    assert [value(f, ERROR_COMMENT).split(":")[0] for f in failed] == [
+        f"part {n + 1}" for n in range(40) if n % 7 == 3
+    ]
+    assert _study_counts(http, study)["instances"] == len(good)
+
+
 def test_truncated_dicom_part_fails(http: httpx.Client) -> None:
     study, series = generate_uid(), generate_uid()
     patient = token()

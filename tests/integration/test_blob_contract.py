@@ -544,3 +544,36 @@ async def test_s3_listing_with_any_prefix(s3_endpoint: str, spool: Path, prefix:
         assert [blob.key for page in await listed(store) for blob in page] == [keys[1]]
     finally:
         await store.close()
+
+
+async def test_folder_put_syncs_the_folders_its_rename_changed(
+    tmp_path: Path, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename survives a power cut only once its folder is synced, and a new folder once
+    its parent is: before this, an acknowledged blob could vanish with its folder entry.
+    The blob's bytes are synced by put too (the store service no longer does)."""
+    root = tmp_path / "blobs"
+    store = FolderBlobStore(root)
+    synced: set[tuple[int, int]] = set()
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        stat = os.fstat(fd)
+        synced.add((stat.st_dev, stat.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    name = key()
+    await store.put(blob_key("clinic-a", name), write(spool, b"data"))
+    tenant = root / "clinic-a"
+    changed = [tenant / name[:2] / name[2:4], tenant / name[:2], tenant, root]
+    identities = {p: (p.stat().st_dev, p.stat().st_ino) for p in changed}
+    assert {p for p, ident in identities.items() if ident not in synced} == set()
+    blob = changed[0] / name
+    assert (blob.stat().st_dev, blob.stat().st_ino) in synced  # its bytes too
+    # A second blob in the same folders: only itself and its own folder changed.
+    synced.clear()
+    other = name[:4] + key()[4:]
+    await store.put(blob_key("clinic-a", other), write(spool, b"more"))
+    second = (changed[0] / other).stat()
+    assert synced == {identities[changed[0]], (second.st_dev, second.st_ino)}

@@ -24,7 +24,7 @@ from app.dicom.levels import (
     Level,
 )
 from app.query.qido import parse_qido
-from app.services.ports import AddResult, Index, InstanceRecord, Outcome
+from app.services.ports import Adding, AddResult, Index, InstanceRecord, Outcome
 from tests.integration.conftest import TENANT, Backend, Records
 
 MODALITIES = ["CT", "MR", "US", "CR"]
@@ -93,6 +93,26 @@ async def add_all(nodes: list[Index], calls: list[tuple[InstanceRecord, bool]]) 
     )
 
 
+async def add_in_batches(
+    nodes: list[Index], calls: list[tuple[InstanceRecord, bool]], size: int
+) -> list[AddResult]:
+    """Every call at once in batches of `size` (group commits), alternating between the
+    nodes; the results in the order of `calls`."""
+    batches = [calls[start : start + size] for start in range(0, len(calls), size)]
+    answers = await asyncio.gather(
+        *(
+            nodes[i % len(nodes)].add_instances(
+                [Adding(TENANT, record, overwrite) for record, overwrite in batch]
+            )
+            for i, batch in enumerate(batches)
+        )
+    )
+    results = [result for answer in answers for result in answer]
+    failed = [r for r in results if not isinstance(r, AddResult)]
+    assert not failed, failed
+    return [r for r in results if isinstance(r, AddResult)]
+
+
 async def check_index(index: Index, placed: dict[str, tuple[Place, InstanceRecord]]) -> None:
     """The rows and computed attributes of `index` are exactly those of `placed`."""
     by_study: dict[str, list[Place]] = defaultdict(list)
@@ -150,13 +170,21 @@ def place_of(record: InstanceRecord) -> Place:
     )
 
 
-async def test_concurrent_uploads_from_two_nodes(backend: Backend, workload: Workload) -> None:
+@pytest.mark.parametrize("batch", [1, 8], ids=["single", "batches"])
+async def test_concurrent_uploads_from_two_nodes(
+    backend: Backend, workload: Workload, batch: int
+) -> None:
+    """One by one, and in group commits of 8 whose instances share studies with the
+    other node's batches (whose row locks they wait for, or deadlock and retry)."""
     nodes = [await backend.open(), await backend.open()]
     try:
         calls = [(r, False) for r in workload.originals + workload.identical + workload.conflicting]
         assert len(calls) == 200
         random.Random(7).shuffle(calls)
-        results = await add_all(nodes, calls)
+        if batch == 1:
+            results = await add_all(nodes, calls)
+        else:
+            results = await add_in_batches(nodes, calls, batch)
 
         outcomes = Counter(result.outcome for result in results)
         assert outcomes == {Outcome.STORED: 180, Outcome.IDENTICAL: 10, Outcome.CONFLICT: 10}

@@ -46,7 +46,8 @@ class FaultyBlobs:
 
 
 class FaultyIndex:
-    """The SQLite index, whose `add_instance` raises `fault` when one is set."""
+    """The SQLite index, whose `add_instance` and `add_instances` raise `fault` when one
+    is set."""
 
     def __init__(self, inner: Index, fault: Exception | None) -> None:
         self.inner, self.fault = inner, fault
@@ -55,6 +56,11 @@ class FaultyIndex:
         if self.fault is not None:
             raise self.fault
         return await self.inner.add_instance(*args, **kwargs)
+
+    async def add_instances(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fault is not None:
+            raise self.fault
+        return await self.inner.add_instances(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -79,9 +85,13 @@ class Ingest:
 
 @asynccontextmanager
 async def ingest(
-    data: Path, *, put_fault: Exception | None = None, index_fault: Exception | None = None
+    data: Path,
+    *,
+    put_fault: Exception | None = None,
+    index_fault: Exception | None = None,
+    index_class: type[SqliteIndex] = SqliteIndex,
 ) -> AsyncIterator[Ingest]:
-    index = await SqliteIndex.open(data / "index.sqlite")
+    index = await index_class.open(data / "index.sqlite")
     try:
         faulty = FaultyIndex(index, index_fault)
         blobs = FaultyBlobs(FolderBlobStore(data / "blobs"), put_fault)
