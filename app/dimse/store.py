@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,16 +57,9 @@ _FAILURES: dict[FailureReason, tuple[Status, str]] = {
 }
 
 
-# What precedes the data set in the received file: the store service writes the archive's
-# own file meta into its spool file and only looks here for where the data set starts
-# (`spool.spool_received`): a preamble, "DICM" and an empty file meta group. Building a
-# whole file meta with pydicom took 2 ms per instance.
-RECEIVED_HEADER = bytes(128) + b"DICM" + struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, 0)
-
-
 @dataclass
 class Incoming:
-    """A C-STORE data set being received: a header, then its bytes as they come. A
+    """A C-STORE data set being received: its bytes, written as they come. A
     write that fails (a full disk) is remembered, and the rest of the data set dropped, so
     that the request is still read whole and answered."""
 
@@ -87,9 +79,7 @@ class Incoming:
             transfer_syntax_uid=transfer_syntax,
             source_ae=calling_ae,
         )
-        incoming = cls(received, os.fdopen(descriptor, "wb"))
-        incoming.write(RECEIVED_HEADER)
-        return incoming
+        return cls(received, os.fdopen(descriptor, "wb"))
 
     def write(self, data: bytes | memoryview) -> None:
         if self.file is None or self.error is not None:

@@ -1,6 +1,6 @@
 """Spool files: where an incoming object waits, hashed and durable, until the blob store
-takes it. STOW-RS bodies arrive as chunks; C-STORE datasets as the file pynetdicom wrote
-while receiving them (`STORE_RECV_CHUNKED_DATASET`). Either way the spool file is the
+takes it. STOW-RS bodies arrive as chunks; C-STORE data sets as the file the DIMSE layer
+wrote while receiving them. Either way the spool file is the
 PS3.10 file the archive keeps, durable (the blob store's put syncs it) before anything
 is acknowledged."""
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,6 @@ if TYPE_CHECKING:
 # Bytes gathered from a stream before a worker thread writes them (see StoreService).
 SPOOL_BATCH = 1 << 20
 _CHUNK = 1 << 20
-# Preamble, 'DICM', then (0002,0000) UL of 4 bytes, explicit VR little endian (PS3.10 7.1).
-_PREFIX = 128 + 4
-_GROUP_LENGTH = struct.Struct("<HH2sHI")
 
 
 @dataclass(frozen=True)
@@ -36,8 +32,8 @@ class Spooled:
 
 @dataclass(frozen=True)
 class Received:
-    """A dataset received over DIMSE: the file pynetdicom wrote (its own file meta, then
-    the dataset exactly as it came off the wire) and what the request said about it."""
+    """A data set received over DIMSE: a file of its bytes exactly as they came off the
+    wire (no PS3.10 header: the archive writes its own) and what the request said of it."""
 
     path: Path
     sop_class_uid: str
@@ -86,7 +82,6 @@ def spool_received(received: Received, folder: Path) -> Spooled:
     digest = hashlib.sha256(header)
     try:
         with received.path.open("rb") as src, path.open("wb") as out:
-            src.seek(_dataset_offset(src.read(_PREFIX + _GROUP_LENGTH.size)))
             out.write(header)
             while chunk := src.read(_CHUNK):
                 digest.update(chunk)
@@ -97,14 +92,3 @@ def spool_received(received: Received, folder: Path) -> Spooled:
         path.unlink(missing_ok=True)
         raise
     return Spooled(path, size, digest.hexdigest())
-
-
-def _dataset_offset(start: bytes) -> int:
-    """Where the dataset begins in a file pynetdicom wrote: after its file meta, whose
-    length the group length element gives (no need to decode the group)."""
-    if len(start) < _PREFIX + _GROUP_LENGTH.size or start[128:132] != b"DICM":
-        raise OSError("the received dataset's spool file has no PS3.10 header")
-    group, element, vr, length, value = _GROUP_LENGTH.unpack_from(start, _PREFIX)
-    if (group, element, vr, length) != (0x0002, 0x0000, b"UL", 4):
-        raise OSError("the received dataset's spool file does not start with (0002,0000)")
-    return _PREFIX + _GROUP_LENGTH.size + int(value)

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.filewriter import write_file_meta_info
-from pynetdicom.dsutils import create_file_meta, split_dataset
+from pynetdicom.dsutils import split_dataset
 
 from app.audit.event import AuditEvent
 from app.audit.query import AuditQuery
@@ -104,20 +103,12 @@ async def ingest(
 
 
 def received_file(path: Path, part10: bytes, source_ae: str = "MODALITY") -> Received:
-    """`part10`'s dataset in a file as pynetdicom writes it while receiving a C-STORE
-    (STORE_RECV_CHUNKED_DATASET): its own file meta, then the dataset bytes."""
+    """`part10`'s data set in a file as the DIMSE layer writes it while receiving a C-STORE:
+    the data set bytes alone."""
     ds = pydicom.dcmread(io.BytesIO(part10))
     path.write_bytes(part10)
-    _, offset = split_dataset(path)  # pynetdicom's reading of a file meta group
-    meta = create_file_meta(
-        sop_class_uid=ds.SOPClassUID,
-        sop_instance_uid=ds.SOPInstanceUID,
-        transfer_syntax=ds.file_meta.TransferSyntaxUID,
-    )
-    with path.open("wb") as out:
-        out.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(out, meta)  # type: ignore[arg-type]
-        out.write(part10[offset:])
+    _, offset = split_dataset(path)
+    path.write_bytes(part10[offset:])
     return Received(
         path,
         sop_class_uid=str(ds.SOPClassUID),
