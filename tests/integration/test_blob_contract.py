@@ -20,6 +20,7 @@ from app.services.ports import BlobInfo, BlobStore, blob_key
 from app.storage import s3
 from app.storage.filesystem import FolderBlobStore
 from app.storage.s3 import S3BlobStore, StorageUnavailable
+from tests.support.fsync import Synced
 from tests.support.moto import (
     ACCESS_KEY_ID,
     REGION,
@@ -554,26 +555,17 @@ async def test_folder_put_syncs_the_folders_its_rename_changed(
     The blob's bytes are synced by put too (the store service no longer does)."""
     root = tmp_path / "blobs"
     store = FolderBlobStore(root)
-    synced: set[tuple[int, int]] = set()
-    real_fsync = os.fsync
-
-    def recording(fd: int) -> None:
-        stat = os.fstat(fd)
-        synced.add((stat.st_dev, stat.st_ino))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording)
+    synced = Synced(monkeypatch)
     name = key()
     await store.put(blob_key("clinic-a", name), write(spool, b"data"))
     tenant = root / "clinic-a"
     changed = [tenant / name[:2] / name[2:4], tenant / name[:2], tenant, root]
-    identities = {p: (p.stat().st_dev, p.stat().st_ino) for p in changed}
-    assert {p for p, ident in identities.items() if ident not in synced} == set()
-    blob = changed[0] / name
-    assert (blob.stat().st_dev, blob.stat().st_ino) in synced  # its bytes too
+    assert [p for p in changed if p not in synced] == []
+    assert changed[0] / name in synced  # its bytes too
     # A second blob in the same folders: only itself and its own folder changed.
-    synced.clear()
+    identities = {p: (p.stat().st_dev, p.stat().st_ino) for p in changed}
+    synced.identities.clear()
     other = name[:4] + key()[4:]
     await store.put(blob_key("clinic-a", other), write(spool, b"more"))
     second = (changed[0] / other).stat()
-    assert synced == {identities[changed[0]], (second.st_dev, second.st_ino)}
+    assert synced.identities == {identities[changed[0]], (second.st_dev, second.st_ino)}

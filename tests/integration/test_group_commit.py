@@ -5,7 +5,6 @@ and each is answered only by the outcome of its own batch's commit."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from app.index.sqlite import SqliteIndex
 from app.services.ports import Adding, AddResult
 from app.services.store import FailureReason, StoreResult
 from tests.support.dicom_factory import make_file
+from tests.support.fsync import Synced
 from tests.support.ingest import WRITER, Ingest, ingest
 from tests.support.poison import poison
 from tests.unit.services.test_store_failures import PATHS, Store, _event
@@ -105,18 +105,10 @@ async def test_an_acknowledged_instance_is_synced_with_its_folder(
 ) -> None:
     """The spool file's sync moved out of the receiving (it runs beside the next part):
     still, when the store answers, the blob's bytes and its folder entry are on disk."""
-    synced: set[tuple[int, int]] = set()
-    real_fsync = os.fsync
-
-    def recording(fd: int) -> None:
-        stat = os.fstat(fd)
-        synced.add((stat.st_dev, stat.st_ino))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording)
+    synced = Synced(monkeypatch)
     async with ingest(tmp_path / "data") as setup:
         result = await store(setup, make_file(), tmp_path)
         assert result.ok
         (blob,) = setup.blob_files()
         for path in (blob, blob.parent):
-            assert (path.stat().st_dev, path.stat().st_ino) in synced, path
+            assert path in synced, path
