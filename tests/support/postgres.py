@@ -22,6 +22,7 @@ ADMIN_URL = os.environ.get(
     "PACS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 PREFIX = "pacs_test_"
+_DROP_ATTEMPTS = 60
 # Names of the databases this process created, to check that none is left behind.
 CREATED: set[str] = set()
 
@@ -76,8 +77,17 @@ async def drop_database(url: str) -> None:
     assert name.startswith(PREFIX), name
     conn = await asyncpg.connect(ADMIN_URL)
     try:
-        # FORCE: a test that failed half-way may have left a connection open.
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for attempt in range(_DROP_ATTEMPTS):
+            try:
+                # FORCE: a test that failed half-way may have left a connection open.
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except asyncpg.InsufficientPrivilegeError:
+                # An autovacuum worker is in the database (after a test's bulk insert), and
+                # FORCE may not terminate it without pg_signal_backend: it ends soon.
+                if attempt == _DROP_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.5)
     finally:
         await conn.close()
 
