@@ -92,11 +92,18 @@ def select_changes(
                WHERE {where} ORDER BY {order}"""
 
 
+def _action(name: str) -> ChangeAction | str:
+    try:
+        return ChangeAction(name)
+    except ValueError:  # written by a newer version sharing the index
+        return name
+
+
 def change(row: Row, timestamp: datetime) -> Change:
     text = row["metadata"] if "metadata" in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
     return Change(
         sequence=int(row["seq"]),
-        action=ChangeAction(row["action"]),
+        action=_action(row["action"]),
         timestamp=timestamp,
         study_instance_uid=row["study_instance_uid"],
         series_instance_uid=row["series_instance_uid"],

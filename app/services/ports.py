@@ -126,7 +126,9 @@ class Change:
     `Index.changes`)."""
 
     sequence: int
-    action: ChangeAction
+    # A ChangeAction, or (written by a newer version of the archive sharing the index) an
+    # action this version does not know yet: passed on, for consumers to skip.
+    action: ChangeAction | str
     timestamp: datetime
     study_instance_uid: str
     series_instance_uid: str | None

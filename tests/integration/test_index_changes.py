@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -254,3 +255,28 @@ async def test_postgres_second_writer_takes_its_number_after_the_first_commits(
         for conn in conns:
             await conn.close()
         await index.close()
+
+
+async def test_an_action_of_a_newer_version_is_passed_on(backend: Backend, index: Index) -> None:
+    """A node of a newer version sharing the index may write actions this one does not
+    know (study.stable ...): they are read as they are, for consumers to skip, not a 500."""
+    columns = "tenant, seq, action, changed_at, study_instance_uid"
+    if backend.name == "sqlite":
+        with sqlite3.connect(backend.location) as db:
+            db.execute(
+                f"INSERT INTO change_log ({columns}) VALUES (?, 1, 'study.stable', ?, '1.2.3')",
+                (TENANT, "2026-01-02T03:04:05.678+00:00"),
+            )
+    else:
+        conn = await asyncpg.connect(backend.location)
+        try:
+            await conn.execute(
+                f"INSERT INTO change_log ({columns})"
+                " VALUES ($1, 1, 'study.stable', now(), '1.2.3')",
+                TENANT,
+            )
+        finally:
+            await conn.close()
+    (found,) = await index.changes(TENANT, 0, 10, metadata=True)
+    assert (found.sequence, found.action, found.state) == (1, "study.stable", ChangeState.CURRENT)
+    assert (found.series_instance_uid, found.sop_instance_uid, found.metadata) == (None, None, None)
