@@ -1,7 +1,8 @@
 """The change feed of two `pacs serve` nodes on one PostgreSQL database (and one S3 bucket)
 while both ingest concurrently (issue 12, done when): read from either node, it lists every
 stored instance exactly once, in one order, with no gaps, and a consumer following it
-with long polls, alternating between the nodes, never sees a gap or an entry twice."""
+with long polls, alternating between the nodes, never sees a gap or an entry twice; a long
+poll on one node hears of a store through the other within a second."""
 
 from __future__ import annotations
 
@@ -109,3 +110,19 @@ def test_two_nodes_ingesting_concurrently_give_one_gapless_feed(tmp_path: Path) 
         for node in nodes:
             latest = httpx.get(f"{node}/dicomweb/changefeed/latest", timeout=30).json()
             assert latest["Sequence"] == len(files)
+        _check_a_long_poll_hears_of_the_other_node(nodes, len(files))
+
+
+def _check_a_long_poll_hears_of_the_other_node(nodes: list[str], offset: int) -> None:
+    """A consumer long polling node 2 learns within a second (PACS_CHANGEFEED_POLL_MS,
+    500 ms) of an instance stored through node 1."""
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(_page, nodes[1], offset, wait=20)
+        time.sleep(0.5)
+        assert not waiting.done()
+        assert _store(nodes[0], to_bytes(make_dataset())) == 200
+        stored = time.monotonic()
+        (entry,) = waiting.result(timeout=20)
+        heard = time.monotonic() - stored
+    assert entry["Sequence"] == offset + 1
+    assert heard < 1.0, f"node 2 answered {heard:.2f} s after node 1 stored"
