@@ -63,6 +63,14 @@ class Settings:
     patient_mismatch: str = "refuse"
     qido_default_limit: int = 100
     qido_max_limit: int = 1000
+    # Change feed (GET /dicomweb/changefeed): entries per page without `limit`, the largest
+    # `limit` (with metadata an entry is an instance's whole DICOM JSON), the longest long
+    # poll (`wait`, seconds; each waiting request holds a connection), and how often a
+    # waiting request looks at the index for changes made by other processes (ms).
+    changefeed_default_limit: int = 10
+    changefeed_max_limit: int = 100
+    changefeed_max_wait: int = 30
+    changefeed_poll_ms: int = 500
     # Largest image /rendered, /thumbnail and WADO-URI may produce, in pixels (vw x vh,
     # rows x columns; an animated GIF's frames together): rendering holds it whole in memory.
     max_rendered_pixels: int = 4096 * 4096
@@ -198,6 +206,13 @@ class Settings:
             raise ValueError(
                 f"PACS_PATIENT_MISMATCH: {self.patient_mismatch!r} is neither refuse nor warn"
             )
+        if not 1 <= self.changefeed_default_limit <= self.changefeed_max_limit:
+            raise ValueError(
+                "PACS_CHANGEFEED_DEFAULT_LIMIT: must be at least 1 and at most "
+                f"PACS_CHANGEFEED_MAX_LIMIT ({self.changefeed_max_limit})"
+            )
+        if self.changefeed_max_wait < 0:
+            raise ValueError("PACS_CHANGEFEED_MAX_WAIT: must be 0 (no long polling) or more")
         if self.max_rendered_pixels < 1:
             raise ValueError("PACS_MAX_RENDERED_PIXELS: must be at least 1")
         if self.max_frames_per_request < 1:
@@ -432,6 +447,7 @@ _AT_LEAST_ONE = (
     "http_max_connections",
     "listen_backlog",
     "index_batch",
+    "changefeed_poll_ms",
 )
 
 

@@ -3,7 +3,8 @@
 A pool of connections; each write is one READ COMMITTED transaction that takes its locks
 in one order: an advisory lock on the SOP Instance UID (so two uploads of one instance,
 from any process, decide IDENTICAL/CONFLICT one after the other), then the patient, study
-and series rows (an overwrite locks the old and the new patient together first). Uploads
+and series rows (an overwrite locks the old and the new patient together first), and last,
+just before the commit, the tenant's change-log counter (app/index/postgres_changes.py). Uploads
 of one study therefore queue on its rows instead of deadlocking, and commit its instances
 in pk order. The parents' rows are rewritten only when what they hold changes: instance
 counts once per FOLD_AT instances (a search counts the newer ones: `compile_counted_search`;
@@ -27,7 +28,8 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
-from app.index import postgres_audit
+from app.index import postgres_audit, postgres_changes
+from app.index.change_rows import change_of
 from app.index.migrations import IndexUnavailable, SchemaError, latest_version, migrations
 from app.index.rows import (
     FOLD_AT,
@@ -49,6 +51,7 @@ from app.services.ports import (
     AuditEvent,
     AuditFor,
     AuditQuery,
+    Change,
     InstanceRecord,
     Json,
     Outcome,
@@ -141,6 +144,9 @@ class PostgresIndex:
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     done = {i: await _add_item(conn, batch[i], *storable[i]) for i in order}
+                    # Last: the tenants' counters stay locked until the commit.
+                    changes = [change_of(batch[i], done[i]) for i in order]
+                    await postgres_changes.record_changes(conn, [c for c in changes if c])
                 return [done[i] for i in range(len(batch))]
             except _RETRYABLE as exc:
                 if attempt == _ATTEMPTS:
@@ -189,6 +195,18 @@ class PostgresIndex:
             "SELECT blob_key FROM instance WHERE blob_key = ANY($1::text[])", list(keys)
         )
         return {row["blob_key"] for row in rows}
+
+    # -- change log (app/index/postgres_changes.py) -----------------------------------
+
+    async def changes(
+        self, tenant: str, after: int, limit: int, *, metadata: bool = False
+    ) -> list[Change]:
+        return await postgres_changes.read_changes(
+            self._pool, tenant, after, limit, metadata=metadata
+        )
+
+    async def latest_change(self, tenant: str, *, metadata: bool = False) -> Change | None:
+        return await postgres_changes.latest_change(self._pool, tenant, metadata=metadata)
 
     # -- audit trail (app/index/postgres_audit.py) -------------------------------------
 

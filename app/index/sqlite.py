@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
-from app.index import sqlite_audit
+from app.index import sqlite_audit, sqlite_changes
+from app.index.change_rows import change_of
 from app.index.migrations import SchemaError, latest_version, migrations
 from app.index.rows import (
     FOLD_AT,
@@ -42,6 +43,7 @@ from app.services.ports import (
     AuditEvent,
     AuditFor,
     AuditQuery,
+    Change,
     InstanceRecord,
     Json,
     Outcome,
@@ -172,6 +174,20 @@ class SqliteIndex:
             found.update(await self._read(partial(_referenced, keys=batch)))
         return found
 
+    # -- change log (app/index/sqlite_changes.py) -------------------------------------
+
+    async def changes(
+        self, tenant: str, after: int, limit: int, *, metadata: bool = False
+    ) -> list[Change]:
+        return await self._read(
+            lambda db: sqlite_changes.read_changes(db, tenant, after, limit, metadata=metadata)
+        )
+
+    async def latest_change(self, tenant: str, *, metadata: bool = False) -> Change | None:
+        return await self._read(
+            lambda db: sqlite_changes.latest_change(db, tenant, metadata=metadata)
+        )
+
     # -- audit trail (app/index/sqlite_audit.py) ---------------------------------------
 
     async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:
@@ -219,7 +235,8 @@ def _transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) 
 
 def _add_batch(db: sqlite3.Connection, items: Sequence[Adding]) -> list[AddResult | Exception]:
     """Add each item in a savepoint of the caller's transaction: one that fails is undone
-    alone and returned as its exception."""
+    alone and returned as its exception. The change-log entries of those that changed
+    something are written last, in the same transaction."""
     results: list[AddResult | Exception] = []
     for item in items:
         db.execute("SAVEPOINT batch_item")
@@ -240,6 +257,8 @@ def _add_batch(db: sqlite3.Connection, items: Sequence[Adding]) -> list[AddResul
         else:
             results.append(added)
         db.execute("RELEASE batch_item")
+    changes = [change_of(item, added) for item, added in zip(items, results, strict=True)]
+    sqlite_changes.record_changes(db, [c for c in changes if c is not None])
     return results
 
 

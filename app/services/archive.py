@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from app.audit.message import AuditSource
 from app.audit.syslog import SyslogSender
 from app.services.audit import AuditService
+from app.services.changefeed import ChangeFeed, ChangeSignal
 from app.services.delivery import Delivery
 from app.services.imaging import ImagingService
 from app.services.ports import BlobStore, Index
@@ -28,6 +29,7 @@ class Archive:
     imaging: ImagingService
     audit: AuditService
     delivery: Delivery
+    changefeed: ChangeFeed
 
     @classmethod
     def build(cls, settings: Settings, index: Index, blobs: BlobStore) -> Archive:
@@ -36,6 +38,7 @@ class Archive:
         source = AuditSource(f"pacs@{host}", host, ae_title=settings.ae_title.strip())
         sender = SyslogSender.from_settings(settings.audit_syslog, settings.audit_syslog_ca, source)
         audit = AuditService(index, sender)
+        signal = ChangeSignal()
         imaging = ImagingService(
             retrieve,
             max_queued=settings.max_queued_imaging,
@@ -53,12 +56,14 @@ class Archive:
                 overwrite=settings.overwrite,
                 allow_patient_mismatch=settings.patient_mismatch == "warn",
                 index_batch=settings.index_batch,
+                changed=signal.changed,
             ),
             search=SearchService(index),
             retrieve=retrieve,
             imaging=imaging,
             audit=audit,
             delivery=Delivery(retrieve, imaging, settings.spool_dir),
+            changefeed=ChangeFeed(index, signal, poll_interval=settings.changefeed_poll_ms / 1000),
         )
 
     async def close(self) -> None:

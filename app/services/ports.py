@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -103,6 +104,41 @@ class Adding:
     allow_patient_mismatch: bool = False
 
 
+class ChangeAction(StrEnum):
+    """What a change-log entry records. Extensible: consumers skip actions they do not
+    know. (Planned: instance.deleted, series.stable, study.stable, study.deleted.)"""
+
+    INSTANCE_STORED = "instance.stored"  # a new instance
+    INSTANCE_REPLACED = "instance.replaced"  # another object under a stored SOP Instance UID
+
+
+class ChangeState(StrEnum):
+    """Whether the object a change made is still there, as the change feed says (State)."""
+
+    CURRENT = "current"  # the version this change stored is the stored one
+    REPLACED = "replaced"  # a later change replaced it
+    DELETED = "deleted"  # nothing is stored under its SOP Instance UID any more
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of a tenant's change log, numbered from 1 without gaps (see
+    `Index.changes`)."""
+
+    sequence: int
+    # A ChangeAction, or (written by a newer version of the archive sharing the index) an
+    # action this version does not know yet: passed on, for consumers to skip.
+    action: ChangeAction | str
+    timestamp: datetime
+    study_instance_uid: str
+    series_instance_uid: str | None
+    sop_instance_uid: str | None
+    state: ChangeState
+    # DICOM JSON as stored (BulkDataURI placeholders unresolved), when asked for and the
+    # state is current.
+    metadata: bytes | None = None
+
+
 @dataclass(frozen=True)
 class SearchHit:
     """One QIDO/C-FIND result row: the stored attributes of each level it spans."""
@@ -175,6 +211,20 @@ class Index(Protocol):
         """Of `keys`, those an instance row refers to, in any tenant: the orphan sweep's
         question (app/services/orphans.py). The one method without a tenant: it answers
         about the archive's own storage, a subset of what it is asked, never data."""
+        ...
+
+    async def changes(
+        self, tenant: str, after: int, limit: int, *, metadata: bool = False
+    ) -> list[Change]:
+        """The change-log entries of `tenant` with a sequence above `after`, in sequence
+        order, at most `limit`. Every write of `add_instances` that stored or replaced an
+        instance made one entry in its own transaction. Sequences have no gaps a reader can
+        see: once n is visible, every sequence below it is and always will be, so reading
+        on from the last sequence seen never misses an entry, from any node."""
+        ...
+
+    async def latest_change(self, tenant: str, *, metadata: bool = False) -> Change | None:
+        """The entry with the highest sequence of `tenant`; None while its log is empty."""
         ...
 
     async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:

@@ -21,7 +21,7 @@ import errno
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from functools import partial
@@ -91,8 +91,12 @@ class StoreService:
         overwrite: bool = False,
         allow_patient_mismatch: bool = False,
         index_batch: int = 64,
+        changed: Callable[[str], None] | None = None,
     ) -> None:
         self.index = index
+        # Told the tenant of each committed change (app/services/changefeed.py: wakes the
+        # change feed's waiting readers).
+        self.changed = changed
         # Concurrent ingests share index commits (app/services/group_commit.py). A
         # cancelled caller (a client gone) leaves its blob to the batch: if the batch did
         # not keep it, the orphan sweep removes it later.
@@ -384,6 +388,8 @@ class StoreService:
             return
         if added.audit is not None:
             self.audit.forward(added.audit)
+        if self.changed is not None and added.outcome in (Outcome.STORED, Outcome.REPLACED):
+            self.changed(tenant)
         if added.outcome in (Outcome.IDENTICAL, Outcome.CONFLICT, Outcome.PATIENT_MISMATCH):
             await self.blobs.delete(key)
         if added.orphan_blob_key:
