@@ -11,9 +11,10 @@ The loop:
 2. Collect the changes of CT instances by study; changes of other modalities (among them the
    SEGs this program stores, which would otherwise start it over) are skipped.
 3. A study is ready when no new change came for it within a quiet time: its instances have
-   arrived. Each of its CT series is retrieved (WADO-RS), sorted along the slice normal,
-   thresholded (the stand-in for a model: HU > 300 is bone), written as a binary DICOM SEG
-   and stored (STOW-RS) into the same study.
+   arrived (the archive's own "study stable" events, once there, can replace this). Each
+   of its CT series is retrieved (WADO-RS), sorted along the slice normal, thresholded (the
+   stand-in for a model: HU > 300 is bone), written as a binary DICOM SEG and stored
+   (STOW-RS) into the same study.
 
 Delivery is at least once: a study whose changes are read again after a crash or restart is
 segmented again, and so is a study that receives new CT instances after its SEG was made.
