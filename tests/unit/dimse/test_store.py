@@ -1,6 +1,6 @@
 """The C-STORE handler against a minimal bridge: an association on a socket pair, the real
-store service on a SQLite index and a folder blob store. The handler hands over the file the
-data set was received into and answers the service's result."""
+store service on a SQLite index and a folder blob store. The handler hands over the sink
+the data set was received into and answers the service's result."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from app.dimse import message
 from app.dimse.association import Association, Context
 from app.dimse.bridge import Bridge, DimseConfig
 from app.dimse.operation import Operation
-from app.dimse.store import Incoming, stored_status
+from app.dimse.store import open_sink, stored_status
 from app.services.archive import Archive
 from app.services.audit import AuditService
 from app.services.store import StoreService
 from tests.support.dicom_factory import make_file
-from tests.support.ingest import STORAGE_FULL, Ingest, ingest
+from tests.support.ingest import STORAGE_FULL, Ingest, data_set_offset, ingest
 
 POLICY = parse_ae_policy("MODALITY=store;VIEWER=find")
 
@@ -47,31 +47,28 @@ class Scp:
     work: Path
 
     async def store(self, data: bytes, calling_ae: str = "MODALITY") -> Dataset | int:
-        """C-STORE `data`'s data set as it arrives on an association: into an Incoming
-        file, which is left for the association to remove."""
+        """C-STORE `data`'s data set as it arrives on an association: into a sink of the
+        store service (which the association discards unless the service took it)."""
         ds = pydicom.dcmread(io.BytesIO(data))
         command: message.Command = {
             message.COMMAND_FIELD: message.CommandField.C_STORE_RQ,
             message.AFFECTED_SOP_CLASS_UID: str(ds.SOPClassUID),
             message.AFFECTED_SOP_INSTANCE_UID: str(ds.SOPInstanceUID),
         }
-        incoming = Incoming.open(command, calling_ae, ExplicitVRLittleEndian)
-        offset = data.index(b"DICM") + 4
-        offset += 12 + int.from_bytes(data[offset + 8 : offset + 12], "little")
-        for start in range(offset, len(data), 16384):  # as fragments arrive
-            incoming.write(memoryview(data)[start : start + 16384])
-        incoming.finish()
+        sink = open_sink(self.bridge, command, calling_ae, ExplicitVRLittleEndian)
+        view = memoryview(data)
+        for start in range(data_set_offset(data), len(data), 16384):  # as fragments arrive
+            sink.write(view[start : start + 16384])
         ours, theirs = socket.socketpair()
         reader, writer = await asyncio.open_connection(sock=ours)
         assoc = Association(reader, writer, calling_ae, "127.0.0.1", 40000, "PACS", 1, 1)
         context = Context(1, CTImageStorage, ExplicitVRLittleEndian, as_scp=True)
         try:
-            status = await stored_status(Operation(assoc, context, command), self.bridge, incoming)
+            status = await stored_status(Operation(assoc, context, command), self.bridge, sink)
         finally:
             await assoc.close()
             theirs.close()
-        assert incoming.received.path.exists()  # the association's to remove
-        incoming.discard()
+        sink.discard()  # as the association does
         return status
 
 
