@@ -18,10 +18,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from app.auth.ae_policy import parse_ae_policy
-from app.dimse import message
+from app.dimse import message, pdata
 from app.dimse.association import Association, Context
 from app.dimse.bridge import Bridge, DimseConfig
 from app.dimse.operation import Operation
+from app.dimse.pdu import RELEASE_RQ, PduType
+from app.dimse.session import Session
 from app.dimse.store import open_sink, stored_status
 from app.services.archive import Archive
 from app.services.audit import AuditService
@@ -125,3 +127,57 @@ async def test_an_ae_without_store_is_refused_0124_and_nothing_is_stored(scp: Sc
     assert isinstance(status, Dataset)
     assert status.Status == 0x0124
     assert scp.setup.spool_files() == [] and scp.setup.blob_files() == []
+
+
+async def _session(scp: Scp, pdus: list[bytes | memoryview], *, then_close: bool) -> bytes:
+    """Serve one association (already set up) whose peer sends `pdus`, then closes the
+    connection (an abort) or releases; what we answered."""
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    assoc = Association(reader, writer, "MODALITY", "127.0.0.1", 40000, "PACS", 1 << 20, 16384)
+    assoc.contexts = {1: Context(1, CTImageStorage, ExplicitVRLittleEndian, as_scp=True)}
+    peer_reader, peer_writer = await asyncio.open_connection(sock=theirs)
+    session = asyncio.create_task(Session(assoc, scp.bridge).run())
+    peer_writer.writelines(pdus)
+    if not then_close:
+        peer_writer.write(RELEASE_RQ)
+    await peer_writer.drain()
+    if then_close:
+        peer_writer.close()
+    await asyncio.wait_for(session, 10)
+    answered = await peer_reader.read()
+    peer_writer.close()
+    return answered
+
+
+def _c_store_pdus(data: bytes, *, cut_at: int | None = None) -> list[bytes | memoryview]:
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    command = message.encode(
+        {
+            message.AFFECTED_SOP_CLASS_UID: str(ds.SOPClassUID),
+            message.COMMAND_FIELD: message.CommandField.C_STORE_RQ,
+            message.MESSAGE_ID: 1,
+            message.PRIORITY: message.PRIORITY_MEDIUM,
+            message.COMMAND_DATA_SET_TYPE: message.DATA_SET_PRESENT,
+            message.AFFECTED_SOP_INSTANCE_UID: str(ds.SOPInstanceUID),
+        }
+    )
+    data_set = memoryview(data)[data_set_offset(data) :]
+    pieces = pdata.pdus(1, True, command, 16384)
+    return pieces + pdata.pdus(1, False, data_set[:cut_at], 16384, last=cut_at is None)
+
+
+async def test_a_data_set_cut_off_by_the_peer_leaves_no_spool_file(scp: Scp) -> None:
+    # Held in a temporary file that only the answer removed: an abort left it behind.
+    data = make_file(rows=1024, columns=1024)  # 2 MB: part of it is on disk when cut off
+    await _session(scp, _c_store_pdus(data, cut_at=(1 << 20) + 300_000), then_close=True)
+    assert scp.setup.spool_files() == [] and scp.setup.blob_files() == []
+
+
+async def test_a_data_set_received_in_fragments_on_an_association_is_stored(scp: Scp) -> None:
+    data = make_file(rows=1024, columns=1024)
+    answered = await _session(scp, _c_store_pdus(data), then_close=False)
+    assert answered.startswith(bytes([PduType.P_DATA_TF]))  # the C-STORE-RSP
+    [blob] = scp.setup.blob_files()
+    assert blob.read_bytes().endswith(data[data_set_offset(data) :])
+    assert scp.setup.spool_files() == []
