@@ -40,7 +40,7 @@ from app.dimse.negotiation import Negotiated, negotiate
 from app.dimse.operation import Operation
 from app.dimse.pdu import AbortReason, Pdu, PduError, PduType, abort, read_pdu
 from app.dimse.retrieve import handle_get, handle_move
-from app.dimse.status import Status
+from app.dimse.status import Status, with_comment
 from app.dimse.store import handle_store, open_sink
 from app.services.spool import ReceivedSink
 from app.throttled_log import ThrottledLog
@@ -286,8 +286,14 @@ class Session:
             await operation.respond(_response(field), Status.SOP_CLASS_NOT_SUPPORTED)
         elif field == CommandField.C_ECHO_RQ:
             await self._echo(operation)
+        elif field == CommandField.C_STORE_RQ and sink is None:
+            # Its Command Data Set Type said "no data set": nothing to store (PS3.7 9.3.1.1
+            # requires one). It ended the session with an IndexError.
+            log.info("C-STORE from %s refused: a request without a data set", assoc.peer)
+            refused = with_comment(Status.CANNOT_UNDERSTAND, "a C-STORE-RQ without a data set")
+            await operation.respond(CommandField.C_STORE_RSP, refused)
         elif field == CommandField.C_STORE_RQ:
-            assert sink is not None  # a C-STORE-RQ always gets one
+            assert sink is not None
             await handle_store(operation, self.bridge, sink)
         elif isinstance(field, int) and field in _LONG:
             self.current = operation

@@ -22,7 +22,7 @@ from app.dimse import message, pdata
 from app.dimse.association import Association, Context
 from app.dimse.bridge import Bridge, DimseConfig
 from app.dimse.operation import Operation
-from app.dimse.pdu import RELEASE_RQ, PduType
+from app.dimse.pdu import RELEASE_RP, RELEASE_RQ, PduType
 from app.dimse.session import Session
 from app.dimse.store import open_sink, stored_status
 from app.services.archive import Archive
@@ -181,3 +181,26 @@ async def test_a_data_set_received_in_fragments_on_an_association_is_stored(scp:
     [blob] = scp.setup.blob_files()
     assert blob.read_bytes().endswith(data[data_set_offset(data) :])
     assert scp.setup.spool_files() == []
+
+
+async def test_a_c_store_without_a_data_set_is_answered_c000_not_a_crash(scp: Scp) -> None:
+    # The session took the data set's sink for granted and ended with an IndexError.
+    command = message.encode(
+        {
+            message.AFFECTED_SOP_CLASS_UID: CTImageStorage,
+            message.COMMAND_FIELD: message.CommandField.C_STORE_RQ,
+            message.MESSAGE_ID: 7,
+            message.PRIORITY: message.PRIORITY_MEDIUM,
+            message.COMMAND_DATA_SET_TYPE: message.NO_DATA_SET,
+            message.AFFECTED_SOP_INSTANCE_UID: generate_uid(),
+        }
+    )
+    answered = await _session(scp, pdata.pdus(1, True, command, 16384), then_close=False)
+    length = int.from_bytes(answered[2:6], "big")
+    [pdv] = pdata.split(answered[6 : 6 + length])
+    response = message.decode(bytes(pdv.data))
+    assert response[message.COMMAND_FIELD] == message.CommandField.C_STORE_RSP
+    assert response[message.STATUS] == 0xC000
+    assert response[message.MESSAGE_ID_BEING_RESPONDED_TO] == 7
+    assert answered[6 + length :] == RELEASE_RP  # served on, then released
+    assert scp.setup.spool_files() == [] and scp.setup.blob_files() == []
