@@ -245,3 +245,45 @@ async def test_stores_into_a_study_being_deleted_leave_exact_counts(
     finally:
         await writer.close()
         await deleter.close()
+
+
+async def test_readers_see_a_study_whole_or_not_at_all_while_it_is_deleted(
+    backend: Backend, records: Records
+) -> None:
+    """A reader on another index object polls the study while it is deleted: every answer
+    is the whole study or nothing, never part of it."""
+    study = generate_uid()
+    count = FOLD_AT + 8
+    deleter, reader = await backend.open(), await backend.open()
+    try:
+        series = [generate_uid() for _ in range(4)]
+        batch = [
+            records.make(study=study, series=series[n % 4], InstanceNumber=n) for n in range(count)
+        ]
+        await _add_all(deleter, batch)
+        seen: set[tuple[int, object]] = set()
+        done = asyncio.Event()
+
+        async def read() -> None:
+            while not done.is_set():
+                instances = len(await reader.instances(TENANT, study))
+                computed = await _study(reader, study)
+                counted = computed[NUMBER_OF_STUDY_RELATED_INSTANCES] if computed else None
+                seen.add((instances, counted))
+                await asyncio.sleep(0)
+
+        async def delete() -> None:
+            await asyncio.sleep(0.02)
+            try:
+                await deleter.delete(TENANT, study)
+            finally:
+                done.set()
+
+        await asyncio.wait_for(asyncio.gather(read(), delete()), 60)
+        # The two reads are two statements: the delete may commit between them.
+        assert seen <= {(count, count), (count, None), (0, None)}, seen
+        assert (count, count) in seen
+        assert await reader.instances(TENANT, study) == []
+    finally:
+        await deleter.close()
+        await reader.close()
