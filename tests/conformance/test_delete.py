@@ -6,6 +6,7 @@ modalities of what remains stay exact."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -228,6 +229,32 @@ def test_a_delete_needs_the_delete_permission(
             done = http.delete(f"studies/{study}", headers={"Authorization": f"Bearer {deleter}"})
             assert done.status_code == 204, done.text
             assert _study_counts(http, study) is None
+
+
+def test_a_blob_the_store_refused_to_delete_is_deleted_by_the_retry(tmp_path: Path) -> None:
+    """The running server's retry (PACS_BLOB_DELETE_RETRY_INTERVAL): a blob whose folder
+    refuses deletions (immutable, even to root) outlives its DELETE, logged, and goes once
+    the folder accepts again."""
+    tenant, study, data = _tenant(), generate_uid(), tmp_path / "data"
+    env = {"PACS_BLOB_DELETE_RETRY_INTERVAL": "1"}
+    with running_server(data, env=env) as url, _client(f"{url}/dicomweb", tenant) as http:
+        stow_ok(http, [make_file(study=study)])
+        (blob,) = _blobs(data, tenant)
+        subprocess.run(["chattr", "+i", str(blob.parent)], check=True)
+        try:
+            assert http.delete(f"studies/{study}").status_code == 204
+            assert http.get(f"studies/{study}").status_code == 404
+            time.sleep(1.5)  # a retry or more, refused too
+            assert blob.exists()
+        finally:
+            subprocess.run(["chattr", "-i", str(blob.parent)], check=True)
+        deadline = time.monotonic() + 10
+        while blob.exists():
+            assert time.monotonic() < deadline, "the blob was not deleted by the retry"
+            time.sleep(0.1)
+    log = (data / "server.log").read_text()
+    assert "it stays recorded and is retried" in log
+    assert "blob deletion retry: 1 deleted" in log
 
 
 def test_a_delete_on_postgresql_and_s3_leaves_no_object_in_the_bucket(tmp_path: Path) -> None:
