@@ -55,6 +55,9 @@ class Settings:
     # upload is dated from its start): younger blobs may be another node's upload in flight.
     orphan_grace: int = 3600
     orphan_sweep_interval: int = 6 * 3600
+    # Seconds between retries of blob deletions that failed after a DELETE committed (the
+    # store down or refusing; app/services/delete.py): each blob is retried until it is gone.
+    blob_delete_retry_interval: int = 60
     # Replace a stored instance when a different object arrives with its SOP Instance UID.
     overwrite: bool = False
     # An instance whose PatientID / IssuerOfPatientID differs from the study it joins:
@@ -448,6 +451,7 @@ _AT_LEAST_ONE = (
     "listen_backlog",
     "index_batch",
     "changefeed_poll_ms",
+    "blob_delete_retry_interval",
 )
 
 

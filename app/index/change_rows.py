@@ -64,8 +64,10 @@ def by_tenant(changes: Iterable[PendingChange]) -> list[tuple[str, list[PendingC
 
 # The state of the version an entry made, from the instance stored now under its SOP
 # Instance UID (found by the unique (tenant, sop_instance_uid) key): the blob key names a
-# version, never reused. Entries about no instance (none yet) are current.
-_STATE = """CASE WHEN c.sop_instance_uid IS NULL THEN 'current'
+# version, never reused. Entries about no instance are current, but for a whole series or
+# study deleted (series.deleted, study.deleted).
+_STATE = """CASE WHEN c.sop_instance_uid IS NULL
+                  THEN CASE WHEN c.action LIKE '%.deleted' THEN 'deleted' ELSE 'current' END
                  WHEN i.blob_key IS NULL THEN 'deleted'
                  WHEN i.blob_key = c.blob_key THEN 'current'
                  ELSE 'replaced' END"""

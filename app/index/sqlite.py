@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
 from app.index import sqlite_audit, sqlite_changes
 from app.index.change_rows import change_of
+from app.index.delete_rows import DELETE_COLUMNS, counted, deleted_changes
 from app.index.migrations import SchemaError, latest_version, migrations
 from app.index.rows import (
     FOLD_AT,
@@ -44,6 +45,8 @@ from app.services.ports import (
     AuditFor,
     AuditQuery,
     Change,
+    DeleteAuditFor,
+    DeleteResult,
     InstanceRecord,
     Json,
     Outcome,
@@ -128,6 +131,29 @@ class SqliteIndex:
         items = tuple(batch)
         return await self._write(lambda db: _add_batch(db, items))
 
+    async def delete(
+        self,
+        tenant: str,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        *,
+        audit: DeleteAuditFor | None = None,
+    ) -> DeleteResult:
+        scope = (tenant, study_instance_uid, series_instance_uid, sop_instance_uid)
+        return await self._write(lambda db: _delete_scope(db, *scope, audit=audit))
+
+    async def blobs_to_delete(self, limit: int) -> list[str]:
+        sql = "SELECT blob_key FROM blob_deletion ORDER BY queued_at, blob_key LIMIT ?"
+        rows = await self._read(lambda db: db.execute(sql, (limit,)).fetchall())
+        return [row[0] for row in rows]
+
+    async def blobs_deleted(self, keys: Sequence[str]) -> None:
+        batch = [(key,) for key in keys]
+        if batch:
+            sql = "DELETE FROM blob_deletion WHERE blob_key = ?"
+            await self._write(lambda db: db.executemany(sql, batch))
+
     # -- reads -------------------------------------------------------------------------
 
     async def search(self, tenant: str, query: Query) -> list[SearchHit]:
@@ -200,8 +226,9 @@ class SqliteIndex:
 
 def _referenced(db: sqlite3.Connection, keys: tuple[str, ...]) -> list[str]:
     marks = ",".join("?" * len(keys))
-    sql = f"SELECT blob_key FROM instance WHERE blob_key IN ({marks})"
-    return [row[0] for row in db.execute(sql, keys)]
+    sql = f"""SELECT blob_key FROM instance WHERE blob_key IN ({marks})
+              UNION SELECT blob_key FROM blob_deletion WHERE blob_key IN ({marks})"""
+    return [row[0] for row in db.execute(sql, keys + keys)]
 
 
 def _open(path: Path, readers: int) -> tuple[sqlite3.Connection, list[sqlite3.Connection]]:
@@ -577,6 +604,81 @@ def _delete_instance(db: sqlite3.Connection, instance_pk: int) -> None:
         db.execute("DELETE FROM study WHERE pk = ?", (study_fk,))
         db.execute("UPDATE patient SET num_studies = num_studies - 1 WHERE pk = ?", (patient_fk,))
         db.execute("DELETE FROM patient WHERE pk = ? AND num_studies = 0", (patient_fk,))
+
+
+def _delete_scope(
+    db: sqlite3.Connection,
+    tenant: str,
+    study_uid: str,
+    series_uid: str | None,
+    sop_uid: str | None,
+    *,
+    audit: DeleteAuditFor | None,
+) -> DeleteResult:
+    """`Index.delete` in the writer's transaction (one writer: nothing changes meanwhile)."""
+    where, params = _scope(tenant, study_uid, series_uid, sop_uid)
+    rows = db.execute(
+        f"""SELECT {DELETE_COLUMNS} FROM instance
+            JOIN series ON series.pk = instance.series_fk
+            JOIN study ON study.pk = instance.study_fk
+            WHERE {where} ORDER BY {_ORDER}""",
+        params,
+    ).fetchall()
+    if not rows:
+        return DeleteResult()
+    study = db.execute(
+        "SELECT pk, patient_fk, counted_pk FROM study WHERE tenant = ? AND study_instance_uid = ?",
+        (tenant, study_uid),
+    ).fetchone()
+    series_fks = sorted({row["series_fk"] for row in rows})
+    marks = ",".join("?" * len(series_fks))
+    series_counted = {
+        row[0]: row[1]
+        for row in db.execute(
+            f"SELECT pk, counted_pk FROM series WHERE pk IN ({marks})", series_fks
+        )
+    }
+    pks = [(row["instance_pk"],) for row in rows]
+    db.executemany("DELETE FROM instance WHERE pk = ?", pks)
+    by_series = counted([(r["series_fk"], r["instance_pk"]) for r in rows], series_counted)
+    db.executemany(
+        "UPDATE series SET num_instances = num_instances - ? WHERE pk = ?",
+        [(n, pk) for pk, n in by_series.items()],
+    )
+    in_study = counted(
+        [(study["pk"], r["instance_pk"]) for r in rows], {study["pk"]: study["counted_pk"]}
+    )
+    if in_study:
+        db.execute(
+            "UPDATE study SET num_instances = num_instances - ? WHERE pk = ?",
+            (in_study[study["pk"]], study["pk"]),
+        )
+    emptied = db.execute(
+        f"""SELECT pk, series_instance_uid FROM series WHERE pk IN ({marks})
+            AND NOT EXISTS (SELECT 1 FROM instance WHERE series_fk = series.pk)""",
+        series_fks,
+    ).fetchall()
+    if emptied:
+        db.executemany("DELETE FROM series WHERE pk = ?", [(row[0],) for row in emptied])
+        _series_changed(db, study["pk"], -len(emptied), _now())
+    study_gone = not _has_instances(db, "study_fk", study["pk"])
+    if study_gone:
+        patient_fk = study["patient_fk"]
+        db.execute("DELETE FROM study WHERE pk = ?", (study["pk"],))
+        db.execute("UPDATE patient SET num_studies = num_studies - 1 WHERE pk = ?", (patient_fk,))
+        db.execute("DELETE FROM patient WHERE pk = ? AND num_studies = 0", (patient_fk,))
+    removed = [stored_instance(row) for row in rows]
+    now = _now()
+    db.executemany(
+        "INSERT OR IGNORE INTO blob_deletion (blob_key, tenant, queued_at) VALUES (?, ?, ?)",
+        [(i.blob_key, tenant, now) for i in removed],
+    )
+    events = audit(removed) if audit is not None else []
+    for event in events:
+        sqlite_audit.insert_audit_event(db, event)
+    gone = {row[1] for row in emptied}
+    sqlite_changes.record_changes(db, deleted_changes(tenant, removed, gone, study_gone))
+    return DeleteResult(tuple(removed), tuple(events))
 
 
 def _has_instances(db: sqlite3.Connection, column: str, pk: int) -> bool:

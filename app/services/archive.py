@@ -9,6 +9,7 @@ from app.audit.message import AuditSource
 from app.audit.syslog import SyslogSender
 from app.services.audit import AuditService
 from app.services.changefeed import ChangeFeed, ChangeSignal
+from app.services.delete import DeleteService
 from app.services.delivery import Delivery
 from app.services.imaging import ImagingService
 from app.services.ports import BlobStore, Index
@@ -30,6 +31,7 @@ class Archive:
     audit: AuditService
     delivery: Delivery
     changefeed: ChangeFeed
+    delete: DeleteService
 
     @classmethod
     def build(cls, settings: Settings, index: Index, blobs: BlobStore) -> Archive:
@@ -64,6 +66,7 @@ class Archive:
             audit=audit,
             delivery=Delivery(retrieve, imaging, settings.spool_dir),
             changefeed=ChangeFeed(index, signal, poll_interval=settings.changefeed_poll_ms / 1000),
+            delete=DeleteService(index, blobs, audit, changed=signal.changed),
         )
 
     async def close(self) -> None:

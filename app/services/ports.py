@@ -106,10 +106,15 @@ class Adding:
 
 class ChangeAction(StrEnum):
     """What a change-log entry records. Extensible: consumers skip actions they do not
-    know. (Planned: instance.deleted, series.stable, study.stable, study.deleted.)"""
+    know. (Planned: series.stable, study.stable.)"""
 
     INSTANCE_STORED = "instance.stored"  # a new instance
     INSTANCE_REPLACED = "instance.replaced"  # another object under a stored SOP Instance UID
+    INSTANCE_DELETED = "instance.deleted"  # removed by a delete (one entry per instance)
+    # A delete removed the series' or study's last instance: the whole of it is gone
+    # (after the entries of its instances; no SOP Instance UID, and no series for a study).
+    SERIES_DELETED = "series.deleted"
+    STUDY_DELETED = "study.deleted"
 
 
 class ChangeState(StrEnum):
@@ -149,6 +154,20 @@ class SearchHit:
     instance: Json | None = None
     # Attributes the index computes (ModalitiesInStudy, NumberOf*Related*), keyed by tag.
     computed: dict[int, Any] = field(default_factory=dict)
+
+
+# What the index keeps as the audit events of a delete, from the instances it removed
+# (app/services/delete.py): kept in the delete's own transaction.
+DeleteAuditFor = Callable[[Sequence[StoredInstance]], list[AuditEvent]]
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """What `Index.delete` removed, committed: nothing (empty) when nothing was in scope."""
+
+    instances: tuple[StoredInstance, ...] = ()
+    # The audit events kept with it (see `Index.delete`).
+    audit: tuple[AuditEvent, ...] = ()
 
 
 class Index(Protocol):
@@ -208,9 +227,41 @@ class Index(Protocol):
         ...
 
     async def referenced_blob_keys(self, keys: Sequence[str]) -> set[str]:
-        """Of `keys`, those an instance row refers to, in any tenant: the orphan sweep's
-        question (app/services/orphans.py). The one method without a tenant: it answers
-        about the archive's own storage, a subset of what it is asked, never data."""
+        """Of `keys`, those an instance row or a blob-deletion record (`blobs_to_delete`)
+        refers to, in any tenant: the orphan sweep's question (app/services/orphans.py);
+        a blob awaiting its deletion is known, not an orphan. The one method without a
+        tenant: it answers about the archive's own storage, a subset of what it is asked,
+        never data."""
+        ...
+
+    async def delete(
+        self,
+        tenant: str,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        *,
+        audit: DeleteAuditFor | None = None,
+    ) -> DeleteResult:
+        """Remove a study, series or one instance of `tenant` in one transaction: the
+        instance rows, the series, study and patient rows left empty, the computed
+        attributes of what remains (counts, ModalitiesInStudy), a change-log entry per
+        instance (and per whole series and study removed), the events `audit` makes of
+        the removed instances, and a blob-deletion record per blob (`blobs_to_delete`),
+        so that a blob whose deletion fails after the commit is retried, never leaked.
+        No reader ever sees part of it. Nothing in scope: an empty result, nothing
+        written."""
+        ...
+
+    async def blobs_to_delete(self, limit: int) -> list[str]:
+        """At most `limit` keys of blobs whose rows a delete removed and whose deletion
+        from the blob store is not yet confirmed (`blobs_deleted`), oldest first. Like
+        `referenced_blob_keys`, about the archive's own storage, in every tenant."""
+        ...
+
+    async def blobs_deleted(self, keys: Sequence[str]) -> None:
+        """Forget the blob-deletion records of `keys`: their blobs are gone from the
+        store."""
         ...
 
     async def changes(
