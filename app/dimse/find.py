@@ -85,43 +85,57 @@ async def handle_find(operation: Operation, bridge: Bridge) -> None:
     sent = 0
     offset = 0
     implicit = _LITTLE_ENDIAN.get(operation.context.transfer_syntax)
-    while True:
-        try:
-            page = await bridge.archive.search.search(
-                access, replace(query, limit=PAGE, offset=offset)
-            )
-        except Exception:
-            log.exception("C-FIND from %s: the search failed", who)
-            audit(EventOutcome.SERIOUS_FAILURE, "the search failed")
-            await answer(with_comment(Status.PROCESSING_FAILURE, "the search failed"))
-            return
-        if offset == 0:
-            audit()  # answered (whether or not the caller reads every match)
-        for attrs in page:
-            if operation.cancelled:
-                log.info("C-FIND %s from %s: cancelled after %d matches", query.level, who, sent)
-                await answer(Status.CANCEL)
+    # Recorded once the first page is found: answered, whether or not the caller reads
+    # every match. Recorded after the answer is handed to the transport, not before it.
+    unaudited = False
+    try:
+        while True:
+            try:
+                page = await bridge.archive.search.search(
+                    access, replace(query, limit=PAGE, offset=offset)
+                )
+            except Exception:
+                log.exception("C-FIND from %s: the search failed", who)
+                audit(EventOutcome.SERIOUS_FAILURE, "the search failed")
+                await answer(with_comment(Status.PROCESSING_FAILURE, "the search failed"))
                 return
-            ae_title = bridge.config.ae_title
-            encoded = implicit is not None and response_bytes(
-                request, attrs, query.level, model, ae_title, implicit=implicit
-            )
-            identifier = None if encoded else response(request, attrs, query.level, model, ae_title)
-            await operation.respond(
-                CommandField.C_FIND_RSP,
-                Status.PENDING,
-                identifier,
-                encoded=encoded or None,
-                more=True,  # a page's matches go out together, then the final status
-            )
-            sent += 1
-            await asyncio.sleep(0)  # let the association's reader see a C-CANCEL
-        if len(page) < PAGE:
-            break
-        await assoc.flush()  # this page's matches, before the next one is searched
-        offset += PAGE
+            unaudited |= offset == 0
+            for number, attrs in enumerate(page):
+                if operation.cancelled:
+                    log.info(
+                        "C-FIND %s from %s: cancelled after %d matches", query.level, who, sent
+                    )
+                    await answer(Status.CANCEL)
+                    return
+                ae_title = bridge.config.ae_title
+                encoded = implicit is not None and response_bytes(
+                    request, attrs, query.level, model, ae_title, implicit=implicit
+                )
+                identifier = (
+                    None if encoded else response(request, attrs, query.level, model, ae_title)
+                )
+                await operation.respond(
+                    CommandField.C_FIND_RSP,
+                    Status.PENDING,
+                    identifier,
+                    encoded=encoded or None,
+                    more=True,  # a page's matches go out together, then the final status
+                )
+                sent += 1
+                if number < len(page) - 1:
+                    await asyncio.sleep(0)  # let the association's reader see a C-CANCEL
+            if len(page) < PAGE:
+                break
+            await assoc.flush()  # this page's matches, before the next one is searched
+            if unaudited:
+                unaudited = False
+                audit()
+            offset += PAGE
+        await answer(Status.SUCCESS)
+    finally:
+        if unaudited:
+            audit()
     log.info("C-FIND %s from %s: %d matches", query.level, who, sent)
-    await answer(Status.SUCCESS)
 
 
 def response(request: Dataset, attrs: Json, level: Level, model: Model, ae_title: str) -> Dataset:
