@@ -215,6 +215,14 @@ class Association:
             self.writer.writelines(held)
             await self.writer.drain()
 
+    def flush_soon(self) -> None:
+        """Hand the messages held back to the transport without waiting for it to drain:
+        a few short responses, sent while something else is awaited (the next `send` or
+        `flush` waits for the transport)."""
+        if self._held and not self.closed:
+            held, self._held, self._held_bytes = self._held, [], 0
+            self.writer.writelines(held)
+
     async def send_file(
         self,
         context: Context,

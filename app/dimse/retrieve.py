@@ -217,7 +217,9 @@ async def _send_all(  # noqa: PLR0917 (one call per operation, each argument nam
 
     Only one C-STORE may be outstanding (no asynchronous operations are negotiated), so
     the next instance is made ready (found, read) while the peer stores the current one:
-    its answer is followed at once by the next request, not by our disk and CPU."""
+    its answer is followed at once by the next request, not by our disk and CPU. The
+    Pending responses wait too: C-GET's go out with the next request, C-MOVE's to the
+    requestor once the next request is on its way to the destination."""
     field = CommandField(int(operation.command[message.COMMAND_FIELD]) | 0x8000)
     operation_name = "C-MOVE" if field == CommandField.C_MOVE_RSP else "C-GET"
     ahead: asyncio.Task[_Ready] | None = None
@@ -225,6 +227,8 @@ async def _send_all(  # noqa: PLR0917 (one call per operation, each argument nam
     def read_ahead(index: int) -> Callable[[], None]:
         def start() -> None:
             nonlocal ahead
+            if target is not operation.assoc:
+                operation.assoc.flush_soon()
             if index < len(found) and not operation.cancelled:
                 ahead = asyncio.create_task(_ready(bridge, target, found[index], access))
 
@@ -250,10 +254,8 @@ async def _send_all(  # noqa: PLR0917 (one call per operation, each argument nam
                 tally.fail(instance.sop_instance_uid, str(exc))
             else:
                 tally.add(code, instance.sop_instance_uid)
-            # C-GET: the Pending response goes out with the next C-STORE-RQ (or the final one).
-            await operation.respond(
-                field, Status.PENDING, None, tally.counts(), more=target is operation.assoc
-            )
+            # Held back: it goes out with or after the next C-STORE-RQ (or the final response).
+            await operation.respond(field, Status.PENDING, None, tally.counts(), more=True)
         return tally.final_status()
     finally:
         if ahead is not None:

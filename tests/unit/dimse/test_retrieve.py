@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
+import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
 
@@ -175,3 +176,30 @@ async def test_an_instance_read_ahead_for_a_cancelled_move_leaves_no_copy(
     assert (status, tally.completed) == (Status.CANCEL, 1)
     assert len(delivery.made) == 2  # the first, sent, and the second, made ready
     assert list((tmp_path / "copies").iterdir()) == []
+
+
+async def test_a_move_answers_pending_once_the_next_instance_is_on_its_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _write(tmp_path, 3)
+    writes: list[str] = []
+
+    async def stored(move: Move, number: int, request: Message) -> None:
+        pass
+
+    async with _moving(FileDelivery(files), stored) as move:
+        for name, assoc in (("requestor", move.operation.assoc), ("destination", move.target)):
+            write = assoc.writer.writelines
+
+            def logged(
+                data: Iterable[bytes | memoryview], name: str = name, write: Any = write
+            ) -> None:
+                writes.append(name)
+                write(data)
+
+            monkeypatch.setattr(assoc.writer, "writelines", logged)
+        status, _ = await move.send([_instance(uid) for uid in files])
+    # The destination's answer is followed by the next request, then the Pending response
+    # (the last one goes with the final response, sent by handle_move).
+    assert writes == ["destination", "destination", "requestor", "destination", "requestor"]
+    assert status == Status.SUCCESS
