@@ -85,6 +85,8 @@ async def handle_find(operation: Operation, bridge: Bridge) -> None:
     sent = 0
     offset = 0
     implicit = _LITTLE_ENDIAN.get(operation.context.transfer_syntax)
+    wanted = _wanted(request, query.level, model)  # the keys of every match's response
+    ae_title = bridge.config.ae_title
     # Recorded once the first page is found: answered, whether or not the caller reads
     # every match. Recorded after the answer is handed to the transport, not before it.
     unaudited = False
@@ -107,12 +109,13 @@ async def handle_find(operation: Operation, bridge: Bridge) -> None:
                     )
                     await answer(Status.CANCEL)
                     return
-                ae_title = bridge.config.ae_title
                 encoded = implicit is not None and response_bytes(
-                    request, attrs, query.level, model, ae_title, implicit=implicit
+                    request, attrs, query.level, model, ae_title, implicit=implicit, wanted=wanted
                 )
                 identifier = (
-                    None if encoded else response(request, attrs, query.level, model, ae_title)
+                    None
+                    if encoded
+                    else response(request, attrs, query.level, model, ae_title, wanted=wanted)
                 )
                 await operation.respond(
                     CommandField.C_FIND_RSP,
@@ -138,11 +141,20 @@ async def handle_find(operation: Operation, bridge: Bridge) -> None:
     log.info("C-FIND %s from %s: %d matches", query.level, who, sent)
 
 
-def response(request: Dataset, attrs: Json, level: Level, model: Model, ae_title: str) -> Dataset:
-    """The response identifier of one match: the request's keys with the match's values."""
+def response(
+    request: Dataset,
+    attrs: Json,
+    level: Level,
+    model: Model,
+    ae_title: str,
+    *,
+    wanted: dict[int, str] | None = None,
+) -> Dataset:
+    """The response identifier of one match: the request's keys with the match's values
+    (`wanted`: the request's `_wanted`, if the caller has it already)."""
     out = Dataset()
     ascii_only = True
-    wanted = _wanted(request, level, model)
+    wanted = wanted if wanted is not None else _wanted(request, level, model)
     for tag, vr in wanted.items():
         if tag == QUERY_RETRIEVE_LEVEL:
             out.QueryRetrieveLevel = level.value
@@ -164,12 +176,20 @@ def response(request: Dataset, attrs: Json, level: Level, model: Model, ae_title
 
 
 def response_bytes(
-    request: Dataset, attrs: Json, level: Level, model: Model, ae_title: str, *, implicit: bool
+    request: Dataset,
+    attrs: Json,
+    level: Level,
+    model: Model,
+    ae_title: str,
+    *,
+    implicit: bool,
+    wanted: dict[int, str] | None = None,
 ) -> bytes | None:
     """`response(...)` encoded in (implicit or explicit) VR little endian without a
     Dataset (see find_encoding.py); None when one of its values needs pydicom."""
     elements: dict[int, tuple[str, bytes]] = {}
-    for tag, vr in _wanted(request, level, model).items():
+    wanted = wanted if wanted is not None else _wanted(request, level, model)
+    for tag, vr in wanted.items():
         if tag == QUERY_RETRIEVE_LEVEL:
             elements[tag] = ("CS", level.value.encode())
         elif tag == RETRIEVE_AE_TITLE:
