@@ -19,7 +19,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
 
 from app.auth.ae_policy import parse_ae_policy
-from app.dimse import message, retrieve, sending
+from app.dimse import message, pdata, retrieve, sending
 from app.dimse.association import Association, Context, Message
 from app.dimse.bridge import Bridge, DimseConfig
 from app.dimse.message import CommandField
@@ -139,9 +139,12 @@ async def _moving(
             await assoc.close()
 
 
+@pytest.mark.parametrize("chunk", [pdata.FILE_CHUNK, 20_000], ids=["whole", "in chunks"])
 async def test_the_next_instance_is_read_while_the_destination_stores_the_current_one(
-    tmp_path: Path,
+    tmp_path: Path, chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # In chunks: only the first is read ahead, the rest as it is sent.
+    monkeypatch.setattr(pdata, "FILE_CHUNK", chunk)
     files = _write(tmp_path, 3)
     paths = list(files.values())
     sent = [p.read_bytes()[sending.data_set_offset(p) :] for p in paths]
@@ -149,9 +152,9 @@ async def test_the_next_instance_is_read_while_the_destination_stores_the_curren
 
     async def stored(move: Move, number: int, request: Message) -> None:
         received.append(request.data or b"")
-        if number == 0:  # the second file changes before the first is answered
+        if number == 0:  # the second file's start changes before the first is answered
             raw = bytearray(paths[1].read_bytes())
-            raw[-1000:] = b"\xff" * 1000
+            raw[-80000:-79000] = b"\xff" * 1000
             paths[1].write_bytes(raw)
 
     async with _moving(FileDelivery(files), stored) as move:
