@@ -219,7 +219,7 @@ class Association:
         """Hand the messages held back to the transport without waiting for it to drain:
         a few short responses, sent while something else is awaited (the next `send` or
         `flush` waits for the transport)."""
-        if self._held and not self.closed:
+        if self._held and not self.closed and not self.writer.is_closing():
             held, self._held, self._held_bytes = self._held, [], 0
             self.writer.writelines(held)
 
