@@ -130,6 +130,7 @@ async def handle_find(operation: Operation, bridge: Bridge) -> None:
             if len(page) < PAGE:
                 break
             await assoc.flush()  # this page's matches, before the next one is searched
+            await asyncio.sleep(0)  # a C-CANCEL that came meanwhile, before the next search
             if unaudited:
                 unaudited = False
                 audit()
