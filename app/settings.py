@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -71,6 +72,20 @@ class Settings:
     changefeed_max_limit: int = 100
     changefeed_max_wait: int = 30
     changefeed_poll_ms: int = 500
+    # Outbox (app/services/outbox.py): the change log delivered in the background to its
+    # consumers (the Kafka publisher), at least once. Entries per delivery; how often it
+    # looks for new entries (ms); how long a node's claim on a consumer's cursor lasts
+    # (seconds; a node killed while delivering delays that consumer by up to this, and a
+    # delivery is cut off at half of it); the longest pause between attempts after failures
+    # (seconds; they start at 1 and double).
+    outbox_batch: int = 500
+    outbox_poll_ms: int = 500
+    outbox_lease: int = 30
+    outbox_retry_max: int = 60
+    # Kafka (app/broker/kafka.py): the brokers to publish the change log to, host:port[,...]
+    # (empty: no publishing), and the topic (a new topic is published from the beginning).
+    kafka_bootstrap: str = ""
+    kafka_topic: str = "pacs.changes"
     # Largest image /rendered, /thumbnail and WADO-URI may produce, in pixels (vw x vh,
     # rows x columns; an animated GIF's frames together): rendering holds it whole in memory.
     max_rendered_pixels: int = 4096 * 4096
@@ -213,6 +228,7 @@ class Settings:
             )
         if self.changefeed_max_wait < 0:
             raise ValueError("PACS_CHANGEFEED_MAX_WAIT: must be 0 (no long polling) or more")
+        _check_kafka(self.kafka_bootstrap, self.kafka_topic)
         if self.max_rendered_pixels < 1:
             raise ValueError("PACS_MAX_RENDERED_PIXELS: must be at least 1")
         if self.max_frames_per_request < 1:
@@ -448,6 +464,10 @@ _AT_LEAST_ONE = (
     "listen_backlog",
     "index_batch",
     "changefeed_poll_ms",
+    "outbox_batch",
+    "outbox_poll_ms",
+    "outbox_lease",
+    "outbox_retry_max",
 )
 
 
@@ -465,6 +485,21 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+_KAFKA_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_KAFKA_BROKER = re.compile(r"[^\s:,]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}")
+
+
+def _check_kafka(bootstrap: str, topic: str) -> None:
+    if not _KAFKA_TOPIC.fullmatch(topic) or topic in (".", ".."):
+        raise ValueError(
+            f"PACS_KAFKA_TOPIC: {topic!r} is not a Kafka topic name (1 to 249 letters, digits, "
+            "'.', '_' or '-')"
+        )
+    for broker in bootstrap.split(",") if bootstrap.strip() else []:
+        if not _KAFKA_BROKER.fullmatch(broker.strip()):
+            raise ValueError(f"PACS_KAFKA_BOOTSTRAP: {broker.strip()!r} is not host:port")
 
 
 def _check_ae_title(value: str, where: str) -> None:
