@@ -21,7 +21,7 @@ from app.services.archive import Archive
 from app.services.orphans import sweep_periodically
 from app.services.outbox import Outbox
 from app.services.ports import BlobStore, ChangeConsumer, Index
-from app.settings import Settings
+from app.settings import Settings, kafka_brokers
 from app.storage.filesystem import FolderBlobStore
 from app.storage.s3 import S3BlobStore, StorageUnavailable
 from app.tls import dicom_client_context, dicom_server_context
@@ -122,8 +122,8 @@ async def _sweeping(archive: Archive) -> AsyncIterator[None]:
 def change_consumers(settings: Settings) -> list[ChangeConsumer]:
     """The consumers of the change log that settings turn on."""
     consumers: list[ChangeConsumer] = []
-    if settings.kafka_bootstrap:
-        consumers.append(KafkaPublisher(settings.kafka_bootstrap, settings.kafka_topic))
+    if brokers := kafka_brokers(settings.kafka_bootstrap):
+        consumers.append(KafkaPublisher(brokers, settings.kafka_topic))
     return consumers
 
 

@@ -497,9 +497,14 @@ def _check_kafka(bootstrap: str, topic: str) -> None:
             f"PACS_KAFKA_TOPIC: {topic!r} is not a Kafka topic name (1 to 249 letters, digits, "
             "'.', '_' or '-')"
         )
-    for broker in bootstrap.split(",") if bootstrap.strip() else []:
-        if not _KAFKA_BROKER.fullmatch(broker.strip()):
-            raise ValueError(f"PACS_KAFKA_BOOTSTRAP: {broker.strip()!r} is not host:port")
+    for broker in kafka_brokers(bootstrap):
+        if not _KAFKA_BROKER.fullmatch(broker):
+            raise ValueError(f"PACS_KAFKA_BOOTSTRAP: {broker!r} is not host:port")
+
+
+def kafka_brokers(bootstrap: str) -> list[str]:
+    """PACS_KAFKA_BOOTSTRAP's host:port entries; none (Kafka is off) when it is empty."""
+    return [b.strip() for b in bootstrap.split(",")] if bootstrap.strip() else []
 
 
 def _check_ae_title(value: str, where: str) -> None:

@@ -61,8 +61,8 @@ def _timestamp(when: datetime) -> str:
 
 
 class KafkaPublisher:
-    def __init__(self, bootstrap: str, topic: str, *, client_id: str = "pacs") -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, brokers: Sequence[str], topic: str, *, client_id: str = "pacs") -> None:
+        self.brokers = list(brokers)
         self.topic = topic
         self.client_id = client_id
         # The cursor's name: a new topic is published from the beginning of the log.
@@ -105,7 +105,7 @@ class KafkaPublisher:
         if self._producer is not None:
             return self._producer
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            bootstrap_servers=self.brokers,
             client_id=self.client_id,
             acks="all",
             enable_idempotence=True,
