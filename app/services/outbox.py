@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 
-from app.services.ports import ChangeConsumer, Index
+from app.services.ports import Change, ChangeConsumer, Index
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +146,7 @@ class Outbox:
             changes = await self.index.changes(tenant, last, self.batch)
             if not changes:
                 break
-            # Cut off well within the lease: a node still delivering when its lease runs
-            # out would overlap with the node that takes the cursor over.
-            async with asyncio.timeout(self.lease / 2):
-                await consumer.deliver(tenant, changes)
+            await self._deliver(consumer, tenant, changes)
             last = changes[-1].sequence
             if not await self.index.advance_cursor(name, tenant, self.owner, last, self.lease):
                 log.info("events: %s's cursor of tenant %s was taken over by another node",
@@ -158,6 +155,23 @@ class Outbox:
                 break
             delivered += len(changes)
         return delivered
+
+    async def _deliver(
+        self, consumer: ChangeConsumer, tenant: str, changes: Sequence[Change]
+    ) -> None:
+        # Cut off well within the lease: a node still delivering when its lease runs out
+        # would overlap with the node that takes the cursor over.
+        cut = asyncio.timeout(self.lease / 2)
+        try:
+            async with cut:
+                await consumer.deliver(tenant, changes)
+        except TimeoutError:
+            if not cut.expired():
+                raise
+            raise TimeoutError(
+                f"{len(changes)} entries of tenant {tenant} not delivered within "
+                f"{self.lease / 2:g} s (half of PACS_OUTBOX_LEASE)"
+            ) from None
 
     def _failed(self, name: str, retry: _Retry, exc: Exception) -> None:
         retry.failures += 1

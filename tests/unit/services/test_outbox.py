@@ -131,7 +131,7 @@ async def test_failed_delivery_is_retried_after_a_pause_with_the_same_entries(
 
 
 async def test_hung_delivery_is_cut_off_at_half_the_lease(
-    index: SqliteIndex, tmp_path: Path
+    index: SqliteIndex, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     await _store(index, Records(tmp_path / "files"), TENANTS[0], 1)
     consumer = Recorder()
@@ -139,6 +139,7 @@ async def test_hung_delivery_is_cut_off_at_half_the_lease(
     outbox = _outbox(index, consumer, lease=0.2)
     assert await asyncio.wait_for(outbox.run_once(), 1) == 0
     assert consumer.attempts == 1
+    assert "1 entries of tenant clinic-a not delivered within 0.1 s" in caplog.text
     assert _cursor(tmp_path / "index.sqlite", "recorder", "clinic-a") == 0
 
 
