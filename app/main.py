@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from starlette.types import ASGIApp
 
 from app.auth.tokens import IssuerUnavailable, TokenVerifier
-from app.broker.kafka import KafkaPublisher
+from app.broker.kafka import KafkaPublisher, KafkaSecurity
 from app.dimse.bridge import ConnectionLimits, DimseConfig
 from app.dimse.server import serve_dimse
 from app.index.migrations import IndexUnavailable, SchemaError
@@ -123,7 +123,14 @@ def change_consumers(settings: Settings) -> list[ChangeConsumer]:
     """The consumers of the change log that settings turn on."""
     consumers: list[ChangeConsumer] = []
     if brokers := kafka_brokers(settings.kafka_bootstrap):
-        consumers.append(KafkaPublisher(brokers, settings.kafka_topic))
+        security = KafkaSecurity(
+            settings.kafka_security_protocol,
+            settings.kafka_sasl_mechanism,
+            settings.kafka_username,
+            settings.kafka_password,
+            settings.kafka_ca,
+        )
+        consumers.append(KafkaPublisher(brokers, settings.kafka_topic, security=security))
     return consumers
 
 

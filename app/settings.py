@@ -86,6 +86,14 @@ class Settings:
     # (empty: no publishing), and the topic (a new topic is published from the beginning).
     kafka_bootstrap: str = ""
     kafka_topic: str = "pacs.changes"
+    # How to reach them: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; with SASL the mechanism
+    # (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), user name and password; with TLS the CA file that
+    # signed the brokers' certificates (empty: the system's CAs).
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_username: str = ""
+    kafka_password: str = ""
+    kafka_ca: str = ""
     # Largest image /rendered, /thumbnail and WADO-URI may produce, in pixels (vw x vh,
     # rows x columns; an animated GIF's frames together): rendering holds it whole in memory.
     max_rendered_pixels: int = 4096 * 4096
@@ -229,6 +237,7 @@ class Settings:
         if self.changefeed_max_wait < 0:
             raise ValueError("PACS_CHANGEFEED_MAX_WAIT: must be 0 (no long polling) or more")
         _check_kafka(self.kafka_bootstrap, self.kafka_topic)
+        self._check_kafka_security()
         if self.max_rendered_pixels < 1:
             raise ValueError("PACS_MAX_RENDERED_PIXELS: must be at least 1")
         if self.max_frames_per_request < 1:
@@ -252,6 +261,25 @@ class Settings:
                 f"refusing to serve {self.host} without sign-in: set PACS_OIDC_ISSUER and "
                 "PACS_OIDC_AUDIENCE to require bearer tokens, or PACS_ALLOW_ANONYMOUS=true "
                 "(--allow-anonymous) to let anyone who can reach it read and store everything"
+            )
+
+    def _check_kafka_security(self) -> None:
+        protocol = self.kafka_security_protocol
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ValueError(
+                f"PACS_KAFKA_SECURITY_PROTOCOL: {protocol!r} is not one of "
+                f"{', '.join(KAFKA_SECURITY_PROTOCOLS)}"
+            )
+        if not protocol.startswith("SASL_"):
+            return
+        if self.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+            raise ValueError(
+                f"PACS_KAFKA_SASL_MECHANISM: {self.kafka_sasl_mechanism!r} is not one of "
+                f"{', '.join(KAFKA_SASL_MECHANISMS)}"
+            )
+        if not (self.kafka_username and self.kafka_password):
+            raise ValueError(
+                f"PACS_KAFKA_USERNAME and PACS_KAFKA_PASSWORD: both are needed with {protocol}"
             )
 
     @property
@@ -487,6 +515,8 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _KAFKA_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _KAFKA_BROKER = re.compile(r"[^\s:,]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}")
 

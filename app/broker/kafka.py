@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -60,9 +63,45 @@ def _timestamp(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How to reach the brokers (aiokafka's security_protocol and SASL settings)."""
+
+    protocol: str = "PLAINTEXT"  # SSL, SASL_PLAINTEXT, SASL_SSL
+    sasl_mechanism: str = "PLAIN"  # SCRAM-SHA-256, SCRAM-SHA-512
+    username: str = ""
+    password: str = field(default="", repr=False)
+    ca_file: str = ""  # TLS: the CA that signed the brokers' certificates; "": the system's
+
+    def producer_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.protocol in ("SSL", "SASL_SSL"):
+            # The system's CAs unless a CA file is given (aiokafka's own helper loads none).
+            try:
+                options["ssl_context"] = ssl.create_default_context(cafile=self.ca_file or None)
+            except OSError as exc:  # ssl.SSLError too: not PEM certificates
+                reason = exc.strerror or str(exc)
+                raise ValueError(f"the Kafka CA file {self.ca_file!r}: {reason}") from None
+        if self.protocol.startswith("SASL_"):
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.username
+            options["sasl_plain_password"] = self.password
+        return options
+
+
 class KafkaPublisher:
-    def __init__(self, brokers: Sequence[str], topic: str, *, client_id: str = "pacs") -> None:
+    def __init__(
+        self,
+        brokers: Sequence[str],
+        topic: str,
+        *,
+        security: KafkaSecurity | None = None,
+        client_id: str = "pacs",
+    ) -> None:
         self.brokers = list(brokers)
+        self.security = security or KafkaSecurity()
+        # Built now: a CA file that cannot be read stops the start with its error.
+        self._options = self.security.producer_options()
         self.topic = topic
         self.client_id = client_id
         # The cursor's name: a new topic is published from the beginning of the log.
@@ -111,6 +150,7 @@ class KafkaPublisher:
             enable_idempotence=True,
             # Fewer reconnection attempts per second while the broker is down.
             retry_backoff_ms=500,
+            **self._options,
         )
         try:
             await producer.start()  # fails at once when the broker cannot be reached

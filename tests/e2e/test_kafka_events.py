@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer
 from pydicom.uid import generate_uid
 
 from tests.support.dicom_factory import make_file
-from tests.support.kafka import KafkaBroker
+from tests.support.kafka import SASL_USER, KafkaBroker
 from tests.support.server import PIDS, free_port, running_server
 
 LEASE = 3  # seconds: how long a killed server's claim delays its successor
@@ -171,3 +171,29 @@ def test_sigkill_during_delivery_then_restart_delivers_every_event(
         # The killed server's claim runs out after LEASE seconds; the new one takes over.
         messages = _consume(kafka, topic, set(first + stored), timeout=30 + LEASE)
     assert _sops(messages) == set(first + stored)
+
+
+def test_sasl_over_tls_publishes_and_a_wrong_password_only_holds_events_back(
+    kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    topic = f"pacs-{uuid.uuid4().hex}"
+    user, password = SASL_USER
+    secure = {
+        **_env(kafka, topic),
+        "PACS_KAFKA_BOOTSTRAP": kafka.sasl_bootstrap,
+        "PACS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "PACS_KAFKA_USERNAME": user,
+        "PACS_KAFKA_PASSWORD": "not-the-password",
+        "PACS_KAFKA_CA": str(kafka.ca),
+    }
+    data = tmp_path / "data"
+    with _serving(data, secure) as url:
+        held = _stow(url, generate_uid(), 2)  # stored although nothing can be published
+        time.sleep(1.5)
+    log = (data / "server.log").read_text()
+    assert "events: delivery to kafka:" in log
+    assert "not-the-password" not in log
+    with _serving(data, {**secure, "PACS_KAFKA_PASSWORD": password}) as url:
+        stored = _stow(url, generate_uid(), 1)
+        messages = _consume(kafka, topic, set(held + stored), timeout=30 + LEASE)
+    assert _sops(messages) == set(held + stored)

@@ -5,7 +5,8 @@ Maven Central into a cache outside the repository (`make kafka`; .ci/run runs it
 Without Java or the jars the tests that need the broker skip, and fail in CI. It listens on
 free loopback ports with its log in a folder of the test session; `stop` and `start` again
 keep the folder (a broker that was down and is back), `pause` and `resume` freeze it
-(SIGSTOP: connections stay open, nothing is answered).
+(SIGSTOP: connections stay open, nothing is answered). Besides plain TCP it listens with
+SASL (PLAIN, user `SASL_USER`) over TLS (a certificate of a CA made for the session, `ca`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from cryptography.hazmat.primitives import serialization
 
+from tests.support.certificates import make_pki
 from tests.support.server import free_port
 
 JARS = Path(os.environ.get("PACS_KAFKA_JARS", Path.home() / ".cache/pacs/kafka-4.4.0"))
@@ -31,6 +34,7 @@ SETUP_HINT = "run `make kafka` (it copies Kafka's jars from Maven Central; needs
 # A small heap and a quick start: the JIT's first tier only, the serial collector.
 JVM_OPTIONS = ["-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto"]
 START_TIMEOUT = 90.0
+SASL_USER = ("pacs", "pacs-secret")
 
 
 def require_kafka() -> tuple[str, Path]:
@@ -55,6 +59,21 @@ class KafkaBroker:
         self.folder = folder
         self.port = free_port()
         self.controller_port = free_port()
+        self.sasl_port = free_port()
+        (folder / "pki").mkdir()
+        pki = make_pki(folder / "pki", "127.0.0.1")
+        self.ca = pki.ca
+        # Kafka reads a PEM key store: the key in PKCS#8, then the certificate.
+        key = serialization.load_pem_private_key(pki.key.read_bytes(), None)
+        self._keystore = folder / "pki" / "keystore.pem"
+        self._keystore.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            + pki.cert.read_bytes()
+        )
         self.process: subprocess.Popen[bytes] | None = None
         self._log = folder / "broker.log"
         self._config = folder / "server.properties"
@@ -64,6 +83,11 @@ class KafkaBroker:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """The listener that wants TLS and a SASL PLAIN sign-in (`SASL_USER`)."""
+        return f"127.0.0.1:{self.sasl_port}"
 
     def start(self) -> None:
         command = [
@@ -107,10 +131,20 @@ class KafkaBroker:
                 "node.id=1",
                 f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
                 f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
-                f"CONTROLLER://127.0.0.1:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                f"CONTROLLER://127.0.0.1:{self.controller_port},"
+                f"SASL_SSL://127.0.0.1:{self.sasl_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                f"SASL_SSL://127.0.0.1:{self.sasl_port}",
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map="
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+                "sasl.enabled.mechanisms=PLAIN",
+                "listener.name.sasl_ssl.plain.sasl.jaas.config="
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'user_{SASL_USER[0]}="{SASL_USER[1]}";',
+                "listener.name.sasl_ssl.ssl.keystore.type=PEM",
+                f"listener.name.sasl_ssl.ssl.keystore.location={self._keystore}",
                 f"log.dirs={self.folder / 'logs'}",
                 "num.partitions=3",
                 "offsets.topic.replication.factor=1",

@@ -106,6 +106,20 @@ def test_change_feed_limits_are_checked_at_start(env: dict[str, str], message: s
         ({"PACS_KAFKA_TOPIC": ""}, "PACS_KAFKA_TOPIC"),
         ({"PACS_KAFKA_BOOTSTRAP": "kafka-1"}, "PACS_KAFKA_BOOTSTRAP: 'kafka-1' is not host:port"),
         ({"PACS_KAFKA_BOOTSTRAP": "a:9092,,b:9092"}, "PACS_KAFKA_BOOTSTRAP: '' is not"),
+        ({"PACS_KAFKA_SECURITY_PROTOCOL": "tls"}, "PACS_KAFKA_SECURITY_PROTOCOL: 'tls' is not"),
+        (
+            {"PACS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "PACS_KAFKA_USERNAME": "pacs"},
+            "PACS_KAFKA_USERNAME and PACS_KAFKA_PASSWORD: both are needed with SASL_SSL",
+        ),
+        (
+            {
+                "PACS_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "PACS_KAFKA_SASL_MECHANISM": "GSSAPI",
+                "PACS_KAFKA_USERNAME": "pacs",
+                "PACS_KAFKA_PASSWORD": "secret",
+            },
+            "PACS_KAFKA_SASL_MECHANISM: 'GSSAPI' is not one of PLAIN, SCRAM-SHA-256",
+        ),
     ],
 )
 def test_outbox_and_kafka_settings_are_checked_at_start(env: dict[str, str], message: str) -> None:
