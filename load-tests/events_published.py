@@ -53,6 +53,7 @@ class Nothing:
 
     def __init__(self) -> None:
         self.name = f"null-{uuid.uuid4().hex}"
+        self.metadata = False
 
     async def deliver(self, tenant: str, changes: Sequence[Change]) -> None:
         return None

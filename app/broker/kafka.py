@@ -106,6 +106,7 @@ class KafkaPublisher:
         self.client_id = client_id
         # The cursor's name: a new topic is published from the beginning of the log.
         self.name = f"kafka:{topic}"
+        self.metadata = False  # consumers read it with WADO-RS
         self._producer: AIOKafkaProducer | None = None
         # The acknowledgement awaited for each entry handed to the current producer and not
         # yet acknowledged: (tenant, sequence) -> future.

@@ -143,7 +143,7 @@ class Outbox:
         self._claimed.add((name, tenant))
         delivered = 0
         for _ in range(TURN_BATCHES):
-            changes = await self.index.changes(tenant, last, self.batch)
+            changes = await self.index.changes(tenant, last, self.batch, metadata=consumer.metadata)
             if not changes:
                 break
             await self._deliver(consumer, tenant, changes)

@@ -148,6 +148,9 @@ class ChangeConsumer(Protocol):
     # The key of its cursors in the index: stable across restarts and versions; a new name
     # starts from the beginning of every tenant's log.
     name: str
+    # Whether it gets the entries with the instance's metadata (e.g. to filter on its
+    # attributes), as `Index.changes(metadata=True)` gives them.
+    metadata: bool
 
     async def deliver(self, tenant: str, changes: Sequence[Change]) -> None:
         """Deliver `changes` (consecutive entries of `tenant`'s log); return only once every

@@ -72,6 +72,7 @@ async def test_concurrent_claims_give_the_cursor_to_one_node(backend: Backend) -
 
 class Recorder:
     name = CONSUMER
+    metadata = False
 
     def __init__(self, seen: list[tuple[str, int]]) -> None:
         self.seen = seen

@@ -25,7 +25,9 @@ class Recorder:
 
     def __init__(self, name: str = "recorder") -> None:
         self.name = name
+        self.metadata = False
         self.delivered: list[tuple[str, int]] = []
+        self.metadata_seen: list[bytes | None] = []
         self.attempts = 0
         self.fail = 0
         self.hold: asyncio.Event | None = None
@@ -41,6 +43,7 @@ class Recorder:
             self.fail -= 1
             raise ConnectionError("receiver unreachable")
         self.delivered += [(tenant, c.sequence) for c in changes]
+        self.metadata_seen += [c.metadata for c in changes]
 
     async def close(self) -> None:
         self.closed = True
@@ -93,6 +96,16 @@ async def test_every_tenant_entry_is_delivered_in_order_once(
     assert await outbox.run_once() == 1
     assert consumer.delivered[-1] == ("clinic-a", 4)
     assert _cursor(tmp_path / "index.sqlite", "recorder", "clinic-a") == 4
+    assert consumer.metadata_seen == [None] * 6
+
+
+async def test_a_consumer_that_wants_metadata_gets_it(index: SqliteIndex, tmp_path: Path) -> None:
+    await _store(index, Records(tmp_path / "files"), TENANTS[0], 1)
+    consumer = Recorder()
+    consumer.metadata = True
+    assert await _outbox(index, consumer).run_once() == 1
+    (metadata,) = consumer.metadata_seen
+    assert metadata is not None and b'"00080018"' in metadata  # SOP Instance UID
 
 
 async def test_cursor_moves_only_after_deliver_returned(index: SqliteIndex, tmp_path: Path) -> None:
