@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser oidc-provider serve test lint typecheck unit fuzz clean
+.PHONY: install browser oidc-provider kafka serve test lint typecheck unit fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ browser:
 oidc-provider:
 	bash tests/support/oidc/install.sh
 
+# The Kafka broker of the broker publisher's tests (tests/support/kafka-broker/install.sh):
+# Java and Maven from Debian when missing, Kafka's jars from Maven Central into
+# ~/.cache/pacs/kafka-4.4.0 once; outside CI a failure is a warning (those tests skip).
+kafka:
+	bash tests/support/kafka-broker/install.sh
+
 serve: install
 	$(BIN)/pacs serve $(ARGS)
 
@@ -35,7 +41,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install browser oidc-provider
+unit: install browser oidc-provider kafka
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The fuzzing suite alone (tests/fuzz, also part of `make test`): each target runs for

@@ -15,7 +15,14 @@ from typing import Any, NamedTuple
 import uvicorn
 
 from app.dimse.server import check_port
-from app.main import STARTUP_ERRORS, build_app, check_issuer, dimse_config, open_archive
+from app.main import (
+    STARTUP_ERRORS,
+    build_app,
+    change_consumers,
+    check_issuer,
+    dimse_config,
+    open_archive,
+)
 from app.open_files import raise_open_file_limit
 from app.settings import Settings
 from app.tls import https_context
@@ -184,6 +191,7 @@ def _check_transport(settings: Settings) -> ssl.SSLContext | None:
     if settings.uses_https:
         https = https_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
     dimse_config(settings)  # builds the DICOM TLS contexts from their files
+    change_consumers(settings)  # and the Kafka publisher's from its CA file
     if settings.dimse_port:
         check_port(settings.host, settings.dimse_port)
     if settings.dimse_tls_port:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from starlette.types import ASGIApp
 
 from app.auth.tokens import IssuerUnavailable, TokenVerifier
+from app.broker.kafka import KafkaPublisher, KafkaSecurity
 from app.dimse.bridge import ConnectionLimits, DimseConfig
 from app.dimse.server import serve_dimse
 from app.index.migrations import IndexUnavailable, SchemaError
@@ -19,8 +20,9 @@ from app.index.sqlite import SqliteIndex
 from app.services.archive import Archive
 from app.services.delete import retry_periodically
 from app.services.orphans import sweep_periodically
-from app.services.ports import BlobStore, Index
-from app.settings import Settings
+from app.services.outbox import Outbox
+from app.services.ports import BlobStore, ChangeConsumer, Index
+from app.settings import Settings, kafka_brokers
 from app.storage.filesystem import FolderBlobStore
 from app.storage.s3 import S3BlobStore, StorageUnavailable
 from app.tls import dicom_client_context, dicom_server_context
@@ -126,6 +128,53 @@ async def _sweeping(archive: Archive) -> AsyncIterator[None]:
                 await running
 
 
+def change_consumers(settings: Settings) -> list[ChangeConsumer]:
+    """The consumers of the change log that settings turn on."""
+    consumers: list[ChangeConsumer] = []
+    if brokers := kafka_brokers(settings.kafka_bootstrap):
+        security = KafkaSecurity(
+            settings.kafka_security_protocol,
+            settings.kafka_sasl_mechanism,
+            settings.kafka_username,
+            settings.kafka_password,
+            settings.kafka_ca,
+        )
+        consumers.append(KafkaPublisher(brokers, settings.kafka_topic, security=security))
+    return consumers
+
+
+@asynccontextmanager
+async def _delivering(archive: Archive) -> AsyncIterator[None]:
+    """The outbox in the background, when a consumer of the change log is configured: one
+    per node (the first process), several nodes share the work by their cursors' leases."""
+    settings = archive.settings
+    consumers = change_consumers(settings)
+    if not consumers:
+        yield
+        return
+    if settings.log_level.lower() != "debug":
+        # aiokafka logs each failed reconnection at ERROR, ten a second while a broker is
+        # down; the outbox logs each failed attempt once, with its backoff.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    outbox = Outbox(
+        archive.index,
+        consumers,
+        batch=settings.outbox_batch,
+        lease=settings.outbox_lease,
+        poll_interval=settings.outbox_poll_ms / 1000,
+        retry_max=settings.outbox_retry_max,
+    )
+    log.info("events: delivering the change log to %s", ", ".join(c.name for c in consumers))
+    task = asyncio.create_task(outbox.run(), name="outbox")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        await outbox.close()
+
+
 def _announce_backends(settings: Settings) -> None:
     """Say where data lives; once, by the serving process (not by the start-up check)."""
     if settings.uses_postgres:
@@ -150,15 +199,19 @@ def _without_password(url: str) -> str:
 @asynccontextmanager
 async def run_archive(settings: Settings, *, first: bool = True) -> AsyncIterator[Archive]:
     """The open archive with its DICOM (DIMSE) listener, for the lifetime of `pacs serve`.
-    Only the `first` of several HTTP worker processes (app/workers.py) runs DIMSE and the
-    orphan sweep; with several, unfinished uploads were removed by the start-up check,
-    before any worker started."""
+    Only the `first` of several HTTP worker processes (app/workers.py) runs DIMSE, the
+    orphan sweep and the outbox; with several, unfinished uploads were removed by the
+    start-up check, before any worker started."""
     if not first:
         async with open_archive(settings, discard_spool=False) as archive:
             yield archive
         return
     discard = settings.http_worker_count == 1
-    async with open_archive(settings, discard_spool=discard) as archive, _sweeping(archive):
+    async with (
+        open_archive(settings, discard_spool=discard) as archive,
+        _sweeping(archive),
+        _delivering(archive),
+    ):
         _announce_backends(settings)
         if not (settings.dimse_port or settings.dimse_tls_port):
             log.info("DICOM (DIMSE) is off (--dimse-port 0)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -74,6 +75,28 @@ class Settings:
     changefeed_max_limit: int = 100
     changefeed_max_wait: int = 30
     changefeed_poll_ms: int = 500
+    # Outbox (app/services/outbox.py): the change log delivered in the background to its
+    # consumers (the Kafka publisher), at least once. Entries per delivery; how often it
+    # looks for new entries (ms); how long a node's claim on a consumer's cursor lasts
+    # (seconds; a node killed while delivering delays that consumer by up to this, and a
+    # delivery is cut off at half of it); the longest pause between attempts after failures
+    # (seconds; they start at 1 and double).
+    outbox_batch: int = 500
+    outbox_poll_ms: int = 500
+    outbox_lease: int = 30
+    outbox_retry_max: int = 60
+    # Kafka (app/broker/kafka.py): the brokers to publish the change log to, host:port[,...]
+    # (empty: no publishing), and the topic (a new topic is published from the beginning).
+    kafka_bootstrap: str = ""
+    kafka_topic: str = "pacs.changes"
+    # How to reach them: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; with SASL the mechanism
+    # (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), user name and password; with TLS the CA file that
+    # signed the brokers' certificates (empty: the system's CAs).
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_username: str = ""
+    kafka_password: str = ""
+    kafka_ca: str = ""
     # Largest image /rendered, /thumbnail and WADO-URI may produce, in pixels (vw x vh,
     # rows x columns; an animated GIF's frames together): rendering holds it whole in memory.
     max_rendered_pixels: int = 4096 * 4096
@@ -216,6 +239,8 @@ class Settings:
             )
         if self.changefeed_max_wait < 0:
             raise ValueError("PACS_CHANGEFEED_MAX_WAIT: must be 0 (no long polling) or more")
+        _check_kafka(self.kafka_bootstrap, self.kafka_topic)
+        self._check_kafka_security()
         if self.max_rendered_pixels < 1:
             raise ValueError("PACS_MAX_RENDERED_PIXELS: must be at least 1")
         if self.max_frames_per_request < 1:
@@ -239,6 +264,25 @@ class Settings:
                 f"refusing to serve {self.host} without sign-in: set PACS_OIDC_ISSUER and "
                 "PACS_OIDC_AUDIENCE to require bearer tokens, or PACS_ALLOW_ANONYMOUS=true "
                 "(--allow-anonymous) to let anyone who can reach it read and store everything"
+            )
+
+    def _check_kafka_security(self) -> None:
+        protocol = self.kafka_security_protocol
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ValueError(
+                f"PACS_KAFKA_SECURITY_PROTOCOL: {protocol!r} is not one of "
+                f"{', '.join(KAFKA_SECURITY_PROTOCOLS)}"
+            )
+        if not protocol.startswith("SASL_"):
+            return
+        if self.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+            raise ValueError(
+                f"PACS_KAFKA_SASL_MECHANISM: {self.kafka_sasl_mechanism!r} is not one of "
+                f"{', '.join(KAFKA_SASL_MECHANISMS)}"
+            )
+        if not (self.kafka_username and self.kafka_password):
+            raise ValueError(
+                f"PACS_KAFKA_USERNAME and PACS_KAFKA_PASSWORD: both are needed with {protocol}"
             )
 
     @property
@@ -452,6 +496,10 @@ _AT_LEAST_ONE = (
     "index_batch",
     "changefeed_poll_ms",
     "blob_delete_retry_interval",
+    "outbox_batch",
+    "outbox_poll_ms",
+    "outbox_lease",
+    "outbox_retry_max",
 )
 
 
@@ -469,6 +517,28 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_KAFKA_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_KAFKA_BROKER = re.compile(r"[^\s:,]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}")
+
+
+def _check_kafka(bootstrap: str, topic: str) -> None:
+    if not _KAFKA_TOPIC.fullmatch(topic) or topic in (".", ".."):
+        raise ValueError(
+            f"PACS_KAFKA_TOPIC: {topic!r} is not a Kafka topic name (1 to 249 letters, digits, "
+            "'.', '_' or '-')"
+        )
+    for broker in kafka_brokers(bootstrap):
+        if not _KAFKA_BROKER.fullmatch(broker):
+            raise ValueError(f"PACS_KAFKA_BOOTSTRAP: {broker!r} is not host:port")
+
+
+def kafka_brokers(bootstrap: str) -> list[str]:
+    """PACS_KAFKA_BOOTSTRAP's host:port entries; none (Kafka is off) when it is empty."""
+    return [b.strip() for b in bootstrap.split(",")] if bootstrap.strip() else []
 
 
 def _check_ae_title(value: str, where: str) -> None:

@@ -3,8 +3,9 @@ work uses every core (one Python process runs on one at a time).
 
 The first process binds the HTTP socket, starts the other workers (`pacs serve` again, with
 the socket inherited: `--http-socket-fd`), then serves on it too; the kernel hands each new
-connection to whichever process accepts it first. DIMSE, the orphan sweep and the removal
-of unfinished uploads at start stay in the first process: workers serve HTTP only. They
+connection to whichever process accepts it first. DIMSE, the orphan sweep, the outbox (the
+change log to Kafka) and the removal of unfinished uploads at start stay in the first
+process: workers serve HTTP only. They
 share the index (SQLite in WAL mode, each write a BEGIN IMMEDIATE transaction that waits
 for the others, or PostgreSQL) and the blob store, as nodes of one archive do.
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.kafka import KafkaBroker, running_kafka
 from tests.support.oidc import OpenIdProvider, running_provider
 from tests.support.server import running_server
 
@@ -39,3 +40,12 @@ def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenIdPr
     only with retire=False here; a test that retires keys starts its own provider."""
     with running_provider(tmp_path_factory.mktemp("oidc")) as provider:
         yield provider
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A real Kafka broker (tests/support/kafka.py) shared by the session, started once (it
+    takes seconds); a test that stops or pauses it starts or resumes it before it ends, and
+    uses a topic of its own."""
+    with running_kafka(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
-from app.index import postgres_audit, postgres_changes
+from app.index import postgres_audit, postgres_changes, postgres_cursors
 from app.index.change_rows import change_of
 from app.index.delete_rows import DELETE_COLUMNS, counted, deleted_changes
 from app.index.migrations import IndexUnavailable, SchemaError, latest_version, migrations
@@ -246,6 +246,26 @@ class PostgresIndex:
 
     async def latest_change(self, tenant: str, *, metadata: bool = False) -> Change | None:
         return await postgres_changes.latest_change(self._pool, tenant, metadata=metadata)
+
+    # -- consumers' cursors (app/index/postgres_cursors.py) ----------------------------
+
+    async def pending_tenants(self, consumer: str, owner: str) -> list[str]:
+        return await postgres_cursors.pending_tenants(self._pool, consumer, owner)
+
+    async def claim_cursor(
+        self, consumer: str, tenant: str, owner: str, lease: float
+    ) -> int | None:
+        return await postgres_cursors.claim_cursor(self._pool, consumer, tenant, owner, lease)
+
+    async def advance_cursor(
+        self, consumer: str, tenant: str, owner: str, last_seq: int, lease: float
+    ) -> bool:
+        return await postgres_cursors.advance_cursor(
+            self._pool, consumer, tenant, owner, last_seq=last_seq, lease=lease
+        )
+
+    async def release_cursor(self, consumer: str, tenant: str, owner: str) -> None:
+        await postgres_cursors.release_cursor(self._pool, consumer, tenant, owner)
 
     # -- audit trail (app/index/postgres_audit.py) -------------------------------------
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
-from app.index import sqlite_audit, sqlite_changes
+from app.index import sqlite_audit, sqlite_changes, sqlite_cursors
 from app.index.change_rows import change_of
 from app.index.delete_rows import DELETE_COLUMNS, counted, deleted_changes
 from app.index.migrations import SchemaError, latest_version, migrations
@@ -256,6 +256,30 @@ class SqliteIndex:
         return await self._read(
             lambda db: sqlite_changes.latest_change(db, tenant, metadata=metadata)
         )
+
+    # -- consumers' cursors (app/index/sqlite_cursors.py) ------------------------------
+
+    async def pending_tenants(self, consumer: str, owner: str) -> list[str]:
+        return await self._read(lambda db: sqlite_cursors.pending_tenants(db, consumer, owner))
+
+    async def claim_cursor(
+        self, consumer: str, tenant: str, owner: str, lease: float
+    ) -> int | None:
+        return await self._write(
+            lambda db: sqlite_cursors.claim_cursor(db, consumer, tenant, owner, lease)
+        )
+
+    async def advance_cursor(
+        self, consumer: str, tenant: str, owner: str, last_seq: int, lease: float
+    ) -> bool:
+        return await self._write(
+            lambda db: sqlite_cursors.advance_cursor(
+                db, consumer, tenant, owner, last_seq=last_seq, lease=lease
+            )
+        )
+
+    async def release_cursor(self, consumer: str, tenant: str, owner: str) -> None:
+        await self._write(lambda db: sqlite_cursors.release_cursor(db, consumer, tenant, owner))
 
     # -- audit trail (app/index/sqlite_audit.py) ---------------------------------------
 

@@ -144,6 +144,27 @@ class Change:
     metadata: bytes | None = None
 
 
+class ChangeConsumer(Protocol):
+    """A consumer of the change log that the outbox (app/services/outbox.py) feeds: the
+    broker publisher, webhooks, forwarding. It gets each tenant's entries in sequence order,
+    at least once: a batch whose delivery failed or was cut short by a crash comes again,
+    so `deliver` must be idempotent (or its receivers must be)."""
+
+    # The key of its cursors in the index: stable across restarts and versions; a new name
+    # starts from the beginning of every tenant's log.
+    name: str
+    # Whether it gets the entries with the instance's metadata (e.g. to filter on its
+    # attributes), as `Index.changes(metadata=True)` gives them.
+    metadata: bool
+
+    async def deliver(self, tenant: str, changes: Sequence[Change]) -> None:
+        """Deliver `changes` (consecutive entries of `tenant`'s log); return only once every
+        one is safely delivered, raise otherwise (the batch is tried again later)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class SearchHit:
     """One QIDO/C-FIND result row: the stored attributes of each level it spans."""
@@ -276,6 +297,34 @@ class Index(Protocol):
 
     async def latest_change(self, tenant: str, *, metadata: bool = False) -> Change | None:
         """The entry with the highest sequence of `tenant`; None while its log is empty."""
+        ...
+
+    # Consumers' cursors into the change log (app/services/outbox.py). Like
+    # `referenced_blob_keys`, `pending_tenants` answers about the archive's own machinery
+    # (which tenants' logs a consumer has not delivered yet), never about data.
+
+    async def pending_tenants(self, consumer: str, owner: str) -> list[str]:
+        """Tenants whose change log has entries beyond `consumer`'s cursor, and whose cursor
+        no owner other than `owner` holds an unexpired lease on."""
+        ...
+
+    async def claim_cursor(
+        self, consumer: str, tenant: str, owner: str, lease: float
+    ) -> int | None:
+        """Claim (or renew) `consumer`'s cursor in `tenant`'s log for `owner` for `lease`
+        seconds, creating it at 0; its last delivered sequence, or None when another owner
+        holds an unexpired lease."""
+        ...
+
+    async def advance_cursor(
+        self, consumer: str, tenant: str, owner: str, last_seq: int, lease: float
+    ) -> bool:
+        """Record `last_seq` as delivered (never moving back) and renew the lease, if
+        `owner` still holds the cursor; False when another owner has taken it."""
+        ...
+
+    async def release_cursor(self, consumer: str, tenant: str, owner: str) -> None:
+        """Give up `owner`'s lease, if it still holds it, for another owner to take now."""
         ...
 
     async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:

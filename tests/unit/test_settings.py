@@ -93,3 +93,42 @@ def test_change_feed_limits_are_checked_at_start(env: dict[str, str], message: s
     default = Settings.from_env({})
     assert (default.changefeed_default_limit, default.changefeed_max_limit) == (10, 100)
     assert (default.changefeed_max_wait, default.changefeed_poll_ms) == (30, 500)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PACS_OUTBOX_BATCH": "0"}, "PACS_OUTBOX_BATCH"),
+        ({"PACS_OUTBOX_POLL_MS": "0"}, "PACS_OUTBOX_POLL_MS"),
+        ({"PACS_OUTBOX_LEASE": "0"}, "PACS_OUTBOX_LEASE"),
+        ({"PACS_OUTBOX_RETRY_MAX": "-1"}, "PACS_OUTBOX_RETRY_MAX"),
+        ({"PACS_KAFKA_TOPIC": "pacs changes"}, "PACS_KAFKA_TOPIC: 'pacs changes' is not"),
+        ({"PACS_KAFKA_TOPIC": ""}, "PACS_KAFKA_TOPIC"),
+        ({"PACS_KAFKA_BOOTSTRAP": "kafka-1"}, "PACS_KAFKA_BOOTSTRAP: 'kafka-1' is not host:port"),
+        ({"PACS_KAFKA_BOOTSTRAP": "a:9092,,b:9092"}, "PACS_KAFKA_BOOTSTRAP: '' is not"),
+        ({"PACS_KAFKA_SECURITY_PROTOCOL": "tls"}, "PACS_KAFKA_SECURITY_PROTOCOL: 'tls' is not"),
+        (
+            {"PACS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "PACS_KAFKA_USERNAME": "pacs"},
+            "PACS_KAFKA_USERNAME and PACS_KAFKA_PASSWORD: both are needed with SASL_SSL",
+        ),
+        (
+            {
+                "PACS_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "PACS_KAFKA_SASL_MECHANISM": "GSSAPI",
+                "PACS_KAFKA_USERNAME": "pacs",
+                "PACS_KAFKA_PASSWORD": "secret",
+            },
+            "PACS_KAFKA_SASL_MECHANISM: 'GSSAPI' is not one of PLAIN, SCRAM-SHA-256",
+        ),
+    ],
+)
+def test_outbox_and_kafka_settings_are_checked_at_start(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(env)
+
+
+def test_kafka_is_off_by_default_and_takes_a_list_of_brokers() -> None:
+    default = Settings.from_env({})
+    assert (default.kafka_bootstrap, default.kafka_topic) == ("", "pacs.changes")
+    on = Settings.from_env({"PACS_KAFKA_BOOTSTRAP": "kafka-1:9092, 10.0.0.2:9092,[::1]:9092"})
+    assert on.kafka_bootstrap.startswith("kafka-1")
