@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any, Final, cast
 
 from pydicom import config as pydicom_config
-from pydicom.charset import default_encoding
+from pydicom.charset import custom_encoders, default_encoding, handled_encodings
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
@@ -66,6 +66,10 @@ _TEXT_LIMITS: dict[str, int | None] = {"SH": 16, "LO": 64, "UC": None}
 _TEXT_LIMITS |= {"ST": 1024, "LT": 10240, "UT": None}
 _SINGLE_TEXT = frozenset({"ST", "LT", "UT"})  # one value: backslashes are text
 _PN_LENGTH = 64  # per component group
+# Encodings pydicom re-encodes a name with its own encoders (JIS X 0201/0208/0212), which
+# refuse some ASCII with a warning when reading it (pydicom's convert_PN encodes each name
+# it decodes): names in these take the general path, which gives that warning.
+_NAME_RECODERS = frozenset(custom_encoders) | frozenset(handled_encodings)
 # Printable ASCII and the text VRs' control characters (TAB, LF, FF, CR): no escape
 # sequence, so any ASCII-compatible character set decodes them as ASCII.
 _PLAIN_TEXT_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n\x0c\r"
@@ -154,7 +158,7 @@ def _encode_element(  # noqa: PLR0917 (one call site, in the hot loop)
     path: str,
     bulk: BulkHandler | None,
     warn: WarningSink | None,
-    text: bool,
+    text: str | None,
 ) -> dict[str, Any]:
     if isinstance(stored, RawDataElement):
         if stored.value is None and stored.length:
@@ -179,10 +183,10 @@ def _deferred(raw: RawDataElement, path: str, bulk: BulkHandler | None) -> dict[
     return {"vr": element_vr(raw), "BulkDataURI": uri}
 
 
-def _fast_path(raw: RawDataElement, text: bool) -> dict[str, Any] | None:
+def _fast_path(raw: RawDataElement, text: str | None) -> dict[str, Any] | None:
     """The JSON of the commonest valid values without building pydicom objects: binary
-    numbers, well-formed IS/DS, UIDs, code strings, dates and times, and (when `text`:
-    the dataset's character set decodes ASCII as ASCII) plain ASCII text and names;
+    numbers, well-formed IS/DS, UIDs, code strings, dates and times, and (when `text`, the
+    dataset's first encoding, decodes ASCII as ASCII) plain ASCII text and names;
     nearly every element of a typical image. The result equals pydicom's decoding
     (tests/unit/dicom/test_json_fast.py compares them); anything unusual (and so any
     value pydicom would warn about) returns None and takes the general path."""
@@ -201,21 +205,21 @@ def _fast_path(raw: RawDataElement, text: bool) -> dict[str, Any] | None:
         return _uids(value)
     if vr in _LATIN1_STRINGS and not pydicom_config.datetime_conversion:
         return _strings(vr, value.decode("latin-1").rstrip(" \x00").split("\\"))
-    if not text or not _PLAIN_TEXT.fullmatch(value):
+    if text is None or not _PLAIN_TEXT.fullmatch(value):
         return None
     if vr in _TEXT_LIMITS:
         return _texts(vr, value.decode("ascii"), _TEXT_LIMITS[vr])
-    if vr == "PN":
+    if vr == "PN" and text not in _NAME_RECODERS:
         return _person_names(value.rstrip(b"\x00 ").decode("ascii"))
     return None
 
 
-def _plain_text_encoding(ds: Dataset) -> bool:
-    """Whether the first encoding of `ds`'s character set, the one pydicom decodes text
-    without escape sequences with, reads ASCII as ASCII (the default, Latin-1, UTF-8 ...)."""
+def _plain_text_encoding(ds: Dataset) -> str | None:
+    """The first encoding of `ds`'s character set, the one pydicom decodes text without
+    escape sequences with, if it reads ASCII as ASCII (the default, Latin-1, UTF-8 ...)."""
     charset = ds.original_character_set or ds._character_set
     first = charset if isinstance(charset, str) else charset[0] if charset else default_encoding
-    return _decodes_ascii(first)
+    return first if _decodes_ascii(first) else None
 
 
 @lru_cache(maxsize=64)

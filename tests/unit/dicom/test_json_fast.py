@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -20,11 +21,15 @@ import orjson
 import pydicom.data
 import pytest
 from pydicom import dataelem
+from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from app.dicom import json as json_module
+from app.dicom.json import encode_dataset
 from app.dicom.parse import DicomParseError, parse_instance
+from app.dicom.parse import _collect_warnings as collect_warnings
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 SERIES = "1.2.826.0.1.3680043.8.498.1.1"
@@ -201,10 +206,12 @@ VALUES: list[tuple[int, str, bytes]] = [
 ]
 
 
+CHARSETS = [None, b"ISO_IR 100", b"ISO_IR 192", b"GB18030", b"ISO_IR 13", b"ISO 2022 IR 87"]
+CHARSETS += [b"\\ISO 2022 IR 87", b"ISO 2022 IR 6\\ISO 2022 IR 149"]
+
+
 @pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
-@pytest.mark.parametrize(
-    "charset", [None, b"ISO_IR 100", b"ISO_IR 192", b"\\ISO 2022 IR 87", b"ISO_IR 13", b"GB18030"]
-)
+@pytest.mark.parametrize("charset", CHARSETS)
 def test_values_fast_path_equals_pydicom(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, implicit: bool, charset: bytes | None
 ) -> None:
@@ -212,6 +219,58 @@ def test_values_fast_path_equals_pydicom(
         path = dataset_file(tmp_path, [value], charset=charset, implicit=implicit)
         fast, general = both_ways(path, monkeypatch)
         assert fast == general, value
+
+
+def test_names_in_a_japanese_first_encoding_keep_pydicom_s_warning(tmp_path: Path) -> None:
+    """pydicom re-encodes each name it reads; its JIS X 0208 encoder (ISO 2022 IR 87 as
+    the first character set) refuses plain ASCII with a warning, which the fast path
+    dropped until names in such encodings were left to pydicom."""
+    path = dataset_file(tmp_path, [(0x00100010, "PN", b"Doe^John")], charset=b"ISO 2022 IR 87")
+    parsed = parse_instance(path)
+    assert parsed.metadata["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Doe^John"}]}
+    assert any("Failed to encode" in warning for warning in parsed.warnings)
+
+
+def test_random_values_fast_path_equals_pydicom(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random short values of every VR the fast path reads, in several character sets and
+    both VR encodings: the JSON and the warnings equal pydicom's (a fixed seed)."""
+    rng = random.Random(11)
+    alphabet = b"aZ09 .\\=^-\x00\t\r\n\x1b\xe9+"
+    charsets = [None, "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 87", "ISO_IR 13", "GB18030"]
+    charsets += [["", "ISO 2022 IR 87"], ["ISO 2022 IR 6", "ISO 2022 IR 149"], "ISO_IR 166"]
+    for _ in range(1500):
+        vr = rng.choice(list(RANDOM_TAGS))
+        value = bytes(rng.choice(alphabet) for _ in range(rng.choice([1, 2, 5, 16, 17, 65])))
+        charset = rng.choice(charsets)
+        implicit = rng.random() < 0.5
+        fast = encoded(vr, value, charset, implicit)
+        with monkeypatch.context() as patch:
+            patch.setattr(json_module, "_fast_path", lambda _raw, _text: None)
+            general = encoded(vr, value, charset, implicit)
+        assert fast == general, (vr, value, charset, implicit)
+
+
+RANDOM_TAGS = {
+    "AS": 0x00101010, "CS": 0x00080060, "DA": 0x00080020, "DT": 0x0008002A, "LO": 0x00081030,
+    "LT": 0x00204000, "PN": 0x00100010, "SH": 0x00080050, "ST": 0x00080081, "TM": 0x00080030,
+    "UC": 0x00080119, "UI": 0x00081150, "UT": 0x00400441,
+}  # fmt: skip
+
+
+def encoded(vr: str, value: bytes, charset: str | list[str] | None, implicit: bool) -> Any:
+    """One element's JSON, encoded as parse_instance does, and the warnings it gave."""
+    tag = BaseTag(RANDOM_TAGS[vr])
+    raw = dataelem.RawDataElement(
+        tag, None if implicit else vr, len(value), value, 0, implicit, True
+    )
+    ds = Dataset({tag: raw})
+    ds.set_original_encoding(implicit, True, convert_encodings(charset) if charset else "iso8859")
+    notes: list[str] = []
+    with collect_warnings(notes):
+        try:
+            return orjson.dumps(encode_dataset(ds, warn=notes.append)), notes
+        except Exception as exc:  # compared, not hidden
+            return repr(exc), notes
 
 
 def test_unknown_character_set_takes_the_general_path(
