@@ -18,6 +18,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from app.dicom.instance import FrameRanges
+from app.dicom.json import NOT_PLAIN, plain_value
 from app.dicom.reader import (
     DOUBLE_FLOAT_PIXEL_DATA,
     FLOAT_PIXEL_DATA,
@@ -53,6 +54,9 @@ def locate_frames(
 
 
 def _number_of_frames(ds: Dataset, notes: list[str]) -> int:
+    plain = plain_value(ds, _NUMBER_OF_FRAMES)
+    if isinstance(plain, int) and plain >= 1:
+        return plain
     elem = get_decoded(ds, _NUMBER_OF_FRAMES)
     if elem is None or elem.value in (None, ""):
         return 1
@@ -76,8 +80,11 @@ def _native_frames(
         notes.append("frames not indexed: no Rows, Columns or BitsAllocated")
         return ()
     frame_bits = rows * columns * samples * bits
-    photometric = get_decoded(ds, _PHOTOMETRIC_INTERPRETATION)
-    if photometric is not None and photometric.value == "YBR_FULL_422" and samples == 3:
+    photometric = plain_value(ds, _PHOTOMETRIC_INTERPRETATION)
+    if photometric is NOT_PLAIN:
+        elem = get_decoded(ds, _PHOTOMETRIC_INTERPRETATION)
+        photometric = None if elem is None else elem.value
+    if photometric == "YBR_FULL_422" and samples == 3:
         frame_bits = frame_bits // 3 * 2  # two chroma samples per two pixels
     if count == 1:
         size = (frame_bits + 7) // 8  # the whole value, bit-packed or not
@@ -211,6 +218,9 @@ def _frames_from_codestream_starts(
 
 
 def _int_attribute(ds: Dataset, tag: int) -> int | None:
+    plain = plain_value(ds, tag)  # without pydicom's decoding, most of the cost
+    if isinstance(plain, int):
+        return plain
     elem = get_decoded(ds, tag)
     return None if elem is None else _as_int(elem.value)
 

@@ -20,9 +20,10 @@ from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any, Final, cast
 
-from pydicom.charset import default_encoding
+from pydicom import config as pydicom_config
+from pydicom.charset import custom_encoders, default_encoding, handled_encodings
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
@@ -54,6 +55,25 @@ _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 # Valid DS and IS values (PS3.5 Table 6.2-1), leading and trailing spaces allowed.
 _DS = re.compile(rb" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *")
 _IS = re.compile(rb" *[+-]?[0-9]+ *")
+# What pydicom accepts as a UID without a warning (its VR_REGEXES["UI"], 64 characters).
+_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
+_UID_LENGTH = 64
+# Decoded as ISO 8859-1 whatever the character set, and not checked when read (pydicom's
+# convert_string, with datetime_conversion off as by default).
+_LATIN1_STRINGS = frozenset({"AS", "CS", "DA", "DT", "TM"})
+# Text VRs pydicom decodes with the character set, and the length it warns beyond.
+_TEXT_LIMITS: dict[str, int | None] = {"SH": 16, "LO": 64, "UC": None}
+_TEXT_LIMITS |= {"ST": 1024, "LT": 10240, "UT": None}
+_SINGLE_TEXT = frozenset({"ST", "LT", "UT"})  # one value: backslashes are text
+_PN_LENGTH = 64  # per component group
+# Encodings pydicom re-encodes a name with its own encoders (JIS X 0201/0208/0212), which
+# refuse some ASCII with a warning when reading it (pydicom's convert_PN encodes each name
+# it decodes): names in these take the general path, which gives that warning.
+_NAME_RECODERS = frozenset(custom_encoders) | frozenset(handled_encodings)
+# Printable ASCII and the text VRs' control characters (TAB, LF, FF, CR): no escape
+# sequence, so any ASCII-compatible character set decodes them as ASCII.
+_PLAIN_TEXT_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n\x0c\r"
+_PLAIN_TEXT = re.compile(rb"[\x20-\x7e\t\n\x0c\r]*")
 _JSON_INTEGERS = (-(2**63), 2**64 - 1)  # what orjson writes
 _STRUCT_CODES = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "UV": "Q", "SV": "q"}
 _STRUCT_CODES |= {"FL": "f", "FD": "d"}
@@ -84,13 +104,33 @@ def encode_dataset(
     path of the sequence item `ds` is, ending in "/" (used when recursing).
     """
     encoded: dict[str, Any] = {}
+    text = _plain_text_encoding(ds)
     # items() gives the stored elements, undecoded; int keys sort fast (BaseTag's < is Python).
     for tag, stored in sorted(ds.items(), key=lambda item: int(item[0])):
         if not tag & 0xFFFF:  # Group Length is never part of DICOM JSON (PS3.18 F.2.2)
             continue
         key = f"{tag:08X}"
-        encoded[key] = _encode_element(ds, stored, prefix + key, bulk, warn)
+        encoded[key] = _encode_element(ds, stored, prefix + key, bulk, warn, text)
     return encoded
+
+
+# What `plain_value` returns when pydicom must decode the element.
+NOT_PLAIN: Final = object()
+
+
+def plain_value(ds: Dataset, tag: int) -> Any:
+    """The single value of `tag` in `ds` when the fast path reads it (a str, int or float:
+    a UID is a str), without decoding it through pydicom or storing anything in `ds`.
+    NOT_PLAIN when absent, decoded already, deferred, empty, multi-valued or unusual:
+    the caller asks pydicom then (`Dataset.get`), which says what is wrong, if anything."""
+    raw = ds.get_item(tag, keep_deferred=True)
+    if not isinstance(raw, RawDataElement) or raw.value is None:
+        return NOT_PLAIN
+    encoded = _fast_path(raw, _plain_text_encoding(ds))
+    values = encoded.get("Value") if encoded is not None else None
+    if not values or len(values) != 1 or values[0] is None or isinstance(values[0], dict):
+        return NOT_PLAIN
+    return values[0]
 
 
 def element_vr(raw: RawDataElement) -> str:
@@ -112,13 +152,18 @@ def describe_path(path: str) -> str:
     )
 
 
-def _encode_element(
-    ds: Dataset, stored: Element, path: str, bulk: BulkHandler | None, warn: WarningSink | None
+def _encode_element(  # noqa: PLR0917 (one call site, in the hot loop)
+    ds: Dataset,
+    stored: Element,
+    path: str,
+    bulk: BulkHandler | None,
+    warn: WarningSink | None,
+    text: str | None,
 ) -> dict[str, Any]:
     if isinstance(stored, RawDataElement):
         if stored.value is None and stored.length:
             return _deferred(stored, path, bulk)
-        fast = _fast_path(stored)
+        fast = _fast_path(stored, text)
         if fast is not None:
             return fast
         elem = _decode(ds, stored, path, warn)
@@ -138,11 +183,13 @@ def _deferred(raw: RawDataElement, path: str, bulk: BulkHandler | None) -> dict[
     return {"vr": element_vr(raw), "BulkDataURI": uri}
 
 
-def _fast_path(raw: RawDataElement) -> dict[str, Any] | None:
+def _fast_path(raw: RawDataElement, text: str | None) -> dict[str, Any] | None:
     """The JSON of the commonest valid values without building pydicom objects: binary
-    numbers and well-formed IS/DS, about half of a typical image's elements. The result
-    equals pydicom's decoding; anything unusual (and so any value pydicom would warn
-    about) returns None and takes the general path."""
+    numbers, well-formed IS/DS, UIDs, code strings, dates and times, and (when `text`, the
+    dataset's first encoding, decodes ASCII as ASCII) plain ASCII text and names;
+    nearly every element of a typical image. The result equals pydicom's decoding
+    (tests/unit/dicom/test_json_fast.py compares them); anything unusual (and so any
+    value pydicom would warn about) returns None and takes the general path."""
     vr = raw.VR or _public_vr(int(raw.tag))  # int(): BaseTag's == is slow in the cache
     value = raw.value
     if not value or vr is None or raw.tag in _LUT_DESCRIPTORS:
@@ -154,7 +201,77 @@ def _fast_path(raw: RawDataElement) -> dict[str, Any] | None:
         return _number_strings(vr, value, _DS, 16, float)
     if vr == "IS":
         return _number_strings(vr, value, _IS, 12, int)
+    if vr == "UI":
+        return _uids(value)
+    if vr in _LATIN1_STRINGS and not pydicom_config.datetime_conversion:
+        return _strings(vr, value.decode("latin-1").rstrip(" \x00").split("\\"))
+    if text is None or not _PLAIN_TEXT.fullmatch(value):
+        return None
+    if vr in _TEXT_LIMITS:
+        return _texts(vr, value.decode("ascii"), _TEXT_LIMITS[vr])
+    if vr == "PN" and text not in _NAME_RECODERS:
+        return _person_names(value.rstrip(b"\x00 ").decode("ascii"))
     return None
+
+
+def _plain_text_encoding(ds: Dataset) -> str | None:
+    """The first encoding of `ds`'s character set, the one pydicom decodes text without
+    escape sequences with, if it reads ASCII as ASCII (the default, Latin-1, UTF-8 ...)."""
+    charset = ds.original_character_set or ds._character_set
+    first = charset if isinstance(charset, str) else charset[0] if charset else default_encoding
+    return first if _decodes_ascii(first) else None
+
+
+@lru_cache(maxsize=64)
+def _decodes_ascii(encoding: str) -> bool:
+    try:
+        return _PLAIN_TEXT_BYTES.decode(encoding) == _PLAIN_TEXT_BYTES.decode("ascii")
+    except (LookupError, UnicodeError):  # unknown: pydicom warns, the general path says so
+        return False
+
+
+def _uids(value: bytes) -> dict[str, Any] | None:
+    """UI as pydicom's convert_UI: trailing NULs and spaces off, split on backslashes;
+    pydicom checks each UID (a warning), so only valid ones are taken here."""
+    items = value.decode("latin-1").rstrip("\x00 ").split("\\")
+    for item in items:
+        if item and (len(item) > _UID_LENGTH or not _UID.fullmatch(item)):
+            return None
+    return _strings("UI", items)
+
+
+def _strings(vr: str, items: list[str]) -> dict[str, Any]:
+    """The JSON of values already split: one empty value is no value, an empty value
+    among several is null (F.2.5)."""
+    if len(items) == 1 and not items[0]:
+        return {"vr": vr}
+    return {"vr": vr, "Value": [item or None for item in items]}
+
+
+def _texts(vr: str, decoded: str, limit: int | None) -> dict[str, Any] | None:
+    """SH, LO, UC (split, then each value's trailing NULs and spaces off) and ST, LT, UT
+    (one value), as pydicom's convert_text and convert_single_string; a value over the
+    VR's length (which pydicom warns about) takes the general path."""
+    items = [decoded] if vr in _SINGLE_TEXT else decoded.split("\\")
+    if limit is not None and any(len(item) > limit for item in items):
+        return None
+    return _strings(vr, [item.rstrip("\x00 ") for item in items])
+
+
+def _person_names(decoded: str) -> dict[str, Any] | None:
+    """PN as pydicom's convert_PN and PersonName read it: at most three component groups
+    of at most 64 characters each (otherwise a warning: the general path), trailing empty
+    groups dropped; F.2.2 keeps the non-empty groups, an empty name is null (F.2.5)."""
+    names: list[dict[str, str] | None] = []
+    for item in decoded.split("\\"):
+        groups = item.split("=")
+        if len(groups) > len(_PN_GROUPS) or any(len(group) > _PN_LENGTH for group in groups):
+            return None
+        name = {key: group for key, group in zip(_PN_GROUPS, groups, strict=False) if group}
+        names.append(name or None)
+    if len(names) == 1 and names[0] is None:
+        return {"vr": "PN"}
+    return {"vr": "PN", "Value": names}
 
 
 @lru_cache(maxsize=4096)

@@ -21,6 +21,7 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -33,7 +34,7 @@ from pydicom.valuerep import STANDARD_VR
 
 from app.dicom.frames import locate_frames
 from app.dicom.instance import BULK_BASE, BulkRange, FrameRanges, ParsedInstance
-from app.dicom.json import decoding_path, describe_path, encode_dataset
+from app.dicom.json import NOT_PLAIN, decoding_path, describe_path, encode_dataset, plain_value
 from app.dicom.reader import UNDEFINED_LENGTH, DicomParseError, Reader, get_decoded, label
 from app.dicom.transfer_syntax import is_storable
 from app.dicom.uid import is_valid_uid
@@ -165,8 +166,10 @@ def _end_of_meta(tag: BaseTag, _vr: str | None, length: int) -> bool:
 
 
 def _transfer_syntax(meta: Dataset) -> str:
-    elem = meta.get(_TRANSFER_SYNTAX_UID)
-    value = elem.value if elem is not None else None
+    value = plain_value(meta, _TRANSFER_SYNTAX_UID)  # without pydicom's decoding
+    if value is NOT_PLAIN:
+        elem = meta.get(_TRANSFER_SYNTAX_UID)
+        value = elem.value if elem is not None else None
     if not value:
         raise DicomParseError("missing TransferSyntaxUID in the file meta information")
     if not isinstance(value, str) or not is_valid_uid(value):
@@ -180,6 +183,7 @@ def _transfer_syntax(meta: Dataset) -> str:
     return str(value)
 
 
+@lru_cache(maxsize=64)
 def _encoding_of(transfer_syntax: str) -> tuple[bool, bool, bool]:
     """(implicit VR, little endian, deflated) of the dataset."""
     uid = UID(transfer_syntax)
@@ -240,6 +244,9 @@ def _valid_uid(ds: Dataset, tag: int) -> str | None:
 
 
 def _uid_value(ds: Dataset, tag: int) -> str | None:
+    value = plain_value(ds, tag)  # a valid UID, without pydicom's decoding (most of the cost)
+    if value is not NOT_PLAIN:
+        return str(value)
     elem = get_decoded(ds, tag)
     if elem is None or elem.value in (None, ""):
         return None
