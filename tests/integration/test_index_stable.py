@@ -14,6 +14,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from app.index.rows import FOLD_AT
+from app.services import stable
 from app.services.ports import Adding, Change, ChangeAction, Index, InstanceRecord
 from tests.integration.conftest import TENANT, Backend, new_backend
 from tests.support.records import Records
@@ -148,6 +149,18 @@ async def test_a_round_announces_at_most_its_limit(index: Index, records: Record
     assert sum((await index.announce_stable(NOW, 4)).values()) == 4
     assert sum((await index.announce_stable(NOW, 4)).values()) == 2
     assert len(await _announced(index)) == 6
+
+
+async def test_the_service_announces_round_after_round_until_none_is_left(
+    index: Index, records: Records
+) -> None:
+    await _add(index, [records.make() for _ in range(3)], tenant=OTHER)
+    await _add(index, [records.make()])
+    woken: list[str] = []
+    assert await stable.announce_stable(index, NOW, changed=woken.append, batch=3) == 8
+    assert sorted(set(woken)) == sorted([OTHER, TENANT])
+    assert len(await _announced(index, tenant=OTHER)) == 6
+    assert await stable.announce_stable(index, NOW, batch=3) == 0
 
 
 @pytest.fixture

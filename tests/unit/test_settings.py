@@ -93,3 +93,12 @@ def test_change_feed_limits_are_checked_at_start(env: dict[str, str], message: s
     default = Settings.from_env({})
     assert (default.changefeed_default_limit, default.changefeed_max_limit) == (10, 100)
     assert (default.changefeed_max_wait, default.changefeed_poll_ms) == (30, 500)
+
+
+@pytest.mark.parametrize("name", ["PACS_STABLE_AFTER", "PACS_STABLE_SCAN_MS"])
+def test_stable_study_times_are_checked_at_start(name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name}: must be at least 1"):
+        Settings.from_env({name: "0"})
+    default = Settings.from_env({})
+    assert (default.stable_after, default.stable_scan_ms) == (60, 5000)
+    assert Settings.from_env({name: "2"}) != default
