@@ -25,10 +25,12 @@ from app.index.change_rows import PendingChange
 from app.index.stable_rows import announcements, arrivals, counted_sql, per_tenant
 
 # One row version per batch and study or series; the update changes no indexed column
-# (HOT). Keys come sorted and unique (stable_rows.arrivals).
+# (HOT). Keys come sorted and unique (stable_rows.arrivals). The time is this statement's,
+# just before the commit, not the transaction's start (now()): a batch that waited for
+# locks must not look quiet for that long the moment it commits.
 _ARRIVED = """INSERT INTO stable_pending (tenant, study_instance_uid, series_instance_uid,
         last_arrival)
-    SELECT tenant, study, series, now()
+    SELECT tenant, study, series, clock_timestamp()
     FROM unnest($1::text[], $2::text[], $3::text[]) AS t(tenant, study, series)
     ON CONFLICT (tenant, study_instance_uid, series_instance_uid)
     DO UPDATE SET last_arrival = excluded.last_arrival"""

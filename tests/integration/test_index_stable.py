@@ -237,3 +237,29 @@ async def test_a_scan_skips_a_study_being_written_without_waiting(
     finally:
         await conn.close()
         await index.close()
+
+
+async def test_an_ingest_that_waited_for_a_lock_is_not_quiet_at_its_commit(
+    postgres: Backend, records: Records
+) -> None:
+    """The arrival is stamped just before the commit, not at the transaction's start: an
+    ingest that waited 1.2 s for a study's row has not been quiet for a second when it
+    commits."""
+    index = await postgres.open(pool_size=2)
+    study, series = generate_uid(), generate_uid()
+    conn = await asyncpg.connect(postgres.location)
+    try:
+        await _add(index, [records.make(study=study, series=series)])
+        assert await index.announce_stable(NOW, 100) == {TENANT: 2}
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT 1 FROM study WHERE study_instance_uid = $1 FOR UPDATE", study
+            )
+            adding = asyncio.create_task(_add(index, [records.make(study=study, series=series)]))
+            await asyncio.sleep(1.2)
+            assert not adding.done()
+        await adding
+        assert await index.announce_stable(1.0, 100) == {}
+    finally:
+        await conn.close()
+        await index.close()
