@@ -22,6 +22,7 @@ from app.services.delete import retry_periodically
 from app.services.orphans import sweep_periodically
 from app.services.outbox import Outbox
 from app.services.ports import BlobStore, ChangeConsumer, Index
+from app.services.stable import announce_periodically
 from app.settings import Settings, kafka_brokers
 from app.storage.filesystem import FolderBlobStore
 from app.storage.s3 import S3BlobStore, StorageUnavailable
@@ -100,8 +101,9 @@ async def open_archive(settings: Settings, *, discard_spool: bool = True) -> Asy
 
 @asynccontextmanager
 async def _sweeping(archive: Archive) -> AsyncIterator[None]:
-    """The orphan sweep and the retry of failed blob deletions in the background while the
-    archive serves: readiness never waits for a listing of the whole store."""
+    """The orphan sweep, the retry of failed blob deletions and the announcement of stable
+    studies in the background while the archive serves: readiness never waits for a
+    listing of the whole store."""
     settings = archive.settings
     task = asyncio.create_task(
         sweep_periodically(
@@ -119,10 +121,20 @@ async def _sweeping(archive: Archive) -> AsyncIterator[None]:
         ),
         name="blob-delete-retry",
     )
+    # Series and studies that went quiet: announced by one node each (app/services/stable.py).
+    stable = asyncio.create_task(
+        announce_periodically(
+            archive.index,
+            quiet=settings.stable_after,
+            interval=settings.stable_scan_ms / 1000,
+            changed=archive.changefeed.signal.changed,
+        ),
+        name="stable-announce",
+    )
     try:
         yield
     finally:
-        for running in (task, retry):
+        for running in (task, retry, stable):
             running.cancel()
             with suppress(asyncio.CancelledError):
                 await running

@@ -59,6 +59,11 @@ class Settings:
     # Seconds between retries of blob deletions that failed after a DELETE committed (the
     # store down or refusing; app/services/delete.py): each blob is retried until it is gone.
     blob_delete_retry_interval: int = 60
+    # Stable studies (app/services/stable.py): a series or study in which no instance has
+    # arrived for this many seconds is announced once (series.stable, study.stable in the
+    # change feed); every node looks for such ones every `stable_scan_ms` milliseconds.
+    stable_after: int = 60
+    stable_scan_ms: int = 5000
     # Replace a stored instance when a different object arrives with its SOP Instance UID.
     overwrite: bool = False
     # An instance whose PatientID / IssuerOfPatientID differs from the study it joins:
@@ -500,6 +505,8 @@ _AT_LEAST_ONE = (
     "outbox_poll_ms",
     "outbox_lease",
     "outbox_retry_max",
+    "stable_after",
+    "stable_scan_ms",
 )
 
 

@@ -4,7 +4,8 @@
 change-log entries written as the archive writes them, and with that step replaced by
 nothing, alternating round by round so that both sides see the same machine. Prints the
 median milliseconds per instance of each side, their difference and the median ratio of
-neighbouring rounds.
+neighbouring rounds. `--step arrivals` measures instead the marking of the studies and
+series that received an instance, for stable studies (app/index/*_stable.py).
 
 A busy machine makes whole-server STOW figures (compare_dimse.py --jobs stow1,stow8) vary
 by more than the few per cent looked for; this isolates the step that changed. Relate the
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pydicom.uid import generate_uid
 
-from app.index import postgres_changes, sqlite_changes
+from app.index import postgres_changes, postgres_stable, sqlite_changes, sqlite_stable
 from app.index.postgres import PostgresIndex
 from app.index.sqlite import SqliteIndex
 from app.services.ports import Adding, Index, InstanceRecord
@@ -79,6 +80,8 @@ async def measure(
     module: Any,
     args: argparse.Namespace,
     folder: Path,
+    *,
+    step: str = "record_changes",
 ) -> None:
     maker = Records(folder / "records")
     study = generate_uid()
@@ -90,20 +93,20 @@ async def measure(
         ]
         for _ in range(2 * args.rounds + 1)
     ]
-    real = module.record_changes
+    real = getattr(module, step)
     with_log, without_log = [], []
     async with opened(folder) as index:
         await _round(index, rounds.pop())  # warm-up: connections, caches
         for r in range(2 * args.rounds):
             logging = r % 2 == 0
-            module.record_changes = real if logging else _without(real)
+            setattr(module, step, real if logging else _without(real))
             (with_log if logging else without_log).append(await _round(index, rounds.pop()))
-        module.record_changes = real
+        setattr(module, step, real)
     on, off = statistics.median(with_log), statistics.median(without_log)
     # Pair by pair (neighbouring rounds), so that a drift of the machine's speed cancels.
     paired = statistics.median(a / b for a, b in zip(with_log, without_log, strict=True))
     print(
-        f"{name}: {on:.3f} ms/instance with the change log, {off:.3f} without "
+        f"{name}: {on:.3f} ms/instance with {step}, {off:.3f} without "
         f"(+{on - off:.3f} ms; median ratio of neighbouring rounds {paired:.3f}); "
         f"rounds with {', '.join(f'{x:.2f}' for x in with_log)}; "
         f"without {', '.join(f'{x:.2f}' for x in without_log)}"
@@ -122,15 +125,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=10, help="batches per round")
     parser.add_argument("--batch", type=int, default=8, help="instances per batch")
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument(
+        "--step", choices=("changes", "arrivals"), default="changes", help="the step measured"
+    )
     args = parser.parse_args(argv)
+    stable = args.step == "arrivals"
     backends = {
-        "sqlite": (_sqlite, sqlite_changes),
-        "postgres": (_postgres, postgres_changes),
+        "sqlite": (_sqlite, sqlite_stable if stable else sqlite_changes),
+        "postgres": (_postgres, postgres_stable if stable else postgres_changes),
     }
+    step = "record_arrivals" if stable else "record_changes"
     with tempfile.TemporaryDirectory(prefix="change-log-cost-") as folder:
         for name in args.backends.split(","):
             opened, module = backends[name.strip()]
-            asyncio.run(measure(name, opened, module, args, Path(folder) / name))
+            asyncio.run(measure(name, opened, module, args, Path(folder) / name, step=step))
     return 0
 
 

@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from app.index.rows import Row
-from app.services.ports import Adding, AddResult, Change, ChangeAction, ChangeState, Outcome
+import orjson
+
+from app.index.rows import Row, dumps
+from app.services.ports import Adding, AddResult, Change, ChangeAction, ChangeState, Json, Outcome
 
 _ACTIONS = {
     Outcome.STORED: ChangeAction.INSTANCE_STORED,
@@ -32,6 +34,12 @@ class PendingChange:
     series_instance_uid: str | None
     sop_instance_uid: str | None
     blob_key: str | None
+    # Change.detail (the counts of a stable series or study).
+    detail: Json | None = None
+
+    @property
+    def detail_text(self) -> str | None:
+        return None if self.detail is None else dumps(self.detail)
 
 
 def change_of(item: Adding, added: AddResult | Exception) -> PendingChange | None:
@@ -80,7 +88,7 @@ def select_changes(
     `mark(3)`, or (`latest`) the last one. `metadata_text` reads instance.metadata as text."""
     columns = (
         "c.seq, c.action, c.changed_at, c.study_instance_uid, c.series_instance_uid,"
-        f" c.sop_instance_uid, {_STATE} AS state"
+        f" c.sop_instance_uid, c.detail, {_STATE} AS state"
     )
     if metadata:
         columns += f", CASE WHEN i.blob_key = c.blob_key THEN {metadata_text} END AS metadata"
@@ -112,4 +120,5 @@ def change(row: Row, timestamp: datetime) -> Change:
         sop_instance_uid=row["sop_instance_uid"],
         state=ChangeState(row["state"]),
         metadata=text.encode() if text is not None else None,
+        detail=None if row["detail"] is None else orjson.loads(row["detail"]),
     )

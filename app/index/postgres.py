@@ -6,8 +6,10 @@ from any process, decide IDENTICAL/CONFLICT one after the other), then the patie
 and series rows (an overwrite locks the old and the new patient together first), and last,
 just before the commit, the tenant's change-log counter (app/index/postgres_changes.py). Uploads
 of one study therefore queue on its rows instead of deadlocking, and commit its instances
-in pk order. A delete (`_delete_scope`) takes the same order: the patient, the study, its
-series, the counter. The parents' rows are rewritten only when what they hold changes: instance
+in pk order. Between them and the counter come the rows marking the studies and series
+that received an instance (app/index/postgres_stable.py), once per batch. A delete
+(`_delete_scope`) takes the same order: the patient, the study, its series, the counter.
+The parents' rows are rewritten only when what they hold changes: instance
 counts once per FOLD_AT instances (a search counts the newer ones: `compile_counted_search`;
 updating them per instance left a dead study and series row version behind each one), the
 series count and modalities once per series, the patient's once per study. Should a
@@ -29,7 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
-from app.index import postgres_audit, postgres_changes, postgres_cursors
+from app.index import postgres_audit, postgres_changes, postgres_cursors, postgres_stable
 from app.index.change_rows import change_of
 from app.index.delete_rows import DELETE_COLUMNS, counted, deleted_changes
 from app.index.migrations import IndexUnavailable, SchemaError, latest_version, migrations
@@ -148,9 +150,10 @@ class PostgresIndex:
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     done = {i: await _add_item(conn, batch[i], *storable[i]) for i in order}
+                    changes = [c for i in order if (c := change_of(batch[i], done[i]))]
+                    await postgres_stable.record_arrivals(conn, changes)
                     # Last: the tenants' counters stay locked until the commit.
-                    changes = [change_of(batch[i], done[i]) for i in order]
-                    await postgres_changes.record_changes(conn, [c for c in changes if c])
+                    await postgres_changes.record_changes(conn, changes)
                 return [done[i] for i in range(len(batch))]
             except _RETRYABLE as exc:
                 if attempt == _ATTEMPTS:
@@ -266,6 +269,18 @@ class PostgresIndex:
 
     async def release_cursor(self, consumer: str, tenant: str, owner: str) -> None:
         await postgres_cursors.release_cursor(self._pool, consumer, tenant, owner)
+
+    async def announce_stable(self, quiet: float, limit: int) -> dict[str, int]:
+        # Retried as a write is: a row another node inserted first, a deadlock.
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return await postgres_stable.announce_stable(self._pool, quiet, limit)
+            except _RETRYABLE as exc:
+                if attempt == _ATTEMPTS:
+                    raise
+                log.info("retrying an announcement (%s)", type(exc).__name__)
+                await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+        raise AssertionError("unreachable")
 
     # -- audit trail (app/index/postgres_audit.py) -------------------------------------
 

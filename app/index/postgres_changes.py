@@ -34,10 +34,10 @@ _ADVANCE = """INSERT INTO change_sequence AS s (tenant, last_seq) VALUES ($1, $2
     ON CONFLICT (tenant) DO UPDATE SET last_seq = s.last_seq + excluded.last_seq
     RETURNING last_seq"""
 _INSERT = """INSERT INTO change_log (tenant, seq, action, changed_at, study_instance_uid,
-        series_instance_uid, sop_instance_uid, blob_key)
-    SELECT $1, $2::bigint + n - 1, action, now(), study, series, sop, blob_key
-    FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-        WITH ORDINALITY AS t(action, study, series, sop, blob_key, n)"""
+        series_instance_uid, sop_instance_uid, blob_key, detail)
+    SELECT $1, $2::bigint + n - 1, action, now(), study, series, sop, blob_key, detail
+    FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+        WITH ORDINALITY AS t(action, study, series, sop, blob_key, detail, n)"""
 
 
 def _mark(n: int) -> str:
@@ -58,6 +58,7 @@ async def record_changes(conn: asyncpg.Connection, changes: Sequence[PendingChan
             [c.series_instance_uid for c in entries],
             [c.sop_instance_uid for c in entries],
             [c.blob_key for c in entries],
+            [c.detail_text for c in entries],
         )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
-from app.index import sqlite_audit, sqlite_changes, sqlite_cursors
+from app.index import sqlite_audit, sqlite_changes, sqlite_cursors, sqlite_stable
 from app.index.change_rows import change_of
 from app.index.delete_rows import DELETE_COLUMNS, counted, deleted_changes
 from app.index.migrations import SchemaError, latest_version, migrations
@@ -281,6 +281,9 @@ class SqliteIndex:
     async def release_cursor(self, consumer: str, tenant: str, owner: str) -> None:
         await self._write(lambda db: sqlite_cursors.release_cursor(db, consumer, tenant, owner))
 
+    async def announce_stable(self, quiet: float, limit: int) -> dict[str, int]:
+        return await self._write(lambda db: sqlite_stable.announce_stable(db, quiet, limit))
+
     # -- audit trail (app/index/sqlite_audit.py) ---------------------------------------
 
     async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:
@@ -351,8 +354,9 @@ def _add_batch(db: sqlite3.Connection, items: Sequence[Adding]) -> list[AddResul
         else:
             results.append(added)
         db.execute("RELEASE batch_item")
-    changes = [change_of(item, added) for item, added in zip(items, results, strict=True)]
-    sqlite_changes.record_changes(db, [c for c in changes if c is not None])
+    changes = [c for i, a in zip(items, results, strict=True) if (c := change_of(i, a))]
+    sqlite_stable.record_arrivals(db, changes)
+    sqlite_changes.record_changes(db, changes)
     return results
 
 

@@ -18,7 +18,8 @@ _ADVANCE = """INSERT INTO change_sequence (tenant, last_seq) VALUES (?, ?)
     ON CONFLICT (tenant) DO UPDATE SET last_seq = last_seq + excluded.last_seq
     RETURNING last_seq"""
 _INSERT = """INSERT INTO change_log (tenant, seq, action, changed_at, study_instance_uid,
-        series_instance_uid, sop_instance_uid, blob_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+        series_instance_uid, sop_instance_uid, blob_key, detail)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 
 def _mark(n: int) -> str:
@@ -43,6 +44,7 @@ def record_changes(db: sqlite3.Connection, changes: Sequence[PendingChange]) -> 
                     c.series_instance_uid,
                     c.sop_instance_uid,
                     c.blob_key,
+                    c.detail_text,
                 )
                 for n, c in enumerate(entries)
             ],

@@ -106,7 +106,7 @@ class Adding:
 
 class ChangeAction(StrEnum):
     """What a change-log entry records. Extensible: consumers skip actions they do not
-    know. (Planned: series.stable, study.stable.)"""
+    know."""
 
     INSTANCE_STORED = "instance.stored"  # a new instance
     INSTANCE_REPLACED = "instance.replaced"  # another object under a stored SOP Instance UID
@@ -115,6 +115,10 @@ class ChangeAction(StrEnum):
     # (after the entries of its instances; no SOP Instance UID, and no series for a study).
     SERIES_DELETED = "series.deleted"
     STUDY_DELETED = "study.deleted"
+    # No instance arrived in the series or study for the quiet time (`Index.announce_stable`),
+    # with its counts at that moment in `Change.detail`; again after the next quiet period.
+    SERIES_STABLE = "series.stable"
+    STUDY_STABLE = "study.stable"
 
 
 class ChangeState(StrEnum):
@@ -142,6 +146,10 @@ class Change:
     # DICOM JSON as stored (BulkDataURI placeholders unresolved), when asked for and the
     # state is current.
     metadata: bytes | None = None
+    # What the entry says beyond its UIDs, by DICOM keyword: the counts of a series.stable
+    # (NumberOfSeriesRelatedInstances) or study.stable (NumberOfStudyRelatedSeries,
+    # NumberOfStudyRelatedInstances); None for other actions.
+    detail: Json | None = None
 
 
 class ChangeConsumer(Protocol):
@@ -325,6 +333,17 @@ class Index(Protocol):
 
     async def release_cursor(self, consumer: str, tenant: str, owner: str) -> None:
         """Give up `owner`'s lease, if it still holds it, for another owner to take now."""
+        ...
+
+    async def announce_stable(self, quiet: float, limit: int) -> dict[str, int]:
+        """Announce up to `limit` series and studies, of any tenant, in which no instance
+        has arrived (been stored or replaced) for `quiet` seconds and which were not
+        announced since: one `series.stable` / `study.stable` change-log entry each, with
+        its counts at that moment, written in the transaction that marks them announced.
+        Each quiet period is announced once, whichever of the processes sharing the index
+        calls this (they claim different ones); a later arrival starts a new one. A series
+        or study no longer stored is not announced. Returns the number of entries written
+        per tenant; while they add up to `limit`, more may be waiting."""
         ...
 
     async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:

@@ -2,9 +2,11 @@
 modelled on the change feed of Microsoft's DICOM service: JSON entries with Sequence,
 StudyInstanceUid, SeriesInstanceUid, SopInstanceUid, Action, Timestamp, State and, unless
 `includemetadata=false`, the instance's Metadata (DICOM JSON) while it is the current
-version. `offset` is the last sequence the consumer has seen (entries above it come back);
-sequences start at 1 and have no gaps, so it is also the number of entries to skip.
-`wait=N` holds the request up to N seconds until an entry arrives (long polling).
+version; a series.stable or study.stable entry adds its counts (NumberOfSeriesRelatedInstances,
+or NumberOfStudyRelatedSeries and NumberOfStudyRelatedInstances). `offset` is the last
+sequence the consumer has seen (entries above it come back); sequences start at 1 and have
+no gaps, so it is also the number of entries to skip. `wait=N` holds the request up to N
+seconds until an entry arrives (long polling).
 
 Needs the read permission; a read is audited as a query.
 """
@@ -87,6 +89,9 @@ def _entry(change: Change, base: str, metadata: bool) -> dict[str, Any]:
         "Timestamp": _timestamp(change.timestamp),
         "State": str(change.state),
     }
+    # The counts of a series.stable / study.stable, under their DICOM keywords.
+    for keyword, value in (change.detail or {}).items():
+        entry.setdefault(keyword, value)
     if metadata:
         text = change.metadata
         if text is not None and change.series_instance_uid and change.sop_instance_uid:

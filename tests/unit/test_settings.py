@@ -132,3 +132,12 @@ def test_kafka_is_off_by_default_and_takes_a_list_of_brokers() -> None:
     assert (default.kafka_bootstrap, default.kafka_topic) == ("", "pacs.changes")
     on = Settings.from_env({"PACS_KAFKA_BOOTSTRAP": "kafka-1:9092, 10.0.0.2:9092,[::1]:9092"})
     assert on.kafka_bootstrap.startswith("kafka-1")
+
+
+@pytest.mark.parametrize("name", ["PACS_STABLE_AFTER", "PACS_STABLE_SCAN_MS"])
+def test_stable_study_times_are_checked_at_start(name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name}: must be at least 1"):
+        Settings.from_env({name: "0"})
+    default = Settings.from_env({})
+    assert (default.stable_after, default.stable_scan_ms) == (60, 5000)
+    assert Settings.from_env({name: "2"}) != default
