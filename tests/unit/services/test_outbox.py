@@ -165,7 +165,10 @@ async def test_run_keeps_delivering_new_entries_and_close_releases_the_lease(
     task = asyncio.create_task(outbox.run())
     await _store(index, records, TENANTS[0], 3)
     for _ in range(1000):  # 10 s at most, on a busy machine
-        if len(consumer.delivered) >= 3:
+        # Delivered and recorded: the cursor advances once deliver() has returned.
+        if len(consumer.delivered) >= 3 and not await index.pending_tenants(
+            "recorder", outbox.owner
+        ):
             break
         await asyncio.sleep(0.01)
     assert consumer.delivered == [("clinic-a", 1), ("clinic-a", 2), ("clinic-a", 3)]
