@@ -10,6 +10,7 @@ from app.audit.syslog import SyslogSender
 from app.services.audit import AuditService
 from app.services.delivery import Delivery
 from app.services.imaging import ImagingService
+from app.services.plan import Planner
 from app.services.ports import BlobStore, Index
 from app.services.retrieve import RetrieveService
 from app.services.search import SearchService
@@ -28,6 +29,7 @@ class Archive:
     imaging: ImagingService
     audit: AuditService
     delivery: Delivery
+    plan: Planner
 
     @classmethod
     def build(cls, settings: Settings, index: Index, blobs: BlobStore) -> Archive:
@@ -41,6 +43,7 @@ class Archive:
             max_queued=settings.max_queued_imaging,
             thumbnail_cache_bytes=settings.thumbnail_cache_bytes,
         )
+        plan = Planner(retrieve, imaging)
         return cls(
             settings=settings,
             index=index,
@@ -58,7 +61,8 @@ class Archive:
             retrieve=retrieve,
             imaging=imaging,
             audit=audit,
-            delivery=Delivery(retrieve, imaging, settings.spool_dir),
+            delivery=Delivery(plan, settings.spool_dir),
+            plan=plan,
         )
 
     async def close(self) -> None:

@@ -1,5 +1,9 @@
 """Pixel work for retrieval: transcoding, decoding and rendering, one frame at a time.
 
+The protocol layers reach app/imaging through this module only (its rendering options and
+window types are re-exported here); which representation to produce is the plan's choice
+(plan.py).
+
 The stored file is never loaded whole when ingest indexed its frames: the header (everything
 before the pixel data) and each frame are ranged reads, and only the frames a request names
 are decoded. Objects whose frames could not be indexed (deflated files, odd layouts) are read
@@ -33,8 +37,16 @@ from app.auth.principal import Access, Permission
 from app.dicom.byteorder import swap_binary_values
 from app.dicom.transfer_syntax import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
 from app.imaging.codecs import PIXEL_KEYWORDS, CodecError, Frame, decode_frame
-from app.imaging.display import RenderError
-from app.imaging.render import RenderOptions, Viewport, ViewportError, render, thumbnail
+from app.imaging.display import WINDOW_FUNCTIONS, RenderError, Window, window_problem
+from app.imaging.render import (
+    ANNOTATIONS,
+    RENDERED_MEDIA_TYPES,
+    RenderOptions,
+    Viewport,
+    ViewportError,
+    render,
+    thumbnail,
+)
 from app.imaging.transcode import NotTranscodable, Transcoder
 from app.services.errors import (
     ArchiveError,
@@ -47,6 +59,21 @@ from app.services.errors import (
 from app.services.ports import StoredInstance
 from app.services.retrieve import RetrieveService, Swap
 from app.services.thumbnail_cache import ThumbnailCache
+
+# What the protocol layers take from app/imaging, through this module.
+__all__ = [
+    "ANNOTATIONS",
+    "RENDERED_MEDIA_TYPES",
+    "WINDOW_FUNCTIONS",
+    "DamagedData",
+    "ImagingService",
+    "PixelSource",
+    "RenderOptions",
+    "Transcoder",
+    "Viewport",
+    "Window",
+    "window_problem",
+]
 
 # Objects whose frames were not indexed are read whole to get at their pixels; beyond this
 # size the request is refused (501) rather than risk the server's memory.

@@ -16,10 +16,9 @@ from starlette.responses import Response
 
 from app.audit.event import AuditAction
 from app.auth.principal import Access
-from app.imaging.render import RenderOptions
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable, NotFound
-from app.services.imaging import PixelSource
+from app.services.imaging import PixelSource, RenderOptions
 from app.services.ports import StoredInstance
 from app.web.access import request_access
 from app.web.auditing import audited_read
