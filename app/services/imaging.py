@@ -22,9 +22,10 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
+from pathlib import Path
 from typing import TypeVar
 
 from pydicom import dcmread
@@ -54,6 +55,7 @@ from app.services.errors import (
     NotAcceptable,
     NotFound,
     Overloaded,
+    StorageInconsistent,
     Unsupported,
 )
 from app.services.ports import StoredInstance
@@ -105,10 +107,18 @@ class PixelSource:
     swap: Swap | None  # big-endian native data is swapped on read
     # The whole dataset, for objects whose frames were not indexed; None otherwise.
     loaded: Dataset | None = None
+    # The stored file, when the blob store keeps it on this machine and its frames were
+    # indexed and need no swap: pixel work then reads its frames itself (see `_local`).
+    path: Path | None = None
 
     @property
     def has_pixels(self) -> bool:
         return self.frame_count > 0
+
+    def local_frame(self, number: int) -> bytes:
+        """Frame `number` (from 1) read from `path` in the calling (worker) thread."""
+        assert self.path is not None
+        return _read_local(self.path, self.instance, self.instance.frames[number - 1])
 
     @property
     def transfer_syntax_uid(self) -> str:
@@ -127,6 +137,61 @@ class PixelSource:
         header.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
         header.set_original_encoding(False, True, header.original_character_set)
         return header
+
+
+def _read_local(path: Path, instance: StoredInstance, ranges: Iterable[tuple[int, int]]) -> bytes:
+    """Byte ranges of a stored file on this machine, read where this is called: in the
+    worker thread of the pixel work that needs them, rather than a thread hop per read."""
+    try:
+        with path.open("rb") as handle:
+            parts = [os.pread(handle.fileno(), length, offset) for offset, length in ranges]
+    except FileNotFoundError:
+        raise StorageInconsistent(
+            f"the stored file of instance {instance.sop_instance_uid} is missing from "
+            "storage; the archive needs a consistency check"
+        ) from None
+    data = b"".join(parts)
+    if len(data) != sum(length for _, length in ranges):
+        raise StorageInconsistent(
+            f"the stored file of instance {instance.sop_instance_uid} is shorter than "
+            "recorded when it was stored; the archive needs a consistency check"
+        )
+    return data
+
+
+def _decode(source: PixelSource, number: int, data: bytes) -> Frame:
+    try:
+        return decode_frame(source.header, source.transfer_syntax_uid, data)
+    except CodecError as exc:
+        raise Unsupported(
+            f"frame {number} of instance {source.instance.sop_instance_uid} cannot be "
+            f"decoded: {exc}"
+        ) from exc
+
+
+def _render(
+    source: PixelSource, frames: Sequence[Frame], options: RenderOptions, numbers: Sequence[int]
+) -> bytes:
+    pairs = [(f.pixels, f.photometric_interpretation) for f in frames]
+    try:
+        return render(source.display_header, pairs, options, [n - 1 for n in numbers])
+    except ViewportError as exc:
+        raise BadRequest(str(exc)) from exc
+    except RenderError as exc:
+        raise Unsupported(
+            f"instance {source.instance.sop_instance_uid} cannot be rendered: {exc}"
+        ) from exc
+
+
+def _thumbnail(source: PixelSource, frame: Frame, media_type: str, size: int) -> bytes:
+    try:
+        return thumbnail(
+            source.display_header, frame.pixels, frame.photometric_interpretation, media_type, size
+        )
+    except RenderError as exc:
+        raise Unsupported(
+            f"instance {source.instance.sop_instance_uid} cannot be rendered: {exc}"
+        ) from exc
 
 
 def _read_dataset(data: bytes, stop_before_pixels: bool) -> Dataset:
@@ -284,10 +349,18 @@ class ImagingService:
         self.admit()
         pixel = instance.pixel_data
         if pixel is not None and instance.frames:
-            data = await self.retrieve.read_bytes(instance, 0, pixel.offset)
             read = _read_header if check_values else _read_lazily
-            header = await self._guarded(instance, lambda: read(data))
             swap = await self.retrieve.pixel_swap(access, instance)
+            path = self.retrieve.blobs.local_path(instance.blob_key)
+            if path is not None and swap is None:
+                # Read and parsed in one worker job; frames are read by the jobs using them.
+                local = path
+                header = await self._guarded(
+                    instance, lambda: read(_read_local(local, instance, [(0, pixel.offset)]))
+                )
+                return PixelSource(instance, header, len(instance.frames), None, path=path)
+            data = await self.retrieve.read_bytes(instance, 0, pixel.offset)
+            header = await self._guarded(instance, lambda: read(data))
             return PixelSource(instance, header, len(instance.frames), swap)
         if instance.size > WHOLE_FILE_LIMIT:
             raise Unsupported(
@@ -328,21 +401,20 @@ class ImagingService:
             return await self._guarded(
                 source, lambda: _loaded_frame(loaded, number - 1, source.frame_count)
             )
+        if source.path is not None:
+            return await asyncio.to_thread(source.local_frame, number)
         ranges = source.instance.frames[number - 1]
         reader = self.retrieve.read_ranges(source.instance, ranges, source.swap)
         return b"".join([chunk async for chunk in reader])
 
     async def decoded_frame(self, source: PixelSource, number: int) -> Frame:
-        data = await self.stored_frame(source, number)
-        try:
+        if source.path is not None:  # read in the decoding job
+            self.check_frames(source, [number])
             return await self._guarded(
-                source, lambda: decode_frame(source.header, source.transfer_syntax_uid, data)
+                source, lambda: _decode(source, number, source.local_frame(number))
             )
-        except CodecError as exc:
-            raise Unsupported(
-                f"frame {number} of instance {source.instance.sop_instance_uid} cannot be "
-                f"decoded: {exc}"
-            ) from exc
+        data = await self.stored_frame(source, number)
+        return await self._guarded(source, lambda: _decode(source, number, data))
 
     def transcoder(self, source: PixelSource, target: str) -> Transcoder:
         """A transcoder to `target`; NotAcceptable (406) when the conversion cannot be done."""
@@ -452,19 +524,16 @@ class ImagingService:
     ) -> bytes:
         """The frames (from 1) rendered as one image (several: an animated GIF)."""
         self.check_frames(source, numbers)
+        if source.path is not None:
+            # A stored file on this machine: read, decoded and rendered in one worker job
+            # (a thread hop per step cost more than a CT slice's pixel work).
+            def work() -> bytes:
+                frames = [_decode(source, n, source.local_frame(n)) for n in numbers]
+                return _render(source, frames, options, numbers)
+
+            return await self._guarded(source, work)
         frames = [await self.decoded_frame(source, n) for n in numbers]
-        pairs = [(f.pixels, f.photometric_interpretation) for f in frames]
-        indexes = [n - 1 for n in numbers]
-        try:
-            return await self._guarded(
-                source, lambda: render(source.display_header, pairs, options, indexes)
-            )
-        except ViewportError as exc:
-            raise BadRequest(str(exc)) from exc
-        except RenderError as exc:
-            raise Unsupported(
-                f"instance {source.instance.sop_instance_uid} cannot be rendered: {exc}"
-            ) from exc
+        return await self._guarded(source, lambda: _render(source, frames, options, numbers))
 
     async def cached_thumbnail(
         self,
@@ -502,19 +571,12 @@ class ImagingService:
         """A small image of the instance's middle frame."""
         number = (source.frame_count + 1) // 2 if source.has_pixels else 1
         self.check_frames(source, [number])
+        if source.path is not None:  # one worker job, as in `rendered`
+
+            def work() -> bytes:
+                frame = _decode(source, number, source.local_frame(number))
+                return _thumbnail(source, frame, media_type, size)
+
+            return await self._guarded(source, work)
         frame = await self.decoded_frame(source, number)
-        try:
-            return await self._guarded(
-                source,
-                lambda: thumbnail(
-                    source.display_header,
-                    frame.pixels,
-                    frame.photometric_interpretation,
-                    media_type,
-                    size,
-                ),
-            )
-        except RenderError as exc:
-            raise Unsupported(
-                f"instance {source.instance.sop_instance_uid} cannot be rendered: {exc}"
-            ) from exc
+        return await self._guarded(source, lambda: _thumbnail(source, frame, media_type, size))
