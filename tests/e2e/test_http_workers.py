@@ -86,6 +86,41 @@ def test_two_http_workers_both_serve_and_stop_with_the_first(tmp_path: Path) -> 
     assert not _wait_gone([first, worker]), "a process outlived `pacs serve`"
 
 
+def _burst(port: int, count: int) -> list[socket.socket]:
+    """`count` connections opened at once, then each answered GET /health."""
+    opened = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    for sock in opened:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    for sock in opened:
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    return opened
+
+
+def test_a_burst_of_connections_is_shared_by_the_workers(tmp_path: Path) -> None:
+    """Regression: the process whose event loop woke first took every connection of a burst
+    (a viewer's 4 connections all on one process, the other core idle)."""
+    with running_server(tmp_path / "c", env={"PACS_HTTP_WORKERS": "2"}) as url:
+        first = PIDS[url]
+        port = int(url.rsplit(":", 1)[1])
+        (worker,) = _children(first)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the worker accepts too
+            opened = _burst(port, 2)
+            serving = _connections_by_process(port, [first, worker])
+            for sock in opened:
+                sock.close()
+            if all(serving.values()):
+                break
+            time.sleep(0.2)
+        for _ in range(3):
+            time.sleep(0.2)  # the closed ones are gone from both processes
+            opened = _burst(port, 8)
+            held = _connections_by_process(port, [first, worker])
+            for sock in opened:
+                sock.close()
+            assert min(held.values()) >= 3, f"8 connections by process: {held}"
+
+
 def test_http_workers_do_not_outlive_a_killed_first_process(tmp_path: Path) -> None:
     with running_server(tmp_path / "b", env={"PACS_HTTP_WORKERS": "2"}) as url:
         first = PIDS[url]
