@@ -4,10 +4,8 @@ the `Planner` runs on real files in a folder store (no index: it is not asked)."
 
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
-from typing import cast
 
 import pytest
 from pydicom import dcmread
@@ -15,7 +13,6 @@ from pydicom.uid import RLELossless
 
 from app.auth.principal import Access, Permission, Principal
 from app.dicom.multipart import parse_media_type
-from app.dicom.parse import parse_instance
 from app.services.errors import NotAcceptable
 from app.services.imaging import ImagingService
 from app.services.plan import (
@@ -29,10 +26,8 @@ from app.services.plan import (
     rendered_media_type,
     uri_media_type,
 )
-from app.services.ports import Index, StoredInstance
-from app.services.retrieve import RetrieveService
-from app.storage.filesystem import FolderBlobStore
-from tests.support.dicom_factory import make_dataset, to_bytes
+from app.services.ports import StoredInstance
+from tests.unit.services.stored import stored_instance
 
 EVRLE = "1.2.840.10008.1.2.1"
 IVRLE = "1.2.840.10008.1.2"
@@ -208,30 +203,7 @@ def test_uri_media_type(ranges: list[MediaRange], expected: str | None) -> None:
 
 
 async def _stored(tmp_path: Path, *, pixels: bool = True) -> tuple[Planner, StoredInstance]:
-    """A 2-frame CT in Explicit VR Little Endian in a folder store, as the index records it."""
-    ds = make_dataset(rows=16, columns=16, frames=2)
-    if not pixels:
-        del ds.PixelData
-    data = to_bytes(ds)
-    spooled = tmp_path / "in.dcm"
-    spooled.write_bytes(data)
-    parsed = parse_instance(spooled)
-    blobs = FolderBlobStore(tmp_path / "blobs")
-    await blobs.put("default/" + hashlib.md5(data).hexdigest(), spooled)
-    instance = StoredInstance(
-        parsed.study_instance_uid,
-        parsed.series_instance_uid,
-        parsed.sop_instance_uid,
-        parsed.sop_class_uid,
-        parsed.transfer_syntax_uid,
-        "default/" + hashlib.md5(data).hexdigest(),
-        len(data),
-        hashlib.sha256(data).hexdigest(),
-        parsed.encapsulated,
-        parsed.frames,
-        parsed.bulk,
-    )
-    retrieve = RetrieveService(cast(Index, None), blobs)
+    retrieve, instance = await stored_instance(tmp_path, pixels=pixels)
     return Planner(retrieve, ImagingService(retrieve)), instance
 
 
