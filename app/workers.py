@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -68,11 +69,11 @@ def serve_first(app: Any, options: dict[str, Any], count: int, argv: Sequence[st
     received = _remember_stop_signals()
     try:
         for slot in range(1, count):
-            command = [sys.executable, "-m", "app.cli", *argv]
+            command = [sys.executable, "-P", "-m", "app.cli", *argv]
             command += [SOCKET_FD_FLAG, str(sock.fileno()), PARENT_FLAG, str(os.getpid())]
             command += [LOAD_FLAG, f"{load.fd},{slot}"]
             fds = (sock.fileno(), load.fd)
-            workers.append(subprocess.Popen(command, pass_fds=fds))
+            workers.append(subprocess.Popen(command, pass_fds=fds, env=_same_code()))
         log.info("HTTP: %d worker processes (PACS_HTTP_WORKERS)", count)
         if received:  # stopped while the workers started
             return 0
@@ -82,6 +83,15 @@ def serve_first(app: Any, options: dict[str, Any], count: int, argv: Sequence[st
     finally:
         stop(workers)
         sock.close()
+
+
+def _same_code() -> dict[str, str]:
+    """The environment for a worker that runs this very `app` package: without it (-P
+    leaves the working folder out of the path, PYTHONPATH puts ours first) a worker started
+    in another checkout's folder ran that checkout's code."""
+    root = str(Path(__file__).resolve().parent.parent)
+    paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def serve_worker(app: Any, options: dict[str, Any], fd: int, parent: int, load_table: str) -> int:
