@@ -39,6 +39,8 @@ from typing import Any
 
 import uvicorn
 
+from app.throttled_log import ThrottledLog
+
 SOCKET_FD_FLAG = "--http-socket-fd"
 PARENT_FLAG = "--http-parent-pid"
 LOAD_FLAG = "--http-load-table"  # <fd>,<slot>: the shared LoadTable and this worker's slot
@@ -56,6 +58,8 @@ _DEFER_STEP = 0.0005
 _STALE_SECONDS = 4 * ACCEPT_WAKE_SECONDS
 
 log = logging.getLogger("pacs")
+# Out of file descriptors, accept() fails until connections close: a line per 10 s.
+_accept_failures = ThrottledLog(log)
 
 
 def serve_first(app: Any, options: dict[str, Any], count: int, argv: Sequence[str]) -> int:
@@ -169,13 +173,15 @@ class Acceptor(threading.Thread):
         sock: socket.socket,
         loop: asyncio.AbstractEventLoop,
         hand_over: Callable[[socket.socket], None],
+        *,
         load: Slot,
         connections: Callable[[], int],
+        accepted: Callable[[], None],
     ) -> None:
         super().__init__(name="http-acceptor", daemon=True)
         self.load = load
         self.connections = connections  # this process's, handed over or not
-        self.accepted: Callable[[], None] = lambda: None  # called for each, in this thread
+        self.accepted = accepted  # called for each connection, in this thread
         # Blocking for every process (the flag belongs to the shared open file): accept()
         # waits in the kernel's queue of acceptors, woken at most every ACCEPT_WAKE_SECONDS.
         sock.setblocking(True)
@@ -200,7 +206,7 @@ class Acceptor(threading.Thread):
             except OSError as exc:
                 if self.stopping.is_set():
                     return
-                log.warning("HTTP: cannot accept a connection: %s", exc.strerror or exc)
+                _accept_failures.log("HTTP: cannot accept a connection", str(exc.strerror or exc))
                 time.sleep(_ACCEPT_RETRY)
                 continue
             self.accepted()
@@ -256,8 +262,14 @@ class AcceptingServer(uvicorn.Server):
             self._pending_by(-1)
             _closed_if_failed(done, conn)
 
-        self.acceptor = Acceptor(self.sock, loop, hand_over, self.load, self._connections)
-        self.acceptor.accepted = lambda: self._pending_by(1)
+        self.acceptor = Acceptor(
+            self.sock,
+            loop,
+            hand_over,
+            load=self.load,
+            connections=self._connections,
+            accepted=lambda: self._pending_by(1),
+        )
         self.acceptor.start()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

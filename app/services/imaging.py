@@ -260,6 +260,24 @@ async def _read_spool(spool: tempfile.SpooledTemporaryFile[bytes]) -> AsyncItera
         spool.close()
 
 
+def _whole(options: RenderOptions, frame_count: int) -> range:
+    """The frames an instance renders as: all of them as an animated GIF, else the first."""
+    if options.media_type == "image/gif" and frame_count > 1:
+        return range(1, frame_count + 1)
+    return range(1, 2)
+
+
+def _check_numbers(instance: StoredInstance, frame_count: int, numbers: Sequence[int]) -> None:
+    if frame_count < 1:
+        raise Unsupported(f"instance {instance.sop_instance_uid} has no pixel data")
+    missing = [n for n in numbers if not 1 <= n <= frame_count]
+    if missing:
+        raise NotFound(
+            f"frame {missing[0]} does not exist: instance "
+            f"{instance.sop_instance_uid} has {frame_count} frame(s)"
+        )
+
+
 class DamagedData(Exception):
     """Pixel work failed in a way no codec foresaw: the stored object is damaged."""
 
@@ -351,7 +369,7 @@ class ImagingService:
         if pixel is not None and instance.frames:
             read = _read_header if check_values else _read_lazily
             swap = await self.retrieve.pixel_swap(access, instance)
-            path = self.retrieve.blobs.local_path(instance.blob_key)
+            path = self._local_path(instance)
             if path is not None and swap is None:
                 # Read and parsed in one worker job; frames are read by the jobs using them.
                 local = path
@@ -383,15 +401,53 @@ class ImagingService:
         frames = _number_of_frames(whole) if has_pixels else 0
         return PixelSource(instance, header, frames, None, whole if has_pixels else None)
 
+    def _local_path(self, instance: StoredInstance) -> Path | None:
+        """The stored file to read frames from in pixel work itself: one on this machine
+        whose frames were indexed (big-endian data, swapped on read, is not: see `open`)."""
+        if instance.pixel_data is None or not instance.frames:
+            return None
+        return self.retrieve.blobs.local_path(instance.blob_key)
+
+    async def render_stored(
+        self,
+        access: Access,
+        instance: StoredInstance,
+        options: RenderOptions,
+        numbers: Sequence[int] | None = None,
+        check: Callable[[int], None] | None = None,
+    ) -> bytes:
+        """`instance`, found with `access`, rendered: frames `numbers` (from 1) as one
+        image, or without them the instance itself (every frame as an animation for
+        image/gif, else the first). `check` is given how many frames will be drawn, before
+        any pixel work. A stored file on this machine is opened, read, decoded and rendered
+        in one worker job: each thread hop cost a rendered CT slice more than its parsing."""
+        access.require(Permission.READ)
+        path = self._local_path(instance)
+        pixel = instance.pixel_data
+        if path is None or pixel is None or instance.transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN:
+            source = await self.open(access, instance, check_values=False)
+            chosen = list(numbers or _whole(options, source.frame_count))
+            if check is not None:
+                check(len(chosen))
+            self.check_frames(source, chosen)
+            return await self.rendered(source, chosen, options)
+        self.admit()
+        count = len(instance.frames)
+        chosen = list(numbers or _whole(options, count))
+        if check is not None:
+            check(len(chosen))
+        _check_numbers(instance, count, chosen)
+
+        def work() -> bytes:
+            header = _read_lazily(_read_local(path, instance, [(0, pixel.offset)]))
+            source = PixelSource(instance, header, count, None, path=path)
+            frames = [_decode(source, n, source.local_frame(n)) for n in chosen]
+            return _render(source, frames, options, chosen)
+
+        return await self._guarded(instance, work)
+
     def check_frames(self, source: PixelSource, numbers: Sequence[int]) -> None:
-        if not source.has_pixels:
-            raise Unsupported(f"instance {source.instance.sop_instance_uid} has no pixel data")
-        missing = [n for n in numbers if not 1 <= n <= source.frame_count]
-        if missing:
-            raise NotFound(
-                f"frame {missing[0]} does not exist: instance "
-                f"{source.instance.sop_instance_uid} has {source.frame_count} frame(s)"
-            )
+        _check_numbers(source.instance, source.frame_count, numbers)
 
     async def stored_frame(self, source: PixelSource, number: int) -> bytes:
         """Frame `number` (from 1) as stored; native data little endian."""

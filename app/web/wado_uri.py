@@ -181,7 +181,6 @@ async def _rendered(
     media_type: str,
     instance: StoredInstance,
 ) -> Response:
-    source = await archive.imaging.open(access, instance)
     max_pixels = archive.settings.max_rendered_pixels
     rows, columns = (
         query_int(query, "rows", 1, max_pixels),
@@ -190,9 +189,11 @@ async def _rendered(
     quality = query_int(query, "imageQuality", 1, 100)
     frame = query_int(query, "frameNumber", 1, INT32[1])
     region = _region(query)
-    height, width = int(source.header.get("Rows") or 1), int(source.header.get("Columns") or 1)
     viewport: Viewport | None = None
     if rows or columns or region:
+        source = await archive.imaging.open(access, instance)  # for its size
+        height = int(source.header.get("Rows") or 1)
+        width = int(source.header.get("Columns") or 1)
         sx, sy, sw, sh = 0, 0, width, height
         if region:
             x1, y1, x2, y2 = region
@@ -214,8 +215,7 @@ async def _rendered(
         annotation=_annotation(query),
     )
     if frame is not None:
-        archive.imaging.check_frames(source, [frame])
-        data = await archive.imaging.rendered(source, [frame], options)
+        data = await archive.imaging.render_stored(access, instance, options, [frame])
     else:
-        data = await render_instance(archive, source, options)
+        data = await render_instance(archive, access, instance, options)
     return Response(data, media_type=media_type)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.auth.principal import Access, Permission, Principal
-from app.services.errors import StorageInconsistent
+from app.services.errors import NotFound, StorageInconsistent
 from app.services.imaging import ImagingService, RenderOptions, Viewport
 from app.services.ports import StoredInstance
 from app.storage.filesystem import FolderBlobStore
@@ -72,3 +72,30 @@ async def test_a_local_file_gone_or_short_is_a_storage_inconsistency(
         os.truncate(path, instance.frames[1][0][0] + 10)
     with pytest.raises(StorageInconsistent, match=instance.sop_instance_uid):
         await imaging.rendered(source, [2], RenderOptions(media_type="image/jpeg"))
+
+
+@pytest.mark.parametrize(
+    ("media_type", "numbers", "drawn"),
+    [
+        ("image/jpeg", None, 1),  # an instance renders as its first frame
+        ("image/gif", None, 2),  # or, as a GIF, every frame
+        ("image/png", [2], 1),
+    ],
+)
+async def test_render_stored_in_one_job_as_in_steps(
+    tmp_path: Path, media_type: str, numbers: list[int] | None, drawn: int
+) -> None:
+    local, remote, instance = await _both(tmp_path)
+    options = RenderOptions(media_type=media_type)
+    counted: list[int] = []
+    image = await local.render_stored(READER, instance, options, numbers, counted.append)
+    assert image == await remote.render_stored(READER, instance, options, numbers, counted.append)
+    assert counted == [drawn, drawn]
+    source = await remote.open(READER, instance)
+    assert image == await remote.rendered(source, numbers or list(range(1, drawn + 1)), options)
+
+
+async def test_render_stored_refuses_a_missing_frame_before_pixel_work(tmp_path: Path) -> None:
+    local, _, instance = await _both(tmp_path)
+    with pytest.raises(NotFound, match="frame 3 does not exist"):
+        await local.render_stored(READER, instance, RenderOptions(media_type="image/png"), [3])
