@@ -29,8 +29,8 @@ serve: install
 	$(BIN)/pacs serve $(ARGS)
 
 lint: install
-	$(BIN)/ruff check app tests load-tests
-	$(BIN)/ruff format --check app tests load-tests
+	$(BIN)/ruff check app tests load-tests examples
+	$(BIN)/ruff format --check app tests load-tests examples
 
 typecheck: install
 	$(BIN)/mypy

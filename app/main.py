@@ -17,6 +17,7 @@ from app.index.migrations import IndexUnavailable, SchemaError
 from app.index.postgres import PostgresIndex
 from app.index.sqlite import SqliteIndex
 from app.services.archive import Archive
+from app.services.delete import retry_periodically
 from app.services.orphans import sweep_periodically
 from app.services.ports import BlobStore, Index
 from app.settings import Settings
@@ -97,8 +98,8 @@ async def open_archive(settings: Settings, *, discard_spool: bool = True) -> Asy
 
 @asynccontextmanager
 async def _sweeping(archive: Archive) -> AsyncIterator[None]:
-    """The orphan sweep in the background while the archive serves: readiness never waits
-    for a listing of the whole store."""
+    """The orphan sweep and the retry of failed blob deletions in the background while the
+    archive serves: readiness never waits for a listing of the whole store."""
     settings = archive.settings
     task = asyncio.create_task(
         sweep_periodically(
@@ -109,12 +110,20 @@ async def _sweeping(archive: Archive) -> AsyncIterator[None]:
         ),
         name="orphan-sweep",
     )
+    # Blob deletions that failed after a DELETE committed (app/services/delete.py).
+    retry = asyncio.create_task(
+        retry_periodically(
+            archive.index, archive.blobs, interval=settings.blob_delete_retry_interval
+        ),
+        name="blob-delete-retry",
+    )
     try:
         yield
     finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
+        for running in (task, retry):
+            running.cancel()
+            with suppress(asyncio.CancelledError):
+                await running
 
 
 def _announce_backends(settings: Settings) -> None:

@@ -55,6 +55,9 @@ class Settings:
     # upload is dated from its start): younger blobs may be another node's upload in flight.
     orphan_grace: int = 3600
     orphan_sweep_interval: int = 6 * 3600
+    # Seconds between retries of blob deletions that failed after a DELETE committed (the
+    # store down or refusing; app/services/delete.py): each blob is retried until it is gone.
+    blob_delete_retry_interval: int = 60
     # Replace a stored instance when a different object arrives with its SOP Instance UID.
     overwrite: bool = False
     # An instance whose PatientID / IssuerOfPatientID differs from the study it joins:
@@ -63,6 +66,14 @@ class Settings:
     patient_mismatch: str = "refuse"
     qido_default_limit: int = 100
     qido_max_limit: int = 1000
+    # Change feed (GET /dicomweb/changefeed): entries per page without `limit`, the largest
+    # `limit` (with metadata an entry is an instance's whole DICOM JSON), the longest long
+    # poll (`wait`, seconds; each waiting request holds a connection), and how often a
+    # waiting request looks at the index for changes made by other processes (ms).
+    changefeed_default_limit: int = 10
+    changefeed_max_limit: int = 100
+    changefeed_max_wait: int = 30
+    changefeed_poll_ms: int = 500
     # Largest image /rendered, /thumbnail and WADO-URI may produce, in pixels (vw x vh,
     # rows x columns; an animated GIF's frames together): rendering holds it whole in memory.
     max_rendered_pixels: int = 4096 * 4096
@@ -198,6 +209,13 @@ class Settings:
             raise ValueError(
                 f"PACS_PATIENT_MISMATCH: {self.patient_mismatch!r} is neither refuse nor warn"
             )
+        if not 1 <= self.changefeed_default_limit <= self.changefeed_max_limit:
+            raise ValueError(
+                "PACS_CHANGEFEED_DEFAULT_LIMIT: must be at least 1 and at most "
+                f"PACS_CHANGEFEED_MAX_LIMIT ({self.changefeed_max_limit})"
+            )
+        if self.changefeed_max_wait < 0:
+            raise ValueError("PACS_CHANGEFEED_MAX_WAIT: must be 0 (no long polling) or more")
         if self.max_rendered_pixels < 1:
             raise ValueError("PACS_MAX_RENDERED_PIXELS: must be at least 1")
         if self.max_frames_per_request < 1:
@@ -432,6 +450,8 @@ _AT_LEAST_ONE = (
     "http_max_connections",
     "listen_backlog",
     "index_batch",
+    "changefeed_poll_ms",
+    "blob_delete_retry_interval",
 )
 
 

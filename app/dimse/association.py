@@ -15,7 +15,6 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom.uid import UID
@@ -117,6 +116,7 @@ class Association:
     _message_id: int = 0
     _held: list[bytes | memoryview] = field(default_factory=list)
     _held_bytes: int = 0
+    _by_class: dict[str, list[Context]] = field(default_factory=dict)
 
     def next_message_id(self) -> int:
         """A message ID for a request of ours (C-GET's C-STOREs: unique on the association)."""
@@ -215,29 +215,68 @@ class Association:
             self.writer.writelines(held)
             await self.writer.drain()
 
-    async def send_file(self, context: Context, command: Command, path: Path, offset: int) -> None:
-        """A command and, as its data set, the bytes of `path` from `offset` on."""
+    def flush_soon(self) -> None:
+        """Hand the messages held back to the transport without waiting for it to drain:
+        a few short responses, sent while something else is awaited (the next `send` or
+        `flush` waits for the transport)."""
+        if self._held and not self.closed and not self.writer.is_closing():
+            held, self._held, self._held_bytes = self._held, [], 0
+            self.writer.writelines(held)
+
+    async def send_file(
+        self,
+        context: Context,
+        command: Command,
+        data: pdata.FileData,
+        sent: Callable[[], object] | None = None,
+    ) -> None:
+        """A command and, as its data set, the file `data` was read ahead from: the
+        messages held back, the command and the first chunk go out in one write. `sent`
+        is called once they are handed to the transport, before waiting for it to drain
+        (the peer reads them meanwhile)."""
         if self.closed:
             raise Aborted("the association has ended")
         pieces = pdata.pdus(context.id, True, message.encode(command), self.peer_max_pdu)
         held, self._held, self._held_bytes = self._held, [], 0  # messages held back go first
-        self.writer.writelines(held + pieces)
-        await pdata.send_file(self.writer, context.id, path, offset, self.peer_max_pdu)
+        self.writer.writelines([*held, *pieces, data.first])
+        if sent is not None:
+            sent()
+        await pdata.send_rest(self.writer, data)
 
-    async def request(self, context: Context, command: Command, path: Path, offset: int) -> Command:
-        """Send a request with the data set of `path` from `offset`; its answer's command."""
+    async def request(
+        self,
+        context: Context,
+        command: Command,
+        data: pdata.FileData,
+        sent: Callable[[], object] | None = None,
+    ) -> Command:
+        """Send a request with the data set `data`; its answer's command. `sent`: see
+        `send_file`; the time the peer takes to read, store and answer is the time to
+        read the next file."""
         message_id = int(command[message.MESSAGE_ID])
         waiting: asyncio.Future[Command] | None = None
         if self.answers is not None:
             waiting = self.answers[message_id] = asyncio.get_running_loop().create_future()
         try:
-            await self.send_file(context, command, path, offset)
+            await self.send_file(context, command, data, sent)
             if waiting is not None:
                 return await waiting
             return (await self.receive()).command
         finally:
             if self.answers is not None:
                 self.answers.pop(message_id, None)
+
+    def contexts_for(self, abstract_syntax: str) -> list[Context]:
+        """The accepted contexts of `abstract_syntax` we may send on (as SCU), in context
+        ID order; looked up once per SOP class (C-GET: 128 contexts, every instance)."""
+        found = self._by_class.get(abstract_syntax)
+        if found is None:
+            found = self._by_class[abstract_syntax] = [
+                cx
+                for _, cx in sorted(self.contexts.items())
+                if cx.abstract_syntax == abstract_syntax and cx.as_scu
+            ]
+        return found
 
     def answered(self, command: Command) -> bool:
         """Hand an answer to the request waiting for it; False if none is."""

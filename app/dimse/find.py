@@ -85,50 +85,77 @@ async def handle_find(operation: Operation, bridge: Bridge) -> None:
     sent = 0
     offset = 0
     implicit = _LITTLE_ENDIAN.get(operation.context.transfer_syntax)
-    while True:
-        try:
-            page = await bridge.archive.search.search(
-                access, replace(query, limit=PAGE, offset=offset)
-            )
-        except Exception:
-            log.exception("C-FIND from %s: the search failed", who)
-            audit(EventOutcome.SERIOUS_FAILURE, "the search failed")
-            await answer(with_comment(Status.PROCESSING_FAILURE, "the search failed"))
-            return
-        if offset == 0:
-            audit()  # answered (whether or not the caller reads every match)
-        for attrs in page:
-            if operation.cancelled:
-                log.info("C-FIND %s from %s: cancelled after %d matches", query.level, who, sent)
-                await answer(Status.CANCEL)
+    wanted = _wanted(request, query.level, model)  # the keys of every match's response
+    ae_title = bridge.config.ae_title
+    # Recorded once the first page is found: answered, whether or not the caller reads
+    # every match. Recorded after the answer is handed to the transport, not before it.
+    unaudited = False
+    try:
+        while True:
+            try:
+                page = await bridge.archive.search.search(
+                    access, replace(query, limit=PAGE, offset=offset)
+                )
+            except Exception:
+                log.exception("C-FIND from %s: the search failed", who)
+                audit(EventOutcome.SERIOUS_FAILURE, "the search failed")
+                await answer(with_comment(Status.PROCESSING_FAILURE, "the search failed"))
                 return
-            ae_title = bridge.config.ae_title
-            encoded = implicit is not None and response_bytes(
-                request, attrs, query.level, model, ae_title, implicit=implicit
-            )
-            identifier = None if encoded else response(request, attrs, query.level, model, ae_title)
-            await operation.respond(
-                CommandField.C_FIND_RSP,
-                Status.PENDING,
-                identifier,
-                encoded=encoded or None,
-                more=True,  # a page's matches go out together, then the final status
-            )
-            sent += 1
-            await asyncio.sleep(0)  # let the association's reader see a C-CANCEL
-        if len(page) < PAGE:
-            break
-        await assoc.flush()  # this page's matches, before the next one is searched
-        offset += PAGE
+            unaudited |= offset == 0
+            for number, attrs in enumerate(page):
+                if operation.cancelled:
+                    log.info(
+                        "C-FIND %s from %s: cancelled after %d matches", query.level, who, sent
+                    )
+                    await answer(Status.CANCEL)
+                    return
+                encoded = implicit is not None and response_bytes(
+                    request, attrs, query.level, model, ae_title, implicit=implicit, wanted=wanted
+                )
+                identifier = (
+                    None
+                    if encoded
+                    else response(request, attrs, query.level, model, ae_title, wanted=wanted)
+                )
+                await operation.respond(
+                    CommandField.C_FIND_RSP,
+                    Status.PENDING,
+                    identifier,
+                    encoded=encoded or None,
+                    more=True,  # a page's matches go out together, then the final status
+                )
+                sent += 1
+                if number < len(page) - 1:
+                    await asyncio.sleep(0)  # let the association's reader see a C-CANCEL
+            if len(page) < PAGE:
+                break
+            await assoc.flush()  # this page's matches, before the next one is searched
+            await asyncio.sleep(0)  # a C-CANCEL that came meanwhile, before the next search
+            if unaudited:
+                unaudited = False
+                audit()
+            offset += PAGE
+        await answer(Status.SUCCESS)
+    finally:
+        if unaudited:
+            audit()
     log.info("C-FIND %s from %s: %d matches", query.level, who, sent)
-    await answer(Status.SUCCESS)
 
 
-def response(request: Dataset, attrs: Json, level: Level, model: Model, ae_title: str) -> Dataset:
-    """The response identifier of one match: the request's keys with the match's values."""
+def response(
+    request: Dataset,
+    attrs: Json,
+    level: Level,
+    model: Model,
+    ae_title: str,
+    *,
+    wanted: dict[int, str] | None = None,
+) -> Dataset:
+    """The response identifier of one match: the request's keys with the match's values
+    (`wanted`: the request's `_wanted`, if the caller has it already)."""
     out = Dataset()
     ascii_only = True
-    wanted = _wanted(request, level, model)
+    wanted = wanted if wanted is not None else _wanted(request, level, model)
     for tag, vr in wanted.items():
         if tag == QUERY_RETRIEVE_LEVEL:
             out.QueryRetrieveLevel = level.value
@@ -150,12 +177,20 @@ def response(request: Dataset, attrs: Json, level: Level, model: Model, ae_title
 
 
 def response_bytes(
-    request: Dataset, attrs: Json, level: Level, model: Model, ae_title: str, *, implicit: bool
+    request: Dataset,
+    attrs: Json,
+    level: Level,
+    model: Model,
+    ae_title: str,
+    *,
+    implicit: bool,
+    wanted: dict[int, str] | None = None,
 ) -> bytes | None:
     """`response(...)` encoded in (implicit or explicit) VR little endian without a
     Dataset (see find_encoding.py); None when one of its values needs pydicom."""
     elements: dict[int, tuple[str, bytes]] = {}
-    for tag, vr in _wanted(request, level, model).items():
+    wanted = wanted if wanted is not None else _wanted(request, level, model)
+    for tag, vr in wanted.items():
         if tag == QUERY_RETRIEVE_LEVEL:
             elements[tag] = ("CS", level.value.encode())
         elif tag == RETRIEVE_AE_TITLE:

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pynetdicom import dsutils
 
-from app.dimse import message
+from app.dimse import identifier_decoding, message
 from app.dimse.association import Association, Context
 from app.dimse.message import Command, CommandField
 
@@ -39,7 +39,11 @@ class Operation:
 
     def identifier(self) -> Dataset:
         """The request's identifier; pydicom's exception when it cannot be decoded."""
-        return dsutils.decode(io.BytesIO(self.data or b""), *_encoding(self.context))
+        data = self.data or b""
+        implicit, little, deflated = _encoding(self.context)
+        if little and not deflated and (fast := identifier_decoding.decode(data, implicit)):
+            return fast
+        return dsutils.decode(io.BytesIO(data), implicit, little, deflated)
 
     async def respond(
         self,

@@ -89,37 +89,84 @@ def pdus(
             return pieces
 
 
-async def send_file(
-    writer: asyncio.StreamWriter, context_id: int, path: Path, offset: int, peer_max_pdu: int
-) -> None:
-    """Send the bytes of `path` from `offset` to its end as a data set.
+@dataclass
+class FileData:
+    """The bytes of a file from an offset to its end, as a data set's P-DATA-TF PDUs: the
+    first chunk already read (`read_ahead`), the rest read as it is sent (`send_rest`)."""
 
-    Each chunk is read with one preadv() straight into its place between the PDU headers
-    of one buffer, which goes to the transport in one write: one copy of the file's bytes,
-    a few system calls, whatever the peer's maximum PDU. The file is read on the event
-    loop: a stored instance is in the page cache or on a local disk, and one read of a few
-    MB costs less than a hop to a thread and back."""
+    path: Path
+    context_id: int
+    peer_max_pdu: int
+    # The first chunk's PDUs, headers and fragments in one buffer.
+    first: bytes | bytearray
+    # Where the rest starts, and the file's size when it was read.
+    offset: int
+    end: int
+
+
+def read_ahead(fd: int, path: Path, offset: int, context_id: int, peer_max_pdu: int) -> FileData:
+    """The bytes of the open file `fd` (of `path`) from `offset` as PDUs: the first chunk
+    (the whole file up to FILE_CHUNK) is read now, with one preadv() straight into its
+    place between the PDU headers of one buffer. Read before the peer asks for it (while it
+    stores the previous instance), a file costs its receiver no wait for our disk or CPU."""
+    end = os.fstat(fd).st_size
+    if end <= offset:
+        empty = b"".join(pdus(context_id, False, b"", peer_max_pdu))
+        return FileData(path, context_id, peer_max_pdu, empty, end, end)
     size = fragment_size(peer_max_pdu)
-    chunk = max(size, FILE_CHUNK // size * size)  # whole fragments, but the last
-    fd = os.open(path, os.O_RDONLY)
+    length = min(_chunk(size), end - offset)
+    first = _read_fragments(
+        fd, offset, length, size, context_id=context_id, last=offset + length >= end
+    )
+    return FileData(path, context_id, peer_max_pdu, first, offset + length, end)
+
+
+async def send_rest(writer: asyncio.StreamWriter, data: FileData) -> None:
+    """Send what `read_ahead` left of `data` (files longer than FILE_CHUNK), a chunk at a
+    time: one copy of the file's bytes, a few system calls, whatever the peer's maximum
+    PDU. The file is read on the event loop: a stored instance is in the page cache or on a
+    local disk, and one read of a few MB costs less than a hop to a thread and back."""
+    await writer.drain()
+    if data.offset >= data.end:
+        return
+    size = fragment_size(data.peer_max_pdu)
+    fd = os.open(data.path, os.O_RDONLY)
     try:
-        remaining = os.fstat(fd).st_size - offset
-        if remaining <= 0:
-            writer.writelines(pdus(context_id, False, b"", peer_max_pdu))
-            await writer.drain()
-            return
-        while remaining > 0:
-            length = min(chunk, remaining)
-            remaining -= length
+        offset = data.offset
+        while offset < data.end:
+            length = min(_chunk(size), data.end - offset)
             writer.write(
                 _read_fragments(
-                    fd, offset, length, size, context_id=context_id, last=remaining <= 0
+                    fd,
+                    offset,
+                    length,
+                    size,
+                    context_id=data.context_id,
+                    last=offset + length >= data.end,
                 )
             )
             offset += length
             await writer.drain()
     finally:
         os.close(fd)
+
+
+async def send_file(
+    writer: asyncio.StreamWriter, context_id: int, path: Path, offset: int, peer_max_pdu: int
+) -> None:
+    """Send the bytes of `path` from `offset` to its end as a data set."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = read_ahead(fd, path, offset, context_id, peer_max_pdu)
+    finally:
+        os.close(fd)
+    writer.write(data.first)
+    await send_rest(writer, data)
+
+
+def _chunk(size: int) -> int:
+    """Bytes of a file read at once: whole fragments of `size`, about FILE_CHUNK."""
+    return max(size, FILE_CHUNK // size * size)
 
 
 def _read_fragments(

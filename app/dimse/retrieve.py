@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
@@ -35,6 +36,7 @@ from app.dimse.pdu import PduError
 from app.dimse.status import Status, with_comment
 from app.query.identifier import Model, parse_retrieve_identifier
 from app.query.matching import QueryError
+from app.services.delivery import LocalFile
 from app.services.errors import ArchiveError
 from app.services.ports import StoredInstance
 from app.settings import MoveDestination
@@ -211,39 +213,77 @@ async def _send_all(  # noqa: PLR0917 (one call per operation, each argument nam
     tally: Tally,
     originator: tuple[str, int] | None,
 ) -> int:
-    """Send each instance on `target`, a Pending response after each; the final status."""
+    """Send each instance on `target`, a Pending response after each; the final status.
+
+    Only one C-STORE may be outstanding (no asynchronous operations are negotiated), so
+    the next instance is made ready (found, read) while the peer stores the current one:
+    its answer is followed at once by the next request, not by our disk and CPU. The
+    Pending responses wait too: C-GET's go out with the next request, C-MOVE's to the
+    requestor once the next request is on its way to the destination."""
     field = CommandField(int(operation.command[message.COMMAND_FIELD]) | 0x8000)
     operation_name = "C-MOVE" if field == CommandField.C_MOVE_RSP else "C-GET"
-    for instance in found:
-        if operation.cancelled:
-            log.info("%s cancelled by %s", operation_name, operation.assoc.peer)
-            return Status.CANCEL
-        if target.closed and target is not operation.assoc:
-            tally.fail(instance.sop_instance_uid, "the destination ended the association")
-            await operation.respond(field, Status.PENDING, None, tally.counts())
-            continue
-        try:
-            code = await _send_one(bridge, target, instance, access, originator)
-        except ValueError as exc:
-            tally.fail(instance.sop_instance_uid, str(exc))
-        else:
-            tally.add(code, instance.sop_instance_uid)
-        # C-GET: the Pending response goes out with the next C-STORE-RQ (or the final one).
-        await operation.respond(
-            field, Status.PENDING, None, tally.counts(), more=target is operation.assoc
-        )
-    return tally.final_status()
+    ahead: asyncio.Task[_Ready] | None = None
+
+    def read_ahead(index: int) -> Callable[[], None]:
+        def start() -> None:
+            nonlocal ahead
+            if target is not operation.assoc:
+                operation.assoc.flush_soon()
+            if index < len(found) and not operation.cancelled:
+                ahead = asyncio.create_task(_ready(bridge, target, found[index], access))
+
+        return start
+
+    try:
+        for index, instance in enumerate(found):
+            if operation.cancelled:
+                log.info("%s cancelled by %s", operation_name, operation.assoc.peer)
+                return Status.CANCEL
+            if target.closed and target is not operation.assoc:
+                tally.fail(instance.sop_instance_uid, "the destination ended the association")
+                await operation.respond(field, Status.PENDING, None, tally.counts())
+                continue
+            try:
+                if ahead is not None:
+                    task, ahead = ahead, None
+                    ready = await task
+                else:
+                    ready = await _ready(bridge, target, instance, access)
+                code = await _send_one(bridge, target, ready, originator, read_ahead(index + 1))
+            except ValueError as exc:
+                tally.fail(instance.sop_instance_uid, str(exc))
+            else:
+                tally.add(code, instance.sop_instance_uid)
+            # Held back: it goes out with or after the next C-STORE-RQ (or the final response).
+            await operation.respond(field, Status.PENDING, None, tally.counts(), more=True)
+        return tally.final_status()
+    finally:
+        if ahead is not None:
+            _drop(ahead)
 
 
-async def _send_one(
-    bridge: Bridge,
-    target: Association,
-    instance: StoredInstance,
-    access: Access,
-    originator: tuple[str, int] | None,
-) -> int:
-    """The status code of the C-STORE of `instance` on `target`; ValueError (why) when it
-    could not be sent."""
+@dataclass(frozen=True)
+class _Ready:
+    """An instance ready to be sent: the local file (discarded once sent) and its data."""
+
+    local: LocalFile
+    outgoing: sending.Outgoing
+
+
+def _drop(ahead: asyncio.Task[_Ready]) -> None:
+    """An instance made ready that will not be sent: its copy, if any, is removed."""
+    if not ahead.done():
+        ahead.add_done_callback(_drop)
+        ahead.cancel()
+    elif not ahead.cancelled() and ahead.exception() is None:
+        ahead.result().local.discard()
+
+
+async def _ready(
+    bridge: Bridge, target: Association, instance: StoredInstance, access: Access
+) -> _Ready:
+    """`instance` as a file in a syntax `target` accepts, its data set read; ValueError
+    (why) when it cannot be sent."""
     accepted = sending.accepted_syntaxes(target, instance.sop_class_uid)
     try:
         # The stored file when the peer accepts its syntax, else a transcoded copy.
@@ -258,15 +298,35 @@ async def _send_one(
         context = sending.context_for(target, instance.sop_class_uid, local.transfer_syntax_uid)
         if context is None:  # local_file gives an accepted syntax
             raise ValueError(f"no accepted context for {local.transfer_syntax_uid}")
+        try:
+            outgoing = sending.read_ahead(target, context, local.path, instance.sop_instance_uid)
+        except OSError as exc:
+            log.warning("instance %s not sent: %s", instance.sop_instance_uid, exc)
+            raise ValueError(f"cannot read instance {instance.sop_instance_uid}") from None
+    except BaseException:
+        local.discard()
+        raise
+    return _Ready(local, outgoing)
+
+
+async def _send_one(
+    bridge: Bridge,
+    target: Association,
+    ready: _Ready,
+    originator: tuple[str, int] | None,
+    sent: Callable[[], None],
+) -> int:
+    """The status code of the C-STORE of `ready` on `target`; ValueError (why) when it
+    could not be sent. `sent`: called once the request is written."""
+    try:
         # A peer that never answers must not hold the request for ever.
         async with asyncio.timeout(bridge.config.idle_timeout):
-            answer = await sending.send_file(
+            answer = await sending.send(
                 target,
-                context,
-                local.path,
-                sop_instance_uid=instance.sop_instance_uid,
+                ready.outgoing,
                 message_id=target.next_message_id(),
                 originator=originator,
+                sent=sent,
             )
     except TimeoutError:
         await target.abort()
@@ -280,7 +340,7 @@ async def _send_one(
         await target.abort()
         raise ValueError(f"the destination ended the association ({exc})") from None
     finally:
-        local.discard()
+        ready.local.discard()
     return int(answer.get(message.STATUS, 0xC000))
 
 

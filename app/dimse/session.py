@@ -24,7 +24,14 @@ from pynetdicom.presentation import PresentationContext
 
 from app.auth.ae_policy import DimseService
 from app.dimse import acceptor, message
-from app.dimse.association import Aborted, Association, Context, Released, peer_max_pdu
+from app.dimse.association import (
+    Aborted,
+    Association,
+    Context,
+    Message,
+    Released,
+    peer_max_pdu,
+)
 from app.dimse.audit import record_rejected, refuse
 from app.dimse.bridge import Bridge, policy_of
 from app.dimse.find import handle_find
@@ -33,8 +40,9 @@ from app.dimse.negotiation import Negotiated, negotiate
 from app.dimse.operation import Operation
 from app.dimse.pdu import AbortReason, Pdu, PduError, PduType, abort, read_pdu
 from app.dimse.retrieve import handle_get, handle_move
-from app.dimse.status import Status
-from app.dimse.store import Incoming, handle_store
+from app.dimse.status import Status, with_comment
+from app.dimse.store import handle_store, open_sink
+from app.services.spool import ReceivedSink
 from app.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
@@ -232,61 +240,72 @@ class Session:
 
     async def _loop(self) -> None:
         assoc = self.assoc
-        incoming: list[Incoming] = []
+        incoming: list[ReceivedSink] = []
 
-        def sink(command: message.Command, context: Context) -> Incoming | None:
+        def sink(command: message.Command, context: Context) -> ReceivedSink | None:
             if command.get(message.COMMAND_FIELD) != CommandField.C_STORE_RQ:
                 return None
-            incoming.append(Incoming.open(command, assoc.peer_ae, context.transfer_syntax))
+            incoming.append(open_sink(self.bridge, command, assoc.peer_ae, context.transfer_syntax))
             return incoming[-1]
 
         while True:
             incoming.clear()
             try:
-                async with asyncio.timeout_at(self._deadline()) as self._timer:
-                    received = await assoc.receive(sink)
-            finally:
-                self._timer = None
-                for spool in incoming:
-                    spool.finish()
-            command = received.command
-            field = command.get(message.COMMAND_FIELD)
-            if field == CommandField.C_CANCEL_RQ:
-                responded_to = command.get(message.MESSAGE_ID_BEING_RESPONDED_TO)
-                if self.current is not None and self.current.message_id == responded_to:
-                    self.current.cancelled = True
-                continue
-            if isinstance(field, int) and field & 0x8000:
-                if not assoc.answered(command):
-                    log.info("association with %s: an answer to no request, ignored", assoc.peer)
-                continue
-            if self._busy():
-                raise PduError(
-                    "a second request while one is in progress "
-                    "(no asynchronous operations were negotiated)",
-                    AbortReason.UNEXPECTED_PDU,
-                )
-            operation = Operation(assoc, received.context, command, received.data)
-            if not received.context.as_scp:
-                await operation.respond(_response(field), Status.SOP_CLASS_NOT_SUPPORTED)
-            elif field == CommandField.C_ECHO_RQ:
-                await self._echo(operation)
-            elif field == CommandField.C_STORE_RQ:
                 try:
-                    await handle_store(operation, self.bridge, incoming[0])
+                    async with asyncio.timeout_at(self._deadline()) as self._timer:
+                        received = await assoc.receive(sink)
                 finally:
-                    incoming[0].discard()
-            elif isinstance(field, int) and field in _LONG:
-                self.current = operation
-                self.running = asyncio.create_task(self._long(_LONG[field], operation))
-                self.running.add_done_callback(self._finished)
-            else:
-                raise PduError(
-                    f"an unsupported DIMSE command 0x{field:04X}"
-                    if isinstance(field, int)
-                    else "a command without a Command Field",
-                    AbortReason.UNRECOGNIZED_PARAMETER,
-                )
+                    self._timer = None
+                await self._dispatch(received, incoming[0] if incoming else None)
+            finally:
+                for spool in incoming:  # unless the store service took it
+                    spool.discard()
+
+    async def _dispatch(self, received: Message, sink: ReceivedSink | None) -> None:
+        """Answer or start the operation of a received message."""
+        assoc = self.assoc
+        command = received.command
+        field = command.get(message.COMMAND_FIELD)
+        if field == CommandField.C_CANCEL_RQ:
+            responded_to = command.get(message.MESSAGE_ID_BEING_RESPONDED_TO)
+            if self.current is not None and self.current.message_id == responded_to:
+                self.current.cancelled = True
+            return
+        if isinstance(field, int) and field & 0x8000:
+            if not assoc.answered(command):
+                log.info("association with %s: an answer to no request, ignored", assoc.peer)
+            return
+        if self._busy():
+            raise PduError(
+                "a second request while one is in progress "
+                "(no asynchronous operations were negotiated)",
+                AbortReason.UNEXPECTED_PDU,
+            )
+        operation = Operation(assoc, received.context, command, received.data)
+        if not received.context.as_scp:
+            await operation.respond(_response(field), Status.SOP_CLASS_NOT_SUPPORTED)
+        elif field == CommandField.C_ECHO_RQ:
+            await self._echo(operation)
+        elif field == CommandField.C_STORE_RQ and sink is None:
+            # Its Command Data Set Type said "no data set": nothing to store (PS3.7 9.3.1.1
+            # requires one). It ended the session with an IndexError.
+            log.info("C-STORE from %s refused: a request without a data set", assoc.peer)
+            refused = with_comment(Status.CANNOT_UNDERSTAND, "a C-STORE-RQ without a data set")
+            await operation.respond(CommandField.C_STORE_RSP, refused)
+        elif field == CommandField.C_STORE_RQ:
+            assert sink is not None
+            await handle_store(operation, self.bridge, sink)
+        elif isinstance(field, int) and field in _LONG:
+            self.current = operation
+            self.running = asyncio.create_task(self._long(_LONG[field], operation))
+            self.running.add_done_callback(self._finished)
+        else:
+            raise PduError(
+                f"an unsupported DIMSE command 0x{field:04X}"
+                if isinstance(field, int)
+                else "a command without a Command Field",
+                AbortReason.UNRECOGNIZED_PARAMETER,
+            )
 
     async def _long(self, handler: Handler, operation: Operation) -> None:
         name = handler.__name__

@@ -1,21 +1,16 @@
 """C-STORE SCP: the received data set goes to the store service STOW-RS uses, whose result
 is answered as a status.
 
-The data set is written to a temporary PS3.10 file as its fragments arrive (`Incoming`, the
-association's sink), never whole in memory; the store service turns that file into the
-archive's PS3.10 file, makes it durable, parses, stores and indexes it, and decides what a
-failure means (`app/services/store.py`). The temporary file is removed once answered.
+The data set goes, as its fragments arrive, into a sink the store service opens in its
+spool (`open_sink`): the archive's PS3.10 file, written once, never whole in memory. The
+store service then hashes, parses, stores and indexes it, and decides what a failure
+means, a disk that filled while receiving included (`app/services/store.py`); this module
+only maps the result to a status.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -27,7 +22,7 @@ from app.dimse.bridge import Bridge, access_for, policy_of
 from app.dimse.message import Command, CommandField
 from app.dimse.operation import Operation
 from app.dimse.status import Status, with_comment
-from app.services.spool import Received
+from app.services.spool import Received, ReceivedSink
 from app.services.store import FailureReason, StoreResult
 
 log = logging.getLogger(__name__)
@@ -57,75 +52,37 @@ _FAILURES: dict[FailureReason, tuple[Status, str]] = {
 }
 
 
-@dataclass
-class Incoming:
-    """A C-STORE data set being received: its bytes, written as they come. A
-    write that fails (a full disk) is remembered, and the rest of the data set dropped, so
-    that the request is still read whole and answered."""
-
-    received: Received
-    file: BinaryIO | None
-    error: OSError | None = None
-
-    @classmethod
-    def open(cls, command: Command, calling_ae: str, transfer_syntax: str) -> Incoming:
-        """A temporary file for the data set of the C-STORE-RQ `command`, received on a
-        context of `transfer_syntax`."""
-        descriptor, name = tempfile.mkstemp(prefix="pacs-cstore-", suffix=".dcm")
-        received = Received(
-            Path(name),
-            sop_class_uid=str(command.get(message.AFFECTED_SOP_CLASS_UID, "")),
-            sop_instance_uid=str(command.get(message.AFFECTED_SOP_INSTANCE_UID, "")),
-            transfer_syntax_uid=transfer_syntax,
-            source_ae=calling_ae,
-        )
-        return cls(received, os.fdopen(descriptor, "wb"))
-
-    def write(self, data: bytes | memoryview) -> None:
-        if self.file is None or self.error is not None:
-            return
-        try:
-            self.file.write(data)
-        except OSError as exc:
-            self.error = exc
-
-    def finish(self) -> None:
-        if self.file is not None:
-            try:
-                self.file.close()
-            except OSError as exc:
-                self.error = self.error or exc
-            self.file = None
-
-    def discard(self) -> None:
-        self.finish()
-        self.received.path.unlink(missing_ok=True)
+def open_sink(
+    bridge: Bridge, command: Command, calling_ae: str, transfer_syntax: str
+) -> ReceivedSink:
+    """Where the data set of the C-STORE-RQ `command`, received on a context of
+    `transfer_syntax`, is written as it arrives: a sink of the store service's spool."""
+    received = Received(
+        sop_class_uid=str(command.get(message.AFFECTED_SOP_CLASS_UID, "")),
+        sop_instance_uid=str(command.get(message.AFFECTED_SOP_INSTANCE_UID, "")),
+        transfer_syntax_uid=transfer_syntax,
+        source_ae=calling_ae,
+    )
+    return bridge.archive.store.open_received(received)
 
 
-async def handle_store(operation: Operation, bridge: Bridge, incoming: Incoming) -> None:
-    status = await stored_status(operation, bridge, incoming)
+async def handle_store(operation: Operation, bridge: Bridge, sink: ReceivedSink) -> None:
+    status = await stored_status(operation, bridge, sink)
     await operation.respond(CommandField.C_STORE_RSP, status)
 
 
-async def stored_status(operation: Operation, bridge: Bridge, incoming: Incoming) -> Dataset | int:
+async def stored_status(operation: Operation, bridge: Bridge, sink: ReceivedSink) -> Dataset | int:
+    """The status of a C-STORE whose data set was received into `sink` (consumed by the
+    store service, or left to the caller to discard when refused here)."""
     assoc = operation.assoc
     policy = policy_of(assoc, bridge)
     if not policy.allows(DimseService.STORE):
         log.info("C-STORE from %s refused: not authorized", assoc.peer)
         return refuse(assoc, bridge, DimseService.STORE)
-    received = incoming.received
-    if incoming.error is not None:
-        error = incoming.error
-        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
-        log.warning(
-            "C-STORE from %s: cannot receive %s: %s", assoc.peer, received.sop_instance_uid, error
-        )
-        if full:
-            return with_comment(Status.OUT_OF_RESOURCES, "storage is full")
-        return with_comment(Status.PROCESSING_FAILURE, "cannot receive the data set")
+    received = sink.received
     access = access_for(assoc, policy)
     audit = store_event(assoc, bridge, access)
-    result = await bridge.archive.store.store_received(access, received, audit=audit)
+    result = await bridge.archive.store.store_received(access, sink, audit=audit)
     status = store_status(result)
     code = status if isinstance(status, int) else int(status.Status)
     log.info(

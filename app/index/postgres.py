@@ -3,9 +3,11 @@
 A pool of connections; each write is one READ COMMITTED transaction that takes its locks
 in one order: an advisory lock on the SOP Instance UID (so two uploads of one instance,
 from any process, decide IDENTICAL/CONFLICT one after the other), then the patient, study
-and series rows (an overwrite locks the old and the new patient together first). Uploads
+and series rows (an overwrite locks the old and the new patient together first), and last,
+just before the commit, the tenant's change-log counter (app/index/postgres_changes.py). Uploads
 of one study therefore queue on its rows instead of deadlocking, and commit its instances
-in pk order. The parents' rows are rewritten only when what they hold changes: instance
+in pk order. A delete (`_delete_scope`) takes the same order: the patient, the study, its
+series, the counter. The parents' rows are rewritten only when what they hold changes: instance
 counts once per FOLD_AT instances (a search counts the newer ones: `compile_counted_search`;
 updating them per instance left a dead study and series row version behind each one), the
 series count and modalities once per series, the patient's once per study. Should a
@@ -27,7 +29,9 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
-from app.index import postgres_audit
+from app.index import postgres_audit, postgres_changes
+from app.index.change_rows import change_of
+from app.index.delete_rows import DELETE_COLUMNS, counted, deleted_changes
 from app.index.migrations import IndexUnavailable, SchemaError, latest_version, migrations
 from app.index.rows import (
     FOLD_AT,
@@ -49,6 +53,9 @@ from app.services.ports import (
     AuditEvent,
     AuditFor,
     AuditQuery,
+    Change,
+    DeleteAuditFor,
+    DeleteResult,
     InstanceRecord,
     Json,
     Outcome,
@@ -141,6 +148,9 @@ class PostgresIndex:
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     done = {i: await _add_item(conn, batch[i], *storable[i]) for i in order}
+                    # Last: the tenants' counters stay locked until the commit.
+                    changes = [change_of(batch[i], done[i]) for i in order]
+                    await postgres_changes.record_changes(conn, [c for c in changes if c])
                 return [done[i] for i in range(len(batch))]
             except _RETRYABLE as exc:
                 if attempt == _ATTEMPTS:
@@ -148,6 +158,39 @@ class PostgresIndex:
                 log.info("retrying a batch of %d (%s)", len(batch), type(exc).__name__)
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
         raise AssertionError("unreachable")
+
+    async def delete(
+        self,
+        tenant: str,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        *,
+        audit: DeleteAuditFor | None = None,
+    ) -> DeleteResult:
+        scope = (tenant, study_instance_uid, series_instance_uid, sop_instance_uid)
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    return await _delete_scope(conn, *scope, audit=audit)
+            except _RETRYABLE as exc:
+                if attempt == _ATTEMPTS:
+                    raise
+                log.info("retrying a delete (%s)", type(exc).__name__)
+                await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    async def blobs_to_delete(self, limit: int) -> list[str]:
+        rows = await self._pool.fetch(
+            "SELECT blob_key FROM blob_deletion ORDER BY queued_at, blob_key LIMIT $1", limit
+        )
+        return [row[0] for row in rows]
+
+    async def blobs_deleted(self, keys: Sequence[str]) -> None:
+        if keys:
+            await self._pool.execute(
+                "DELETE FROM blob_deletion WHERE blob_key = ANY($1::text[])", list(keys)
+            )
 
     # -- reads -------------------------------------------------------------------------
 
@@ -186,9 +229,23 @@ class PostgresIndex:
         if not keys:
             return set()
         rows = await self._pool.fetch(
-            "SELECT blob_key FROM instance WHERE blob_key = ANY($1::text[])", list(keys)
+            """SELECT blob_key FROM instance WHERE blob_key = ANY($1::text[])
+               UNION SELECT blob_key FROM blob_deletion WHERE blob_key = ANY($1::text[])""",
+            list(keys),
         )
         return {row["blob_key"] for row in rows}
+
+    # -- change log (app/index/postgres_changes.py) -----------------------------------
+
+    async def changes(
+        self, tenant: str, after: int, limit: int, *, metadata: bool = False
+    ) -> list[Change]:
+        return await postgres_changes.read_changes(
+            self._pool, tenant, after, limit, metadata=metadata
+        )
+
+    async def latest_change(self, tenant: str, *, metadata: bool = False) -> Change | None:
+        return await postgres_changes.latest_change(self._pool, tenant, metadata=metadata)
 
     # -- audit trail (app/index/postgres_audit.py) -------------------------------------
 
@@ -607,6 +664,98 @@ async def _delete_instance(
             "UPDATE patient SET num_studies = num_studies - 1 WHERE pk = $1", patient_fk
         )
         await conn.execute("DELETE FROM patient WHERE pk = $1 AND num_studies = 0", patient_fk)
+
+
+async def _delete_scope(
+    conn: asyncpg.Connection,
+    tenant: str,
+    study_uid: str,
+    series_uid: str | None,
+    sop_uid: str | None,
+    *,
+    audit: DeleteAuditFor | None,
+) -> DeleteResult:
+    """`Index.delete` in the transaction `conn` holds. Locks in the writers' order (see the
+    module's header): the patient, the study (FOR UPDATE: a store into it, which locks it
+    FOR NO KEY UPDATE, waits for the commit, then finds it gone or shrunk), its series in
+    pk order, and the change-log counter last. Under the study's lock the instances read
+    are final: none can join or leave the study until the commit."""
+    study = await conn.fetchrow(
+        "SELECT pk, patient_fk FROM study WHERE tenant = $1 AND study_instance_uid = $2",
+        tenant,
+        study_uid,
+    )
+    if study is None:
+        return DeleteResult()
+    study_pk = study["pk"]
+    await conn.execute("SELECT 1 FROM patient WHERE pk = $1 FOR UPDATE", study["patient_fk"])
+    locked = await conn.fetchrow(
+        "SELECT patient_fk, counted_pk FROM study WHERE pk = $1 FOR UPDATE", study_pk
+    )
+    if locked is None:
+        return DeleteResult()  # deleted meanwhile, by a delete that committed first
+    if locked["patient_fk"] != study["patient_fk"]:
+        raise asyncpg.SerializationError(f"study {study_pk} changed patient")  # retried
+    sql, params = retrieval_sql(DELETE_COLUMNS, tenant, study_uid, series_uid, sop_uid)
+    rows = await conn.fetch(sql, *params)
+    if not rows:
+        return DeleteResult()
+    series_fks = sorted({row["series_fk"] for row in rows})
+    series_counted = {
+        row["pk"]: row["counted_pk"]
+        for row in await conn.fetch(
+            "SELECT pk, counted_pk FROM series WHERE pk = ANY($1::bigint[]) ORDER BY pk FOR UPDATE",
+            series_fks,
+        )
+    }
+    await conn.execute(
+        "DELETE FROM instance WHERE pk = ANY($1::bigint[])", [r["instance_pk"] for r in rows]
+    )
+    by_series = counted([(r["series_fk"], r["instance_pk"]) for r in rows], series_counted)
+    if by_series:
+        await conn.executemany(
+            "UPDATE series SET num_instances = num_instances - $1 WHERE pk = $2",
+            [(n, pk) for pk, n in by_series.items()],
+        )
+    in_study = counted(
+        [(study_pk, r["instance_pk"]) for r in rows], {study_pk: locked["counted_pk"]}
+    )
+    if in_study:
+        await conn.execute(
+            "UPDATE study SET num_instances = num_instances - $1 WHERE pk = $2",
+            in_study[study_pk],
+            study_pk,
+        )
+    emptied = await conn.fetch(
+        """DELETE FROM series WHERE pk = ANY($1::bigint[])
+               AND NOT EXISTS (SELECT 1 FROM instance WHERE series_fk = series.pk)
+           RETURNING series_instance_uid""",
+        series_fks,
+    )
+    if emptied:
+        await _series_changed(conn, study_pk, -len(emptied))
+    study_gone = not await conn.fetchval(_HAS_INSTANCES.format("study_fk"), study_pk)
+    if study_gone:
+        patient_fk = study["patient_fk"]
+        await conn.execute("DELETE FROM study WHERE pk = $1", study_pk)
+        await conn.execute(
+            "UPDATE patient SET num_studies = num_studies - 1 WHERE pk = $1", patient_fk
+        )
+        await conn.execute("DELETE FROM patient WHERE pk = $1 AND num_studies = 0", patient_fk)
+    removed = [stored_instance(row) for row in rows]
+    await conn.execute(
+        """INSERT INTO blob_deletion (blob_key, tenant)
+           SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING""",
+        [i.blob_key for i in removed],
+        tenant,
+    )
+    events = audit(removed) if audit is not None else []
+    for event in events:
+        await postgres_audit.insert_audit_event(conn, event)
+    gone = {row[0] for row in emptied}
+    # Last: the tenant's counter stays locked until the commit.
+    await postgres_changes.record_changes(conn, deleted_changes(tenant, removed, gone, study_gone))
+    return DeleteResult(tuple(removed), tuple(events))
 
 
 def retrieval_sql(

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
-from app.index import sqlite_audit
+from app.index import sqlite_audit, sqlite_changes
+from app.index.change_rows import change_of
+from app.index.delete_rows import DELETE_COLUMNS, counted, deleted_changes
 from app.index.migrations import SchemaError, latest_version, migrations
 from app.index.rows import (
     FOLD_AT,
@@ -42,6 +44,9 @@ from app.services.ports import (
     AuditEvent,
     AuditFor,
     AuditQuery,
+    Change,
+    DeleteAuditFor,
+    DeleteResult,
     InstanceRecord,
     Json,
     Outcome,
@@ -58,6 +63,13 @@ _ORDER = ", ".join(ORDER_COLUMNS)
 
 _WAL_ATTEMPTS = 200  # 10 s
 READERS = 4
+# A search first runs on the event loop, on a connection of its own, for up to this many
+# steps of SQLite's virtual machine (checked every _STEPS_PER_CHECK): a lookup by key takes
+# a few hundred, some 20 us, where the hop to a reader thread and back costs 50-150 us of
+# CPU and a wake-up. A longer search is interrupted there (after a fraction of a
+# millisecond) and run again on a reader thread, as every other read is.
+INLINE_STEPS = 10_000
+_STEPS_PER_CHECK = 1_000
 # Blob keys per lookup: within SQLite's smallest limit on bound parameters (999 before 3.32).
 _KEYS_PER_QUERY = 900
 
@@ -74,18 +86,28 @@ class SqliteIndex:
     than the statements). Reads use a few connections of their own, which WAL mode lets
     run beside the writer."""
 
-    def __init__(self, writer: sqlite3.Connection, readers: list[sqlite3.Connection]) -> None:
+    def __init__(
+        self,
+        writer: sqlite3.Connection,
+        readers: list[sqlite3.Connection],
+        inline: sqlite3.Connection | None = None,
+    ) -> None:
         self._writer = writer
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        self._all_readers = readers
+        self._all_readers = [*readers, *([inline] if inline else [])]
         self._readers: asyncio.Queue[sqlite3.Connection] = asyncio.Queue()
         for reader in readers:
             self._readers.put_nowait(reader)
+        # Used on the event loop only, one statement at a time (see _read_short). It never
+        # waits for a lock there: a busy database sends the search to a reader thread.
+        self._inline = inline
+        if inline is not None:
+            inline.execute("PRAGMA busy_timeout = 0")
 
     @classmethod
     async def open(cls, path: Path, *, readers: int = READERS) -> SqliteIndex:
-        writer, reader_connections = await asyncio.to_thread(_open, path, readers)
-        return cls(writer, reader_connections)
+        writer, connections = await asyncio.to_thread(_open, path, readers + 1)
+        return cls(writer, connections[:-1], connections[-1])
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -104,6 +126,30 @@ class SqliteIndex:
             return await asyncio.to_thread(fn, conn)
         finally:
             self._readers.put_nowait(conn)
+
+    async def _read_short(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` (one statement) on the event loop if it takes at most INLINE_STEPS, else
+        on a reader thread (`_read`)."""
+        conn = self._inline
+        if conn is None:
+            return await self._read(fn)
+        checks = 0
+
+        def interrupt() -> bool:
+            nonlocal checks
+            checks += 1
+            return checks * _STEPS_PER_CHECK >= INLINE_STEPS
+
+        conn.set_progress_handler(interrupt, _STEPS_PER_CHECK)
+        try:
+            return fn(conn)
+        except sqlite3.OperationalError as exc:
+            # The primary code of an extended one (SQLITE_BUSY_RECOVERY is a busy too).
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_INTERRUPT, sqlite3.SQLITE_BUSY):
+                raise
+        finally:
+            conn.set_progress_handler(None, 0)
+        return await self._read(fn)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -126,11 +172,36 @@ class SqliteIndex:
         items = tuple(batch)
         return await self._write(lambda db: _add_batch(db, items))
 
+    async def delete(
+        self,
+        tenant: str,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        *,
+        audit: DeleteAuditFor | None = None,
+    ) -> DeleteResult:
+        scope = (tenant, study_instance_uid, series_instance_uid, sop_instance_uid)
+        return await self._write(lambda db: _delete_scope(db, *scope, audit=audit))
+
+    async def blobs_to_delete(self, limit: int) -> list[str]:
+        sql = "SELECT blob_key FROM blob_deletion ORDER BY queued_at, blob_key LIMIT ?"
+        rows = await self._read(lambda db: db.execute(sql, (limit,)).fetchall())
+        return [row[0] for row in rows]
+
+    async def blobs_deleted(self, keys: Sequence[str]) -> None:
+        batch = [(key,) for key in keys]
+        if batch:
+            sql = "DELETE FROM blob_deletion WHERE blob_key = ?"
+            await self._write(lambda db: db.executemany(sql, batch))
+
     # -- reads -------------------------------------------------------------------------
 
     async def search(self, tenant: str, query: Query) -> list[SearchHit]:
         compiled = compile_counted_search(tenant, query, SQLITE)
-        rows = await self._read(lambda db: db.execute(compiled.sql, compiled.params).fetchall())
+        rows = await self._read_short(
+            lambda db: db.execute(compiled.sql, compiled.params).fetchall()
+        )
         return [search_hit(query.level, row) for row in rows]
 
     async def instances(
@@ -172,6 +243,20 @@ class SqliteIndex:
             found.update(await self._read(partial(_referenced, keys=batch)))
         return found
 
+    # -- change log (app/index/sqlite_changes.py) -------------------------------------
+
+    async def changes(
+        self, tenant: str, after: int, limit: int, *, metadata: bool = False
+    ) -> list[Change]:
+        return await self._read(
+            lambda db: sqlite_changes.read_changes(db, tenant, after, limit, metadata=metadata)
+        )
+
+    async def latest_change(self, tenant: str, *, metadata: bool = False) -> Change | None:
+        return await self._read(
+            lambda db: sqlite_changes.latest_change(db, tenant, metadata=metadata)
+        )
+
     # -- audit trail (app/index/sqlite_audit.py) ---------------------------------------
 
     async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:
@@ -184,8 +269,9 @@ class SqliteIndex:
 
 def _referenced(db: sqlite3.Connection, keys: tuple[str, ...]) -> list[str]:
     marks = ",".join("?" * len(keys))
-    sql = f"SELECT blob_key FROM instance WHERE blob_key IN ({marks})"
-    return [row[0] for row in db.execute(sql, keys)]
+    sql = f"""SELECT blob_key FROM instance WHERE blob_key IN ({marks})
+              UNION SELECT blob_key FROM blob_deletion WHERE blob_key IN ({marks})"""
+    return [row[0] for row in db.execute(sql, keys + keys)]
 
 
 def _open(path: Path, readers: int) -> tuple[sqlite3.Connection, list[sqlite3.Connection]]:
@@ -219,7 +305,8 @@ def _transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) 
 
 def _add_batch(db: sqlite3.Connection, items: Sequence[Adding]) -> list[AddResult | Exception]:
     """Add each item in a savepoint of the caller's transaction: one that fails is undone
-    alone and returned as its exception."""
+    alone and returned as its exception. The change-log entries of those that changed
+    something are written last, in the same transaction."""
     results: list[AddResult | Exception] = []
     for item in items:
         db.execute("SAVEPOINT batch_item")
@@ -240,6 +327,8 @@ def _add_batch(db: sqlite3.Connection, items: Sequence[Adding]) -> list[AddResul
         else:
             results.append(added)
         db.execute("RELEASE batch_item")
+    changes = [change_of(item, added) for item, added in zip(items, results, strict=True)]
+    sqlite_changes.record_changes(db, [c for c in changes if c is not None])
     return results
 
 
@@ -558,6 +647,81 @@ def _delete_instance(db: sqlite3.Connection, instance_pk: int) -> None:
         db.execute("DELETE FROM study WHERE pk = ?", (study_fk,))
         db.execute("UPDATE patient SET num_studies = num_studies - 1 WHERE pk = ?", (patient_fk,))
         db.execute("DELETE FROM patient WHERE pk = ? AND num_studies = 0", (patient_fk,))
+
+
+def _delete_scope(
+    db: sqlite3.Connection,
+    tenant: str,
+    study_uid: str,
+    series_uid: str | None,
+    sop_uid: str | None,
+    *,
+    audit: DeleteAuditFor | None,
+) -> DeleteResult:
+    """`Index.delete` in the writer's transaction (one writer: nothing changes meanwhile)."""
+    where, params = _scope(tenant, study_uid, series_uid, sop_uid)
+    rows = db.execute(
+        f"""SELECT {DELETE_COLUMNS} FROM instance
+            JOIN series ON series.pk = instance.series_fk
+            JOIN study ON study.pk = instance.study_fk
+            WHERE {where} ORDER BY {_ORDER}""",
+        params,
+    ).fetchall()
+    if not rows:
+        return DeleteResult()
+    study = db.execute(
+        "SELECT pk, patient_fk, counted_pk FROM study WHERE tenant = ? AND study_instance_uid = ?",
+        (tenant, study_uid),
+    ).fetchone()
+    series_fks = sorted({row["series_fk"] for row in rows})
+    marks = ",".join("?" * len(series_fks))
+    series_counted = {
+        row[0]: row[1]
+        for row in db.execute(
+            f"SELECT pk, counted_pk FROM series WHERE pk IN ({marks})", series_fks
+        )
+    }
+    pks = [(row["instance_pk"],) for row in rows]
+    db.executemany("DELETE FROM instance WHERE pk = ?", pks)
+    by_series = counted([(r["series_fk"], r["instance_pk"]) for r in rows], series_counted)
+    db.executemany(
+        "UPDATE series SET num_instances = num_instances - ? WHERE pk = ?",
+        [(n, pk) for pk, n in by_series.items()],
+    )
+    in_study = counted(
+        [(study["pk"], r["instance_pk"]) for r in rows], {study["pk"]: study["counted_pk"]}
+    )
+    if in_study:
+        db.execute(
+            "UPDATE study SET num_instances = num_instances - ? WHERE pk = ?",
+            (in_study[study["pk"]], study["pk"]),
+        )
+    emptied = db.execute(
+        f"""SELECT pk, series_instance_uid FROM series WHERE pk IN ({marks})
+            AND NOT EXISTS (SELECT 1 FROM instance WHERE series_fk = series.pk)""",
+        series_fks,
+    ).fetchall()
+    if emptied:
+        db.executemany("DELETE FROM series WHERE pk = ?", [(row[0],) for row in emptied])
+        _series_changed(db, study["pk"], -len(emptied), _now())
+    study_gone = not _has_instances(db, "study_fk", study["pk"])
+    if study_gone:
+        patient_fk = study["patient_fk"]
+        db.execute("DELETE FROM study WHERE pk = ?", (study["pk"],))
+        db.execute("UPDATE patient SET num_studies = num_studies - 1 WHERE pk = ?", (patient_fk,))
+        db.execute("DELETE FROM patient WHERE pk = ? AND num_studies = 0", (patient_fk,))
+    removed = [stored_instance(row) for row in rows]
+    now = _now()
+    db.executemany(
+        "INSERT OR IGNORE INTO blob_deletion (blob_key, tenant, queued_at) VALUES (?, ?, ?)",
+        [(i.blob_key, tenant, now) for i in removed],
+    )
+    events = audit(removed) if audit is not None else []
+    for event in events:
+        sqlite_audit.insert_audit_event(db, event)
+    gone = {row[1] for row in emptied}
+    sqlite_changes.record_changes(db, deleted_changes(tenant, removed, gone, study_gone))
+    return DeleteResult(tuple(removed), tuple(events))
 
 
 def _has_instances(db: sqlite3.Connection, column: str, pk: int) -> bool:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from app.audit.message import AuditSource
 from app.audit.syslog import SyslogSender
 from app.services.audit import AuditService
+from app.services.changefeed import ChangeFeed, ChangeSignal
+from app.services.delete import DeleteService
 from app.services.delivery import Delivery
 from app.services.imaging import ImagingService
 from app.services.plan import Planner
@@ -30,6 +32,8 @@ class Archive:
     audit: AuditService
     delivery: Delivery
     plan: Planner
+    changefeed: ChangeFeed
+    delete: DeleteService
 
     @classmethod
     def build(cls, settings: Settings, index: Index, blobs: BlobStore) -> Archive:
@@ -38,6 +42,7 @@ class Archive:
         source = AuditSource(f"pacs@{host}", host, ae_title=settings.ae_title.strip())
         sender = SyslogSender.from_settings(settings.audit_syslog, settings.audit_syslog_ca, source)
         audit = AuditService(index, sender)
+        signal = ChangeSignal()
         imaging = ImagingService(
             retrieve,
             max_queued=settings.max_queued_imaging,
@@ -56,6 +61,7 @@ class Archive:
                 overwrite=settings.overwrite,
                 allow_patient_mismatch=settings.patient_mismatch == "warn",
                 index_batch=settings.index_batch,
+                changed=signal.changed,
             ),
             search=SearchService(index),
             retrieve=retrieve,
@@ -63,6 +69,8 @@ class Archive:
             audit=audit,
             delivery=Delivery(plan, settings.spool_dir),
             plan=plan,
+            changefeed=ChangeFeed(index, signal, poll_interval=settings.changefeed_poll_ms / 1000),
+            delete=DeleteService(index, blobs, audit, changed=signal.changed),
         )
 
     async def close(self) -> None:

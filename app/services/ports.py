@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -103,6 +104,46 @@ class Adding:
     allow_patient_mismatch: bool = False
 
 
+class ChangeAction(StrEnum):
+    """What a change-log entry records. Extensible: consumers skip actions they do not
+    know. (Planned: series.stable, study.stable.)"""
+
+    INSTANCE_STORED = "instance.stored"  # a new instance
+    INSTANCE_REPLACED = "instance.replaced"  # another object under a stored SOP Instance UID
+    INSTANCE_DELETED = "instance.deleted"  # removed by a delete (one entry per instance)
+    # A delete removed the series' or study's last instance: the whole of it is gone
+    # (after the entries of its instances; no SOP Instance UID, and no series for a study).
+    SERIES_DELETED = "series.deleted"
+    STUDY_DELETED = "study.deleted"
+
+
+class ChangeState(StrEnum):
+    """Whether the object a change made is still there, as the change feed says (State)."""
+
+    CURRENT = "current"  # the version this change stored is the stored one
+    REPLACED = "replaced"  # a later change replaced it
+    DELETED = "deleted"  # nothing is stored under its SOP Instance UID any more
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of a tenant's change log, numbered from 1 without gaps (see
+    `Index.changes`)."""
+
+    sequence: int
+    # A ChangeAction, or (written by a newer version of the archive sharing the index) an
+    # action this version does not know yet: passed on, for consumers to skip.
+    action: ChangeAction | str
+    timestamp: datetime
+    study_instance_uid: str
+    series_instance_uid: str | None
+    sop_instance_uid: str | None
+    state: ChangeState
+    # DICOM JSON as stored (BulkDataURI placeholders unresolved), when asked for and the
+    # state is current.
+    metadata: bytes | None = None
+
+
 @dataclass(frozen=True)
 class SearchHit:
     """One QIDO/C-FIND result row: the stored attributes of each level it spans."""
@@ -113,6 +154,20 @@ class SearchHit:
     instance: Json | None = None
     # Attributes the index computes (ModalitiesInStudy, NumberOf*Related*), keyed by tag.
     computed: dict[int, Any] = field(default_factory=dict)
+
+
+# What the index keeps as the audit events of a delete, from the instances it removed
+# (app/services/delete.py): kept in the delete's own transaction.
+DeleteAuditFor = Callable[[Sequence[StoredInstance]], list[AuditEvent]]
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """What `Index.delete` removed, committed: nothing (empty) when nothing was in scope."""
+
+    instances: tuple[StoredInstance, ...] = ()
+    # The audit events kept with it (see `Index.delete`).
+    audit: tuple[AuditEvent, ...] = ()
 
 
 class Index(Protocol):
@@ -172,9 +227,55 @@ class Index(Protocol):
         ...
 
     async def referenced_blob_keys(self, keys: Sequence[str]) -> set[str]:
-        """Of `keys`, those an instance row refers to, in any tenant: the orphan sweep's
-        question (app/services/orphans.py). The one method without a tenant: it answers
-        about the archive's own storage, a subset of what it is asked, never data."""
+        """Of `keys`, those an instance row or a blob-deletion record (`blobs_to_delete`)
+        refers to, in any tenant: the orphan sweep's question (app/services/orphans.py);
+        a blob awaiting its deletion is known, not an orphan. The one method without a
+        tenant: it answers about the archive's own storage, a subset of what it is asked,
+        never data."""
+        ...
+
+    async def delete(
+        self,
+        tenant: str,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        *,
+        audit: DeleteAuditFor | None = None,
+    ) -> DeleteResult:
+        """Remove a study, series or one instance of `tenant` in one transaction: the
+        instance rows, the series, study and patient rows left empty, the computed
+        attributes of what remains (counts, ModalitiesInStudy), a change-log entry per
+        instance (and per whole series and study removed), the events `audit` makes of
+        the removed instances, and a blob-deletion record per blob (`blobs_to_delete`),
+        so that a blob whose deletion fails after the commit is retried, never leaked.
+        No reader ever sees part of it. Nothing in scope: an empty result, nothing
+        written."""
+        ...
+
+    async def blobs_to_delete(self, limit: int) -> list[str]:
+        """At most `limit` keys of blobs whose rows a delete removed and whose deletion
+        from the blob store is not yet confirmed (`blobs_deleted`), oldest first. Like
+        `referenced_blob_keys`, about the archive's own storage, in every tenant."""
+        ...
+
+    async def blobs_deleted(self, keys: Sequence[str]) -> None:
+        """Forget the blob-deletion records of `keys`: their blobs are gone from the
+        store."""
+        ...
+
+    async def changes(
+        self, tenant: str, after: int, limit: int, *, metadata: bool = False
+    ) -> list[Change]:
+        """The change-log entries of `tenant` with a sequence above `after`, in sequence
+        order, at most `limit`. Every write of `add_instances` that stored or replaced an
+        instance made one entry in its own transaction. Sequences have no gaps a reader can
+        see: once n is visible, every sequence below it is and always will be, so reading
+        on from the last sequence seen never misses an entry, from any node."""
+        ...
+
+    async def latest_change(self, tenant: str, *, metadata: bool = False) -> Change | None:
+        """The entry with the highest sequence of `tenant`; None while its log is empty."""
         ...
 
     async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:

@@ -1,7 +1,8 @@
 """Store use case: spool an incoming object, parse it, put its blob, index it.
 
-Shared by STOW-RS and C-STORE: STOW-RS hands over a stream (`store_stream`), C-STORE the
-file pynetdicom received (`store_received`); from there on, spooling, hashing, the fsync,
+Shared by STOW-RS and C-STORE: STOW-RS hands over a stream (`store_stream`), C-STORE a
+sink of this service's spool that it wrote the data set into as it arrived
+(`open_received`, `store_received`); from there on, spooling, hashing, the fsync,
 parsing, storing, indexing, auditing and the mapping of failures to reasons
 (`failure_reason_of`) are one path. The order makes partial writes invisible: the
 blob is stored under a fresh key first and only then indexed in one transaction; any
@@ -21,7 +22,7 @@ import errno
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from functools import partial
@@ -38,9 +39,9 @@ from app.services.ports import Adding, BlobStore, Index, InstanceRecord, Outcome
 from app.services.spool import (
     SPOOL_BATCH,
     Received,
+    ReceivedSink,
     Spooled,
     spool_path,
-    spool_received,
     write_chunks,
 )
 
@@ -91,8 +92,12 @@ class StoreService:
         overwrite: bool = False,
         allow_patient_mismatch: bool = False,
         index_batch: int = 64,
+        changed: Callable[[str], None] | None = None,
     ) -> None:
         self.index = index
+        # Told the tenant of each committed change (app/services/changefeed.py: wakes the
+        # change feed's waiting readers).
+        self.changed = changed
         # Concurrent ingests share index commits (app/services/group_commit.py). A
         # cancelled caller (a client gone) leaves its blob to the batch: if the batch did
         # not keep it, the orphan sweep removes it later.
@@ -209,17 +214,27 @@ class StoreService:
         task.add_done_callback(self._storing.discard)
         return task
 
-    async def store_received(
-        self, access: Access, received: Received, *, audit: AuditEvent
-    ) -> StoreResult:
-        """Store a dataset received over DIMSE; `received.path` stays the caller's.
+    def open_received(self, received: Received) -> ReceivedSink:
+        """A sink for the data set of a C-STORE request, in this service's spool: the
+        DIMSE layer writes the fragments into it as they arrive, then hands it to
+        `store_received` (or discards it)."""
+        return ReceivedSink(spool_path(self.spool_dir), received)
 
-        Spooling (our file meta, one copy of the dataset bytes, hashed, synced) and parsing
-        happen in one worker call, as for a stream.
+    async def store_received(
+        self, access: Access, sink: ReceivedSink, *, audit: AuditEvent
+    ) -> StoreResult:
+        """Store a data set received into `sink`, which is consumed whatever the outcome
+        (unless the caller may not write: Forbidden, and the sink is still the caller's).
+
+        Writing what is still held, hashing and parsing happen in one worker call, as for
+        a stream; a write that failed while receiving (a full disk) is answered here, with
+        the reasons of every other failure.
         """
         access.require(Permission.WRITE)
+        sink.consumed = True  # ours from here: removed by _finish_received or _store
+        received = sink.received
         try:
-            spooled, parsed = await asyncio.to_thread(self._spool_received, received)
+            spooled, parsed = await asyncio.to_thread(_finish_received, sink)
         except Exception as exc:  # e.g. the spool folder's disk is full
             named = StoreResult(
                 False,
@@ -228,14 +243,6 @@ class StoreService:
             )
             return self._refused(audit, failure_of(exc, named))
         return await self._store(access.tenant, spooled, parsed, None, audit)
-
-    def _spool_received(self, received: Received) -> tuple[Spooled, Parsed]:
-        spooled = spool_received(received, self.spool_dir)
-        try:
-            return spooled, _parse(spooled.path)
-        except BaseException:
-            spooled.path.unlink(missing_ok=True)
-            raise
 
     async def store_file(
         self,
@@ -384,6 +391,8 @@ class StoreService:
             return
         if added.audit is not None:
             self.audit.forward(added.audit)
+        if self.changed is not None and added.outcome in (Outcome.STORED, Outcome.REPLACED):
+            self.changed(tenant)
         if added.outcome in (Outcome.IDENTICAL, Outcome.CONFLICT, Outcome.PATIENT_MISMATCH):
             await self.blobs.delete(key)
         if added.orphan_blob_key:
@@ -433,6 +442,15 @@ def _finish(
     parse it if asked to."""
     write_chunks(handle, path, chunks, digest).close()
     return _parse(path) if parse else None
+
+
+def _finish_received(sink: ReceivedSink) -> tuple[Spooled, Parsed]:
+    spooled = sink.finish()
+    try:
+        return spooled, _parse(spooled.path)
+    except BaseException:
+        spooled.path.unlink(missing_ok=True)
+        raise
 
 
 def _parse(path: Path) -> Parsed:

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp
 
 from app.auth.tokens import IssuerUnavailable, TokenVerifier
 from app.services.archive import Archive
-from app.web import audit, auditing, qido, rendered, stow, wado, wado_uri
+from app.web import audit, auditing, changefeed, delete, qido, rendered, stow, wado, wado_uri
 from app.web.access import ANONYMOUS_ALLOWED_KEY
 from app.web.access_log import AccessLog
 from app.web.errors import EXCEPTION_HANDLERS
@@ -42,6 +42,17 @@ def _get_or_post(get: Endpoint, post: Endpoint) -> Endpoint:
     return endpoint
 
 
+def _or_delete(other: Endpoint) -> Endpoint:
+    """`other`, or DELETE (app/web/delete.py) on the same route, for one Allow list."""
+
+    async def endpoint(request: Request) -> Response:
+        if request.method == "DELETE":
+            return await delete.delete_resource(request)
+        return await other(request)
+
+    return endpoint
+
+
 DICOMWEB_ROUTES = [
     Route(
         "/studies",
@@ -52,16 +63,16 @@ DICOMWEB_ROUTES = [
     Route("/instances", qido.search_instances, methods=["GET"]),
     Route(
         _STUDY,
-        _get_or_post(wado.retrieve_instances, stow.store_instances),
-        methods=["GET", "POST"],
+        _or_delete(_get_or_post(wado.retrieve_instances, stow.store_instances)),
+        methods=["GET", "POST", "DELETE"],
     ),
     Route(_STUDY + "/metadata", wado.retrieve_metadata, methods=["GET"]),
     Route(_STUDY + "/series", qido.search_series, methods=["GET"]),
     Route(_STUDY + "/instances", qido.search_instances, methods=["GET"]),
-    Route(_SERIES, wado.retrieve_instances, methods=["GET"]),
+    Route(_SERIES, _or_delete(wado.retrieve_instances), methods=["GET", "DELETE"]),
     Route(_SERIES + "/metadata", wado.retrieve_metadata, methods=["GET"]),
     Route(_SERIES + "/instances", qido.search_instances, methods=["GET"]),
-    Route(_INSTANCE, wado.retrieve_instances, methods=["GET"]),
+    Route(_INSTANCE, _or_delete(wado.retrieve_instances), methods=["GET", "DELETE"]),
     Route(_INSTANCE + "/metadata", wado.retrieve_metadata, methods=["GET"]),
     Route(_INSTANCE + "/frames/{frames}", wado.retrieve_frames, methods=["GET"]),
     Route(_STUDY + "/rendered", rendered.retrieve_rendered, methods=["GET"]),
@@ -81,6 +92,9 @@ DICOMWEB_ROUTES = [
     Route("/wado", wado_uri.retrieve, methods=["GET"]),
     # The audit trail (permission admin).
     Route("/audit", audit.search_audit, methods=["GET"]),
+    # The change feed (permission read).
+    Route("/changefeed", changefeed.read_feed, methods=["GET"]),
+    Route("/changefeed/latest", changefeed.read_latest, methods=["GET"]),
 ]
 
 

@@ -318,7 +318,9 @@ def test_qido_and_find_refuse_the_same_malformed_uids(pacs: Pacs, assoc: Associa
 
 def test_find_cancel(pacs: Pacs, assoc: Association) -> None:
     study, series = generate_uid(), generate_uid()
-    count = 250
+    # Pages of 100: the C-CANCEL, sent when the first match comes back, must arrive while
+    # later pages are still being answered, even on a busy machine.
+    count = 500
     pacs.stow([make_file(study=study, series=series, rows=2, columns=2) for _ in range(count)])
     identifier = query("IMAGE", StudyInstanceUID=study, SOPInstanceUID="")
     context = next(cx for cx in assoc.accepted_contexts if cx.abstract_syntax == STUDY_ROOT_FIND)

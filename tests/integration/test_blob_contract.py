@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 import time
 import tracemalloc
 import uuid
@@ -545,6 +546,36 @@ async def test_s3_listing_with_any_prefix(s3_endpoint: str, spool: Path, prefix:
         assert [blob.key for page in await listed(store) for blob in page] == [keys[1]]
     finally:
         await store.close()
+
+
+async def test_folder_put_syncs_the_blob_and_its_folders_at_once(
+    tmp_path: Path, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The syncs of a put were made one after the other: a blob that created its folders
+    waited for five syncs in a row before it could be acknowledged (a modality on one
+    association waits that long for every instance). They are independent, so they
+    overlap."""
+    store = FolderBlobStore(tmp_path / "blobs")
+    real_fsync = os.fsync
+    in_flight, most = 0, 0
+    lock = threading.Lock()
+
+    def slow_fsync(fd: int) -> None:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        time.sleep(0.3)  # a slow disk
+        real_fsync(fd)
+        with lock:
+            in_flight -= 1
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    try:
+        await store.put(blob_key("clinic-a", key()), write(spool, b"data"))
+    finally:
+        await store.close()
+    assert most == 5  # the blob, its folder, two new parents and the root: all at once
 
 
 async def test_folder_put_syncs_the_folders_its_rename_changed(

@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 
 from app.dicom.levels import Level
+from app.index.change_rows import select_changes
 from app.index.postgres import PostgresIndex, retrieval_sql
 from app.query.qido import parse_qido
 from app.query.sql import POSTGRES, compile_counted_search
@@ -66,6 +67,12 @@ _FILL = [
                i % 3, '1.2.840.10008.1.2.1', md5(i::text), 1000, md5(i::text), '[]', '{{}}',
                '{{}}'
         FROM generate_series(1, {STUDIES * 6}) AS i JOIN series ON series.pk = (i + 2) / 3""",
+    # One change-log entry per instance, numbered per tenant in pk order.
+    """INSERT INTO change_log (tenant, seq, action, changed_at, study_instance_uid,
+            series_instance_uid, sop_instance_uid, blob_key)
+        SELECT instance.tenant, row_number() OVER (PARTITION BY instance.tenant ORDER BY pk),
+               'instance.stored', now(), '1.2.3', '1.2.3.4', sop_instance_uid, blob_key
+        FROM instance""",
     "ANALYZE",
 ]
 
@@ -290,4 +297,20 @@ async def test_counting_a_pages_instances_uses_an_index(
     compiled = compile_counted_search(TENANT, parse_qido([], level, scope=scope), POSTGRES)
     check(
         f"{name} with instance counts", await explain(conn, compiled.sql, compiled.params), expected
+    )
+
+
+# The change feed: a page from the middle of a large tenant's log (with the metadata of
+# each entry's instance), and its latest entry.
+@pytest.mark.parametrize("latest", [False, True], ids=["a page", "latest"])
+async def test_the_change_feed_uses_an_index(conn: asyncpg.Connection, latest: bool) -> None:
+    sql = select_changes(
+        lambda n: f"${n}", metadata=True, metadata_text="i.metadata::text", latest=latest
+    )
+    params = (TENANT,) if latest else (TENANT, STUDIES * 3, 100)
+    expected = {"change_log_pkey", "instance_tenant_sop_instance_uid_key"}
+    check(
+        f"change feed, {'latest' if latest else 'a page'}",
+        await explain(conn, sql, params),
+        expected,
     )

@@ -1,5 +1,5 @@
 """The store service on real parts (a SQLite index, a folder blob store, the audit service)
-with faults injected at its ports, and received datasets as pynetdicom spools them."""
+with faults injected at its ports, and received data sets as the DIMSE layer writes them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pynetdicom.dsutils import split_dataset
 
 from app.audit.event import AuditEvent
 from app.audit.query import AuditQuery
@@ -20,7 +19,7 @@ from app.auth.principal import Access, Principal
 from app.index.sqlite import SqliteIndex
 from app.services.audit import AuditService
 from app.services.ports import BlobStore, Index
-from app.services.spool import Received
+from app.services.spool import Received, ReceivedSink
 from app.services.store import StoreService
 from app.storage.filesystem import FolderBlobStore
 
@@ -102,17 +101,32 @@ async def ingest(
         await index.close()
 
 
-def received_file(path: Path, part10: bytes, source_ae: str = "MODALITY") -> Received:
-    """`part10`'s data set in a file as the DIMSE layer writes it while receiving a C-STORE:
-    the data set bytes alone."""
-    ds = pydicom.dcmread(io.BytesIO(part10))
-    path.write_bytes(part10)
-    _, offset = split_dataset(path)
-    path.write_bytes(part10[offset:])
+def received_sink(
+    service: StoreService, part10: bytes, source_ae: str = "MODALITY", fragment: int = 16384
+) -> ReceivedSink:
+    """A sink of `service` holding `part10`'s data set as the DIMSE layer writes it while
+    receiving a C-STORE: the data set bytes alone (no PS3.10 header), in fragments of
+    `fragment` bytes (DCMTK's storescu sends PDUs of 16 KB)."""
+    sink = service.open_received(received_of(part10, source_ae))
+    view = memoryview(part10)
+    for start in range(data_set_offset(part10), len(part10), fragment):
+        sink.write(view[start : start + fragment])
+    return sink
+
+
+def received_of(part10: bytes, source_ae: str = "MODALITY") -> Received:
+    """What a C-STORE request carrying `part10`'s data set says of it."""
+    ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True)
     return Received(
-        path,
         sop_class_uid=str(ds.SOPClassUID),
         sop_instance_uid=str(ds.SOPInstanceUID),
         transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
         source_ae=source_ae,
     )
+
+
+def data_set_offset(part10: bytes) -> int:
+    """Where the data set of a PS3.10 file starts: after the preamble, 'DICM' and the file
+    meta group (whose length its first element gives)."""
+    offset = part10.index(b"DICM") + 4
+    return offset + 12 + int.from_bytes(part10[offset + 8 : offset + 12], "little")

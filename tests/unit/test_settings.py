@@ -75,3 +75,21 @@ def test_orphan_sweep_settings_are_seconds_of_zero_or_more() -> None:
     for name in ("PACS_ORPHAN_GRACE", "PACS_ORPHAN_SWEEP_INTERVAL"):
         with pytest.raises(ValueError, match=name):
             Settings.from_env({name: "-1"})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PACS_CHANGEFEED_DEFAULT_LIMIT": "0"}, "PACS_CHANGEFEED_DEFAULT_LIMIT"),
+        ({"PACS_CHANGEFEED_DEFAULT_LIMIT": "101"}, r"PACS_CHANGEFEED_MAX_LIMIT \(100\)"),
+        ({"PACS_CHANGEFEED_MAX_LIMIT": "5"}, r"PACS_CHANGEFEED_MAX_LIMIT \(5\)"),
+        ({"PACS_CHANGEFEED_MAX_WAIT": "-1"}, "PACS_CHANGEFEED_MAX_WAIT"),
+        ({"PACS_CHANGEFEED_POLL_MS": "0"}, "PACS_CHANGEFEED_POLL_MS"),
+    ],
+)
+def test_change_feed_limits_are_checked_at_start(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(env)
+    default = Settings.from_env({})
+    assert (default.changefeed_default_limit, default.changefeed_max_limit) == (10, 100)
+    assert (default.changefeed_max_wait, default.changefeed_poll_ms) == (30, 500)

@@ -1,4 +1,4 @@
-"""One ingest path: STOW-RS (a stream) and C-STORE (a received file) reach the same spool,
+"""One ingest path: STOW-RS (a stream) and C-STORE (a sink of the spool) reach the same spool,
 parse, store and index, and the same failure reasons: A700 when the storage is full, 0110
 when the archive fails. Real SQLite index and folder blob store, faults injected at the
 ports; each case leaves no spool file and no blob behind."""
@@ -17,16 +17,20 @@ import pytest
 
 from app.audit.event import AuditAction, AuditEvent, AuditProtocol, EventOutcome
 from app.dimse.store import store_status
+from app.services import spool
 from app.services.store import FailureReason, StoreResult, failure_reason_of
 from app.web.stow import _item
 from tests.support.dicom_factory import make_file
+from tests.support.fsync import Synced
 from tests.support.ingest import (
     BACKEND_DOWN,
     STORAGE_FULL,
     WRITER,
     Ingest,
+    data_set_offset,
     ingest,
-    received_file,
+    received_of,
+    received_sink,
 )
 
 Store = Callable[[Ingest, bytes, Path], Awaitable[StoreResult]]
@@ -42,8 +46,8 @@ async def by_stow(setup: Ingest, data: bytes, work: Path) -> StoreResult:
 
 
 async def by_cstore(setup: Ingest, data: bytes, work: Path) -> StoreResult:
-    received = received_file(work / "pynetdicom.dcm", data)
-    return await setup.service.store_received(WRITER, received, audit=_event())
+    sink = received_sink(setup.service, data)
+    return await setup.service.store_received(WRITER, sink, audit=_event())
 
 
 def _event() -> AuditEvent:
@@ -173,3 +177,36 @@ def _answers(result: StoreResult, code: int, comment: str) -> None:
     assert isinstance(status, pydicom.Dataset)
     assert status.Status == code
     assert status.ErrorComment.startswith(comment[:40])
+
+
+async def test_a_disk_that_fills_while_a_cstore_is_received_is_a700(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The DIMSE layer mapped this itself; the store service decides it, as for STOW-RS.
+    monkeypatch.setattr(spool, "SPOOL_BATCH", 4096)  # written while received
+    data = make_file(rows=64, columns=64)
+    async with ingest(tmp_path / "data") as setup:
+        sink = setup.service.open_received(received_of(data))
+        sink.path.symlink_to("/dev/full")  # every write: ENOSPC, from the kernel
+        view = memoryview(data)
+        for start in range(data_set_offset(data), len(data), 1000):
+            sink.write(view[start : start + 1000])
+        result = await setup.service.store_received(WRITER, sink, audit=_event())
+        assert setup.spool_files() == [] and setup.blob_files() == []
+        [event] = await setup.audit_events()
+        assert event.outcome is EventOutcome.SERIOUS_FAILURE
+    assert result.sop_instance_uid == pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+    _answers(result, 0xA700, "storage is full")
+
+
+async def test_an_acknowledged_cstore_instance_is_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The spool file is no longer synced before the blob store takes it: the blob store's
+    # put must sync the blob and the folder it was renamed into before the result.
+    synced = Synced(monkeypatch)
+    async with ingest(tmp_path / "data") as setup:
+        result = await by_cstore(setup, make_file(rows=64, columns=64), tmp_path)
+        assert result.ok, result.message
+        [blob] = setup.blob_files()
+        assert blob in synced and blob.parent in synced
