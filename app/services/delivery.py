@@ -21,6 +21,7 @@ from app.auth.principal import Access, Permission
 from app.services.errors import StorageInconsistent
 from app.services.plan import Planner
 from app.services.ports import StoredInstance
+from app.services.retrieve import missing_from_storage
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,7 @@ class Delivery:
         if path is None:
             return None
         if not path.is_file():
-            raise StorageInconsistent(
-                f"the stored file of instance {instance.sop_instance_uid} is missing from "
-                "storage; the archive needs a consistency check"
-            )
+            raise missing_from_storage(instance)
         return LocalFile(path, instance.transfer_syntax_uid, temporary=False)
 
     async def _copy(self, instance: StoredInstance) -> LocalFile:

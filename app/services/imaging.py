@@ -59,7 +59,7 @@ from app.services.errors import (
     Unsupported,
 )
 from app.services.ports import StoredInstance
-from app.services.retrieve import RetrieveService, Swap
+from app.services.retrieve import RetrieveService, Swap, missing_from_storage
 from app.services.thumbnail_cache import ThumbnailCache
 
 # What the protocol layers take from app/imaging, through this module.
@@ -146,10 +146,7 @@ def _read_local(path: Path, instance: StoredInstance, ranges: Iterable[tuple[int
         with path.open("rb") as handle:
             parts = [os.pread(handle.fileno(), length, offset) for offset, length in ranges]
     except FileNotFoundError:
-        raise StorageInconsistent(
-            f"the stored file of instance {instance.sop_instance_uid} is missing from "
-            "storage; the archive needs a consistency check"
-        ) from None
+        raise missing_from_storage(instance) from None
     data = b"".join(parts)
     if len(data) != sum(length for _, length in ranges):
         raise StorageInconsistent(

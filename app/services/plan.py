@@ -254,7 +254,7 @@ class Planner:
         NotAcceptable (the last refusal) when none can. With `exact` the syntax is the one
         asked for even without pixel data (a DIMSE context is for that syntax alone)."""
         stored = instance.transfer_syntax_uid
-        refusal: NotAcceptable | None = None
+        refusals: list[NotAcceptable] = []
         source: PixelSource | None = None
         for rep in candidates:
             if not needs_transcoding(rep, stored):
@@ -267,15 +267,11 @@ class Planner:
                 target = EXPLICIT_VR_LITTLE_ENDIAN
                 if stored in NATIVE_LITTLE_ENDIAN:
                     return InstancePlan(instance, replace(rep, transfer_syntax=stored))
-            try:
-                transcoder = self.imaging.transcoder(source, target)
-            except NotAcceptable as exc:
-                refusal = exc
-                continue
-            return InstancePlan(instance, replace(rep, transfer_syntax=target), source, transcoder)
-        raise refusal or NotAcceptable(
-            f"instance {instance.sop_instance_uid} cannot be sent in any accepted representation"
-        )
+            transcoder = self._transcoder(source, target, refusals)
+            if transcoder is not None:
+                planned = replace(rep, transfer_syntax=target)
+                return InstancePlan(instance, planned, source, transcoder)
+        raise _refused(refusals, f"instance {instance.sop_instance_uid}")
 
     async def for_peer(
         self, access: Access, instance: StoredInstance, accepted: Sequence[str]
@@ -304,7 +300,7 @@ class Planner:
         sent in: straight from the stored ranges when no conversion is needed, else through
         a transcoder (frames that were not indexed, deflated files say, always are)."""
         stored = instance.transfer_syntax_uid
-        refusal: NotAcceptable | None = None
+        refusals: list[NotAcceptable] = []
         source: PixelSource | None = None
         for rep in candidates:
             if not needs_transcoding(rep, stored) and instance.frames:
@@ -317,16 +313,26 @@ class Planner:
             target = rep.transfer_syntax
             if target in NATIVE:
                 target = EXPLICIT_VR_LITTLE_ENDIAN  # native frames are sent little endian
-            try:
-                transcoder = self.imaging.transcoder(source, target)
-            except NotAcceptable as exc:
-                refusal = exc
-                continue
-            self.imaging.check_frames(source, numbers)
-            return FramePlan(
-                replace(rep, transfer_syntax=target), source=source, transcoder=transcoder
-            )
-        raise refusal or NotAcceptable(
-            f"frames of instance {instance.sop_instance_uid} cannot be sent in any accepted "
-            "representation"
-        )
+            transcoder = self._transcoder(source, target, refusals)
+            if transcoder is not None:
+                self.imaging.check_frames(source, numbers)
+                planned = replace(rep, transfer_syntax=target)
+                return FramePlan(planned, source=source, transcoder=transcoder)
+        raise _refused(refusals, f"frames of instance {instance.sop_instance_uid}")
+
+    def _transcoder(
+        self, source: PixelSource, target: str, refusals: list[NotAcceptable]
+    ) -> Transcoder | None:
+        """A transcoder to `target`, or None with the reason added to `refusals`."""
+        try:
+            return self.imaging.transcoder(source, target)
+        except NotAcceptable as exc:
+            refusals.append(exc)
+            return None
+
+
+def _refused(refusals: list[NotAcceptable], what: str) -> NotAcceptable:
+    """Why nothing could be planned: the last candidate's refusal (the least preferred)."""
+    if refusals:
+        return refusals[-1]
+    return NotAcceptable(f"{what} cannot be sent in any accepted representation")
