@@ -216,7 +216,10 @@ class SqliteIndex:
                   JOIN series ON series.pk = instance.series_fk
                   JOIN study ON study.pk = instance.study_fk
                   WHERE {where} ORDER BY {_ORDER}"""
-        rows = await self._read(lambda db: db.execute(sql, params).fetchall())
+        # One instance (a frame, a rendered image: a viewer's every request) is a lookup by
+        # key, cheaper on the event loop than the hop to a reader thread (see _read_short).
+        read = self._read if sop_instance_uid is None else self._read_short
+        rows = await read(lambda db: db.execute(sql, params).fetchall())
         return [stored_instance(row) for row in rows]
 
     async def metadata(

@@ -12,6 +12,7 @@ from app.services.changefeed import ChangeFeed, ChangeSignal
 from app.services.delete import DeleteService
 from app.services.delivery import Delivery
 from app.services.imaging import ImagingService
+from app.services.plan import Planner
 from app.services.ports import BlobStore, Index
 from app.services.retrieve import RetrieveService
 from app.services.search import SearchService
@@ -30,6 +31,7 @@ class Archive:
     imaging: ImagingService
     audit: AuditService
     delivery: Delivery
+    plan: Planner
     changefeed: ChangeFeed
     delete: DeleteService
 
@@ -46,6 +48,7 @@ class Archive:
             max_queued=settings.max_queued_imaging,
             thumbnail_cache_bytes=settings.thumbnail_cache_bytes,
         )
+        plan = Planner(retrieve, imaging)
         return cls(
             settings=settings,
             index=index,
@@ -64,7 +67,8 @@ class Archive:
             retrieve=retrieve,
             imaging=imaging,
             audit=audit,
-            delivery=Delivery(retrieve, imaging, settings.spool_dir),
+            delivery=Delivery(plan, settings.spool_dir),
+            plan=plan,
             changefeed=ChangeFeed(index, signal, poll_interval=settings.changefeed_poll_ms / 1000),
             delete=DeleteService(index, blobs, audit, changed=signal.changed),
         )
