@@ -10,8 +10,9 @@ connection of the burst: a viewer's 4 connections all went to one process, and o
 stayed idle.)
 DIMSE, the background jobs (orphan sweep, blob deletion retries, stable studies, the
 outbox) and the removal of unfinished uploads at start stay in the first process: workers
-serve HTTP only. They share the index (SQLite in WAL mode, each write a BEGIN IMMEDIATE transaction that waits
-for the others, or PostgreSQL) and the blob store, as nodes of one archive do.
+serve HTTP only. They share the index (SQLite in WAL mode, each write a BEGIN IMMEDIATE
+transaction that waits for the others, or PostgreSQL) and the blob store, as nodes of one
+archive do.
 
 Stopping: SIGTERM or SIGINT to the first process stops its server gracefully (connections
 finish), then it sends SIGTERM to each worker and waits for it (SIGKILL after
