@@ -15,6 +15,7 @@ from app.services.ports import BlobStore, Index
 from app.services.retrieve import RetrieveService
 from app.services.search import SearchService
 from app.services.store import StoreService
+from app.services.webhooks import WebhookService
 from app.settings import Settings
 
 
@@ -30,6 +31,7 @@ class Archive:
     audit: AuditService
     delivery: Delivery
     changefeed: ChangeFeed
+    webhooks: WebhookService
 
     @classmethod
     def build(cls, settings: Settings, index: Index, blobs: BlobStore) -> Archive:
@@ -64,6 +66,7 @@ class Archive:
             audit=audit,
             delivery=Delivery(retrieve, imaging, settings.spool_dir),
             changefeed=ChangeFeed(index, signal, poll_interval=settings.changefeed_poll_ms / 1000),
+            webhooks=WebhookService(index),
         )
 
     async def close(self) -> None:
