@@ -142,10 +142,12 @@ async def _delivering(archive: Archive) -> AsyncIterator[None]:
     consumer per active subscription, kept in step with the index by the registry."""
     settings = archive.settings
     consumers = change_consumers(settings)
-    if consumers and settings.log_level.lower() != "debug":
+    if settings.log_level.lower() != "debug":
         # aiokafka logs each failed reconnection at ERROR, ten a second while a broker is
         # down; the outbox logs each failed attempt once, with its backoff.
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        # httpx logs each request's URL at INFO: a webhook's may carry a token.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     outbox = Outbox(
         archive.index,
         consumers,
