@@ -20,6 +20,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.auth.principal import Access, Permission
 from app.services.archive import Archive
 from app.services.errors import BadRequest
 from app.services.ports import DeadLetter, Webhook, WebhookStatus
@@ -75,12 +76,6 @@ def _json(value: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(value), status_code=status, media_type=JSON)
 
 
-def _only(request: Request, *known: str) -> None:
-    for name in request.query_params:
-        if name not in known:
-            raise BadRequest(f"unknown query parameter {name!r}")
-
-
 async def _body(request: Request) -> Any:
     chunks: list[bytes] = []
     size = 0
@@ -95,49 +90,52 @@ async def _body(request: Request) -> Any:
         raise BadRequest(f"the body is not JSON: {exc}") from None
 
 
+def _admin(request: Request, *parameters: str) -> Access:
+    """The caller, refused (403) before anything of the request is looked at unless an
+    admin of the tenant; then the query parameters, all known."""
+    access = request_access(request)
+    access.require(Permission.ADMIN)
+    for name in request.query_params:
+        if name not in parameters:
+            raise BadRequest(f"unknown query parameter {name!r}")
+    return access
+
+
 def _archive(request: Request) -> Archive:
     archive: Archive = request.app.state.archive
     return archive
 
 
 async def create(request: Request) -> Response:
-    access = request_access(request)
-    _only(request)
+    access = _admin(request)
     hook = await _archive(request).webhooks.create(access, await _body(request))
     return _json({**_hook(hook), "secret": hook.secret}, 201)
 
 
 async def list_all(request: Request) -> Response:
-    _only(request)
-    found = await _archive(request).webhooks.all(request_access(request))
+    found = await _archive(request).webhooks.all(_admin(request))
     return _json([_status(f) for f in found])
 
 
 async def get_one(request: Request) -> Response:
-    _only(request)
-    found = await _archive(request).webhooks.get(request_access(request), request.path_params["id"])
+    found = await _archive(request).webhooks.get(_admin(request), request.path_params["id"])
     return _json(_status(found))
 
 
 async def delete(request: Request) -> Response:
-    _only(request)
-    await _archive(request).webhooks.delete(request_access(request), request.path_params["id"])
+    await _archive(request).webhooks.delete(_admin(request), request.path_params["id"])
     return Response(status_code=204)
 
 
 async def dead_letters(request: Request) -> Response:
-    _only(request, "limit")
+    access = _admin(request, "limit")
     limit = query_int(request.query_params, "limit", 1, MAX_LIMIT) or DEFAULT_LIMIT
-    found = await _archive(request).webhooks.dead_letters(
-        request_access(request), request.path_params["id"], limit
-    )
+    found = await _archive(request).webhooks.dead_letters(access, request.path_params["id"], limit)
     return _json([_letter(letter) for letter in found])
 
 
 async def retry(request: Request) -> Response:
-    _only(request, "sequence")
+    access = _admin(request, "sequence")
     sequence = query_int(request.query_params, "sequence", 1, 2**63 - 1)
-    count = await _archive(request).webhooks.retry(
-        request_access(request), request.path_params["id"], sequence
-    )
+    count = await _archive(request).webhooks.retry(access, request.path_params["id"], sequence)
     return _json({"retryRequested": count}, 202)
