@@ -113,6 +113,10 @@ class WebhookConsumer:
         return matches(orjson.loads(change.metadata), self.hook.filter)
 
     async def deliver(self, tenant: str, changes: Sequence[Change]) -> int | None:
+        # Deleted (through any node) since the registry last looked: the outbox's claim
+        # made its cursor again at 0, which would replay the whole log to the receiver.
+        if not await self.index.webhooks(self.tenant, self.hook.id):
+            raise WebhookFailed("the subscription was deleted")
         started = time.monotonic()
         done: int | None = None
         for change in changes:
