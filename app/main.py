@@ -156,15 +156,17 @@ async def _delivering(archive: Archive) -> AsyncIterator[None]:
         poll_interval=settings.outbox_poll_ms / 1000,
         retry_max=settings.outbox_retry_max,
     )
-    # A POST ends well before the outbox cuts a delivery off (half the lease), and a
-    # delivery stops starting POSTs after a sixth of it.
+    # A delivery must end before the outbox cuts it off (half the lease): a POST takes at
+    # most a third of the lease, and none starts later than halfway through what is left
+    # (margin for the index writes that follow).
+    timeout = min(settings.webhook_timeout, settings.outbox_lease / 3)
     registry = WebhookRegistry(
         archive.index,
         outbox,
         consumers,
-        timeout=min(settings.webhook_timeout, settings.outbox_lease / 3),
+        timeout=timeout,
         max_attempts=settings.webhook_max_attempts,
-        budget=settings.outbox_lease / 6,
+        budget=(settings.outbox_lease / 2 - timeout) / 2,
         refresh=settings.webhook_refresh_ms / 1000,
     )
     if consumers:
