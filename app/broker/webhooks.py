@@ -170,6 +170,8 @@ class WebhookConsumer:
                 await response.aclose()  # the answer's body is not read
         except TimeoutError:
             return Attempt(Verdict.RETRY, f"no answer within {self.timeout:g} s")
+        except httpx.InvalidURL:  # that no retry can fix
+            return Attempt(Verdict.REFUSED, "the URL is not one HTTP can use")
         except httpx.HTTPError as exc:
             return Attempt(Verdict.RETRY, type(exc).__name__)
         return classify(response.status_code)
