@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from pydicom.uid import generate_uid
 
 from tests.support.dicom_factory import make_file
+from tests.support.postgres import index_backend_env
 from tests.support.server import PIDS, free_port, running_server
 from tests.support.webhook_receiver import Receiver, webhook_receiver
 
@@ -137,17 +139,20 @@ def test_filtered_signed_retried_and_dead_lettered_deliveries(tmp_path: Path) ->
     assert " ERROR " not in log and "Traceback" not in log
 
 
-def test_sigkill_during_delivery_then_restart_delivers_every_event(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_sigkill_during_delivery_then_restart_delivers_every_event(
+    tmp_path: Path, backend: str
+) -> None:
     """Done when (issue 12): kill -9 of a node during webhook delivery; after the restart
     every event is delivered, duplicates allowed, losses not."""
     data = tmp_path / "data"
     port = free_port()
     count = 12
-    with webhook_receiver() as receiver:
+    with index_backend_env(backend) as index_env, webhook_receiver() as receiver:
         receiver.secret = SECRET
         receiver.delay = 0.25  # slow: the kill comes while entries are being delivered
         with (
-            running_server(data, env=_env(), port=port) as url,
+            running_server(data, env=_env(**index_env), port=port) as url,
             httpx.Client(base_url=f"{url}/dicomweb", timeout=30) as api,
         ):
             _subscribe(api, receiver, "/slow")
@@ -159,7 +164,9 @@ def test_sigkill_during_delivery_then_restart_delivers_every_event(tmp_path: Pat
         assert len(before) < count  # killed in the middle
         receiver.delay = 0.0
         with (
-            running_server(data, env=_env(), port=port, log=tmp_path / "restart.log") as url,
+            running_server(
+                data, env=_env(**index_env), port=port, log=tmp_path / "restart.log"
+            ) as url,
             httpx.Client(base_url=f"{url}/dicomweb", timeout=30) as api,
         ):
             feed = api.get("/changefeed", params={"limit": "100", "includemetadata": "false"})
