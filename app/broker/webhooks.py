@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 # Dead letters retried per subscription per refresh.
 RETRY_BATCH = 100
+# Bytes of a receiver's answer read (and dropped); past it the connection is closed.
+MAX_ANSWER = 64 * 1024
 
 
 class Verdict(Enum):
@@ -167,7 +169,16 @@ class WebhookConsumer:
                     "POST", self.hook.url, content=body, headers=headers
                 )
                 response = await self.client.send(request, stream=True)
-                await response.aclose()  # the answer's body is not read
+                try:
+                    # A short answer is read, so the connection serves the next POST; a
+                    # long one is not kept (the connection is closed instead).
+                    read = 0
+                    async for chunk in response.aiter_raw():
+                        read += len(chunk)
+                        if read > MAX_ANSWER:
+                            break
+                finally:
+                    await response.aclose()
         except TimeoutError:
             return Attempt(Verdict.RETRY, f"no answer within {self.timeout:g} s")
         except httpx.InvalidURL:  # that no retry can fix

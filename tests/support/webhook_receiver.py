@@ -25,6 +25,7 @@ class Received:
     body: dict[str, Any]
     signed: bool  # the signature verifies with the secret the receiver knows
     status: int  # what it answered
+    client: tuple[str, int] = ("", 0)  # the sender's address and port: its connection
 
 
 class Receiver:
@@ -37,7 +38,9 @@ class Receiver:
         self._lock = threading.Lock()
         self.url = ""
 
-    def handle(self, path: str, headers: dict[str, str], raw: bytes) -> int:
+    def handle(
+        self, path: str, headers: dict[str, str], raw: bytes, client: tuple[str, int]
+    ) -> int:
         time.sleep(self.delay)
         with self._lock:
             script = self.script.get(path)
@@ -48,7 +51,8 @@ class Receiver:
                 raw,
                 headers.get(SIGNATURE_HEADER.lower(), ""),
             )
-            self.received.append(Received(path, headers, orjson.loads(raw), signed, status))
+            body = orjson.loads(raw)
+            self.received.append(Received(path, headers, body, signed, status, client))
         return status
 
     def delivered(self, path: str | None = None) -> list[Received]:
@@ -78,7 +82,7 @@ def webhook_receiver() -> Iterator[Receiver]:
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             headers = {k.lower(): v for k, v in self.headers.items()}
-            status = receiver.handle(self.path, headers, raw)
+            status = receiver.handle(self.path, headers, raw, self.client_address[:2])
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -89,7 +93,7 @@ def webhook_receiver() -> Iterator[Receiver]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield receiver
