@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
-from app.index import sqlite_audit, sqlite_changes, sqlite_cursors, sqlite_stable
+from app.index import sqlite_audit, sqlite_changes, sqlite_cursors, sqlite_stable, sqlite_webhooks
 from app.index.change_rows import change_of
 from app.index.delete_rows import DELETE_COLUMNS, counted, deleted_changes
 from app.index.migrations import SchemaError, latest_version, migrations
@@ -45,6 +45,7 @@ from app.services.ports import (
     AuditFor,
     AuditQuery,
     Change,
+    DeadLetter,
     DeleteAuditFor,
     DeleteResult,
     InstanceRecord,
@@ -53,6 +54,8 @@ from app.services.ports import (
     SearchHit,
     StoredInstance,
     StoredMetadata,
+    Webhook,
+    WebhookStatus,
 )
 
 log = logging.getLogger(__name__)
@@ -286,6 +289,47 @@ class SqliteIndex:
 
     async def announce_stable(self, quiet: float, limit: int) -> dict[str, int]:
         return await self._write(lambda db: sqlite_stable.announce_stable(db, quiet, limit))
+
+    # -- webhook subscriptions (app/index/sqlite_webhooks.py) -------------------------
+
+    async def create_webhook(self, webhook: Webhook) -> None:
+        await self._write(lambda db: sqlite_webhooks.create_webhook(db, webhook))
+
+    async def webhooks(self, tenant: str, webhook_id: str | None = None) -> list[WebhookStatus]:
+        return await self._read(lambda db: sqlite_webhooks.webhooks(db, tenant, webhook_id))
+
+    async def active_webhooks(self) -> list[Webhook]:
+        return await self._read(sqlite_webhooks.active_webhooks)
+
+    async def delete_webhook(self, tenant: str, webhook_id: str) -> bool:
+        return await self._write(lambda db: sqlite_webhooks.delete_webhook(db, tenant, webhook_id))
+
+    async def webhook_failed(self, tenant: str, webhook_id: str, reason: str) -> None:
+        await self._write(lambda db: sqlite_webhooks.webhook_failed(db, tenant, webhook_id, reason))
+
+    async def add_dead_letter(self, tenant: str, webhook_id: str, letter: DeadLetter) -> None:
+        await self._write(
+            lambda db: sqlite_webhooks.add_dead_letter(db, tenant, webhook_id, letter)
+        )
+
+    async def dead_letters(
+        self, tenant: str, webhook_id: str, limit: int, *, retry_only: bool = False
+    ) -> list[DeadLetter]:
+        return await self._read(
+            lambda db: sqlite_webhooks.dead_letters(db, tenant, webhook_id, limit, retry_only)
+        )
+
+    async def retry_dead_letters(
+        self, tenant: str, webhook_id: str, sequence: int | None = None
+    ) -> int:
+        return await self._write(
+            lambda db: sqlite_webhooks.retry_dead_letters(db, tenant, webhook_id, sequence)
+        )
+
+    async def remove_dead_letter(self, tenant: str, webhook_id: str, sequence: int) -> None:
+        await self._write(
+            lambda db: sqlite_webhooks.remove_dead_letter(db, tenant, webhook_id, sequence)
+        )
 
     # -- audit trail (app/index/sqlite_audit.py) ---------------------------------------
 

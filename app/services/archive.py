@@ -17,6 +17,7 @@ from app.services.ports import BlobStore, Index
 from app.services.retrieve import RetrieveService
 from app.services.search import SearchService
 from app.services.store import StoreService
+from app.services.webhooks import WebhookService
 from app.settings import Settings
 
 
@@ -34,6 +35,7 @@ class Archive:
     plan: Planner
     changefeed: ChangeFeed
     delete: DeleteService
+    webhooks: WebhookService
 
     @classmethod
     def build(cls, settings: Settings, index: Index, blobs: BlobStore) -> Archive:
@@ -71,6 +73,7 @@ class Archive:
             plan=plan,
             changefeed=ChangeFeed(index, signal, poll_interval=settings.changefeed_poll_ms / 1000),
             delete=DeleteService(index, blobs, audit, changed=signal.changed),
+            webhooks=WebhookService(index),
         )
 
     async def close(self) -> None:

@@ -16,7 +16,18 @@ from starlette.types import ASGIApp
 
 from app.auth.tokens import IssuerUnavailable, TokenVerifier
 from app.services.archive import Archive
-from app.web import audit, auditing, changefeed, delete, qido, rendered, stow, wado, wado_uri
+from app.web import (
+    audit,
+    auditing,
+    changefeed,
+    delete,
+    qido,
+    rendered,
+    stow,
+    wado,
+    wado_uri,
+    webhooks,
+)
 from app.web.access import ANONYMOUS_ALLOWED_KEY
 from app.web.access_log import AccessLog
 from app.web.errors import EXCEPTION_HANDLERS
@@ -95,6 +106,13 @@ DICOMWEB_ROUTES = [
     # The change feed (permission read).
     Route("/changefeed", changefeed.read_feed, methods=["GET"]),
     Route("/changefeed/latest", changefeed.read_latest, methods=["GET"]),
+    # Webhook subscriptions (permission admin).
+    Route("/webhooks", webhooks.list_all, methods=["GET"]),
+    Route("/webhooks", webhooks.create, methods=["POST"]),
+    Route("/webhooks/{id}", webhooks.get_one, methods=["GET"]),
+    Route("/webhooks/{id}", webhooks.delete, methods=["DELETE"]),
+    Route("/webhooks/{id}/dead-letters", webhooks.dead_letters, methods=["GET"]),
+    Route("/webhooks/{id}/dead-letters/retry", webhooks.retry, methods=["POST"]),
 ]
 
 
