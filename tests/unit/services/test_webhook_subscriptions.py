@@ -31,7 +31,15 @@ def test_a_full_subscription() -> None:
 
 def test_defaults_every_event_no_filter_a_generated_secret() -> None:
     first, second = subscription("t", {"url": URL}), subscription("t", {"url": "http://h:81/"})
-    assert first.events == ("instance.stored", "instance.replaced")
+    assert first.events == (
+        "instance.stored",
+        "instance.replaced",
+        "instance.deleted",
+        "series.deleted",
+        "study.deleted",
+        "series.stable",
+        "study.stable",
+    )
     assert first.filter == () and first.active
     assert len(first.secret) >= 40 and first.secret != second.secret
     assert first.id != second.id
