@@ -59,7 +59,8 @@ class GroupCommit:
         return gone
 
     def _nudge(self) -> None:
-        if self._wake is not None and not self._wake.done():
+        """Wake a lingering batch once it has nothing left to wait for (not per arrival)."""
+        if self._wake is not None and not self._wake.done() and not self._wanted():
             self._wake.set_result(None)
 
     @property
