@@ -121,8 +121,8 @@ class Settings:
     index_batch: int = 64
     # Milliseconds a batch may wait for instances already on their way to the index (their
     # blob being stored) before it is committed: fewer, larger commits when ingests run at
-    # once (at 8 STOW requests in flight, some 8 instances per commit instead of 4, about
-    # 8% less CPU per instance). A lone instance never waits. 0: commit at once.
+    # once (at 8 STOW requests in flight, 60-66 commits per 480 instances instead of
+    # 95-120). A lone instance never waits. 0: commit at once.
     index_batch_wait_ms: int = 5
     # Comma-separated origins allowed by CORS; "*" allows any.
     cors_origins: str = "*"
