@@ -63,6 +63,7 @@ class Archive:
                 overwrite=settings.overwrite,
                 allow_patient_mismatch=settings.patient_mismatch == "warn",
                 index_batch=settings.index_batch,
+                index_linger=settings.index_batch_wait_ms / 1000,
                 changed=signal.changed,
             ),
             search=SearchService(index),

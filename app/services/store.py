@@ -92,6 +92,7 @@ class StoreService:
         overwrite: bool = False,
         allow_patient_mismatch: bool = False,
         index_batch: int = 64,
+        index_linger: float = 0.0,
         changed: Callable[[str], None] | None = None,
     ) -> None:
         self.index = index
@@ -101,7 +102,7 @@ class StoreService:
         # Concurrent ingests share index commits (app/services/group_commit.py). A
         # cancelled caller (a client gone) leaves its blob to the batch: if the batch did
         # not keep it, the orphan sweep removes it later.
-        self.commits = GroupCommit(index, index_batch)
+        self.commits = GroupCommit(index, index_batch, index_linger)
         self._storing: set[asyncio.Task[StoreResult]] = set()
         self.blobs = blobs
         self.audit = audit
@@ -294,6 +295,8 @@ class StoreService:
         audit: AuditEvent,
     ) -> StoreResult:
         moved = False
+        # On its way to the index from here: a batch being committed may wait for it.
+        arrived = self.commits.coming()
         try:
             if isinstance(parsed, UnsupportedTransferSyntax):
                 refused = StoreResult(
@@ -337,9 +340,11 @@ class StoreService:
                 sop_class_uids=(parsed.sop_class_uid,),
                 patient_id=patient_id,
             )
+            arrived()  # no await before _index adds it: a lingering batch finds it there
             await self._index(tenant, parsed, spooled, key, result, event=event)
             return result
         finally:
+            arrived()
             if not moved:
                 await asyncio.to_thread(spooled.path.unlink, True)
 

@@ -135,6 +135,26 @@ def test_stalled_stow_body_gets_408_and_no_server_error(pacs: Pacs) -> None:
     assert httpx.get(f"{pacs.url}/health", timeout=10).status_code == 200
 
 
+def test_body_bytes_trickling_in_keep_the_request_until_they_stop(pacs: Pacs) -> None:
+    """The body timer is not re-armed per chunk but checks, when it fires, when the latest
+    bytes came: a body sent in pieces for longer than the timeout (gaps shorter than it)
+    is still read, and the 408 comes a timeout after the last piece, not the first."""
+    head = (
+        b"POST /dicomweb/studies HTTP/1.1\r\nHost: pacs\r\n"
+        b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
+        b"Content-Length: 100000\r\n\r\n"
+    )
+    gap = BODY_TIMEOUT * 0.4
+    with connect(pacs.port, "127.0.1.3") as sock:
+        sock.sendall(head + b"--b\r\nContent-Type: application/dicom\r\n\r\n")
+        for _ in range(4):  # 4 gaps: 1.6 timeouts of trickling
+            time.sleep(gap)
+            sock.sendall(b"\0" * 100)
+        answer, waited = until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert BODY_TIMEOUT - 0.5 < waited < BODY_TIMEOUT + 3
+
+
 def test_connections_over_the_per_address_cap_are_closed_at_once_and_logged_once(
     pacs: Pacs,
 ) -> None:

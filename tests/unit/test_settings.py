@@ -77,6 +77,14 @@ def test_orphan_sweep_settings_are_seconds_of_zero_or_more() -> None:
             Settings.from_env({name: "-1"})
 
 
+def test_index_batch_wait_is_milliseconds_from_0_to_1000() -> None:
+    assert Settings.from_env({}).index_batch_wait_ms == 5
+    assert Settings.from_env({"PACS_INDEX_BATCH_WAIT_MS": "0"}).index_batch_wait_ms == 0
+    for value in ("-1", "1001"):
+        with pytest.raises(ValueError, match="PACS_INDEX_BATCH_WAIT_MS"):
+            Settings.from_env({"PACS_INDEX_BATCH_WAIT_MS": value})
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

@@ -108,3 +108,64 @@ async def test_a_failed_commit_fails_every_caller_of_its_batch_and_not_the_next(
 def test_a_batch_of_less_than_one_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         _group(BatchIndex(), max_batch=0)
+
+
+# -- waiting for instances on their way (PACS_INDEX_BATCH_WAIT_MS) --------------------------
+
+
+async def _add_later(group: GroupCommit, number: int, delay: float) -> AddResult:
+    """An instance on its way (its blob being stored) for `delay` seconds, then added."""
+    arrived = group.coming()
+    await asyncio.sleep(delay)
+    arrived()
+    return await group.add(_adding(number))
+
+
+async def test_a_batch_waits_for_instances_on_their_way() -> None:
+    index = BatchIndex()
+    group = GroupCommit(cast(Index, index), 64, linger=5.0)
+    tasks = [asyncio.create_task(_add_later(group, n, 0.01 * n)) for n in range(4)]
+    await asyncio.wait_for(asyncio.gather(*tasks), 4)
+    # Without waiting: [[0], [1], [2], [3]], one commit each.
+    assert index.batches == [[0, 1, 2, 3]]
+
+
+async def test_a_lone_instance_is_committed_without_waiting() -> None:
+    index = BatchIndex()
+    group = GroupCommit(cast(Index, index), 64, linger=30.0)
+    await asyncio.wait_for(_add_later(group, 1, 0), 2)
+    assert index.batches == [[1]]
+
+
+async def test_a_batch_waits_no_longer_than_linger() -> None:
+    index = BatchIndex()
+    group = GroupCommit(cast(Index, index), 64, linger=0.05)
+    group.coming()  # never arrives
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(group.add(_adding(1)), 2)
+    assert 0.04 < asyncio.get_running_loop().time() - started < 1.5
+    assert index.batches == [[1]]
+
+
+async def test_an_instance_that_will_not_come_ends_the_wait() -> None:
+    """A store refused before the index (a study mismatch, a full disk) says so."""
+    index = BatchIndex()
+    group = GroupCommit(cast(Index, index), 64, linger=30.0)
+    refused = group.coming()
+    adding = asyncio.create_task(group.add(_adding(1)))
+    await asyncio.sleep(0.01)
+    assert not adding.done()  # waiting for the other
+    refused()
+    refused()  # said twice (store.py's finally): counted once
+    await asyncio.wait_for(adding, 2)
+    assert index.batches == [[1]]
+    assert await asyncio.wait_for(_add_later(group, 2, 0), 2)  # nothing left counted
+    assert index.batches == [[1], [2]]
+
+
+async def test_a_full_batch_does_not_wait() -> None:
+    index = BatchIndex()
+    group = GroupCommit(cast(Index, index), 2, linger=30.0)
+    group.coming()  # never arrives: does not fit in a full batch anyway
+    await asyncio.wait_for(asyncio.gather(*(group.add(_adding(n)) for n in range(2))), 2)
+    assert index.batches == [[0, 1]]
