@@ -14,13 +14,17 @@ from app.auth.tokens import IssuerUnavailable, TokenVerifier
 from app.broker.kafka import KafkaPublisher, KafkaSecurity
 from app.dimse.bridge import ConnectionLimits, DimseConfig
 from app.dimse.server import serve_dimse
+from app.forwarding.dicom import DicomSender
+from app.forwarding.stow import StowSender
 from app.index.migrations import IndexUnavailable, SchemaError
 from app.index.postgres import PostgresIndex
 from app.index.sqlite import SqliteIndex
 from app.services.archive import Archive
 from app.services.delete import retry_periodically
+from app.services.forward_rules import DicomNode, Rule, load_rules
+from app.services.forwarding import Backoff, ForwardingRouter, ForwardWorker, Sender
 from app.services.orphans import sweep_periodically
-from app.services.outbox import Outbox
+from app.services.outbox import Outbox, node_owner
 from app.services.ports import BlobStore, ChangeConsumer, Index
 from app.services.stable import announce_periodically
 from app.settings import Settings, kafka_brokers
@@ -140,9 +144,18 @@ async def _sweeping(archive: Archive) -> AsyncIterator[None]:
                 await running
 
 
-def change_consumers(settings: Settings) -> list[ChangeConsumer]:
-    """The consumers of the change log that settings turn on."""
+def forwarding_rules(settings: Settings) -> list[Rule]:
+    """The forwarding rules of PACS_FORWARDING_RULES (checked: ValueError naming the rule
+    and field)."""
+    return load_rules(settings.forwarding_rules) if settings.forwarding_rules else []
+
+
+def change_consumers(settings: Settings, index: Index | None = None) -> list[ChangeConsumer]:
+    """The consumers of the change log that settings turn on (without `index`, only checked:
+    the forwarding router needs it)."""
     consumers: list[ChangeConsumer] = []
+    if (rules := forwarding_rules(settings)) and index is not None:
+        consumers.append(ForwardingRouter(index, rules))
     if brokers := kafka_brokers(settings.kafka_bootstrap):
         security = KafkaSecurity(
             settings.kafka_security_protocol,
@@ -160,7 +173,7 @@ async def _delivering(archive: Archive) -> AsyncIterator[None]:
     """The outbox in the background, when a consumer of the change log is configured: one
     per node (the first process), several nodes share the work by their cursors' leases."""
     settings = archive.settings
-    consumers = change_consumers(settings)
+    consumers = change_consumers(settings, archive.index)
     if not consumers:
         yield
         return
@@ -185,6 +198,48 @@ async def _delivering(archive: Archive) -> AsyncIterator[None]:
         with suppress(asyncio.CancelledError):
             await task
         await outbox.close()
+
+
+def _sender(archive: Archive, rule: Rule) -> Sender:
+    settings = archive.settings
+    if isinstance(rule.destination, DicomNode):
+        return DicomSender(
+            rule.destination,
+            archive.delivery,
+            calling_ae=settings.ae_title.strip(),
+            timeout=settings.forward_timeout,
+        )
+    return StowSender(rule.destination, archive.retrieve, timeout=settings.forward_timeout)
+
+
+@asynccontextmanager
+async def _forwarding(archive: Archive) -> AsyncIterator[None]:
+    """The forwarding worker in the background, when rules are configured: one per node
+    (the first process); nodes share the jobs through the index's queue."""
+    settings = archive.settings
+    rules = forwarding_rules(settings)
+    if not rules:
+        yield
+        return
+    worker = ForwardWorker(
+        archive.index,
+        {rule.name: _sender(archive, rule) for rule in rules},
+        owner=node_owner(),
+        lease=settings.forward_lease,
+        poll_interval=settings.forward_poll_ms / 1000,
+        backoff=Backoff(
+            settings.forward_max_attempts, settings.forward_retry_min, settings.forward_retry_max
+        ),
+    )
+    log.info("forwarding: %d rules (%s)", len(rules), ", ".join(r.name for r in rules))
+    task = asyncio.create_task(worker.run(), name="forwarding")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
 
 
 def _announce_backends(settings: Settings) -> None:
@@ -223,6 +278,7 @@ async def run_archive(settings: Settings, *, first: bool = True) -> AsyncIterato
         open_archive(settings, discard_spool=discard) as archive,
         _sweeping(archive),
         _delivering(archive),
+        _forwarding(archive),
     ):
         _announce_backends(settings)
         if not (settings.dimse_port or settings.dimse_tls_port):

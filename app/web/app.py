@@ -16,7 +16,18 @@ from starlette.types import ASGIApp
 
 from app.auth.tokens import IssuerUnavailable, TokenVerifier
 from app.services.archive import Archive
-from app.web import audit, auditing, changefeed, delete, qido, rendered, stow, wado, wado_uri
+from app.web import (
+    audit,
+    auditing,
+    changefeed,
+    delete,
+    jobs,
+    qido,
+    rendered,
+    stow,
+    wado,
+    wado_uri,
+)
 from app.web.access import ANONYMOUS_ALLOWED_KEY
 from app.web.access_log import AccessLog
 from app.web.errors import EXCEPTION_HANDLERS
@@ -92,6 +103,9 @@ DICOMWEB_ROUTES = [
     Route("/wado", wado_uri.retrieve, methods=["GET"]),
     # The audit trail (permission admin).
     Route("/audit", audit.search_audit, methods=["GET"]),
+    # Forwarding jobs (permission admin).
+    Route("/jobs", jobs.list_jobs, methods=["GET"]),
+    Route("/jobs/{job}/retry", jobs.retry_job, methods=["POST"]),
     # The change feed (permission read).
     Route("/changefeed", changefeed.read_feed, methods=["GET"]),
     Route("/changefeed/latest", changefeed.read_latest, methods=["GET"]),
