@@ -166,8 +166,9 @@ def _filter(given: Any, where: str) -> dict[str, str]:
         tag = tag_for_keyword(keyword)
         if tag is None:
             raise RuleError(f"{where}: filter: {keyword!r} is not a DICOM keyword")
-        if dictionary_VR(tag) in _UNMATCHABLE_VRS:
-            raise RuleError(f"{where}: filter: {keyword} ({dictionary_VR(tag)}) cannot be matched")
+        vr = dictionary_VR(tag)  # "OB or OW" for some
+        if any(v in _UNMATCHABLE_VRS for v in vr.split(" or ")):
+            raise RuleError(f"{where}: filter: {keyword} ({vr}) cannot be matched")
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise RuleError(f"{where}: filter: {keyword}: expected a text or number value")
         found[f"{tag:08X}"] = str(value)

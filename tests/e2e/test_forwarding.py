@@ -23,7 +23,7 @@ from pydicom.uid import JPEG2000Lossless, MRImageStorage, generate_uid
 from tests.conformance.helpers import stow_ok
 from tests.support.dcmtk import require_dcmtk, storescp
 from tests.support.dicom_factory import make_dataset, to_bytes
-from tests.support.server import running_server
+from tests.support.server import free_port, running_server
 
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 SIZE = 32  # JPEG 2000 needs more than 8 x 8 pixels for its resolution levels
@@ -108,6 +108,15 @@ def test_a_stable_ct_study_goes_to_storescp_decompressed_and_to_an_archive(
                     "filter": {"Modality": "CT"},
                     "destination": {"stow": {"url": f"{second}/dicomweb/studies/1.2.3"}},
                 },
+                {
+                    # Nobody listens there: retried later, not failed.
+                    "name": "ct-unreachable",
+                    "event": "study.stable",
+                    "filter": {"Modality": "CT"},
+                    "destination": {
+                        "dicom": {"aeTitle": "GONE", "host": "127.0.0.1", "port": free_port()}
+                    },
+                },
             ]
         }
         rules_file = tmp_path / "rules.json"
@@ -132,8 +141,15 @@ def test_a_stable_ct_study_goes_to_storescp_decompressed_and_to_an_archive(
             assert failed["rule"] == "ct-refused"
             assert failed["lastError"].startswith("4 of 4 instances refused")
             assert "HTTP 409" in failed["lastError"]
-            # Only the CT study made jobs: three, one per rule.
-            assert sorted(j["rule"] for j in jobs()) == ["ct-refused", "ct-to-archive", "ct-to-scp"]
+            # Only the CT study made jobs: one per rule.
+            assert sorted(j["rule"] for j in jobs()) == [
+                "ct-refused", "ct-to-archive", "ct-to-scp", "ct-unreachable"
+            ]  # fmt: skip
+            [unreachable] = wait_for(
+                "a failed attempt", lambda: [j for j in jobs("queued") if j["attempts"]]
+            )
+            assert unreachable["rule"] == "ct-unreachable"
+            assert "cannot connect to GONE@127.0.0.1" in unreachable["lastError"]
             assert {j["studyInstanceUID"] for j in jobs()} == {study}
 
             # Every CT instance at storescp, uncompressed, with the pixels stored.
@@ -165,7 +181,8 @@ def test_a_stable_ct_study_goes_to_storescp_decompressed_and_to_an_archive(
             )
             assert again[0]["attempts"] == 1
             # Only a failed job can be retried; bad requests are named.
-            assert http.post(f"/jobs/{failed['id']}/retry").status_code in (200, 404)
+            done = jobs("done")[0]
+            assert http.post(f"/jobs/{done['id']}/retry").status_code == 404
             assert http.post("/jobs/999999/retry").status_code == 404
             bad = http.get("/jobs", params={"state": "lost"})
             assert bad.status_code == 400 and "lost" in bad.text
