@@ -40,6 +40,16 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from app.services.ports import ChangeAction, Json
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The actions whose scope can be sent (a deleted one cannot).
+_EVENTS = tuple(
+    a.value
+    for a in (
+        ChangeAction.STUDY_STABLE,
+        ChangeAction.SERIES_STABLE,
+        ChangeAction.INSTANCE_STORED,
+        ChangeAction.INSTANCE_REPLACED,
+    )
+)
 _RULE_FIELDS = ("name", "event", "filter", "priority", "destination")
 # Values that cannot be matched as text in DICOM JSON.
 _UNMATCHABLE_VRS = ("SQ", "OB", "OD", "OF", "OL", "OV", "OW", "UN")
@@ -141,17 +151,16 @@ def _rule(item: Any, number: int, env: Mapping[str, str]) -> Rule:
         raise RuleError(
             f"{where}: unknown field {unknown[0]!r}; expected {', '.join(_RULE_FIELDS)}"
         )
-    try:
-        event = ChangeAction(str(item.get("event")))
-    except ValueError:
-        known = ", ".join(a.value for a in ChangeAction)
-        raise RuleError(f"{where}: event: {item.get('event')!r} is not one of {known}") from None
+    event = str(item.get("event"))
+    if event not in _EVENTS:
+        known = ", ".join(_EVENTS)
+        raise RuleError(f"{where}: event: {item.get('event')!r} is not one of {known}")
     priority = item.get("priority", 0)
     if not isinstance(priority, int) or isinstance(priority, bool) or abs(priority) > 1000:
         raise RuleError(f"{where}: priority: an integer from -1000 to 1000")
     return Rule(
         name,
-        event,
+        ChangeAction(event),
         _filter(item.get("filter", {}), where),
         _destination(item.get("destination"), where, env),
         priority,

@@ -31,7 +31,7 @@ import orjson
 
 from app.auth.principal import Access, Permission, Principal
 from app.services.forward_rules import Rule
-from app.services.ports import Change, Index, Job, NewJob, StoredInstance
+from app.services.ports import Change, ChangeAction, Index, Job, NewJob, StoredInstance
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +77,20 @@ class Sender(Protocol):
     async def close(self) -> None: ...
 
 
+_INSTANCE_ACTIONS = (ChangeAction.INSTANCE_STORED, ChangeAction.INSTANCE_REPLACED)
+
+
 class ForwardingRouter:
     """The outbox consumer that turns matching entries into jobs."""
 
     name = "forwarding"
-    metadata = True  # an instance entry is matched on its own attributes
 
     def __init__(self, index: Index, rules: Sequence[Rule]) -> None:
         self.index = index
         self.rules = list(rules)
+        # Entries with their instance's metadata only when a rule matches instance entries:
+        # the outbox otherwise reads every entry's JSON for nothing.
+        self.metadata = any(r.event in _INSTANCE_ACTIONS for r in self.rules)
 
     async def deliver(self, tenant: str, changes: Sequence[Change]) -> None:
         jobs: list[NewJob] = []

@@ -23,6 +23,7 @@ from pydicom.uid import JPEG2000Lossless, MRImageStorage, generate_uid
 from tests.conformance.helpers import stow_ok
 from tests.support.dcmtk import require_dcmtk, storescp
 from tests.support.dicom_factory import make_dataset, to_bytes
+from tests.support.oidc import SERVICE, OpenIdProvider
 from tests.support.server import free_port, running_server
 
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
@@ -198,3 +199,63 @@ def read(path: Path) -> Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return pydicom.dcmread(path)
+
+
+def test_stow_rs_to_an_archive_that_requires_tokens_uses_client_credentials(
+    tmp_path: Path, oidc_provider: OpenIdProvider
+) -> None:
+    """The destination requires sign-in: the forwarder fetches a client-credentials token
+    from the provider's token endpoint and sends it; a wrong secret is retried, not sent."""
+    client = oidc_provider.clients[SERVICE]
+    token_url = oidc_provider.discovery()["token_endpoint"]
+    ct = ct_study()[:2]
+    study = ct[0].StudyInstanceUID
+    with running_server(tmp_path / "second", env=oidc_provider.archive_env()) as second:
+
+        def oauth(secret_env: str) -> dict[str, Any]:
+            return {
+                "url": f"{second}/dicomweb/studies",
+                "oauth": {
+                    "tokenUrl": token_url,
+                    "clientId": client.client_id,
+                    "secretEnv": secret_env,
+                    "scope": "pacs:write",
+                },
+            }
+
+        rules = {
+            "rules": [
+                {"name": name, "event": "study.stable", "destination": {"stow": oauth(secret)}}
+                for name, secret in (("signed-in", "GOOD"), ("wrong-secret", "BAD"))
+            ]
+        }
+        rules_file = tmp_path / "rules.json"
+        rules_file.write_text(json.dumps(rules))
+        assert client.secret is not None
+        env = {
+            **FAST,
+            "PACS_FORWARDING_RULES": str(rules_file),
+            "GOOD": client.secret,
+            "BAD": client.secret + "x",
+        }
+        with (
+            running_server(tmp_path / "first", env=env) as first,
+            httpx.Client(base_url=f"{first}/dicomweb", timeout=30) as http,
+        ):
+            stow_ok(http, [to_bytes(ds) for ds in ct])
+
+            def job(rule: str, state: str) -> dict[str, Any] | None:
+                listed = http.get("/jobs", params={"state": state}).json()
+                found = [j for j in listed if j["rule"] == rule and j["attempts"]]
+                return found[0] if found else None
+
+            wait_for("the signed-in job done", lambda: job("signed-in", "done"))
+            refused = wait_for("the wrong secret's attempt", lambda: job("wrong-secret", "queued"))
+            assert "answered HTTP 401" in refused["lastError"]
+            token = oidc_provider.token(scopes=["pacs:read"])
+            found = httpx.get(
+                f"{second}/dicomweb/studies/{study}/instances",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert found.status_code == 200, found.text
+            assert len(found.json()) == len(ct)

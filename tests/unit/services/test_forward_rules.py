@@ -56,6 +56,7 @@ def test_a_rules_file_gives_its_rules() -> None:
         ({"rules": [rule(name="no spaces")]}, "forwarding rule #1: name"),
         ({"rules": [rule(), rule()]}, "'ct': name: used by another rule"),
         ({"rules": [rule(event="study.arrived")]}, "'ct': event: 'study.arrived' is not one of"),
+        ({"rules": [rule(event="study.deleted")]}, "'ct': event: 'study.deleted' is not one of"),
         ({"rules": [rule(filter={"Modalty": "CT"})]}, "'ct': filter: 'Modalty' is not a DICOM"),
         ({"rules": [rule(filter={"PixelData": "x"})]}, "'ct': filter: PixelData (OB or OW)"),
         ({"rules": [rule(filter={"Modality": ["CT"]})]}, "'ct': filter: Modality: expected"),
