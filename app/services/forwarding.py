@@ -35,6 +35,8 @@ from app.services.ports import Change, ChangeAction, Index, Job, NewJob, StoredI
 
 log = logging.getLogger(__name__)
 
+# How long a stop may take to give a running job back.
+STOP_TIMEOUT = 5.0
 # The principal jobs read the archive as: the archive itself, reading only.
 FORWARDER = Principal("forwarding", frozenset({Permission.READ}), None)
 
@@ -185,6 +187,9 @@ class ForwardWorker:
         renewing = asyncio.create_task(self._renew(job.id))
         try:
             failure, retry = await self._attempt(job)
+        except asyncio.CancelledError:
+            await self._give_back(job)
+            raise
         finally:
             renewing.cancel()
             with suppress(asyncio.CancelledError):
@@ -224,6 +229,13 @@ class ForwardWorker:
         except Exception as exc:  # unreachable, timed out, cut off: try again
             return _describe(exc), True
         return sent.failure(), False
+
+    async def _give_back(self, job: Job) -> None:
+        """A stop during an attempt: the job is due again at once, for this node when it
+        restarts or for another, rather than after its lease has run out."""
+        with suppress(Exception):
+            async with asyncio.timeout(STOP_TIMEOUT):
+                await self.index.job_failed(job.id, self.owner, "the node stopped", 0.0)
 
     async def _renew(self, job_id: int) -> None:
         while True:
