@@ -50,6 +50,14 @@ _EVENTS = tuple(
         ChangeAction.INSTANCE_REPLACED,
     )
 )
+# Study and series attributes the index computes: no instance has them to match.
+_COMPUTED = {
+    "ModalitiesInStudy": "use Modality",
+    "SOPClassesInStudy": "use SOPClassUID",
+    "NumberOfStudyRelatedSeries": "counts cannot be matched",
+    "NumberOfStudyRelatedInstances": "counts cannot be matched",
+    "NumberOfSeriesRelatedInstances": "counts cannot be matched",
+}
 _RULE_FIELDS = ("name", "event", "filter", "priority", "destination")
 # Values that cannot be matched as text in DICOM JSON.
 _UNMATCHABLE_VRS = ("SQ", "OB", "OD", "OF", "OL", "OV", "OW", "UN")
@@ -175,6 +183,11 @@ def _filter(given: Any, where: str) -> dict[str, str]:
         tag = tag_for_keyword(keyword)
         if tag is None:
             raise RuleError(f"{where}: filter: {keyword!r} is not a DICOM keyword")
+        if keyword in _COMPUTED:
+            raise RuleError(
+                f"{where}: filter: {keyword} is computed by the archive, not stored in an "
+                f"instance; {_COMPUTED[keyword]}"
+            )
         vr = dictionary_VR(tag)  # "OB or OW" for some
         if any(v in _UNMATCHABLE_VRS for v in vr.split(" or ")):
             raise RuleError(f"{where}: filter: {keyword} ({vr}) cannot be matched")

@@ -59,6 +59,11 @@ def test_a_rules_file_gives_its_rules() -> None:
         ({"rules": [rule(event="study.deleted")]}, "'ct': event: 'study.deleted' is not one of"),
         ({"rules": [rule(filter={"Modalty": "CT"})]}, "'ct': filter: 'Modalty' is not a DICOM"),
         ({"rules": [rule(filter={"PixelData": "x"})]}, "'ct': filter: PixelData (OB or OW)"),
+        (
+            {"rules": [rule(filter={"ModalitiesInStudy": "CT"})]},
+            "'ct': filter: ModalitiesInStudy is computed by the archive, not stored in an "
+            "instance; use Modality",
+        ),
         ({"rules": [rule(filter={"Modality": ["CT"]})]}, "'ct': filter: Modality: expected"),
         ({"rules": [rule(priority="high")]}, "'ct': priority"),
         ({"rules": [rule(extra=1)]}, "'ct': unknown field 'extra'"),
