@@ -232,13 +232,17 @@ async def _forwarding(archive: Archive) -> AsyncIterator[None]:
         ),
     )
     log.info("forwarding: %d rules (%s)", len(rules), ", ".join(r.name for r in rules))
-    task = asyncio.create_task(worker.run(), name="forwarding")
+    # Several loops on one worker: each claims its own jobs from the index.
+    tasks = [
+        asyncio.create_task(worker.run(), name=f"forwarding-{n}")
+        for n in range(settings.forward_concurrency)
+    ]
     try:
         yield
     finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await worker.close()
 
 

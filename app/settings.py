@@ -104,6 +104,8 @@ class Settings:
     forward_lease: int = 60
     forward_poll_ms: int = 1000
     forward_timeout: int = 60
+    # Jobs each node runs at once: a destination that does not answer holds one of them.
+    forward_concurrency: int = 4
     # Kafka (app/broker/kafka.py): the brokers to publish the change log to, host:port[,...]
     # (empty: no publishing), and the topic (a new topic is published from the beginning).
     kafka_bootstrap: str = ""
@@ -527,6 +529,7 @@ _AT_LEAST_ONE = (
     "forward_lease",
     "forward_poll_ms",
     "forward_timeout",
+    "forward_concurrency",
 )
 
 
