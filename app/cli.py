@@ -27,7 +27,7 @@ from app.open_files import raise_open_file_limit
 from app.settings import Settings
 from app.tls import https_context
 from app.web.http_protocol import HttpLimits, guarded_protocol
-from app.workers import PARENT_FLAG, SOCKET_FD_FLAG, serve_first, serve_worker
+from app.workers import LOAD_FLAG, PARENT_FLAG, SOCKET_FD_FLAG, serve_first, serve_worker
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     # Set by the first process for the HTTP workers it starts (app/workers.py).
     serve.add_argument(SOCKET_FD_FLAG, dest="http_socket_fd", type=int, help=argparse.SUPPRESS)
     serve.add_argument(PARENT_FLAG, dest="http_parent_pid", type=int, help=argparse.SUPPRESS)
+    serve.add_argument(LOAD_FLAG, dest="http_load_table", help=argparse.SUPPRESS)
     migrate = sub.add_parser("migrate", help="apply pending index migrations and exit")
     migrate.add_argument("--data", type=Path)
     migrate.add_argument("--database", dest="database_url")
@@ -135,8 +136,8 @@ _REPEATABLE = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
-    worker = _Worker(args.http_socket_fd, args.http_parent_pid)
-    del args.http_socket_fd, args.http_parent_pid
+    worker = _Worker(args.http_socket_fd, args.http_parent_pid, args.http_load_table)
+    del args.http_socket_fd, args.http_parent_pid, args.http_load_table
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     if worker.fd is not None:  # DIMSE belongs to the first process
         overrides.update(dimse_port=0, dimse_tls_port=0)
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 class _Worker(NamedTuple):
     fd: int | None  # the inherited HTTP socket of a worker process
     parent: int | None
+    load_table: str | None
 
 
 def _check_transport(settings: Settings) -> ssl.SSLContext | None:
@@ -232,7 +234,7 @@ def _serve(settings: Settings, https: ssl.SSLContext | None, argv: list[str]) ->
 
 def _serve_worker(settings: Settings, worker: _Worker) -> int:
     """An HTTP worker started by the first process: HTTP only, on the socket it inherited."""
-    assert worker.fd is not None and worker.parent is not None
+    assert worker.fd is not None and worker.parent is not None and worker.load_table
     https = (
         https_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
         if (settings.uses_https)
@@ -241,7 +243,8 @@ def _serve_worker(settings: Settings, worker: _Worker) -> int:
     _open_file_limit(settings)
     app = build_app(settings, first=False)
     gc.freeze()
-    return serve_worker(app, uvicorn_options(settings, https), worker.fd, worker.parent)
+    options = uvicorn_options(settings, https)
+    return serve_worker(app, options, worker.fd, worker.parent, worker.load_table)
 
 
 def _open_file_limit(settings: Settings) -> None:

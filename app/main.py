@@ -12,6 +12,7 @@ from starlette.types import ASGIApp
 
 from app.auth.tokens import IssuerUnavailable, TokenVerifier
 from app.broker.kafka import KafkaPublisher, KafkaSecurity
+from app.broker.webhooks import WebhookRegistry
 from app.dimse.bridge import ConnectionLimits, DimseConfig
 from app.dimse.server import serve_dimse
 from app.forwarding.dicom import DicomSender
@@ -170,17 +171,17 @@ def change_consumers(settings: Settings, index: Index | None = None) -> list[Cha
 
 @asynccontextmanager
 async def _delivering(archive: Archive) -> AsyncIterator[None]:
-    """The outbox in the background, when a consumer of the change log is configured: one
-    per node (the first process), several nodes share the work by their cursors' leases."""
+    """The outbox in the background: one per node (the first process), several nodes share
+    the work by their cursors' leases. Its consumers: those settings turn on, and a webhook
+    consumer per active subscription, kept in step with the index by the registry."""
     settings = archive.settings
     consumers = change_consumers(settings, archive.index)
-    if not consumers:
-        yield
-        return
     if settings.log_level.lower() != "debug":
         # aiokafka logs each failed reconnection at ERROR, ten a second while a broker is
         # down; the outbox logs each failed attempt once, with its backoff.
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        # httpx logs each request's URL at INFO: a webhook's may carry a token.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     outbox = Outbox(
         archive.index,
         consumers,
@@ -189,15 +190,35 @@ async def _delivering(archive: Archive) -> AsyncIterator[None]:
         poll_interval=settings.outbox_poll_ms / 1000,
         retry_max=settings.outbox_retry_max,
     )
-    log.info("events: delivering the change log to %s", ", ".join(c.name for c in consumers))
-    task = asyncio.create_task(outbox.run(), name="outbox")
+    # A delivery must end before the outbox cuts it off (half the lease): a POST takes at
+    # most a third of the lease, and none starts later than halfway through what is left
+    # (margin for the index writes that follow).
+    timeout = min(settings.webhook_timeout, settings.outbox_lease / 3)
+    registry = WebhookRegistry(
+        archive.index,
+        outbox,
+        consumers,
+        timeout=timeout,
+        max_attempts=settings.webhook_max_attempts,
+        budget=(settings.outbox_lease / 2 - timeout) / 2,
+        refresh=settings.webhook_refresh_ms / 1000,
+    )
+    if consumers:
+        log.info("events: delivering the change log to %s", ", ".join(c.name for c in consumers))
+    tasks = [
+        asyncio.create_task(outbox.run(), name="outbox"),
+        asyncio.create_task(registry.run(), name="webhooks"),
+    ]
     try:
         yield
     finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with suppress(asyncio.CancelledError):
+                await task
         await outbox.close()
+        await registry.close()
 
 
 def _sender(archive: Archive, rule: Rule) -> Sender:

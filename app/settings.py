@@ -106,6 +106,14 @@ class Settings:
     forward_timeout: int = 60
     # Jobs each node runs at once: a destination that does not answer holds one of them.
     forward_concurrency: int = 4
+    # Webhooks (app/broker/webhooks.py): the longest a POST to a receiver may take (seconds,
+    # connecting included; at most a third of outbox_lease, whose half cuts a delivery
+    # off); attempts at an entry that keeps failing (5xx, 408, 429, no answer) before it is
+    # dead-lettered (the pauses between them as the outbox's); how often a node reloads the
+    # subscriptions (ms: one created on another node is served after at most this).
+    webhook_timeout: int = 10
+    webhook_max_attempts: int = 8
+    webhook_refresh_ms: int = 2000
     # Kafka (app/broker/kafka.py): the brokers to publish the change log to, host:port[,...]
     # (empty: no publishing), and the topic (a new topic is published from the beginning).
     kafka_bootstrap: str = ""
@@ -530,6 +538,9 @@ _AT_LEAST_ONE = (
     "forward_poll_ms",
     "forward_timeout",
     "forward_concurrency",
+    "webhook_timeout",
+    "webhook_max_attempts",
+    "webhook_refresh_ms",
 )
 
 

@@ -285,13 +285,9 @@ async def _ready(
     """`instance` as a file in a syntax `target` accepts, its data set read; ValueError
     (why) when it cannot be sent."""
     accepted = sending.accepted_syntaxes(target, instance.sop_class_uid)
-    delivery = bridge.archive.delivery
     try:
-        local = None
-        if instance.transfer_syntax_uid in accepted:  # the usual case: the stored file
-            local = delivery.stored_file(access, instance)
-        if local is None:
-            local = await delivery.local_file(access, instance, accepted)
+        # The stored file when the peer accepts its syntax, else a transcoded copy.
+        local = await bridge.archive.delivery.local_file(access, instance, accepted)
     except ArchiveError as exc:
         log.warning("instance %s not sent: %s", instance.sop_instance_uid, exc)
         raise ValueError(str(exc)) from None

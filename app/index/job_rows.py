@@ -1,4 +1,4 @@
-"""Forwarding-job rows (table forward_job, migrations/*/0010_forward_job.sql), shared by the
+"""Forwarding-job rows (table forward_job, migrations/*/0011_forward_job.sql), shared by the
 index backends (app/index/sqlite_jobs.py, app/index/postgres_jobs.py): the columns a job is
 read with and how a row becomes a `Job`.
 """

@@ -37,6 +37,7 @@ from app.index import (
     postgres_cursors,
     postgres_jobs,
     postgres_stable,
+    postgres_webhooks,
 )
 from app.index.change_rows import change_of
 from app.index.delete_rows import DELETE_COLUMNS, counted, deleted_changes
@@ -62,6 +63,7 @@ from app.services.ports import (
     AuditFor,
     AuditQuery,
     Change,
+    DeadLetter,
     DeleteAuditFor,
     DeleteResult,
     InstanceRecord,
@@ -73,6 +75,8 @@ from app.services.ports import (
     SearchHit,
     StoredInstance,
     StoredMetadata,
+    Webhook,
+    WebhookStatus,
 )
 
 log = logging.getLogger(__name__)
@@ -315,6 +319,41 @@ class PostgresIndex:
                 log.info("retrying an announcement (%s)", type(exc).__name__)
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
         raise AssertionError("unreachable")
+
+    # -- webhook subscriptions (app/index/postgres_webhooks.py) -----------------------
+
+    async def create_webhook(self, webhook: Webhook) -> None:
+        await postgres_webhooks.create_webhook(self._pool, webhook)
+
+    async def webhooks(self, tenant: str, webhook_id: str | None = None) -> list[WebhookStatus]:
+        return await postgres_webhooks.webhooks(self._pool, tenant, webhook_id)
+
+    async def active_webhooks(self) -> list[Webhook]:
+        return await postgres_webhooks.active_webhooks(self._pool)
+
+    async def delete_webhook(self, tenant: str, webhook_id: str) -> bool:
+        return await postgres_webhooks.delete_webhook(self._pool, tenant, webhook_id)
+
+    async def webhook_failed(self, tenant: str, webhook_id: str, reason: str) -> None:
+        await postgres_webhooks.webhook_failed(self._pool, tenant, webhook_id, reason)
+
+    async def add_dead_letter(self, tenant: str, webhook_id: str, letter: DeadLetter) -> None:
+        await postgres_webhooks.add_dead_letter(self._pool, tenant, webhook_id, letter)
+
+    async def dead_letters(
+        self, tenant: str, webhook_id: str, limit: int, *, retry_only: bool = False
+    ) -> list[DeadLetter]:
+        return await postgres_webhooks.dead_letters(
+            self._pool, tenant, webhook_id, limit, retry_only
+        )
+
+    async def retry_dead_letters(
+        self, tenant: str, webhook_id: str, sequence: int | None = None
+    ) -> int:
+        return await postgres_webhooks.retry_dead_letters(self._pool, tenant, webhook_id, sequence)
+
+    async def remove_dead_letter(self, tenant: str, webhook_id: str, sequence: int) -> None:
+        await postgres_webhooks.remove_dead_letter(self._pool, tenant, webhook_id, sequence)
 
     # -- audit trail (app/index/postgres_audit.py) -------------------------------------
 

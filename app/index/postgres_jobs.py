@@ -1,4 +1,4 @@
-"""Forwarding jobs in the PostgreSQL index (migrations/postgres/0010_forward_job.sql).
+"""Forwarding jobs in the PostgreSQL index (migrations/postgres/0011_forward_job.sql).
 
 Each statement is a transaction of its own: no lock is held while a job runs. A claim
 takes the best due job with FOR UPDATE SKIP LOCKED, so concurrent claims of several nodes

@@ -25,6 +25,7 @@ from app.index import (
     sqlite_cursors,
     sqlite_jobs,
     sqlite_stable,
+    sqlite_webhooks,
 )
 from app.index.change_rows import change_of
 from app.index.delete_rows import DELETE_COLUMNS, counted, deleted_changes
@@ -51,6 +52,7 @@ from app.services.ports import (
     AuditFor,
     AuditQuery,
     Change,
+    DeadLetter,
     DeleteAuditFor,
     DeleteResult,
     InstanceRecord,
@@ -62,6 +64,8 @@ from app.services.ports import (
     SearchHit,
     StoredInstance,
     StoredMetadata,
+    Webhook,
+    WebhookStatus,
 )
 
 log = logging.getLogger(__name__)
@@ -225,7 +229,10 @@ class SqliteIndex:
                   JOIN series ON series.pk = instance.series_fk
                   JOIN study ON study.pk = instance.study_fk
                   WHERE {where} ORDER BY {_ORDER}"""
-        rows = await self._read(lambda db: db.execute(sql, params).fetchall())
+        # One instance (a frame, a rendered image: a viewer's every request) is a lookup by
+        # key, cheaper on the event loop than the hop to a reader thread (see _read_short).
+        read = self._read if sop_instance_uid is None else self._read_short
+        rows = await read(lambda db: db.execute(sql, params).fetchall())
         return [stored_instance(row) for row in rows]
 
     async def metadata(
@@ -320,6 +327,47 @@ class SqliteIndex:
 
     async def announce_stable(self, quiet: float, limit: int) -> dict[str, int]:
         return await self._write(lambda db: sqlite_stable.announce_stable(db, quiet, limit))
+
+    # -- webhook subscriptions (app/index/sqlite_webhooks.py) -------------------------
+
+    async def create_webhook(self, webhook: Webhook) -> None:
+        await self._write(lambda db: sqlite_webhooks.create_webhook(db, webhook))
+
+    async def webhooks(self, tenant: str, webhook_id: str | None = None) -> list[WebhookStatus]:
+        return await self._read(lambda db: sqlite_webhooks.webhooks(db, tenant, webhook_id))
+
+    async def active_webhooks(self) -> list[Webhook]:
+        return await self._read(sqlite_webhooks.active_webhooks)
+
+    async def delete_webhook(self, tenant: str, webhook_id: str) -> bool:
+        return await self._write(lambda db: sqlite_webhooks.delete_webhook(db, tenant, webhook_id))
+
+    async def webhook_failed(self, tenant: str, webhook_id: str, reason: str) -> None:
+        await self._write(lambda db: sqlite_webhooks.webhook_failed(db, tenant, webhook_id, reason))
+
+    async def add_dead_letter(self, tenant: str, webhook_id: str, letter: DeadLetter) -> None:
+        await self._write(
+            lambda db: sqlite_webhooks.add_dead_letter(db, tenant, webhook_id, letter)
+        )
+
+    async def dead_letters(
+        self, tenant: str, webhook_id: str, limit: int, *, retry_only: bool = False
+    ) -> list[DeadLetter]:
+        return await self._read(
+            lambda db: sqlite_webhooks.dead_letters(db, tenant, webhook_id, limit, retry_only)
+        )
+
+    async def retry_dead_letters(
+        self, tenant: str, webhook_id: str, sequence: int | None = None
+    ) -> int:
+        return await self._write(
+            lambda db: sqlite_webhooks.retry_dead_letters(db, tenant, webhook_id, sequence)
+        )
+
+    async def remove_dead_letter(self, tenant: str, webhook_id: str, sequence: int) -> None:
+        await self._write(
+            lambda db: sqlite_webhooks.remove_dead_letter(db, tenant, webhook_id, sequence)
+        )
 
     # -- audit trail (app/index/sqlite_audit.py) ---------------------------------------
 

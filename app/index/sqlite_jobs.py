@@ -1,4 +1,4 @@
-"""Forwarding jobs in the SQLite index (migrations/sqlite/0010_forward_job.sql), as
+"""Forwarding jobs in the SQLite index (migrations/sqlite/0011_forward_job.sql), as
 app/index/postgres_jobs.py. Every process sharing the file runs on this machine, so times
 are this machine's clock (seconds since the epoch). A claim is one write transaction
 (BEGIN IMMEDIATE): one writer at a time across processes, so no two claim one job.

@@ -12,10 +12,12 @@ from app.services.changefeed import ChangeFeed, ChangeSignal
 from app.services.delete import DeleteService
 from app.services.delivery import Delivery
 from app.services.imaging import ImagingService
+from app.services.plan import Planner
 from app.services.ports import BlobStore, Index
 from app.services.retrieve import RetrieveService
 from app.services.search import SearchService
 from app.services.store import StoreService
+from app.services.webhooks import WebhookService
 from app.settings import Settings
 
 
@@ -30,8 +32,10 @@ class Archive:
     imaging: ImagingService
     audit: AuditService
     delivery: Delivery
+    plan: Planner
     changefeed: ChangeFeed
     delete: DeleteService
+    webhooks: WebhookService
 
     @classmethod
     def build(cls, settings: Settings, index: Index, blobs: BlobStore) -> Archive:
@@ -46,6 +50,7 @@ class Archive:
             max_queued=settings.max_queued_imaging,
             thumbnail_cache_bytes=settings.thumbnail_cache_bytes,
         )
+        plan = Planner(retrieve, imaging)
         return cls(
             settings=settings,
             index=index,
@@ -64,9 +69,11 @@ class Archive:
             retrieve=retrieve,
             imaging=imaging,
             audit=audit,
-            delivery=Delivery(retrieve, imaging, settings.spool_dir),
+            delivery=Delivery(plan, settings.spool_dir),
+            plan=plan,
             changefeed=ChangeFeed(index, signal, poll_interval=settings.changefeed_poll_ms / 1000),
             delete=DeleteService(index, blobs, audit, changed=signal.changed),
+            webhooks=WebhookService(index),
         )
 
     async def close(self) -> None:

@@ -3,9 +3,8 @@ C-GET send (pynetdicom sends a file from disk in chunks, its dataset bytes as th
 
 The stored syntax when the receiver accepts it: the folder store's own file, or a copy of
 an S3 object in the spool folder (checked against the SHA-256 recorded at ingest on the
-way). Otherwise the instance is transcoded by the imaging service, as WADO-RS does for an
-Accept header, into the first accepted syntax it can produce: native syntaxes first (what
-every receiver decodes, and lossless), then the receiver's own order.
+way). Otherwise the instance is transcoded, as WADO-RS does for an Accept header, into the
+first accepted syntax the plan (plan.py `peer_targets`) can produce.
 """
 
 from __future__ import annotations
@@ -19,13 +18,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from app.auth.principal import Access, Permission
-from app.dicom.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
-from app.services.errors import NotAcceptable, StorageInconsistent
-from app.services.imaging import ImagingService
+from app.services.errors import StorageInconsistent
+from app.services.plan import Planner
 from app.services.ports import StoredInstance
-from app.services.retrieve import RetrieveService
-
-_PREFERRED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+from app.services.retrieve import missing_from_storage
 
 
 @dataclass(frozen=True)
@@ -42,9 +38,10 @@ class LocalFile:
 
 
 class Delivery:
-    def __init__(self, retrieve: RetrieveService, imaging: ImagingService, spool: Path) -> None:
-        self.retrieve = retrieve
-        self.imaging = imaging
+    def __init__(self, plan: Planner, spool: Path) -> None:
+        self.plan = plan
+        self.retrieve = plan.retrieve
+        self.imaging = plan.imaging
         self.spool = spool
 
     async def local_file(
@@ -54,24 +51,11 @@ class Delivery:
         transfer syntaxes. NotAcceptable when none can be produced; StorageInconsistent
         when the stored file is missing or damaged."""
         access.require(Permission.READ)
-        if instance.transfer_syntax_uid in accepted:
+        plan = await self.plan.for_peer(access, instance, accepted)
+        if plan.source is None or plan.transcoder is None:
             return self.stored_file(access, instance) or await self._copy(instance)
-        source = await self.imaging.open(access, instance)
-        targets = [s for s in _PREFERRED if s in accepted]
-        targets += [s for s in accepted if s not in targets]
-        refusal: NotAcceptable | None = None
-        for target in targets:
-            try:
-                transcoder = self.imaging.transcoder(source, target)
-            except NotAcceptable as exc:
-                refusal = exc
-                continue
-            body, _ = await self.imaging.transcoded(source, transcoder)
-            return LocalFile(await self._write(body), target, temporary=True)
-        raise refusal or NotAcceptable(
-            f"instance {instance.sop_instance_uid} cannot be sent: the receiver accepted no "
-            "transfer syntax for its SOP class"
-        )
+        body, _ = await self.imaging.transcoded(plan.source, plan.transcoder)
+        return LocalFile(await self._write(body), plan.rep.transfer_syntax, temporary=True)
 
     def stored_file(self, access: Access, instance: StoredInstance) -> LocalFile | None:
         """The stored file itself when the blob store keeps it on this machine, else None
@@ -82,10 +66,7 @@ class Delivery:
         if path is None:
             return None
         if not path.is_file():
-            raise StorageInconsistent(
-                f"the stored file of instance {instance.sop_instance_uid} is missing from "
-                "storage; the archive needs a consistency check"
-            )
+            raise missing_from_storage(instance)
         return LocalFile(path, instance.transfer_syntax_uid, temporary=False)
 
     async def _copy(self, instance: StoredInstance) -> LocalFile:

@@ -1,5 +1,9 @@
 """Pixel work for retrieval: transcoding, decoding and rendering, one frame at a time.
 
+The protocol layers reach app/imaging through this module only (its rendering options and
+window types are re-exported here); which representation to produce is the plan's choice
+(plan.py).
+
 The stored file is never loaded whole when ingest indexed its frames: the header (everything
 before the pixel data) and each frame are ranged reads, and only the frames a request names
 are decoded. Objects whose frames could not be indexed (deflated files, odd layouts) are read
@@ -18,9 +22,10 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
+from pathlib import Path
 from typing import TypeVar
 
 from pydicom import dcmread
@@ -33,8 +38,16 @@ from app.auth.principal import Access, Permission
 from app.dicom.byteorder import swap_binary_values
 from app.dicom.transfer_syntax import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
 from app.imaging.codecs import PIXEL_KEYWORDS, CodecError, Frame, decode_frame
-from app.imaging.display import RenderError
-from app.imaging.render import RenderOptions, Viewport, ViewportError, render, thumbnail
+from app.imaging.display import WINDOW_FUNCTIONS, RenderError, Window, window_problem
+from app.imaging.render import (
+    ANNOTATIONS,
+    RENDERED_MEDIA_TYPES,
+    RenderOptions,
+    Viewport,
+    ViewportError,
+    render,
+    thumbnail,
+)
 from app.imaging.transcode import NotTranscodable, Transcoder
 from app.services.errors import (
     ArchiveError,
@@ -42,11 +55,27 @@ from app.services.errors import (
     NotAcceptable,
     NotFound,
     Overloaded,
+    StorageInconsistent,
     Unsupported,
 )
 from app.services.ports import StoredInstance
-from app.services.retrieve import RetrieveService, Swap
+from app.services.retrieve import RetrieveService, Swap, missing_from_storage
 from app.services.thumbnail_cache import ThumbnailCache
+
+# What the protocol layers take from app/imaging, through this module.
+__all__ = [
+    "ANNOTATIONS",
+    "RENDERED_MEDIA_TYPES",
+    "WINDOW_FUNCTIONS",
+    "DamagedData",
+    "ImagingService",
+    "PixelSource",
+    "RenderOptions",
+    "Transcoder",
+    "Viewport",
+    "Window",
+    "window_problem",
+]
 
 # Objects whose frames were not indexed are read whole to get at their pixels; beyond this
 # size the request is refused (501) rather than risk the server's memory.
@@ -78,10 +107,18 @@ class PixelSource:
     swap: Swap | None  # big-endian native data is swapped on read
     # The whole dataset, for objects whose frames were not indexed; None otherwise.
     loaded: Dataset | None = None
+    # The stored file, when the blob store keeps it on this machine and its frames were
+    # indexed and need no swap: pixel work then reads its frames itself (see `_local`).
+    path: Path | None = None
 
     @property
     def has_pixels(self) -> bool:
         return self.frame_count > 0
+
+    def local_frame(self, number: int) -> bytes:
+        """Frame `number` (from 1) read from `path` in the calling (worker) thread."""
+        assert self.path is not None
+        return _read_local(self.path, self.instance, self.instance.frames[number - 1])
 
     @property
     def transfer_syntax_uid(self) -> str:
@@ -100,6 +137,58 @@ class PixelSource:
         header.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
         header.set_original_encoding(False, True, header.original_character_set)
         return header
+
+
+def _read_local(path: Path, instance: StoredInstance, ranges: Iterable[tuple[int, int]]) -> bytes:
+    """Byte ranges of a stored file on this machine, read where this is called: in the
+    worker thread of the pixel work that needs them, rather than a thread hop per read."""
+    try:
+        with path.open("rb") as handle:
+            parts = [os.pread(handle.fileno(), length, offset) for offset, length in ranges]
+    except FileNotFoundError:
+        raise missing_from_storage(instance) from None
+    data = b"".join(parts)
+    if len(data) != sum(length for _, length in ranges):
+        raise StorageInconsistent(
+            f"the stored file of instance {instance.sop_instance_uid} is shorter than "
+            "recorded when it was stored; the archive needs a consistency check"
+        )
+    return data
+
+
+def _decode(source: PixelSource, number: int, data: bytes) -> Frame:
+    try:
+        return decode_frame(source.header, source.transfer_syntax_uid, data)
+    except CodecError as exc:
+        raise Unsupported(
+            f"frame {number} of instance {source.instance.sop_instance_uid} cannot be "
+            f"decoded: {exc}"
+        ) from exc
+
+
+def _render(
+    source: PixelSource, frames: Sequence[Frame], options: RenderOptions, numbers: Sequence[int]
+) -> bytes:
+    pairs = [(f.pixels, f.photometric_interpretation) for f in frames]
+    try:
+        return render(source.display_header, pairs, options, [n - 1 for n in numbers])
+    except ViewportError as exc:
+        raise BadRequest(str(exc)) from exc
+    except RenderError as exc:
+        raise Unsupported(
+            f"instance {source.instance.sop_instance_uid} cannot be rendered: {exc}"
+        ) from exc
+
+
+def _thumbnail(source: PixelSource, frame: Frame, media_type: str, size: int) -> bytes:
+    try:
+        return thumbnail(
+            source.display_header, frame.pixels, frame.photometric_interpretation, media_type, size
+        )
+    except RenderError as exc:
+        raise Unsupported(
+            f"instance {source.instance.sop_instance_uid} cannot be rendered: {exc}"
+        ) from exc
 
 
 def _read_dataset(data: bytes, stop_before_pixels: bool) -> Dataset:
@@ -166,6 +255,24 @@ async def _read_spool(spool: tempfile.SpooledTemporaryFile[bytes]) -> AsyncItera
             yield chunk
     finally:
         spool.close()
+
+
+def _whole(options: RenderOptions, frame_count: int) -> range:
+    """The frames an instance renders as: all of them as an animated GIF, else the first."""
+    if options.media_type == "image/gif" and frame_count > 1:
+        return range(1, frame_count + 1)
+    return range(1, 2)
+
+
+def _check_numbers(instance: StoredInstance, frame_count: int, numbers: Sequence[int]) -> None:
+    if frame_count < 1:
+        raise Unsupported(f"instance {instance.sop_instance_uid} has no pixel data")
+    missing = [n for n in numbers if not 1 <= n <= frame_count]
+    if missing:
+        raise NotFound(
+            f"frame {missing[0]} does not exist: instance "
+            f"{instance.sop_instance_uid} has {frame_count} frame(s)"
+        )
 
 
 class DamagedData(Exception):
@@ -257,10 +364,18 @@ class ImagingService:
         self.admit()
         pixel = instance.pixel_data
         if pixel is not None and instance.frames:
-            data = await self.retrieve.read_bytes(instance, 0, pixel.offset)
             read = _read_header if check_values else _read_lazily
-            header = await self._guarded(instance, lambda: read(data))
             swap = await self.retrieve.pixel_swap(access, instance)
+            path = self._local_path(instance)
+            if path is not None and swap is None:
+                # Read and parsed in one worker job; frames are read by the jobs using them.
+                local = path
+                header = await self._guarded(
+                    instance, lambda: read(_read_local(local, instance, [(0, pixel.offset)]))
+                )
+                return PixelSource(instance, header, len(instance.frames), None, path=path)
+            data = await self.retrieve.read_bytes(instance, 0, pixel.offset)
+            header = await self._guarded(instance, lambda: read(data))
             return PixelSource(instance, header, len(instance.frames), swap)
         if instance.size > WHOLE_FILE_LIMIT:
             raise Unsupported(
@@ -283,15 +398,53 @@ class ImagingService:
         frames = _number_of_frames(whole) if has_pixels else 0
         return PixelSource(instance, header, frames, None, whole if has_pixels else None)
 
+    def _local_path(self, instance: StoredInstance) -> Path | None:
+        """The stored file to read frames from in pixel work itself: one on this machine
+        whose frames were indexed (big-endian data, swapped on read, is not: see `open`)."""
+        if instance.pixel_data is None or not instance.frames:
+            return None
+        return self.retrieve.blobs.local_path(instance.blob_key)
+
+    async def render_stored(
+        self,
+        access: Access,
+        instance: StoredInstance,
+        options: RenderOptions,
+        numbers: Sequence[int] | None = None,
+        check: Callable[[int], None] | None = None,
+    ) -> bytes:
+        """`instance`, found with `access`, rendered: frames `numbers` (from 1) as one
+        image, or without them the instance itself (every frame as an animation for
+        image/gif, else the first). `check` is given how many frames will be drawn, before
+        any pixel work. A stored file on this machine is opened, read, decoded and rendered
+        in one worker job: each thread hop cost a rendered CT slice more than its parsing."""
+        access.require(Permission.READ)
+        path = self._local_path(instance)
+        pixel = instance.pixel_data
+        if path is None or pixel is None or instance.transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN:
+            source = await self.open(access, instance, check_values=False)
+            chosen = list(numbers or _whole(options, source.frame_count))
+            if check is not None:
+                check(len(chosen))
+            self.check_frames(source, chosen)
+            return await self.rendered(source, chosen, options)
+        self.admit()
+        count = len(instance.frames)
+        chosen = list(numbers or _whole(options, count))
+        if check is not None:
+            check(len(chosen))
+        _check_numbers(instance, count, chosen)
+
+        def work() -> bytes:
+            header = _read_lazily(_read_local(path, instance, [(0, pixel.offset)]))
+            source = PixelSource(instance, header, count, None, path=path)
+            frames = [_decode(source, n, source.local_frame(n)) for n in chosen]
+            return _render(source, frames, options, chosen)
+
+        return await self._guarded(instance, work)
+
     def check_frames(self, source: PixelSource, numbers: Sequence[int]) -> None:
-        if not source.has_pixels:
-            raise Unsupported(f"instance {source.instance.sop_instance_uid} has no pixel data")
-        missing = [n for n in numbers if not 1 <= n <= source.frame_count]
-        if missing:
-            raise NotFound(
-                f"frame {missing[0]} does not exist: instance "
-                f"{source.instance.sop_instance_uid} has {source.frame_count} frame(s)"
-            )
+        _check_numbers(source.instance, source.frame_count, numbers)
 
     async def stored_frame(self, source: PixelSource, number: int) -> bytes:
         """Frame `number` (from 1) as stored; native data little endian."""
@@ -301,21 +454,20 @@ class ImagingService:
             return await self._guarded(
                 source, lambda: _loaded_frame(loaded, number - 1, source.frame_count)
             )
+        if source.path is not None:
+            return await asyncio.to_thread(source.local_frame, number)
         ranges = source.instance.frames[number - 1]
         reader = self.retrieve.read_ranges(source.instance, ranges, source.swap)
         return b"".join([chunk async for chunk in reader])
 
     async def decoded_frame(self, source: PixelSource, number: int) -> Frame:
-        data = await self.stored_frame(source, number)
-        try:
+        if source.path is not None:  # read in the decoding job
+            self.check_frames(source, [number])
             return await self._guarded(
-                source, lambda: decode_frame(source.header, source.transfer_syntax_uid, data)
+                source, lambda: _decode(source, number, source.local_frame(number))
             )
-        except CodecError as exc:
-            raise Unsupported(
-                f"frame {number} of instance {source.instance.sop_instance_uid} cannot be "
-                f"decoded: {exc}"
-            ) from exc
+        data = await self.stored_frame(source, number)
+        return await self._guarded(source, lambda: _decode(source, number, data))
 
     def transcoder(self, source: PixelSource, target: str) -> Transcoder:
         """A transcoder to `target`; NotAcceptable (406) when the conversion cannot be done."""
@@ -425,19 +577,16 @@ class ImagingService:
     ) -> bytes:
         """The frames (from 1) rendered as one image (several: an animated GIF)."""
         self.check_frames(source, numbers)
+        if source.path is not None:
+            # A stored file on this machine: read, decoded and rendered in one worker job
+            # (a thread hop per step cost more than a CT slice's pixel work).
+            def work() -> bytes:
+                frames = [_decode(source, n, source.local_frame(n)) for n in numbers]
+                return _render(source, frames, options, numbers)
+
+            return await self._guarded(source, work)
         frames = [await self.decoded_frame(source, n) for n in numbers]
-        pairs = [(f.pixels, f.photometric_interpretation) for f in frames]
-        indexes = [n - 1 for n in numbers]
-        try:
-            return await self._guarded(
-                source, lambda: render(source.display_header, pairs, options, indexes)
-            )
-        except ViewportError as exc:
-            raise BadRequest(str(exc)) from exc
-        except RenderError as exc:
-            raise Unsupported(
-                f"instance {source.instance.sop_instance_uid} cannot be rendered: {exc}"
-            ) from exc
+        return await self._guarded(source, lambda: _render(source, frames, options, numbers))
 
     async def cached_thumbnail(
         self,
@@ -475,19 +624,12 @@ class ImagingService:
         """A small image of the instance's middle frame."""
         number = (source.frame_count + 1) // 2 if source.has_pixels else 1
         self.check_frames(source, [number])
+        if source.path is not None:  # one worker job, as in `rendered`
+
+            def work() -> bytes:
+                frame = _decode(source, number, source.local_frame(number))
+                return _thumbnail(source, frame, media_type, size)
+
+            return await self._guarded(source, work)
         frame = await self.decoded_frame(source, number)
-        try:
-            return await self._guarded(
-                source,
-                lambda: thumbnail(
-                    source.display_header,
-                    frame.pixels,
-                    frame.photometric_interpretation,
-                    media_type,
-                    size,
-                ),
-            )
-        except RenderError as exc:
-            raise Unsupported(
-                f"instance {source.instance.sop_instance_uid} cannot be rendered: {exc}"
-            ) from exc
+        return await self._guarded(source, lambda: _thumbnail(source, frame, media_type, size))

@@ -25,7 +25,9 @@ allows it), and cannot move the cursor any more (an advance names its owner). A 
 cut off at half the lease, so a working node renews its lease long before it runs out.
 
 Tenants are served one after the other, at most `TURN_BATCHES` batches each per pass, so a
-busy tenant does not starve the others.
+busy tenant does not starve the others. Each consumer runs in a task of its own, so a slow
+one (a webhook receiver taking its time) does not hold back the others; the set of
+consumers may change while it runs (`set_consumers`: webhook subscriptions come and go).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 
-from app.services.ports import Change, ChangeConsumer, Index
+from app.services.ports import Change, ChangeConsumer, Index, TenantConsumer
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +86,48 @@ class Outbox:
         self.owner = owner or node_owner()
         self._retry = {c.name: _Retry() for c in self.consumers}
         self._claimed: set[tuple[str, str]] = set()  # (consumer, tenant)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._changed = asyncio.Event()
+
+    def set_consumers(self, consumers: Sequence[ChangeConsumer]) -> None:
+        """Deliver to `consumers` from now on (those that stay keep their retry state)."""
+        self.consumers = list(consumers)
+        self._retry = {c.name: self._retry.get(c.name) or _Retry() for c in self.consumers}
+        self._changed.set()
 
     async def run(self) -> None:
-        """Deliver until cancelled: a pass, then (when it found nothing to do) a pause of
-        `poll_interval`; other processes and nodes write the log too, so it is polled."""
+        """Deliver until cancelled, each consumer in a task of its own: a pass, then (when it
+        found nothing to do) a pause of `poll_interval`; other processes and nodes write the
+        log too, so it is polled."""
+        try:
+            while True:
+                self._changed.clear()
+                self._sync_tasks()
+                await self._changed.wait()
+        finally:
+            tasks = list(self._tasks.values())
+            self._tasks.clear()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _sync_tasks(self) -> None:
+        names = {c.name for c in self.consumers}
+        for name in [n for n in self._tasks if n not in names]:
+            self._tasks.pop(name).cancel()
+        for consumer in self.consumers:
+            if consumer.name not in self._tasks:
+                self._tasks[consumer.name] = asyncio.create_task(
+                    self._run_consumer(consumer), name=f"outbox {consumer.name}"
+                )
+
+    async def _run_consumer(self, consumer: ChangeConsumer) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            if not await self.run_once():
+            wait = self._retry[consumer.name].not_before - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif not await self._pass(consumer):
                 await asyncio.sleep(self.poll_interval)
 
     async def run_once(self) -> int:
@@ -97,21 +135,24 @@ class Outbox:
         delivered. Never raises for a failed delivery or an unreachable index."""
         delivered = 0
         for consumer in self.consumers:
-            retry = self._retry[consumer.name]
-            if asyncio.get_running_loop().time() < retry.not_before:
-                continue
-            try:
-                delivered += await self._serve(consumer)
-            except Exception as exc:  # the consumer's or the index's: retried after a pause
-                self._failed(consumer.name, retry, exc)
-            else:
-                if retry.failures:
-                    log.info(
-                        "events: %s delivers again after %d failed attempts",
-                        consumer.name,
-                        retry.failures,
-                    )
-                retry.failures = 0
+            if asyncio.get_running_loop().time() >= self._retry[consumer.name].not_before:
+                delivered += await self._pass(consumer)
+        return delivered
+
+    async def _pass(self, consumer: ChangeConsumer) -> int:
+        retry = self._retry[consumer.name]
+        try:
+            delivered = await self._serve(consumer)
+        except Exception as exc:  # the consumer's or the index's: retried after a pause
+            self._failed(consumer.name, retry, exc)
+            return 0
+        if retry.failures:
+            log.info(
+                "events: %s delivers again after %d failed attempts",
+                consumer.name,
+                retry.failures,
+            )
+        retry.failures = 0
         return delivered
 
     async def close(self) -> None:
@@ -131,6 +172,8 @@ class Outbox:
     async def _serve(self, consumer: ChangeConsumer) -> int:
         delivered = 0
         for tenant in await self.index.pending_tenants(consumer.name, self.owner):
+            if isinstance(consumer, TenantConsumer) and tenant != consumer.tenant:
+                continue  # a webhook subscription of another tenant
             delivered += await self._serve_tenant(consumer, tenant)
         return delivered
 
@@ -146,25 +189,27 @@ class Outbox:
             changes = await self.index.changes(tenant, last, self.batch, metadata=consumer.metadata)
             if not changes:
                 break
-            await self._deliver(consumer, tenant, changes)
-            last = changes[-1].sequence
+            done = await self._deliver(consumer, tenant, changes)
+            if done is not None and not last < done <= changes[-1].sequence:
+                raise RuntimeError(f"{name} reported sequence {done} outside its batch")
+            last = changes[-1].sequence if done is None else done
             if not await self.index.advance_cursor(name, tenant, self.owner, last, self.lease):
                 log.info("events: %s's cursor of tenant %s was taken over by another node",
                          name, tenant)  # fmt: skip
                 self._claimed.discard((name, tenant))
                 break
-            delivered += len(changes)
+            delivered += sum(1 for c in changes if c.sequence <= last)
         return delivered
 
     async def _deliver(
         self, consumer: ChangeConsumer, tenant: str, changes: Sequence[Change]
-    ) -> None:
+    ) -> int | None:
         # Cut off well within the lease: a node still delivering when its lease runs out
         # would overlap with the node that takes the cursor over.
         cut = asyncio.timeout(self.lease / 2)
         try:
             async with cut:
-                await consumer.deliver(tenant, changes)
+                return await consumer.deliver(tenant, changes)
         except TimeoutError:
             if not cut.expired():
                 raise

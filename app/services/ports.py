@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 # Re-exported ("as"): the index reaches the audit model through this module only
 # (DESIGN: index imports dicom, query and services.ports).
@@ -165,9 +165,12 @@ class ChangeConsumer(Protocol):
     # attributes), as `Index.changes(metadata=True)` gives them.
     metadata: bool
 
-    async def deliver(self, tenant: str, changes: Sequence[Change]) -> None:
+    async def deliver(self, tenant: str, changes: Sequence[Change]) -> int | None:
         """Deliver `changes` (consecutive entries of `tenant`'s log); return only once every
-        one is safely delivered, raise otherwise (the batch is tried again later)."""
+        one is safely delivered, raise otherwise (the batch is tried again later). A
+        consumer that got through only a first part (a webhook stopping before the outbox
+        cuts it off) returns the last sequence it delivered; the rest comes again at once.
+        It raises when it delivered none."""
         ...
 
     async def close(self) -> None: ...
@@ -207,6 +210,58 @@ class Job(NewJob):
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+
+
+@runtime_checkable
+class TenantConsumer(ChangeConsumer, Protocol):
+    """A consumer of one tenant's log only (a webhook subscription): the outbox does not
+    claim its cursors in other tenants' logs."""
+
+    tenant: str
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A webhook subscription of a tenant (app/services/webhooks.py): change-log entries of
+    the `events` actions whose instance matches `filter` (keyword -> exact value) are
+    POSTed to `url`, signed with `secret`."""
+
+    tenant: str
+    id: str
+    url: str
+    events: tuple[str, ...]
+    filter: tuple[tuple[str, str], ...]
+    secret: str = field(repr=False)
+    active: bool
+    created: datetime
+
+    @property
+    def consumer(self) -> str:
+        """The name of its cursor into the change log."""
+        return f"webhook:{self.id}"
+
+
+@dataclass(frozen=True)
+class WebhookStatus:
+    """A subscription and how its delivery goes."""
+
+    webhook: Webhook
+    last_delivered: int  # the sequence its cursor has reached
+    failures: int  # failed attempts so far
+    last_error: str | None
+    dead_letters: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An entry a subscription's receiver refused, or that failed every attempt."""
+
+    sequence: int
+    action: str
+    reason: str  # no patient data: a status code or an error's kind
+    attempts: int
+    failed_at: datetime
+    retry: bool  # a retry was asked for and has not been made yet
 
 
 @dataclass(frozen=True)
@@ -419,6 +474,47 @@ class Index(Protocol):
         """Queue `tenant`'s failed job again, due now, its attempts from 0; None when no
         failed job of `tenant` has that id."""
         ...
+
+    # Webhook subscriptions (app/services/webhooks.py, app/broker/webhooks.py).
+
+    async def create_webhook(self, webhook: Webhook) -> None:
+        """Keep a new subscription, with its cursor at the tenant's latest entry (it gets
+        the changes made from now on), in one transaction."""
+        ...
+
+    async def webhooks(self, tenant: str, webhook_id: str | None = None) -> list[WebhookStatus]:
+        """`tenant`'s subscriptions (or the one `webhook_id`), oldest first, with status."""
+        ...
+
+    async def active_webhooks(self) -> list[Webhook]:
+        """Every tenant's active subscriptions (the archive's own machinery)."""
+        ...
+
+    async def delete_webhook(self, tenant: str, webhook_id: str) -> bool:
+        """Remove a subscription, its dead letters and its cursor; False when unknown."""
+        ...
+
+    async def webhook_failed(self, tenant: str, webhook_id: str, reason: str) -> None:
+        """Count a failed attempt of the subscription and keep its reason."""
+        ...
+
+    async def add_dead_letter(self, tenant: str, webhook_id: str, letter: DeadLetter) -> None:
+        """Keep (or replace) the dead letter of the subscription's entry `letter.sequence`."""
+        ...
+
+    async def dead_letters(
+        self, tenant: str, webhook_id: str, limit: int, *, retry_only: bool = False
+    ) -> list[DeadLetter]:
+        """The subscription's dead letters by sequence (only those to retry)."""
+        ...
+
+    async def retry_dead_letters(
+        self, tenant: str, webhook_id: str, sequence: int | None = None
+    ) -> int:
+        """Ask for the dead letters (or the one `sequence`) to be retried; how many."""
+        ...
+
+    async def remove_dead_letter(self, tenant: str, webhook_id: str, sequence: int) -> None: ...
 
     async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:
         """Keep audit events, all in one transaction of their own."""

@@ -40,6 +40,14 @@ class Swap:
     value_offset: int
 
 
+def missing_from_storage(instance: StoredInstance) -> StorageInconsistent:
+    """The error for a stored file found missing: the index and storage disagree."""
+    return StorageInconsistent(
+        f"the stored file of instance {instance.sop_instance_uid} is missing from "
+        "storage; the archive needs a consistency check"
+    )
+
+
 def _describe(study: str, series: str | None, sop: str | None) -> str:
     if sop is not None:
         return f"instance {sop} in series {series} of study {study}"
@@ -151,10 +159,7 @@ class RetrieveService:
         try:
             handle = path.open("rb")
         except FileNotFoundError:
-            raise StorageInconsistent(
-                f"the stored file of instance {instance.sop_instance_uid} is missing from "
-                "storage; the archive needs a consistency check"
-            ) from None
+            raise missing_from_storage(instance) from None
         size = os.fstat(handle.fileno()).st_size
         if size != instance.size:
             handle.close()
@@ -179,10 +184,7 @@ class RetrieveService:
             async for chunk in self.blobs.read(instance.blob_key, start, length):
                 yield chunk
         except FileNotFoundError:
-            raise StorageInconsistent(
-                f"the stored file of instance {instance.sop_instance_uid} is missing from "
-                "storage; the archive needs a consistency check"
-            ) from None
+            raise missing_from_storage(instance) from None
 
     def frame_ranges(self, instance: StoredInstance, numbers: Sequence[int]) -> list[FrameRanges]:
         count = len(instance.frames)

@@ -27,6 +27,7 @@ from app.web import (
     stow,
     wado,
     wado_uri,
+    webhooks,
 )
 from app.web.access import ANONYMOUS_ALLOWED_KEY
 from app.web.access_log import AccessLog
@@ -109,6 +110,13 @@ DICOMWEB_ROUTES = [
     # The change feed (permission read).
     Route("/changefeed", changefeed.read_feed, methods=["GET"]),
     Route("/changefeed/latest", changefeed.read_latest, methods=["GET"]),
+    # Webhook subscriptions (permission admin).
+    Route("/webhooks", webhooks.list_all, methods=["GET"]),
+    Route("/webhooks", webhooks.create, methods=["POST"]),
+    Route("/webhooks/{id}", webhooks.get_one, methods=["GET"]),
+    Route("/webhooks/{id}", webhooks.delete, methods=["DELETE"]),
+    Route("/webhooks/{id}/dead-letters", webhooks.dead_letters, methods=["GET"]),
+    Route("/webhooks/{id}/dead-letters/retry", webhooks.retry, methods=["POST"]),
 ]
 
 

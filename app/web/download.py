@@ -18,8 +18,8 @@ from app.auth.principal import Access
 from app.dicom.dicomdir import DicomdirEntry, build_dicomdir, file_id_for
 from app.services.archive import Archive
 from app.services.errors import BadRequest
+from app.services.plan import MediaRange
 from app.services.ports import StoredInstance
-from app.web.negotiation import MediaRange
 from app.web.streaming import opened
 from app.web.zipstream import ZipStream
 

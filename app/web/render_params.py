@@ -5,12 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from app.digits import INT32, NumberError, parse_decimal, parse_int
-from app.imaging.display import WINDOW_FUNCTIONS, Window, window_problem
-from app.imaging.render import ANNOTATIONS, RenderOptions, Viewport
+from app.services import plan
+from app.services.imaging import (
+    ANNOTATIONS,
+    RENDERED_MEDIA_TYPES,
+    WINDOW_FUNCTIONS,
+    RenderOptions,
+    Viewport,
+    Window,
+    window_problem,
+)
 from app.web.negotiation import accept_ranges
 
 ICC_PROFILES = ("no", "yes", "srgb", "adobergb", "rommrgb", "displayp3")  # PS3.18 8.3.5.1.5
-_DEFAULT_MEDIA_TYPE = "image/jpeg"
 DEFAULT_MAX_PIXELS = 4096 * 4096  # Settings.max_rendered_pixels
 
 
@@ -131,26 +138,16 @@ def parse_icc_profile(value: str) -> str:
 
 
 def rendered_media_type(accept: str | None, *, allow_gif: bool) -> str:
-    """The media type to render for an Accept header: the most preferred of image/jpeg,
-    image/png (and image/gif when `allow_gif`); `*/*`, `image/*` or no header give image/jpeg
-    unless excluded with q=0."""
-    offered = ["image/jpeg", "image/png", *(["image/gif"] if allow_gif else [])]
-    ranges = accept_ranges(accept)
-    excluded = {r.media_type for r in ranges if r.q <= 0}  # q=0: "not acceptable"
-    wanted = [r.media_type for r in ranges if r.q > 0]
-    for media_type in wanted:
-        if media_type in ("*/*", "image/*"):
-            choice = next((t for t in offered if t not in excluded), None)
-            if choice is not None:
-                return choice
-        elif media_type in offered and media_type not in excluded:
-            return media_type
-    if not ranges:  # a header of only empty items
-        return _DEFAULT_MEDIA_TYPE
-    raise NotRenderable(
-        f"none of the accepted media types ({accept}) can be rendered; "
-        f"rendered images are available as {', '.join(offered)}"
-    )
+    """The media type to render for an Accept header (see the plan's `rendered_media_type`);
+    NotRenderable when none of the accepted ones can be."""
+    media_type = plan.rendered_media_type(accept_ranges(accept), allow_gif=allow_gif)
+    if media_type is None:
+        offered = [t for t in RENDERED_MEDIA_TYPES if allow_gif or t != "image/gif"]
+        raise NotRenderable(
+            f"none of the accepted media types ({accept}) can be rendered; "
+            f"rendered images are available as {', '.join(offered)}"
+        )
+    return media_type
 
 
 def parse_render_options(

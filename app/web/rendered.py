@@ -16,10 +16,9 @@ from starlette.responses import Response
 
 from app.audit.event import AuditAction
 from app.auth.principal import Access
-from app.imaging.render import RenderOptions
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable, NotFound
-from app.services.imaging import PixelSource
+from app.services.imaging import RenderOptions
 from app.services.ports import StoredInstance
 from app.web.access import request_access
 from app.web.auditing import audited_read
@@ -88,14 +87,13 @@ def check_animation(archive: Archive, options: RenderOptions, frames: int) -> No
         raise BadRequest(str(exc)) from None
 
 
-async def render_instance(archive: Archive, source: PixelSource, options: RenderOptions) -> bytes:
-    """An instance as one image: all frames as a GIF animation, else the first frame."""
-    if options.media_type == "image/gif" and source.frame_count > 1:
-        numbers = list(range(1, source.frame_count + 1))
-    else:
-        numbers = [1]
-    check_animation(archive, options, len(numbers))
-    return await archive.imaging.rendered(source, numbers, options)
+async def render_instance(
+    archive: Archive, access: Access, instance: StoredInstance, options: RenderOptions
+) -> bytes:
+    """An instance as one image: all frames as a GIF animation, else the first."""
+    return await archive.imaging.render_stored(
+        access, instance, options, check=lambda frames: check_animation(archive, options, frames)
+    )
 
 
 async def retrieve_rendered(request: Request) -> Response:
@@ -107,8 +105,7 @@ async def retrieve_rendered(request: Request) -> Response:
     options = _options(request, allow_gif=True)
     if sop is not None:
         # One image, produced whole before the response: header values decoded as read.
-        source = await archive.imaging.open(access, instances[0], check_values=False)
-        data = await render_instance(archive, source, options)
+        data = await render_instance(archive, access, instances[0], options)
         return _image_response(data, options.media_type)
     images = [i for i in instances if _has_pixels(i)]
     if not images:
@@ -118,8 +115,7 @@ async def retrieve_rendered(request: Request) -> Response:
 
     def part(instance: StoredInstance) -> Part:
         async def image() -> bytes:  # whole before its part starts, as above
-            source = await archive.imaging.open(access, instance, check_values=False)
-            return await render_instance(archive, source, options)
+            return await render_instance(archive, access, instance, options)
 
         return bytes_part(image)
 
@@ -135,13 +131,12 @@ async def retrieve_rendered_frames(request: Request) -> Response:
     instances = await _instances(request, access)
     options = _options(request, allow_gif=True)
     # One image is produced whole before the response; parts after the first are not.
-    whole = len(numbers) == 1 or options.media_type == "image/gif"
-    source = await archive.imaging.open(access, instances[0], check_values=not whole)
-    archive.imaging.check_frames(source, numbers)
-    if whole:
-        check_animation(archive, options, len(numbers))
-        data = await archive.imaging.rendered(source, numbers, options)
+    if len(numbers) == 1 or options.media_type == "image/gif":
+        check = lambda frames: check_animation(archive, options, frames)  # noqa: E731
+        data = await archive.imaging.render_stored(access, instances[0], options, numbers, check)
         return _image_response(data, options.media_type)
+    source = await archive.imaging.open(access, instances[0])
+    archive.imaging.check_frames(source, numbers)
 
     def part(number: int) -> Part:
         return bytes_part(lambda: archive.imaging.rendered(source, [number], options))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -13,26 +12,24 @@ from app.audit.event import AuditAction
 from app.auth.principal import Access
 from app.dicom.instance import BULK_BASE, FrameRanges
 from app.dicom.multipart import closing, content_type_header, new_boundary, part_head
-from app.dicom.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE, NATIVE_LITTLE_ENDIAN
 from app.digits import INT32, NumberError, parse_int
-from app.imaging.transcode import Transcoder
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable, Unsupported
-from app.services.imaging import PixelSource
+from app.services.imaging import PixelSource, Transcoder
+from app.services.plan import (
+    InstancePlan,
+    MediaRange,
+    Representation,
+    frame_candidates,
+    instance_candidates,
+)
 from app.services.ports import StoredInstance
 from app.services.retrieve import Swap
 from app.web.access import request_access
 from app.web.auditing import audited_read, audited_stream
 from app.web.download import wants_zip, zipped
 from app.web.errors import path_uids
-from app.web.negotiation import (
-    MediaRange,
-    Representation,
-    frame_candidates,
-    instance_candidates,
-    needs_transcoding,
-    parse_accept,
-)
+from app.web.negotiation import parse_accept
 from app.web.ranges import ByteRange, parse_range
 from app.web.streaming import (
     FileSegment,
@@ -65,52 +62,15 @@ def _archive(request: Request) -> Archive:
     return archive
 
 
-def _part_type(rep: Representation) -> str:
-    syntax = rep.transfer_syntax
-    if rep.media_type == "application/octet-stream":
-        syntax = EXPLICIT_VR_LITTLE_ENDIAN  # native frames are sent little endian
-    return f"{rep.media_type}; transfer-syntax={syntax}"
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """How one instance is sent: as stored, or through a transcoder."""
-
-    instance: StoredInstance
-    rep: Representation
-    source: PixelSource | None = None
-    transcoder: Transcoder | None = None
-
-
 async def _plan(
     archive: Archive, access: Access, instance: StoredInstance, accept: list[MediaRange]
-) -> _Plan:
+) -> InstancePlan:
     """The first accepted representation of `instance` that can be produced."""
-    stored = instance.transfer_syntax_uid
-    refusal: NotAcceptable | None = None
-    source: PixelSource | None = None
-    for rep in instance_candidates(accept, stored):
-        if not needs_transcoding(rep, stored):
-            return _Plan(instance, rep)
-        source = source or await archive.imaging.open(access, instance)
-        target = rep.transfer_syntax
-        if not source.has_pixels and target not in NATIVE:
-            # Without pixel data there is nothing to compress: Explicit VR Little Endian is
-            # what a compressed syntax would amount to.
-            target = EXPLICIT_VR_LITTLE_ENDIAN
-            if stored in NATIVE_LITTLE_ENDIAN:
-                return _Plan(instance, replace(rep, transfer_syntax=stored))
-        try:
-            transcoder = archive.imaging.transcoder(source, target)
-        except NotAcceptable as exc:
-            refusal = exc
-            continue
-        return _Plan(instance, replace(rep, transfer_syntax=target), source, transcoder)
-    assert refusal is not None
-    raise refusal
+    candidates = instance_candidates(accept, instance.transfer_syntax_uid)
+    return await archive.plan.instance(access, instance, candidates)
 
 
-async def _instance_body(archive: Archive, plan: _Plan) -> tuple[AsyncIterator[bytes], int]:
+async def _instance_body(archive: Archive, plan: InstancePlan) -> tuple[AsyncIterator[bytes], int]:
     """The PS3.10 bytes of a planned instance and their length. A transcoded instance is
     produced whole first, so an error in it comes before its first byte."""
     if plan.transcoder is None or plan.source is None:
@@ -143,7 +103,7 @@ async def retrieve_instances(request: Request) -> Response:
                 'type="application/dicom" to retrieve a study or series'
             )
         return await _single_instance(request, archive, access, plans[0])
-    as_stored = all(plan.transcoder is None for plan in plans)
+    as_stored = all(plan.as_stored for plan in plans)
     if as_stored and archive.retrieve.has_local_file(plans[0].instance):
         return await _stored_files(request, access, plans, multipart=True)
     boundary = new_boundary()
@@ -165,7 +125,7 @@ async def retrieve_instances(request: Request) -> Response:
                     type(exc).__name__,
                 )
                 continue
-            yield part_head(boundary, _part_type(plan.rep), {"Content-Length": str(length)})
+            yield part_head(boundary, plan.rep.content_type, {"Content-Length": str(length)})
             async for chunk in content:
                 yield chunk
             yield b"\r\n"
@@ -181,7 +141,7 @@ async def retrieve_instances(request: Request) -> Response:
 async def _stored_files(
     request: Request,
     access: Access,
-    plans: Sequence[_Plan],
+    plans: Sequence[InstancePlan],
     multipart: bool,
     headers: dict[str, str] | None = None,
 ) -> Response:
@@ -192,14 +152,14 @@ async def _stored_files(
     boundary = new_boundary()
     if multipart:
         heads = [
-            part_head(boundary, _part_type(p.rep), {"Content-Length": str(p.instance.size)})
+            part_head(boundary, p.rep.content_type, {"Content-Length": str(p.instance.size)})
             for p in plans
         ]
         after, tail = b"\r\n", closing(boundary)
         media_type = content_type_header(boundary, "application/dicom")
     else:
         heads, after, tail = [b""], b"", b""
-        media_type = _part_type(plans[0].rep)
+        media_type = plans[0].rep.content_type
     length = sum(len(h) + p.instance.size + len(after) for h, p in zip(heads, plans, strict=True))
 
     async def segments() -> AsyncIterator[Segment]:
@@ -237,7 +197,7 @@ async def plan_response(
 
 
 async def _single_instance(
-    request: Request, archive: Archive, access: Access, plan: _Plan
+    request: Request, archive: Archive, access: Access, plan: InstancePlan
 ) -> Response:
     headers = {"Accept-Ranges": "bytes"} if plan.transcoder is None else {}
     if plan.transcoder is None:
@@ -248,7 +208,7 @@ async def _single_instance(
                     plan.instance, ((byte_range.start, byte_range.length),)
                 ),
                 byte_range,
-                _part_type(plan.rep),
+                plan.rep.content_type,
                 plan.instance.sha256,
             )
         headers["ETag"] = f'"{plan.instance.sha256}"'
@@ -259,7 +219,7 @@ async def _single_instance(
     content = audited_stream(request, access, transferred, [plan.instance], content)
     headers["Content-Length"] = str(length)
     return StreamingResponse(
-        await opened(content), media_type=_part_type(plan.rep), headers=headers
+        await opened(content), media_type=plan.rep.content_type, headers=headers
     )
 
 
@@ -353,10 +313,10 @@ async def _send_frames(
         content, size = await frames[0]()
         return StreamingResponse(
             content,
-            media_type=_part_type(rep),
+            media_type=rep.content_type,
             headers={**(headers or {}), "Content-Length": str(size)},
         )
-    return await multipart_response(frames, _part_type(rep), rep.media_type)
+    return await multipart_response(frames, rep.content_type, rep.media_type)
 
 
 def _stored_frames(
@@ -390,33 +350,17 @@ async def _frames_response(
 ) -> Response:
     """Frames in the first accepted representation that can be produced: straight from the
     stored ranges when no conversion is needed, else decoded and encoded one by one."""
-    stored = instance.transfer_syntax_uid
-    refusal: NotAcceptable | None = None
-    source: PixelSource | None = None
-    for rep in frame_candidates(accept, stored):
-        if not needs_transcoding(rep, stored) and instance.frames:
-            ranges = archive.retrieve.frame_ranges(instance, numbers)
-            swap = await archive.retrieve.pixel_swap(access, instance)
-            return await _send_frames(_stored_frames(archive, instance, ranges, swap), rep)
-        # Every frame is produced before the first byte (below): header values may be decoded
-        # as they are read, damage is then a 501 all the same.
-        source = source or await archive.imaging.open(access, instance, check_values=False)
-        # Frames that were not indexed (deflated files, say) go through the decoder even
-        # when no conversion is asked for; native frames are sent little endian.
-        target = EXPLICIT_VR_LITTLE_ENDIAN if rep.transfer_syntax in NATIVE else rep.transfer_syntax
-        try:
-            transcoder = archive.imaging.transcoder(source, target)
-        except NotAcceptable as exc:
-            refusal = exc
-            continue
-        archive.imaging.check_frames(source, numbers)
-        parts = _transcoded_frames(archive, source, transcoder, numbers)
-        if len(parts) > 1:
-            # Every frame is decoded before the first byte: frame k cannot be left out.
-            parts = await produced_first(parts)
-        return await _send_frames(parts, replace(rep, transfer_syntax=target))
-    assert refusal is not None
-    raise refusal
+    candidates = frame_candidates(accept, instance.transfer_syntax_uid)
+    plan = await archive.plan.frames(access, instance, numbers, candidates)
+    if plan.ranges is not None:
+        stored = _stored_frames(archive, instance, plan.ranges, plan.swap)
+        return await _send_frames(stored, plan.rep)
+    assert plan.source is not None and plan.transcoder is not None
+    parts = _transcoded_frames(archive, plan.source, plan.transcoder, numbers)
+    if len(parts) > 1:
+        # Every frame is decoded before the first byte: frame k cannot be left out.
+        parts = await produced_first(parts)
+    return await _send_frames(parts, plan.rep)
 
 
 async def retrieve_frames(request: Request) -> Response:
@@ -455,7 +399,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
         if byte_range is not None:
             ranges = ((found.offset + byte_range.start, byte_range.length),)
             chunks = archive.retrieve.read_ranges(instance, ranges, swap)
-            return await _partial(chunks, byte_range, _part_type(octet), etag)
+            return await _partial(chunks, byte_range, octet.content_type, etag)
         octet = Representation(False, octet.media_type, octet.transfer_syntax)
         headers = {"Accept-Ranges": "bytes", "ETag": f'"{etag}"'}
     else:

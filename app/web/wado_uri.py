@@ -18,10 +18,10 @@ from app.audit.event import AuditAction
 from app.auth.principal import Access, Permission
 from app.dicom.uid import is_valid_uid
 from app.digits import INT32, NumberError, parse_decimal
-from app.imaging.display import Window, window_problem
-from app.imaging.render import RENDERED_MEDIA_TYPES, RenderOptions, Viewport
 from app.services.archive import Archive
 from app.services.errors import BadRequest, NotAcceptable, Unsupported
+from app.services.imaging import RenderOptions, Viewport, Window, window_problem
+from app.services.plan import DICOM, uri_media_type
 from app.services.ports import StoredInstance
 from app.web.access import request_access
 from app.web.auditing import audited_read
@@ -31,7 +31,6 @@ from app.web.render_params import RenderParamError, check_output_size, parse_ann
 from app.web.rendered import render_instance
 from app.web.wado import plan_response
 
-DICOM = "application/dicom"
 # Accepted and ignored without a warning: they change nothing we could serve differently.
 _IGNORED = frozenset({"charset", "presentationUID", "presentationSeriesUID"})
 _MAX_NAMES, _MAX_NAME = 10, 64  # unknown parameter names listed in the Warning header
@@ -81,12 +80,9 @@ def _float(query: Mapping[str, str], name: str) -> float | None:
 def _content_type(query: Mapping[str, str]) -> str:
     """The first listed content type we can produce (PS3.18 9.1.2.1.6: a list, by
     preference); image/jpeg when none is given."""
-    listed = [r.media_type for r in parse_accept(query.get("contentType"))]
-    for media_type in listed:
-        if media_type in (*RENDERED_MEDIA_TYPES, DICOM):
-            return media_type
-        if media_type in ("*/*", "image/*"):
-            return "image/jpeg"
+    media_type = uri_media_type(parse_accept(query.get("contentType")))
+    if media_type is not None:
+        return media_type
     raise NotAcceptable(
         f"contentType {query.get('contentType')!r} cannot be served: use application/dicom, "
         "image/jpeg, image/png or image/gif"
@@ -185,7 +181,6 @@ async def _rendered(
     media_type: str,
     instance: StoredInstance,
 ) -> Response:
-    source = await archive.imaging.open(access, instance)
     max_pixels = archive.settings.max_rendered_pixels
     rows, columns = (
         query_int(query, "rows", 1, max_pixels),
@@ -194,9 +189,11 @@ async def _rendered(
     quality = query_int(query, "imageQuality", 1, 100)
     frame = query_int(query, "frameNumber", 1, INT32[1])
     region = _region(query)
-    height, width = int(source.header.get("Rows") or 1), int(source.header.get("Columns") or 1)
     viewport: Viewport | None = None
     if rows or columns or region:
+        source = await archive.imaging.open(access, instance)  # for its size
+        height = int(source.header.get("Rows") or 1)
+        width = int(source.header.get("Columns") or 1)
         sx, sy, sw, sh = 0, 0, width, height
         if region:
             x1, y1, x2, y2 = region
@@ -218,8 +215,7 @@ async def _rendered(
         annotation=_annotation(query),
     )
     if frame is not None:
-        archive.imaging.check_frames(source, [frame])
-        data = await archive.imaging.rendered(source, [frame], options)
+        data = await archive.imaging.render_stored(access, instance, options, [frame])
     else:
-        data = await render_instance(archive, source, options)
+        data = await render_instance(archive, access, instance, options)
     return Response(data, media_type=media_type)

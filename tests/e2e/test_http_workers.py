@@ -5,12 +5,17 @@ port: each serves connections, and none outlives the first process, whether it i
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
-from tests.support.server import PIDS, running_server
+import httpx
+
+from tests.support.processes import background_process
+from tests.support.server import PIDS, free_port, running_server
 
 
 def _children(pid: int) -> list[int]:
@@ -84,6 +89,75 @@ def test_two_http_workers_both_serve_and_stop_with_the_first(tmp_path: Path) -> 
             time.sleep(0.2)  # the worker may still be starting
         assert all(held.values()), f"connections by process: {held}"
     assert not _wait_gone([first, worker]), "a process outlived `pacs serve`"
+
+
+def _burst(port: int, count: int) -> list[socket.socket]:
+    """`count` connections opened at once, then each answered GET /health."""
+    opened = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    for sock in opened:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    for sock in opened:
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    return opened
+
+
+def test_a_burst_of_connections_is_shared_by_the_workers(tmp_path: Path) -> None:
+    """Regression: the process whose event loop woke first took every connection of a burst
+    (a viewer's 4 connections all on one process, the other core idle)."""
+    with running_server(tmp_path / "c", env={"PACS_HTTP_WORKERS": "2"}) as url:
+        first = PIDS[url]
+        port = int(url.rsplit(":", 1)[1])
+        (worker,) = _children(first)
+        _serving(port, first, worker)  # until the worker accepts too
+        for _ in range(3):
+            time.sleep(0.2)  # the closed ones are gone from both processes
+            opened = _burst(port, 8)
+            held = _connections_by_process(port, [first, worker])
+            for sock in opened:
+                sock.close()
+            assert min(held.values()) >= 3, f"8 connections by process: {held}"
+
+
+def _serving(port: int, first: int, worker: int, timeout: float = 30) -> dict[int, int]:
+    """Connections held by each process once the worker accepts too (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    held: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        opened = _burst(port, 2)
+        held = _connections_by_process(port, [first, worker])
+        for sock in opened:
+            sock.close()
+        if all(held.values()):
+            break
+        time.sleep(0.2)
+    return held
+
+
+def test_workers_run_the_first_process_code_whatever_the_working_folder(tmp_path: Path) -> None:
+    """Regression: workers were started with `python -m app.cli`, which imports the `app` of
+    the working folder first: `pacs serve` started in another checkout ran its code there."""
+    decoy = tmp_path / "checkout" / "app"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("")
+    marker = tmp_path / "decoy-ran"
+    (decoy / "cli.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    pacs = Path(sys.executable).parent / "pacs"
+    port = free_port()
+    serve = f"{pacs} serve --port {port} --data {tmp_path / 'data'} --dimse-port 0"
+    command = ["sh", "-c", f"cd {shlex.quote(str(decoy.parent))} && exec {serve}"]
+    env = {**os.environ, "PACS_HTTP_WORKERS": "2"}
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    with background_process(command, tmp_path / "server.log", ready, env=env) as process:
+        (worker,) = _children(process.pid)
+        held = _serving(port, process.pid, worker)
+        assert not marker.exists(), "a worker ran the working folder's app package"
+        assert all(held.values()), f"connections by process: {held}"
 
 
 def test_http_workers_do_not_outlive_a_killed_first_process(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from app.auth.principal import Access, Permission, Principal
 from app.services.delivery import Delivery
 from app.services.errors import StorageInconsistent
 from app.services.imaging import ImagingService
+from app.services.plan import Planner
 from app.services.ports import BlobStore, Index, StoredInstance
 from app.services.retrieve import RetrieveService
 from app.storage.filesystem import FolderBlobStore
@@ -28,7 +29,7 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 def delivery(blobs: BlobStore, spool: Path) -> Delivery:
     retrieve = RetrieveService(cast(Index, None), blobs)  # the index is not asked
-    return Delivery(retrieve, ImagingService(retrieve), spool)
+    return Delivery(Planner(retrieve, ImagingService(retrieve)), spool)
 
 
 async def stored(blobs: BlobStore, spool: Path, data: bytes, sha256: str = "") -> StoredInstance:

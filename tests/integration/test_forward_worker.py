@@ -12,6 +12,7 @@ from app.services.delivery import Delivery
 from app.services.forward_rules import DicomNode
 from app.services.forwarding import Backoff, ForwardWorker
 from app.services.imaging import ImagingService
+from app.services.plan import Planner
 from app.services.ports import Adding, Index, JobState, NewJob
 from app.services.retrieve import RetrieveService
 from app.storage.filesystem import FolderBlobStore
@@ -35,7 +36,7 @@ async def test_a_stop_during_an_attempt_gives_the_job_back(
     silent = await asyncio.start_server(never_answer, "127.0.0.1", 0)
     port = silent.sockets[0].getsockname()[1]
     retrieve = RetrieveService(index, FolderBlobStore(tmp_path / "blobs"))
-    delivery = Delivery(retrieve, ImagingService(retrieve), tmp_path)
+    delivery = Delivery(Planner(retrieve, ImagingService(retrieve)), tmp_path)
     sender = DicomSender(DicomNode("SILENT", "127.0.0.1", port), delivery, calling_ae="PACS",
                          timeout=60)  # fmt: skip
     worker = ForwardWorker(

@@ -1,4 +1,4 @@
-"""The forwarding job queue on both backends (migrations 0010): a change enqueues a job once
+"""The forwarding job queue on both backends (migrations 0011): a change enqueues a job once
 per rule however often it is delivered; a due job is claimed by one node, the best first; a
 job whose node died is claimed again once its lease ran out; a failure queues it again
 after its backoff or fails it for good with its reason; a failed job can be retried."""

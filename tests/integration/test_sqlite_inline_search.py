@@ -70,3 +70,23 @@ async def test_a_long_search_is_interrupted_and_run_on_a_reader_thread(
     assert await index.search(TENANT, _studies()) == quick
     assert len(threaded) == 1
     assert len(quick) == 12
+
+
+async def test_one_instance_is_looked_up_without_a_reader_thread(
+    index: SqliteIndex, records: Records
+) -> None:
+    """Regression: every rendered image and frame request handed its one-row instance
+    lookup to a reader thread (0.13 ms of CPU and a wake-up; 0.02 ms on the event loop)."""
+    record = records.make()
+    await index.add_instances([Adding(TENANT, record, overwrite=False)])
+    uids = (record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid)
+    taken = [index._readers.get_nowait() for _ in range(index._readers.qsize())]
+    try:
+        found = await asyncio.wait_for(index.instances(TENANT, *uids), 5)
+    finally:
+        for conn in taken:
+            index._readers.put_nowait(conn)
+    assert [i.sop_instance_uid for i in found] == [record.sop_instance_uid]
+    # A series is listed on a reader thread (its rows could be many).
+    series = await index.instances(TENANT, *uids[:2])
+    assert [i.sop_instance_uid for i in series] == [record.sop_instance_uid]

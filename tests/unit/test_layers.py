@@ -48,3 +48,15 @@ def test_the_store_audit_rule_lives_in_the_audit_service() -> None:
 
     assert not hasattr(ports, "audit_outcome")
     assert callable(audit.audit_outcome)
+
+
+@pytest.mark.parametrize("package", ["web", "dimse"])
+def test_protocol_layers_reach_imaging_and_backends_through_services(package: str) -> None:
+    """Regression: app/web imported app/imaging (the transcoder, rendering options, window
+    types) beside the services, so what to produce was decided in two layers."""
+    forbidden = ("app.imaging", "app.index", "app.storage", "app.search")
+    wrong = {
+        path: sorted(m for m in modules if within(m, forbidden))
+        for path, modules in app_imports(package).items()
+    }
+    assert {path: found for path, found in wrong.items() if found} == {}

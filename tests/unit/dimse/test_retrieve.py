@@ -36,8 +36,8 @@ CT = Context(1, CTImageStorage, ExplicitVRLittleEndian)
 
 @dataclass
 class FileDelivery:
-    """The delivery service's `stored_file`: each instance's file, or a copy of it (removed
-    by `discard`) when `copies` is given."""
+    """The delivery service's `local_file` (as `stored_file`): each instance's file, or a
+    copy of it (removed by `discard`) when `copies` is given."""
 
     files: dict[str, Path]
     copies: Path | None = None
@@ -49,6 +49,12 @@ class FileDelivery:
             path = Path(shutil.copy(path, self.copies / path.name))
             self.made.append(path)
         return LocalFile(path, instance.transfer_syntax_uid, temporary=self.copies is not None)
+
+    async def local_file(
+        self, access: object, instance: StoredInstance, accepted: object
+    ) -> LocalFile:
+        """What the handlers call: the plan keeps the stored syntax the peers here accept."""
+        return self.stored_file(access, instance)
 
 
 @dataclass

@@ -1,4 +1,4 @@
--- Forwarding jobs (issue 12), as migrations/postgres/0010_forward_job.sql. Times are
+-- Forwarding jobs (issue 12), as migrations/postgres/0011_forward_job.sql. Times are
 -- seconds since the epoch (the processes sharing a SQLite file share a clock); a claim is
 -- a write transaction (one writer at a time).
 CREATE TABLE forward_job (
