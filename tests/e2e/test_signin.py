@@ -51,6 +51,7 @@ _PARAMS = {
     "path": "7FE00010",
     "tenant": "default",
     "job": "1",
+    "id": "1",  # a webhook subscription
 }
 PUBLIC = {("GET", "/health")}
 
