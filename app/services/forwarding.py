@@ -219,14 +219,14 @@ class ForwardWorker:
         sender = self.senders.get(job.rule)
         if sender is None:
             return f"rule {job.rule!r} is no longer configured", False
-        instances = await self.index.instances(
-            job.tenant, job.study_instance_uid, job.series_instance_uid, job.sop_instance_uid
-        )
-        if not instances:  # deleted since: nothing left to send
-            return "", False
         try:
+            instances = await self.index.instances(
+                job.tenant, job.study_instance_uid, job.series_instance_uid, job.sop_instance_uid
+            )
+            if not instances:  # deleted since: nothing left to send
+                return "", False
             sent = await sender.send(Access(FORWARDER, job.tenant), instances)
-        except Exception as exc:  # unreachable, timed out, cut off: try again
+        except Exception as exc:  # unreachable, timed out, cut off, index away: try again
             return _describe(exc), True
         return sent.failure(), False
 

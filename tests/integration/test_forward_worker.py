@@ -64,3 +64,29 @@ async def test_a_stop_during_an_attempt_gives_the_job_back(
     # Due now, for any node: not after the 60 s lease.
     again = await index.claim_job("node-b", 60)
     assert again is not None and again.id == job.id
+
+
+async def test_a_job_whose_study_was_deleted_is_done_and_one_of_a_removed_rule_fails(
+    index: Index, tmp_path: Path
+) -> None:
+    await index.enqueue_jobs(
+        [NewJob(TENANT, rule, "X", n, "1.2.3.999", None, None, p)
+         for n, (rule, p) in enumerate((("ct", 1), ("gone", 0)), 1)]
+    )  # fmt: skip
+    retrieve = RetrieveService(index, FolderBlobStore(tmp_path / "blobs"))
+    delivery = Delivery(Planner(retrieve, ImagingService(retrieve)), tmp_path)
+    # Nothing listens on port 9: were it called, the attempt would fail and be retried.
+    sender = DicomSender(DicomNode("X", "127.0.0.1", 9), delivery, calling_ae="PACS", timeout=5)
+    worker = ForwardWorker(
+        index, {"ct": sender}, owner="node-a", lease=60, poll_interval=0.05,
+        backoff=Backoff(3, 1, 1),
+    )  # fmt: skip
+    assert await worker.run_once()
+    assert await worker.run_once()
+    assert not await worker.run_once()
+    done, failed = sorted(await index.jobs(TENANT, None, 10), key=lambda j: j.rule)
+    assert (done.rule, done.state, done.last_error) == ("ct", JobState.DONE, None)
+    assert (failed.state, failed.last_error) == (
+        JobState.FAILED,
+        "rule 'gone' is no longer configured",
+    )
