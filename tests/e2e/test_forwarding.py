@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -24,7 +26,7 @@ from tests.conformance.helpers import stow_ok
 from tests.support.dcmtk import require_dcmtk, storescp
 from tests.support.dicom_factory import make_dataset, to_bytes
 from tests.support.oidc import SERVICE, OpenIdProvider
-from tests.support.server import free_port, running_server
+from tests.support.server import PIDS, free_port, running_server
 
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 SIZE = 32  # JPEG 2000 needs more than 8 x 8 pixels for its resolution levels
@@ -259,3 +261,55 @@ def test_stow_rs_to_an_archive_that_requires_tokens_uses_client_credentials(
             )
             assert found.status_code == 200, found.text
             assert len(found.json()) == len(ct)
+
+
+def test_a_queued_job_survives_a_kill_9_and_runs_after_the_restart(tmp_path: Path) -> None:
+    """The destination is down when the study becomes stable: the job waits in the index;
+    the server is killed (SIGKILL), the destination comes up, and the restarted server
+    sends the study."""
+    require_dcmtk()
+    port = free_port()
+    rules = {
+        "rules": [
+            {
+                "name": "ct-to-scp",
+                "event": "study.stable",
+                "destination": {
+                    "dicom": {"aeTitle": "STORESCP", "host": "127.0.0.1", "port": port}
+                },
+            }
+        ]
+    }
+    rules_file = tmp_path / "rules.json"
+    rules_file.write_text(json.dumps(rules))
+    env = {
+        **FAST,
+        "PACS_FORWARDING_RULES": str(rules_file),
+        "PACS_FORWARD_RETRY_MIN": "1",
+        # Killed during an attempt (running), the job is taken again 2 s later.
+        "PACS_FORWARD_LEASE": "2",
+    }
+    ct = ct_study()[:2]
+    data = tmp_path / "data"
+    with (
+        running_server(data, env=env) as url,
+        httpx.Client(base_url=f"{url}/dicomweb", timeout=30) as http,
+    ):
+        stow_ok(http, [to_bytes(ds) for ds in ct])
+        [waiting] = wait_for(
+            "a failed attempt",
+            lambda: [j for j in http.get("/jobs").json() if j["attempts"]],
+        )
+        assert waiting["state"] in ("queued", "running")
+        os.kill(PIDS[url], signal.SIGKILL)
+    with (
+        storescp(tmp_path / "received", port=port),
+        running_server(data, env=env) as url,
+        httpx.Client(base_url=f"{url}/dicomweb", timeout=30) as http,
+    ):
+        [done] = wait_for(
+            "the job done", lambda: http.get("/jobs", params={"state": "done"}).json()
+        )
+        assert done["id"] == waiting["id"]
+        received = {str(read(p).SOPInstanceUID) for p in (tmp_path / "received").iterdir()}
+        assert received == {ds.SOPInstanceUID for ds in ct}
