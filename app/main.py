@@ -176,6 +176,9 @@ async def _delivering(archive: Archive) -> AsyncIterator[None]:
     consumer per active subscription, kept in step with the index by the registry."""
     settings = archive.settings
     consumers = change_consumers(settings, archive.index)
+    for consumer in consumers:
+        if isinstance(consumer, ForwardingRouter):
+            await consumer.start()  # before the outbox creates its cursors at 0
     if settings.log_level.lower() != "debug":
         # aiokafka logs each failed reconnection at ERROR, ten a second while a broker is
         # down; the outbox logs each failed attempt once, with its backoff.

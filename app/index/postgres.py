@@ -285,6 +285,9 @@ class PostgresIndex:
 
     # -- forwarding jobs (app/index/postgres_jobs.py) ----------------------------------
 
+    async def start_cursors(self, consumer: str) -> bool:
+        return await postgres_jobs.start_cursors(self._pool, consumer)
+
     async def enqueue_jobs(self, jobs: Sequence[NewJob]) -> int:
         return await postgres_jobs.enqueue_jobs(self._pool, jobs)
 

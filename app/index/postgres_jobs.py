@@ -45,6 +45,24 @@ _RETRY = f"""UPDATE forward_job
     RETURNING {COLUMNS}"""
 
 
+# A consumer's first start: a marker cursor (tenant '', which no tenant is named) says it
+# has started, then one cursor per tenant at its latest entry, in one transaction. A node
+# starting at the same time waits on the marker's row and then finds it.
+_MARK_STARTED = """INSERT INTO change_cursor (consumer, tenant, last_seq) VALUES ($1, '', 0)
+    ON CONFLICT (consumer, tenant) DO NOTHING RETURNING 1"""
+_START_CURSORS = """INSERT INTO change_cursor (consumer, tenant, last_seq)
+    SELECT $1, tenant, last_seq FROM change_sequence
+    ON CONFLICT (consumer, tenant) DO NOTHING"""
+
+
+async def start_cursors(pool: asyncpg.Pool, consumer: str) -> bool:
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval(_MARK_STARTED, consumer) is None:
+            return False
+        await conn.execute(_START_CURSORS, consumer)
+    return True
+
+
 def _when(value: datetime) -> datetime:
     return value
 

@@ -299,6 +299,9 @@ class SqliteIndex:
 
     # -- forwarding jobs (app/index/sqlite_jobs.py) ------------------------------------
 
+    async def start_cursors(self, consumer: str) -> bool:
+        return await self._write(lambda db: sqlite_jobs.start_cursors(db, consumer))
+
     async def enqueue_jobs(self, jobs: Sequence[NewJob]) -> int:
         batch = tuple(jobs)
         return await self._write(lambda db: sqlite_jobs.enqueue_jobs(db, batch))

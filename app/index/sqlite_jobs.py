@@ -42,6 +42,22 @@ _RETRY = f"""UPDATE forward_job
     RETURNING {COLUMNS}"""
 
 
+# A consumer's first start: a marker cursor (tenant '', which no tenant is named) says it
+# has started, then one cursor per tenant at its latest entry.
+_MARK_STARTED = """INSERT INTO change_cursor (consumer, tenant, last_seq) VALUES (?, '', 0)
+    ON CONFLICT (consumer, tenant) DO NOTHING"""
+_START_CURSORS = """INSERT INTO change_cursor (consumer, tenant, last_seq)
+    SELECT ?, tenant, last_seq FROM change_sequence WHERE true  -- (SQLite's upsert needs it)
+    ON CONFLICT (consumer, tenant) DO NOTHING"""
+
+
+def start_cursors(db: sqlite3.Connection, consumer: str) -> bool:
+    if db.execute(_MARK_STARTED, (consumer,)).rowcount == 0:
+        return False
+    db.execute(_START_CURSORS, (consumer,))
+    return True
+
+
 def _when(value: float) -> datetime:
     return datetime.fromtimestamp(float(value), UTC)
 

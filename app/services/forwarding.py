@@ -94,6 +94,13 @@ class ForwardingRouter:
         # the outbox otherwise reads every entry's JSON for nothing.
         self.metadata = any(r.event in _INSTANCE_ACTIONS for r in self.rules)
 
+    async def start(self) -> None:
+        """Before the outbox first runs: rules apply to the changes made from the first
+        start with forwarding on, not to the archive's whole history. Later starts go on
+        from where the cursors are (changes made while forwarding was off included)."""
+        if await self.index.start_cursors(self.name):
+            log.info("forwarding: first start, rules apply to the changes made from now on")
+
     async def deliver(self, tenant: str, changes: Sequence[Change]) -> None:
         jobs: list[NewJob] = []
         for change in changes:

@@ -437,6 +437,13 @@ class Index(Protocol):
         per tenant; while they add up to `limit`, more may be waiting."""
         ...
 
+    async def start_cursors(self, consumer: str) -> bool:
+        """On `consumer`'s first start (ever, on any node), place its cursor in each
+        tenant's log at the latest entry, so that it gets the changes made from now on
+        rather than the whole history (a tenant without entries yet gets them all); True
+        then, False (nothing done) on every later start."""
+        ...
+
     # Forwarding jobs (app/services/forwarding.py). `claim_job`, `job_done`, `job_failed`
     # and `renew_job` serve the workers of every tenant, like `pending_tenants`.
 

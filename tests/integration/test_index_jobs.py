@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
-from app.services.ports import Index, JobState, NewJob
+from app.services.ports import Adding, Index, JobState, NewJob
 from tests.integration.conftest import TENANT, Backend
+from tests.support.records import Records
 
 STUDY = "1.2.3.4"
 
@@ -102,3 +103,32 @@ async def test_concurrent_claims_never_take_one_job_twice(backend: Backend) -> N
     finally:
         for node in nodes:
             await node.close()
+
+
+async def test_forwarding_first_started_gets_only_the_changes_made_from_then_on(
+    index: Index, records: Records
+) -> None:
+    await index.add_instances([Adding(TENANT, records.make(), overwrite=False) for _ in range(3)])
+    assert await index.start_cursors("forwarding")
+    # History skipped: its cursor is at the latest entry; other consumers are untouched.
+    assert await index.claim_cursor("forwarding", TENANT, "node-a", 10) == 3
+    assert await index.claim_cursor("kafka:x", TENANT, "node-a", 10) == 0
+    # A tenant whose first entries come later gets them all.
+    assert await index.claim_cursor("forwarding", "clinic-b", "node-a", 10) == 0
+    await index.release_cursor("forwarding", TENANT, "node-a")
+    # Later starts change nothing, even with new tenants and entries meanwhile.
+    await index.add_instances([Adding("clinic-c", records.make(), overwrite=False)])
+    assert not await index.start_cursors("forwarding")
+    assert await index.claim_cursor("forwarding", "clinic-c", "node-a", 10) == 0
+    assert await index.pending_tenants("forwarding", "node-a") == ["clinic-c"]
+
+
+async def test_forwarding_started_on_an_empty_archive_then_restarted_skips_nothing(
+    index: Index, records: Records
+) -> None:
+    """Regression: a first start that found no tenant left no trace, so a restart before
+    the outbox made a cursor placed it past what was stored in between."""
+    assert await index.start_cursors("forwarding")
+    await index.add_instances([Adding(TENANT, records.make(), overwrite=False)])
+    assert not await index.start_cursors("forwarding")
+    assert await index.claim_cursor("forwarding", TENANT, "node-a", 10) == 0
