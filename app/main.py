@@ -15,13 +15,17 @@ from app.broker.kafka import KafkaPublisher, KafkaSecurity
 from app.broker.webhooks import WebhookRegistry
 from app.dimse.bridge import ConnectionLimits, DimseConfig
 from app.dimse.server import serve_dimse
+from app.forwarding.dicom import DicomSender
+from app.forwarding.stow import StowSender
 from app.index.migrations import IndexUnavailable, SchemaError
 from app.index.postgres import PostgresIndex
 from app.index.sqlite import SqliteIndex
 from app.services.archive import Archive
 from app.services.delete import retry_periodically
+from app.services.forward_rules import DicomNode, Rule, load_rules
+from app.services.forwarding import Backoff, ForwardingRouter, ForwardWorker, Sender
 from app.services.orphans import sweep_periodically
-from app.services.outbox import Outbox
+from app.services.outbox import Outbox, node_owner
 from app.services.ports import BlobStore, ChangeConsumer, Index
 from app.services.stable import announce_periodically
 from app.settings import Settings, kafka_brokers
@@ -141,9 +145,18 @@ async def _sweeping(archive: Archive) -> AsyncIterator[None]:
                 await running
 
 
-def change_consumers(settings: Settings) -> list[ChangeConsumer]:
-    """The consumers of the change log that settings turn on."""
+def forwarding_rules(settings: Settings) -> list[Rule]:
+    """The forwarding rules of PACS_FORWARDING_RULES (checked: ValueError naming the rule
+    and field)."""
+    return load_rules(settings.forwarding_rules) if settings.forwarding_rules else []
+
+
+def change_consumers(settings: Settings, index: Index | None = None) -> list[ChangeConsumer]:
+    """The consumers of the change log that settings turn on (without `index`, only checked:
+    the forwarding router needs it)."""
     consumers: list[ChangeConsumer] = []
+    if (rules := forwarding_rules(settings)) and index is not None:
+        consumers.append(ForwardingRouter(index, rules))
     if brokers := kafka_brokers(settings.kafka_bootstrap):
         security = KafkaSecurity(
             settings.kafka_security_protocol,
@@ -162,7 +175,10 @@ async def _delivering(archive: Archive) -> AsyncIterator[None]:
     the work by their cursors' leases. Its consumers: those settings turn on, and a webhook
     consumer per active subscription, kept in step with the index by the registry."""
     settings = archive.settings
-    consumers = change_consumers(settings)
+    consumers = change_consumers(settings, archive.index)
+    for consumer in consumers:
+        if isinstance(consumer, ForwardingRouter):
+            await consumer.start()  # before the outbox creates its cursors at 0
     if settings.log_level.lower() != "debug":
         # aiokafka logs each failed reconnection at ERROR, ten a second while a broker is
         # down; the outbox logs each failed attempt once, with its backoff.
@@ -208,6 +224,52 @@ async def _delivering(archive: Archive) -> AsyncIterator[None]:
         await registry.close()
 
 
+def _sender(archive: Archive, rule: Rule) -> Sender:
+    settings = archive.settings
+    if isinstance(rule.destination, DicomNode):
+        return DicomSender(
+            rule.destination,
+            archive.delivery,
+            calling_ae=settings.ae_title.strip(),
+            timeout=settings.forward_timeout,
+        )
+    return StowSender(rule.destination, archive.retrieve, timeout=settings.forward_timeout)
+
+
+@asynccontextmanager
+async def _forwarding(archive: Archive) -> AsyncIterator[None]:
+    """The forwarding worker in the background, when rules are configured: one per node
+    (the first process); nodes share the jobs through the index's queue."""
+    settings = archive.settings
+    rules = forwarding_rules(settings)
+    if not rules:
+        yield
+        return
+    worker = ForwardWorker(
+        archive.index,
+        {rule.name: _sender(archive, rule) for rule in rules},
+        owner=node_owner(),
+        lease=settings.forward_lease,
+        poll_interval=settings.forward_poll_ms / 1000,
+        backoff=Backoff(
+            settings.forward_max_attempts, settings.forward_retry_min, settings.forward_retry_max
+        ),
+    )
+    log.info("forwarding: %d rules (%s)", len(rules), ", ".join(r.name for r in rules))
+    # Several loops on one worker: each claims its own jobs from the index.
+    tasks = [
+        asyncio.create_task(worker.run(), name=f"forwarding-{n}")
+        for n in range(settings.forward_concurrency)
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await worker.close()
+
+
 def _announce_backends(settings: Settings) -> None:
     """Say where data lives; once, by the serving process (not by the start-up check)."""
     if settings.uses_postgres:
@@ -244,6 +306,7 @@ async def run_archive(settings: Settings, *, first: bool = True) -> AsyncIterato
         open_archive(settings, discard_spool=discard) as archive,
         _sweeping(archive),
         _delivering(archive),
+        _forwarding(archive),
     ):
         _announce_backends(settings)
         if not (settings.dimse_port or settings.dimse_tls_port):

@@ -90,6 +90,22 @@ class Settings:
     outbox_poll_ms: int = 500
     outbox_lease: int = 30
     outbox_retry_max: int = 60
+    # Forwarding (app/services/forwarding.py): the JSON file of forwarding rules (empty:
+    # none; app/services/forward_rules.py says its form), checked at start. Jobs: attempts
+    # before a job fails for good (connection errors; a refusal fails it at once), the first
+    # pause between attempts (seconds; it doubles) and the longest, how long a node's claim
+    # on a running job lasts (seconds; renewed while it runs, a killed node's job is taken
+    # again after it), how often idle workers look for due jobs (ms) and how long a peer has
+    # to answer one instance (seconds).
+    forwarding_rules: str = ""
+    forward_max_attempts: int = 8
+    forward_retry_min: int = 5
+    forward_retry_max: int = 600
+    forward_lease: int = 60
+    forward_poll_ms: int = 1000
+    forward_timeout: int = 60
+    # Jobs each node runs at once: a destination that does not answer holds one of them.
+    forward_concurrency: int = 4
     # Webhooks (app/broker/webhooks.py): the longest a POST to a receiver may take (seconds,
     # connecting included; at most a third of outbox_lease, whose half cuts a delivery
     # off); attempts at an entry that keeps failing (5xx, 408, 429, no answer) before it is
@@ -522,6 +538,13 @@ _AT_LEAST_ONE = (
     "outbox_retry_max",
     "stable_after",
     "stable_scan_ms",
+    "forward_max_attempts",
+    "forward_retry_min",
+    "forward_retry_max",
+    "forward_lease",
+    "forward_poll_ms",
+    "forward_timeout",
+    "forward_concurrency",
     "webhook_timeout",
     "webhook_max_attempts",
     "webhook_refresh_ms",

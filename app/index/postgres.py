@@ -35,6 +35,7 @@ from app.index import (
     postgres_audit,
     postgres_changes,
     postgres_cursors,
+    postgres_jobs,
     postgres_stable,
     postgres_webhooks,
 )
@@ -66,7 +67,10 @@ from app.services.ports import (
     DeleteAuditFor,
     DeleteResult,
     InstanceRecord,
+    Job,
+    JobState,
     Json,
+    NewJob,
     Outcome,
     SearchHit,
     StoredInstance,
@@ -278,6 +282,34 @@ class PostgresIndex:
 
     async def release_cursor(self, consumer: str, tenant: str, owner: str) -> None:
         await postgres_cursors.release_cursor(self._pool, consumer, tenant, owner)
+
+    # -- forwarding jobs (app/index/postgres_jobs.py) ----------------------------------
+
+    async def start_cursors(self, consumer: str) -> bool:
+        return await postgres_jobs.start_cursors(self._pool, consumer)
+
+    async def enqueue_jobs(self, jobs: Sequence[NewJob]) -> int:
+        return await postgres_jobs.enqueue_jobs(self._pool, jobs)
+
+    async def claim_job(self, owner: str, lease: float) -> Job | None:
+        return await postgres_jobs.claim_job(self._pool, owner, lease)
+
+    async def renew_job(self, job_id: int, owner: str, lease: float) -> bool:
+        return await postgres_jobs.renew_job(self._pool, job_id, owner, lease)
+
+    async def job_done(self, job_id: int, owner: str) -> bool:
+        return await postgres_jobs.job_done(self._pool, job_id, owner)
+
+    async def job_failed(
+        self, job_id: int, owner: str, reason: str, retry_in: float | None
+    ) -> bool:
+        return await postgres_jobs.job_failed(self._pool, job_id, owner, reason, retry_in)
+
+    async def jobs(self, tenant: str, state: JobState | None, limit: int) -> list[Job]:
+        return await postgres_jobs.jobs(self._pool, tenant, state, limit)
+
+    async def retry_job(self, tenant: str, job_id: int) -> Job | None:
+        return await postgres_jobs.retry_job(self._pool, tenant, job_id)
 
     async def announce_stable(self, quiet: float, limit: int) -> dict[str, int]:
         # Retried as a write is: a row another node inserted first, a deadlock.

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.dicom.levels import PATIENT_TAGS, SERIES_TAGS, STUDY_TAGS
-from app.index import sqlite_audit, sqlite_changes, sqlite_cursors, sqlite_stable, sqlite_webhooks
+from app.index import (
+    sqlite_audit,
+    sqlite_changes,
+    sqlite_cursors,
+    sqlite_jobs,
+    sqlite_stable,
+    sqlite_webhooks,
+)
 from app.index.change_rows import change_of
 from app.index.delete_rows import DELETE_COLUMNS, counted, deleted_changes
 from app.index.migrations import SchemaError, latest_version, migrations
@@ -49,7 +56,10 @@ from app.services.ports import (
     DeleteAuditFor,
     DeleteResult,
     InstanceRecord,
+    Job,
+    JobState,
     Json,
+    NewJob,
     Outcome,
     SearchHit,
     StoredInstance,
@@ -286,6 +296,37 @@ class SqliteIndex:
 
     async def release_cursor(self, consumer: str, tenant: str, owner: str) -> None:
         await self._write(lambda db: sqlite_cursors.release_cursor(db, consumer, tenant, owner))
+
+    # -- forwarding jobs (app/index/sqlite_jobs.py) ------------------------------------
+
+    async def start_cursors(self, consumer: str) -> bool:
+        return await self._write(lambda db: sqlite_jobs.start_cursors(db, consumer))
+
+    async def enqueue_jobs(self, jobs: Sequence[NewJob]) -> int:
+        batch = tuple(jobs)
+        return await self._write(lambda db: sqlite_jobs.enqueue_jobs(db, batch))
+
+    async def claim_job(self, owner: str, lease: float) -> Job | None:
+        return await self._write(lambda db: sqlite_jobs.claim_job(db, owner, lease))
+
+    async def renew_job(self, job_id: int, owner: str, lease: float) -> bool:
+        return await self._write(lambda db: sqlite_jobs.renew_job(db, job_id, owner, lease))
+
+    async def job_done(self, job_id: int, owner: str) -> bool:
+        return await self._write(lambda db: sqlite_jobs.job_done(db, job_id, owner))
+
+    async def job_failed(
+        self, job_id: int, owner: str, reason: str, retry_in: float | None
+    ) -> bool:
+        return await self._write(
+            lambda db: sqlite_jobs.job_failed(db, job_id, owner, reason, retry_in)
+        )
+
+    async def jobs(self, tenant: str, state: JobState | None, limit: int) -> list[Job]:
+        return await self._read(lambda db: sqlite_jobs.jobs(db, tenant, state, limit))
+
+    async def retry_job(self, tenant: str, job_id: int) -> Job | None:
+        return await self._write(lambda db: sqlite_jobs.retry_job(db, tenant, job_id))
 
     async def announce_stable(self, quiet: float, limit: int) -> dict[str, int]:
         return await self._write(lambda db: sqlite_stable.announce_stable(db, quiet, limit))

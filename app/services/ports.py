@@ -176,6 +176,42 @@ class ChangeConsumer(Protocol):
     async def close(self) -> None: ...
 
 
+class JobState(StrEnum):
+    """Where a forwarding job is (app/services/forwarding.py)."""
+
+    QUEUED = "queued"  # waits for its next attempt
+    RUNNING = "running"  # a node works on it, under a lease
+    DONE = "done"
+    FAILED = "failed"  # for good, with its reason; can be queued again (`Index.retry_job`)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A forwarding job to make from one change-log entry and rule (`Index.enqueue_jobs`)."""
+
+    tenant: str
+    rule: str
+    destination: str
+    change_seq: int
+    study_instance_uid: str
+    series_instance_uid: str | None
+    sop_instance_uid: str | None
+    priority: int
+
+
+@dataclass(frozen=True)
+class Job(NewJob):
+    """A forwarding job as the index keeps it."""
+
+    id: int
+    state: JobState
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
 @runtime_checkable
 class TenantConsumer(ChangeConsumer, Protocol):
     """A consumer of one tenant's log only (a webhook subscription): the outbox does not
@@ -399,6 +435,51 @@ class Index(Protocol):
         calls this (they claim different ones); a later arrival starts a new one. A series
         or study no longer stored is not announced. Returns the number of entries written
         per tenant; while they add up to `limit`, more may be waiting."""
+        ...
+
+    async def start_cursors(self, consumer: str) -> bool:
+        """On `consumer`'s first start (ever, on any node), place its cursor in each
+        tenant's log at the latest entry, so that it gets the changes made from now on
+        rather than the whole history (a tenant without entries yet gets them all); True
+        then, False (nothing done) on every later start."""
+        ...
+
+    # Forwarding jobs (app/services/forwarding.py). `claim_job`, `job_done`, `job_failed`
+    # and `renew_job` serve the workers of every tenant, like `pending_tenants`.
+
+    async def enqueue_jobs(self, jobs: Sequence[NewJob]) -> int:
+        """Queue `jobs`, due now; one whose (tenant, rule, change_seq) was queued before is
+        skipped (the outbox may deliver an entry twice). The number queued."""
+        ...
+
+    async def claim_job(self, owner: str, lease: float) -> Job | None:
+        """The best due job (highest priority, then oldest), now running for `owner` for
+        `lease` seconds, its attempts counted; a running job whose lease ran out (its node
+        died) is due again. None when nothing is due. Two claims never get one job."""
+        ...
+
+    async def renew_job(self, job_id: int, owner: str, lease: float) -> bool:
+        """Extend `owner`'s lease on a running job; False when it is no longer its own."""
+        ...
+
+    async def job_done(self, job_id: int, owner: str) -> bool:
+        """Mark `owner`'s running job done; False when it is no longer its own."""
+        ...
+
+    async def job_failed(
+        self, job_id: int, owner: str, reason: str, retry_in: float | None
+    ) -> bool:
+        """Record why `owner`'s running job failed: queued again in `retry_in` seconds, or
+        failed for good when None. False when it is no longer its own."""
+        ...
+
+    async def jobs(self, tenant: str, state: JobState | None, limit: int) -> list[Job]:
+        """`tenant`'s jobs (in `state` if given), newest first, at most `limit`."""
+        ...
+
+    async def retry_job(self, tenant: str, job_id: int) -> Job | None:
+        """Queue `tenant`'s failed job again, due now, its attempts from 0; None when no
+        failed job of `tenant` has that id."""
         ...
 
     # Webhook subscriptions (app/services/webhooks.py, app/broker/webhooks.py).

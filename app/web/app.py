@@ -21,6 +21,7 @@ from app.web import (
     auditing,
     changefeed,
     delete,
+    jobs,
     qido,
     rendered,
     stow,
@@ -103,6 +104,9 @@ DICOMWEB_ROUTES = [
     Route("/wado", wado_uri.retrieve, methods=["GET"]),
     # The audit trail (permission admin).
     Route("/audit", audit.search_audit, methods=["GET"]),
+    # Forwarding jobs (permission admin).
+    Route("/jobs", jobs.list_jobs, methods=["GET"]),
+    Route("/jobs/{job}/retry", jobs.retry_job, methods=["POST"]),
     # The change feed (permission read).
     Route("/changefeed", changefeed.read_feed, methods=["GET"]),
     Route("/changefeed/latest", changefeed.read_latest, methods=["GET"]),

@@ -50,6 +50,8 @@ _PARAMS = {
     "frames": "1",
     "path": "7FE00010",
     "tenant": "default",
+    "job": "1",
+    "id": "1",  # a webhook subscription
 }
 PUBLIC = {("GET", "/health")}
 

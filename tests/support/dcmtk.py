@@ -58,13 +58,15 @@ def storescp(
     ae_title: str = "STORESCP",
     tls: tuple[str, ...] = (),
     syntaxes: str = "+xa",
+    port: int | None = None,
 ) -> Iterator[int]:
     """A storescp writing what it receives to `folder` exactly as received (+B), accepting
     the transfer syntaxes `syntaxes` names (default +xa: every one it knows; +xe: the
     uncompressed ones only); yields its port. `tls`: DCMTK's TLS options
-    (`+tls key cert +cf ca`), used by storescp and by the echoscu that checks it is up."""
+    (`+tls key cert +cf ca`), used by storescp and by the echoscu that checks it is up.
+    `port`: where it listens (default: a free one)."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     command = ["storescp", "+B", syntaxes, *tls, "-aet", ae_title, "-od", str(folder), str(port)]
 
     def answers() -> bool:

@@ -1,0 +1,250 @@
+"""Forwarding rules (autorouting, issue 12): which change-log entries send what to where.
+
+The rules come from a JSON file (PACS_FORWARDING_RULES), checked at start; each error names
+the rule and the field. Its form:
+
+    {"rules": [
+      {"name": "ct-to-viewer",
+       "event": "study.stable",
+       "filter": {"Modality": "CT", "BodyPartExamined": "CHEST"},
+       "priority": 5,
+       "destination": {"dicom": {"aeTitle": "VIEWER", "host": "10.0.0.5", "port": 104}}},
+      {"name": "ct-to-cloud",
+       "event": "study.stable",
+       "filter": {"Modality": "CT"},
+       "destination": {"stow": {"url": "https://cloud.example/dicomweb/studies",
+         "oauth": {"tokenUrl": "https://id.example/token", "clientId": "pacs",
+                   "secretEnv": "CLOUD_CLIENT_SECRET", "scope": "dicom.write"}}}}
+    ]}
+
+`event` is a change-log action (app.services.ports.ChangeAction): the entry's scope (a
+study for study.stable, a series for series.stable, an instance for instance.stored) is
+what is sent. `filter` maps DICOM keywords to values, matched exactly (a multi-valued
+attribute matches when one of its values does); an entry matches when one instance in its
+scope has every value. `priority` (default 0): jobs of a higher one run first. The secret of
+an OAuth client is read from the named environment variable, never from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+from app.services.ports import ChangeAction, Json
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The actions whose scope can be sent (a deleted one cannot).
+_EVENTS = tuple(
+    a.value
+    for a in (
+        ChangeAction.STUDY_STABLE,
+        ChangeAction.SERIES_STABLE,
+        ChangeAction.INSTANCE_STORED,
+        ChangeAction.INSTANCE_REPLACED,
+    )
+)
+# Study and series attributes the index computes: no instance has them to match.
+_COMPUTED = {
+    "ModalitiesInStudy": "use Modality",
+    "SOPClassesInStudy": "use SOPClassUID",
+    "NumberOfStudyRelatedSeries": "counts cannot be matched",
+    "NumberOfStudyRelatedInstances": "counts cannot be matched",
+    "NumberOfSeriesRelatedInstances": "counts cannot be matched",
+}
+_RULE_FIELDS = ("name", "event", "filter", "priority", "destination")
+# Values that cannot be matched as text in DICOM JSON.
+_UNMATCHABLE_VRS = ("SQ", "OB", "OD", "OF", "OL", "OV", "OW", "UN")
+
+
+class RuleError(ValueError):
+    """A rules file that cannot be used; the message names the rule and field."""
+
+
+@dataclass(frozen=True)
+class DicomNode:
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class OAuthClient:
+    """OAuth 2.0 client credentials (RFC 6749 4.4) for a STOW-RS destination."""
+
+    token_url: str
+    client_id: str
+    secret: str = field(repr=False)
+    scope: str = ""
+
+
+@dataclass(frozen=True)
+class StowServer:
+    url: str  # the STOW-RS endpoint: .../studies
+    oauth: OAuthClient | None = None
+
+    def __str__(self) -> str:
+        return self.url
+
+
+Destination = DicomNode | StowServer
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    event: ChangeAction
+    # DICOM JSON tag (8 hex digits) -> the values one of which it must have, as text.
+    filter: Mapping[str, str]
+    destination: Destination
+    priority: int = 0
+
+    def matches(self, dataset: Json) -> bool:
+        """Whether the DICOM JSON `dataset` has every value of the filter."""
+        return all(value in _texts(dataset.get(tag)) for tag, value in self.filter.items())
+
+
+def _texts(element: Any) -> set[str]:
+    if not isinstance(element, dict):
+        return set()
+    found = set()
+    for item in element.get("Value") or ():
+        value = item.get("Alphabetic") if isinstance(item, dict) else item  # a person name
+        if value is not None:
+            found.add(value if isinstance(value, str) else str(value))
+    return found
+
+
+def load_rules(path: str, env: Mapping[str, str] | None = None) -> list[Rule]:
+    """The rules of the JSON file at `path`; RuleError naming what is wrong."""
+    try:
+        document = orjson.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise RuleError(f"PACS_FORWARDING_RULES: cannot read {path}: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise RuleError(f"PACS_FORWARDING_RULES: {path} is not JSON: {exc}") from None
+    return parse_rules(document, os.environ if env is None else env)
+
+
+def parse_rules(document: Any, env: Mapping[str, str]) -> list[Rule]:
+    if not isinstance(document, dict) or not isinstance(document.get("rules"), list):
+        raise RuleError('forwarding rules: expected an object {"rules": [...]}')
+    rules: list[Rule] = []
+    for number, item in enumerate(document["rules"], 1):
+        rule = _rule(item, number, env)
+        if any(r.name == rule.name for r in rules):
+            raise RuleError(f"forwarding rule {rule.name!r}: name: used by another rule")
+        rules.append(rule)
+    return rules
+
+
+def _rule(item: Any, number: int, env: Mapping[str, str]) -> Rule:
+    where = f"forwarding rule #{number}"
+    if not isinstance(item, dict):
+        raise RuleError(f"{where}: expected an object")
+    name = item.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise RuleError(f"{where}: name: 1 to 64 letters, digits, '.', '_' or '-'")
+    where = f"forwarding rule {name!r}"
+    if unknown := sorted(set(item) - set(_RULE_FIELDS)):
+        raise RuleError(
+            f"{where}: unknown field {unknown[0]!r}; expected {', '.join(_RULE_FIELDS)}"
+        )
+    event = str(item.get("event"))
+    if event not in _EVENTS:
+        known = ", ".join(_EVENTS)
+        raise RuleError(f"{where}: event: {item.get('event')!r} is not one of {known}")
+    priority = item.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool) or abs(priority) > 1000:
+        raise RuleError(f"{where}: priority: an integer from -1000 to 1000")
+    return Rule(
+        name,
+        ChangeAction(event),
+        _filter(item.get("filter", {}), where),
+        _destination(item.get("destination"), where, env),
+        priority,
+    )
+
+
+def _filter(given: Any, where: str) -> dict[str, str]:
+    if not isinstance(given, dict):
+        raise RuleError(f"{where}: filter: expected an object of DICOM keyword: value")
+    found = {}
+    for keyword, value in given.items():
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise RuleError(f"{where}: filter: {keyword!r} is not a DICOM keyword")
+        if keyword in _COMPUTED:
+            raise RuleError(
+                f"{where}: filter: {keyword} is computed by the archive, not stored in an "
+                f"instance; {_COMPUTED[keyword]}"
+            )
+        vr = dictionary_VR(tag)  # "OB or OW" for some
+        if any(v in _UNMATCHABLE_VRS for v in vr.split(" or ")):
+            raise RuleError(f"{where}: filter: {keyword} ({vr}) cannot be matched")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise RuleError(f"{where}: filter: {keyword}: expected a text or number value")
+        found[f"{tag:08X}"] = str(value)
+    return found
+
+
+def _destination(given: Any, where: str, env: Mapping[str, str]) -> Destination:
+    if not isinstance(given, dict) or len(given) != 1 or next(iter(given)) not in ("dicom", "stow"):
+        raise RuleError(
+            f'{where}: destination: expected {{"dicom": {{...}}}} or {{"stow": {{...}}}}'
+        )
+    kind, spec = next(iter(given.items()))
+    where = f"{where}: destination.{kind}"
+    if not isinstance(spec, dict):
+        raise RuleError(f"{where}: expected an object")
+    if kind == "dicom":
+        ae = _text(spec, "aeTitle", where)
+        if len(ae) > 16 or "\\" in ae:
+            raise RuleError(f"{where}: aeTitle: at most 16 characters, no backslash")
+        port = spec.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise RuleError(f"{where}: port: an integer from 1 to 65535")
+        return DicomNode(ae, _text(spec, "host", where), port)
+    url = _url(_text(spec, "url", where), f"{where}: url")
+    oauth = spec.get("oauth")
+    if oauth is None:
+        return StowServer(url)
+    if not isinstance(oauth, dict):
+        raise RuleError(f"{where}: oauth: expected an object")
+    where = f"{where}.oauth"
+    secret_env = _text(oauth, "secretEnv", where)
+    secret = env.get(secret_env)
+    if not secret:
+        raise RuleError(f"{where}: secretEnv: the environment variable {secret_env} is not set")
+    scope = oauth.get("scope", "")
+    if not isinstance(scope, str):
+        raise RuleError(f"{where}: scope: expected text")
+    client = OAuthClient(
+        _url(_text(oauth, "tokenUrl", where), f"{where}: tokenUrl"),
+        _text(oauth, "clientId", where),
+        secret,
+        scope,
+    )
+    return StowServer(url, client)
+
+
+def _text(spec: Mapping[str, Any], name: str, where: str) -> str:
+    value = spec.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise RuleError(f"{where}: {name}: required text")
+    return value.strip()
+
+
+def _url(value: str, where: str) -> str:
+    if not re.match(r"https?://[^/\s]+", value):
+        raise RuleError(f"{where}: {value!r} is not an http:// or https:// URL")
+    return value
