@@ -20,6 +20,7 @@ from app.forwarding.stow import StowSender
 from app.index.migrations import IndexUnavailable, SchemaError
 from app.index.postgres import PostgresIndex
 from app.index.sqlite import SqliteIndex
+from app.search.indexer import SearchIndexer
 from app.services.archive import Archive
 from app.services.delete import retry_periodically
 from app.services.forward_rules import DicomNode, Rule, load_rules
@@ -166,6 +167,8 @@ def change_consumers(settings: Settings, index: Index | None = None) -> list[Cha
             settings.kafka_ca,
         )
         consumers.append(KafkaPublisher(brokers, settings.kafka_topic, security=security))
+    if settings.search_url:
+        consumers.append(SearchIndexer(settings.search_url, settings.search_index))
     return consumers
 
 

@@ -126,6 +126,11 @@ class Settings:
     kafka_username: str = ""
     kafka_password: str = ""
     kafka_ca: str = ""
+    # Search (app/search/): the Elasticsearch node or cluster to index every attribute in,
+    # http(s)://[user:password@]host:port (empty: no search index), and the prefix of its
+    # indices and index template (<prefix>-studies, -series, -instances).
+    search_url: str = ""
+    search_index: str = "pacs"
     # Largest image /rendered, /thumbnail and WADO-URI may produce, in pixels (vw x vh,
     # rows x columns; an animated GIF's frames together): rendering holds it whole in memory.
     max_rendered_pixels: int = 4096 * 4096

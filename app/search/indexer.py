@@ -1,0 +1,116 @@
+"""The search indexer: change-log entries into Elasticsearch, a consumer of the outbox
+(app/services/outbox.py), so ingest never waits on Elasticsearch and no change is lost
+while it is down (the cursor stays where it was and the batch comes again).
+
+Three indices, `<prefix>-studies`, `<prefix>-series` and `<prefix>-instances`, shaped by one
+index template (app/search/mapping.py), created on the first delivery. Per batch one bulk
+request: for each instance.stored or instance.replaced entry the instance, series and study
+documents (app/search/documents.py) from the instance's metadata, and for each
+instance.deleted, series.deleted and study.deleted entry the deletion of its document.
+
+Idempotent and convergent, whatever is replayed: every write carries the entry's sequence
+as an external version, so Elasticsearch keeps a document only from a newer entry than the
+one that wrote it (an older one answers 409, which counts as done); and an entry whose
+instance was since replaced or deleted comes without metadata (its state is not current)
+and is skipped, so a replay never brings back what a later entry removed. A series or study
+document is rewritten by each instance stored in it (the latest wins); it is deleted with
+the series or study.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from elasticsearch import AsyncElasticsearch
+
+from app.dicom.levels import Level
+from app.search.documents import document_id, documents
+from app.search.mapping import index_template
+from app.services.ports import Change, ChangeAction
+
+log = logging.getLogger(__name__)
+
+_UID_FIELD = {Level.STUDY: "study", Level.SERIES: "series", Level.INSTANCE: "instance"}
+_SUFFIX = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}
+
+
+class SearchIndexer:
+    name = "search"
+    metadata = True
+
+    def __init__(self, url: str, prefix: str = "pacs", *, timeout: float = 30.0) -> None:
+        self.prefix = prefix
+        self.client = AsyncElasticsearch(url, request_timeout=timeout)
+        self._ready = False
+
+    def index(self, level: Level) -> str:
+        """The name of the index of `level`'s documents."""
+        return f"{self.prefix}-{_SUFFIX[level]}"
+
+    async def deliver(self, tenant: str, changes: Sequence[Change]) -> None:
+        await self._prepare()
+        operations = [op for change in changes for op in self._operations(tenant, change)]
+        if not operations:
+            return
+        answer = await self.client.bulk(operations=operations, refresh=False)
+        if answer.get("errors"):
+            failed = [
+                item
+                for entry in answer["items"]
+                for item in entry.values()
+                if item.get("status", 200) >= 300 and item.get("status") not in (404, 409)
+            ]
+            if failed:
+                raise RuntimeError(
+                    f"search: {len(failed)} of {len(answer['items'])} bulk operations failed, "
+                    f"the first: {failed[0].get('error')}"
+                )
+
+    def _operations(self, tenant: str, change: Change) -> list[dict[str, Any]]:
+        action = change.action
+        if action in (ChangeAction.INSTANCE_STORED, ChangeAction.INSTANCE_REPLACED):
+            if change.metadata is None:
+                return []  # replaced or deleted since: a later entry says what is current
+            dataset = orjson.loads(change.metadata)
+            operations: list[dict[str, Any]] = []
+            for level, document in documents(tenant, dataset, change.sequence).items():
+                uid = document[_UID_FIELD[level]]
+                operations += [{"index": self._meta(tenant, level, uid, change)}, document]
+            return operations
+        if action == ChangeAction.INSTANCE_DELETED:
+            uid, level = change.sop_instance_uid, Level.INSTANCE
+        elif action == ChangeAction.SERIES_DELETED:
+            uid, level = change.series_instance_uid, Level.SERIES
+        elif action == ChangeAction.STUDY_DELETED:
+            uid, level = change.study_instance_uid, Level.STUDY
+        else:
+            return []  # stable announcements, and actions of a newer version
+        if uid is None:
+            return []
+        return [{"delete": self._meta(tenant, level, uid, change)}]
+
+    def _meta(self, tenant: str, level: Level, uid: str, change: Change) -> dict[str, Any]:
+        return {
+            "_index": self.index(level),
+            "_id": document_id(tenant, uid),
+            "version": change.sequence,
+            "version_type": "external",
+        }
+
+    async def _prepare(self) -> None:
+        """The index template and the indices, once per process (both calls are idempotent:
+        another node may have made them)."""
+        if self._ready:
+            return
+        template = index_template([f"{self.prefix}-*"])
+        await self.client.indices.put_index_template(name=self.prefix, **template)
+        for level in _SUFFIX:
+            if not await self.client.indices.exists(index=self.index(level)):
+                await self.client.options(ignore_status=400).indices.create(index=self.index(level))
+        self._ready = True
+
+    async def close(self) -> None:
+        await self.client.close()
