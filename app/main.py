@@ -188,6 +188,8 @@ async def _delivering(archive: Archive) -> AsyncIterator[None]:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         # httpx logs each request's URL at INFO: a webhook's may carry a token.
         logging.getLogger("httpx").setLevel(logging.WARNING)
+        # The Elasticsearch client logs every request at INFO (the indexer's bulk requests).
+        logging.getLogger("elastic_transport").setLevel(logging.WARNING)
     outbox = Outbox(
         archive.index,
         consumers,

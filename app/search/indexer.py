@@ -57,17 +57,33 @@ class SearchIndexer:
             return
         answer = await self.client.bulk(operations=operations, refresh=False)
         if answer.get("errors"):
-            failed = [
-                item
-                for entry in answer["items"]
-                for item in entry.values()
-                if item.get("status", 200) >= 300 and item.get("status") not in (404, 409)
-            ]
-            if failed:
-                raise RuntimeError(
-                    f"search: {len(failed)} of {len(answer['items'])} bulk operations failed, "
-                    f"the first: {failed[0].get('error')}"
-                )
+            self._check(answer["items"])
+
+    @staticmethod
+    def _check(items: list[dict[str, Any]]) -> None:
+        """Raise when an operation may succeed later (429, 5xx: the batch comes again);
+        skip, with a warning, a document Elasticsearch refuses for good (a 400: a value
+        that fits no mapping), which would otherwise hold back every later change. 404 (a
+        delete of what is not there) and 409 (a newer version is indexed) are done."""
+        results = [result for item in items for result in item.values()]
+        retry = [r for r in results if r.get("status", 200) == 429 or r.get("status", 200) >= 500]
+        refused = [r for r in results if 400 <= r.get("status", 200) < 500]
+        refused = [r for r in refused if r.get("status") not in (404, 409, 429)]
+        # The errors' types only: their reasons quote the fields' values (patient data).
+        if retry:
+            error = retry[0].get("error") or {}
+            raise RuntimeError(
+                f"search: {len(retry)} of {len(results)} bulk operations failed, the first "
+                f"with {error.get('type', 'an error')} (status {retry[0].get('status')})"
+            )
+        for result in refused:
+            error = result.get("error") or {}
+            log.warning(
+                "search: %s refused document %s (%s); it is left out of the index",
+                result.get("_index"),
+                result.get("_id"),
+                error.get("type", "an error"),
+            )
 
     def _operations(self, tenant: str, change: Change) -> list[dict[str, Any]]:
         action = change.action

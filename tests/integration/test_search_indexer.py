@@ -150,3 +150,17 @@ async def test_fields_are_mapped_by_vr(indexer: SearchIndexer) -> None:
     assert fields["00400275_SQ"]["properties"]["00401001_SH"]["type"] == "keyword"
     group = fields["00100010_PN"]["properties"]["Alphabetic"]
     assert group["type"] == "keyword" and group["fields"]["text"]["type"] == "text"
+
+
+async def test_a_refused_document_does_not_hold_back_the_batch(
+    indexer: SearchIndexer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: a document Elasticsearch refuses (400) failed the whole batch, and its
+    retries held back every later change of the tenant for good."""
+    refused = _dataset("1.2.3.5", **{"00091001": {"vr": "LO", "Value": [{"not": "a string"}]}})
+    await indexer.deliver(
+        "t1", [_stored(1, refused, "1.2.3.5"), _stored(2, _dataset("1.2.3.6"), "1.2.3.6")]
+    )
+    assert await _hits(indexer, Level.INSTANCE, {"match_all": {}}) == ["t1/1.2.3.6"]
+    assert "refused document t1/1.2.3.5 (document_parsing_exception)" in caplog.text
+    assert "not a string" not in caplog.text
