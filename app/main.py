@@ -188,8 +188,9 @@ async def _delivering(archive: Archive) -> AsyncIterator[None]:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         # httpx logs each request's URL at INFO: a webhook's may carry a token.
         logging.getLogger("httpx").setLevel(logging.WARNING)
-        # The Elasticsearch client logs every request at INFO (the indexer's bulk requests).
-        logging.getLogger("elastic_transport").setLevel(logging.WARNING)
+        # The Elasticsearch client logs every request at INFO and each failed one with its
+        # traceback at WARNING; the outbox logs each failed delivery once.
+        logging.getLogger("elastic_transport").setLevel(logging.ERROR)
     outbox = Outbox(
         archive.index,
         consumers,

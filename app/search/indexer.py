@@ -43,7 +43,9 @@ class SearchIndexer:
 
     def __init__(self, url: str, prefix: str = "pacs", *, timeout: float = 30.0) -> None:
         self.prefix = prefix
-        self.client = AsyncElasticsearch(url, request_timeout=timeout)
+        # No retries of the client's own: the outbox retries the batch with its backoff and
+        # logs each failure once.
+        self.client = AsyncElasticsearch(url, request_timeout=timeout, max_retries=0)
         self._ready = False
 
     def index(self, level: Level) -> str:

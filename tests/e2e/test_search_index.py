@@ -133,3 +133,9 @@ def test_every_attribute_searchable_replace_delete_and_catch_up(
         archive = _archive(client, [study, other])
         assert len(archive) == 4
         _until_equal(es, index, archive)
+    # Regression: the client retried each request 3 times itself and logged every failure
+    # with its traceback (hundreds of lines a minute while Elasticsearch was down); the
+    # outbox logs each failed delivery once.
+    log = (tmp_path / "data" / "server.log").read_text()
+    assert "delivery to search failed" in log
+    assert "Traceback" not in log and "elastic_transport" not in log
