@@ -54,7 +54,17 @@ class SearchIndexer:
 
     async def deliver(self, tenant: str, changes: Sequence[Change]) -> None:
         await self._prepare()
-        operations = [op for change in changes for op in self._operations(tenant, change)]
+        # The last write of each document only: a batch of a series' instances rewrites its
+        # series and study documents with each one, and the last of them wins anyway (the
+        # highest version; the changes come in sequence order).
+        latest: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for change in changes:
+            for operation in self._operations(tenant, change):
+                meta = next(iter(operation[0].values()))
+                key = (meta["_index"], meta["_id"])
+                latest.pop(key, None)  # re-inserted: the bulk request keeps log order
+                latest[key] = operation
+        operations = [part for operation in latest.values() for part in operation]
         if not operations:
             return
         answer = await self.client.bulk(operations=operations, refresh=False)
@@ -87,17 +97,20 @@ class SearchIndexer:
                 error.get("type", "an error"),
             )
 
-    def _operations(self, tenant: str, change: Change) -> list[dict[str, Any]]:
+    def _operations(self, tenant: str, change: Change) -> list[list[dict[str, Any]]]:
+        """The bulk operations of `change`, each its action line (and its document)."""
         action = change.action
         if action in (ChangeAction.INSTANCE_STORED, ChangeAction.INSTANCE_REPLACED):
             if change.metadata is None:
                 return []  # replaced or deleted since: a later entry says what is current
             dataset = orjson.loads(change.metadata)
-            operations: list[dict[str, Any]] = []
-            for level, document in documents(tenant, dataset, change.sequence).items():
-                uid = document[_UID_FIELD[level]]
-                operations += [{"index": self._meta(tenant, level, uid, change)}, document]
-            return operations
+            return [
+                [
+                    {"index": self._meta(tenant, level, document[_UID_FIELD[level]], change)},
+                    document,
+                ]
+                for level, document in documents(tenant, dataset, change.sequence).items()
+            ]
         if action == ChangeAction.INSTANCE_DELETED:
             uid, level = change.sop_instance_uid, Level.INSTANCE
         elif action == ChangeAction.SERIES_DELETED:
@@ -108,7 +121,7 @@ class SearchIndexer:
             return []  # stable announcements, and actions of a newer version
         if uid is None:
             return []
-        return [{"delete": self._meta(tenant, level, uid, change)}]
+        return [[{"delete": self._meta(tenant, level, uid, change)}]]
 
     def _meta(self, tenant: str, level: Level, uid: str, change: Change) -> dict[str, Any]:
         return {

@@ -164,3 +164,15 @@ async def test_a_refused_document_does_not_hold_back_the_batch(
     assert await _hits(indexer, Level.INSTANCE, {"match_all": {}}) == ["t1/1.2.3.6"]
     assert "refused document t1/1.2.3.5 (document_parsing_exception)" in caplog.text
     assert "not a string" not in caplog.text
+
+
+async def test_a_batch_writes_each_series_and_study_document_once(indexer: SearchIndexer) -> None:
+    """A batch of a series' instances writes its series and study documents once, with the
+    last instance's version, not once per instance."""
+    sops = [f"1.2.3.{n}" for n in range(10, 15)]
+    await indexer.deliver("t1", [_stored(n, _dataset(sop), sop) for n, sop in enumerate(sops, 1)])
+    stats = await indexer.client.indices.stats(index=indexer.index(Level.SERIES), metric="indexing")
+    assert stats["_all"]["primaries"]["indexing"]["index_total"] == 1
+    series = await indexer.client.get(index=indexer.index(Level.SERIES), id=f"t1/{SERIES}")
+    assert series["_version"] == len(sops)
+    assert await _hits(indexer, Level.INSTANCE, {"match_all": {}}) == [f"t1/{s}" for s in sops]
