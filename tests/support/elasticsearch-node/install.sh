@@ -38,8 +38,10 @@ rm -rf "$home.partial"
 mkdir -p "$home.partial"
 mvn -q -B -Dstyle.color=never -f "$here/pom.xml" dependency:unpack-dependencies \
     -DoutputDirectory="$home.partial" -DincludeTypes=zip \
+    -DmarkersDirectory="$home.partial/.markers" \
     || give_up "could not fetch Elasticsearch from Maven Central (mvn dependency:unpack-dependencies)"
-# The zip holds one folder, elasticsearch-<version>/: its content becomes the home.
+# (The markers stay out of the repository: one left beside the pom made later runs skip
+# the unpacking.) The zip holds one folder, elasticsearch-<version>/: its content becomes the home.
 inner="$(find "$home.partial" -mindepth 1 -maxdepth 1 -type d -name 'elasticsearch-*' | head -n 1)"
 [ -n "$inner" ] && [ -x "$inner/bin/elasticsearch" ] \
     || give_up "the Elasticsearch zip has no bin/elasticsearch"
