@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser oidc-provider kafka serve test lint typecheck unit fuzz clean
+.PHONY: install browser oidc-provider kafka elasticsearch serve test lint typecheck unit fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ oidc-provider:
 kafka:
 	bash tests/support/kafka-broker/install.sh
 
+# The Elasticsearch node of the search indexer's tests (tests/support/elasticsearch-node/):
+# Java and Maven from Debian when missing, Elasticsearch 8.19's integration-test zip from Maven
+# Central unpacked into ~/.cache/pacs/elasticsearch-8.19.21 once; outside CI a failure is a
+# warning (those tests skip).
+elasticsearch:
+	bash tests/support/elasticsearch-node/install.sh
+
 serve: install
 	$(BIN)/pacs serve $(ARGS)
 
@@ -41,7 +48,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install browser oidc-provider kafka
+unit: install browser oidc-provider kafka elasticsearch
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The fuzzing suite alone (tests/fuzz, also part of `make test`): each target runs for

@@ -20,6 +20,7 @@ from app.forwarding.stow import StowSender
 from app.index.migrations import IndexUnavailable, SchemaError
 from app.index.postgres import PostgresIndex
 from app.index.sqlite import SqliteIndex
+from app.search.indexer import SearchIndexer
 from app.services.archive import Archive
 from app.services.delete import retry_periodically
 from app.services.forward_rules import DicomNode, Rule, load_rules
@@ -166,6 +167,8 @@ def change_consumers(settings: Settings, index: Index | None = None) -> list[Cha
             settings.kafka_ca,
         )
         consumers.append(KafkaPublisher(brokers, settings.kafka_topic, security=security))
+    if settings.search_url:
+        consumers.append(SearchIndexer(settings.search_url, settings.search_index))
     return consumers
 
 
@@ -185,6 +188,9 @@ async def _delivering(archive: Archive) -> AsyncIterator[None]:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         # httpx logs each request's URL at INFO: a webhook's may carry a token.
         logging.getLogger("httpx").setLevel(logging.WARNING)
+        # The Elasticsearch client logs every request at INFO and each failed one with its
+        # traceback at WARNING; the outbox logs each failed delivery once.
+        logging.getLogger("elastic_transport").setLevel(logging.ERROR)
     outbox = Outbox(
         archive.index,
         consumers,

@@ -126,6 +126,11 @@ class Settings:
     kafka_username: str = ""
     kafka_password: str = ""
     kafka_ca: str = ""
+    # Search (app/search/): the Elasticsearch node or cluster to index every attribute in,
+    # http(s)://[user:password@]host:port (empty: no search index), and the prefix of its
+    # indices and index template (<prefix>-studies, -series, -instances).
+    search_url: str = ""
+    search_index: str = "pacs"
     # Largest image /rendered, /thumbnail and WADO-URI may produce, in pixels (vw x vh,
     # rows x columns; an animated GIF's frames together): rendering holds it whole in memory.
     max_rendered_pixels: int = 4096 * 4096
@@ -277,6 +282,7 @@ class Settings:
             raise ValueError("PACS_CHANGEFEED_MAX_WAIT: must be 0 (no long polling) or more")
         _check_kafka(self.kafka_bootstrap, self.kafka_topic)
         self._check_kafka_security()
+        _check_search(self.search_url, self.search_index)
         if self.max_rendered_pixels < 1:
             raise ValueError("PACS_MAX_RENDERED_PIXELS: must be at least 1")
         if self.max_frames_per_request < 1:
@@ -582,6 +588,28 @@ def _check_kafka(bootstrap: str, topic: str) -> None:
     for broker in kafka_brokers(bootstrap):
         if not _KAFKA_BROKER.fullmatch(broker):
             raise ValueError(f"PACS_KAFKA_BOOTSTRAP: {broker!r} is not host:port")
+
+
+# An Elasticsearch index name prefix: lower case, no leading '-', '_' or '+', room for the
+# level suffix within the 255 bytes of an index name.
+_SEARCH_INDEX = re.compile(r"[a-z0-9][a-z0-9._-]{0,199}")
+
+
+def _check_search(url: str, prefix: str) -> None:
+    if url:
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 (raises on a malformed port)
+        except ValueError:
+            parts = parts._replace(scheme="")
+        # Not echoed: the URL may carry a password.
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("PACS_SEARCH_URL: not an http(s)://host[:port] URL")
+    if not _SEARCH_INDEX.fullmatch(prefix):
+        raise ValueError(
+            f"PACS_SEARCH_INDEX: {prefix!r} is not an index name prefix (1 to 200 lower-case "
+            "letters, digits, '.', '_' or '-', not starting with '.', '_' or '-')"
+        )
 
 
 def kafka_brokers(bootstrap: str) -> list[str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.elasticsearch import ElasticsearchNode, running_elasticsearch
 from tests.support.kafka import KafkaBroker, running_kafka
 from tests.support.oidc import OpenIdProvider, running_provider
 from tests.support.server import running_server
@@ -49,3 +50,12 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     uses a topic of its own."""
     with running_kafka(tmp_path_factory.mktemp("kafka")) as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def elasticsearch() -> Iterator[ElasticsearchNode]:
+    """A real Elasticsearch node (tests/support/elasticsearch.py) shared by the session,
+    started once (about 20 s); a test that stops it starts it again before it ends, and uses
+    an index prefix of its own."""
+    with running_elasticsearch() as node:
+        yield node

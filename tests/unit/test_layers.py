@@ -30,7 +30,7 @@ def within(module: str, allowed: tuple[str, ...]) -> bool:
     return any(module == a or module.startswith(f"{a}.") for a in allowed)
 
 
-@pytest.mark.parametrize("package", ["index", "broker"])
+@pytest.mark.parametrize("package", ["index", "broker", "search"])
 def test_backends_import_only_dicom_query_and_the_ports(package: str) -> None:
     """Regression: the index's audit modules imported the audit model from app.auth."""
     allowed = ("app.dicom", "app.query", "app.services.ports", f"app.{package}")
