@@ -97,7 +97,10 @@ def _same(found: Any, wanted: str) -> bool:
 def matches(dataset: Mapping[str, Any], conditions: Iterable[tuple[str, str]]) -> bool:
     """Whether the dataset (DICOM JSON) has each keyword with the wanted value."""
     for keyword, wanted in conditions:
-        element = dataset.get(check_filter_keyword(keyword))
+        # Not checked again here: a filter stored before a check was added (a computed
+        # attribute, say) matches nothing rather than failing every delivery.
+        tag = tag_for_keyword(keyword)
+        element = dataset.get(f"{tag:08X}") if tag is not None else None
         values = element.get("Value") if isinstance(element, dict) else None
         if not isinstance(values, list) or not any(_same(v, wanted) for v in values):
             return False

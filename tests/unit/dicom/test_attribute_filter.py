@@ -43,6 +43,8 @@ MR: dict[str, Any] = {"00080060": {"vr": "CS", "Value": ["MR"]}}
         ([("SeriesNumber", "2"), ("Modality", "CT"), ("PatientName", "Doe^Jane")], True),
         ([("StudyDescription", "x")], False),  # empty
         ([("SeriesDescription", "x")], False),  # absent
+        ([("ModalitiesInStudy", "CT")], False),  # refused by parse_filter; stored before
+        ([("NoSuchKeyword", "CT")], False),
     ],
 )
 def test_matches(conditions: list[tuple[str, str]], expected: bool) -> None:
