@@ -6,9 +6,11 @@ One POST per entry, in sequence order: the body is the entry as the Kafka publis
 (the change feed's fields plus `Tenant`, no metadata; app/broker/kafka.py), with headers
 `X-Pacs-Event` (the action), `X-Pacs-Subscription`, `X-Pacs-Delivery` (the entry's sequence:
 receivers drop duplicates by it), `X-Pacs-Timestamp` and `X-Pacs-Signature`
-(app/broker/webhook_signing.py). Entries of other actions, or whose instance does not match
-the attribute filter, are skipped (an entry whose version was replaced or deleted before it
-was delivered has no metadata left, and matches no filter).
+(app/broker/webhook_signing.py). Entries of other actions, or that do not match the attribute
+filter, are skipped: an instance entry is matched on its metadata, a series.stable or
+study.stable entry on the instances stored in it (app/services/entry_attributes.py); a
+deleted instance, series or study, or an instance version replaced or deleted before it was
+delivered, has nothing left to match, so only a subscription without a filter gets it.
 
 What an answer means (`classify`): 2xx delivered; 408, 429, 5xx, no answer within
 PACS_WEBHOOK_TIMEOUT or no connection: tried again after the outbox's backoff, up to
@@ -36,11 +38,11 @@ from enum import Enum
 from typing import Protocol
 
 import httpx
-import orjson
 
 from app.broker.kafka import message_value
 from app.broker.webhook_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
-from app.dicom.attribute_filter import matches
+from app.dicom.attribute_filter import matches_any
+from app.services.entry_attributes import entry_datasets
 from app.services.ports import Change, ChangeConsumer, DeadLetter, Index, Webhook
 
 log = logging.getLogger(__name__)
@@ -105,14 +107,13 @@ class WebhookConsumer:
         # once; this waits for its backoff instead of a second POST.
         self._failed_at: int | None = None
 
-    def wanted(self, change: Change) -> bool:
+    async def wanted(self, change: Change) -> bool:
         if str(change.action) not in self.hook.events:
             return False
         if not self.hook.filter:
             return True
-        if change.metadata is None:
-            return False
-        return matches(orjson.loads(change.metadata), self.hook.filter)
+        datasets = await entry_datasets(self.index, self.tenant, change)
+        return matches_any(datasets, self.hook.filter)
 
     async def deliver(self, tenant: str, changes: Sequence[Change]) -> int | None:
         # Deleted (through any node) since the registry last looked: the outbox's claim
@@ -124,7 +125,7 @@ class WebhookConsumer:
         for change in changes:
             if done is not None and time.monotonic() - started > self.budget:
                 return done
-            if self.wanted(change):
+            if await self.wanted(change):
                 if self._failed_at == change.sequence:
                     self._failed_at = None
                     raise WebhookFailed(f"entry {change.sequence} not delivered yet")

@@ -19,10 +19,12 @@ the rule and the field. Its form:
 
 `event` is a change-log action (app.services.ports.ChangeAction): the entry's scope (a
 study for study.stable, a series for series.stable, an instance for instance.stored) is
-what is sent. `filter` maps DICOM keywords to values, matched exactly (a multi-valued
-attribute matches when one of its values does); an entry matches when one instance in its
-scope has every value. `priority` (default 0): jobs of a higher one run first. The secret of
-an OAuth client is read from the named environment variable, never from the file.
+what is sent. `filter` maps DICOM keywords to values (app/dicom/attribute_filter.py: exact,
+one value of a multi-valued attribute, person names, numbers); an entry matches when one of
+the datasets app/services/entry_attributes.py gives for it (its instance, or the instances
+of its series or study) has every value. `priority` (default 0): jobs of a higher one run
+first. The secret of an OAuth client is read from the named environment variable, never
+from the file.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydicom.datadict import dictionary_VR, tag_for_keyword
 
+from app.dicom.attribute_filter import Conditions, matches, parse_filter
 from app.services.ports import ChangeAction, Json
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -50,17 +52,7 @@ _EVENTS = tuple(
         ChangeAction.INSTANCE_REPLACED,
     )
 )
-# Study and series attributes the index computes: no instance has them to match.
-_COMPUTED = {
-    "ModalitiesInStudy": "use Modality",
-    "SOPClassesInStudy": "use SOPClassUID",
-    "NumberOfStudyRelatedSeries": "counts cannot be matched",
-    "NumberOfStudyRelatedInstances": "counts cannot be matched",
-    "NumberOfSeriesRelatedInstances": "counts cannot be matched",
-}
 _RULE_FIELDS = ("name", "event", "filter", "priority", "destination")
-# Values that cannot be matched as text in DICOM JSON.
-_UNMATCHABLE_VRS = ("SQ", "OB", "OD", "OF", "OL", "OV", "OW", "UN")
 
 
 class RuleError(ValueError):
@@ -103,25 +95,14 @@ Destination = DicomNode | StowServer
 class Rule:
     name: str
     event: ChangeAction
-    # DICOM JSON tag (8 hex digits) -> the values one of which it must have, as text.
-    filter: Mapping[str, str]
+    # (DICOM keyword, wanted value as text), every one of which must match.
+    filter: Conditions
     destination: Destination
     priority: int = 0
 
     def matches(self, dataset: Json) -> bool:
         """Whether the DICOM JSON `dataset` has every value of the filter."""
-        return all(value in _texts(dataset.get(tag)) for tag, value in self.filter.items())
-
-
-def _texts(element: Any) -> set[str]:
-    if not isinstance(element, dict):
-        return set()
-    found = set()
-    for item in element.get("Value") or ():
-        value = item.get("Alphabetic") if isinstance(item, dict) else item  # a person name
-        if value is not None:
-            found.add(value if isinstance(value, str) else str(value))
-    return found
+        return matches(dataset, self.filter)
 
 
 def load_rules(path: str, env: Mapping[str, str] | None = None) -> list[Rule]:
@@ -175,26 +156,11 @@ def _rule(item: Any, number: int, env: Mapping[str, str]) -> Rule:
     )
 
 
-def _filter(given: Any, where: str) -> dict[str, str]:
-    if not isinstance(given, dict):
-        raise RuleError(f"{where}: filter: expected an object of DICOM keyword: value")
-    found = {}
-    for keyword, value in given.items():
-        tag = tag_for_keyword(keyword)
-        if tag is None:
-            raise RuleError(f"{where}: filter: {keyword!r} is not a DICOM keyword")
-        if keyword in _COMPUTED:
-            raise RuleError(
-                f"{where}: filter: {keyword} is computed by the archive, not stored in an "
-                f"instance; {_COMPUTED[keyword]}"
-            )
-        vr = dictionary_VR(tag)  # "OB or OW" for some
-        if any(v in _UNMATCHABLE_VRS for v in vr.split(" or ")):
-            raise RuleError(f"{where}: filter: {keyword} ({vr}) cannot be matched")
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise RuleError(f"{where}: filter: {keyword}: expected a text or number value")
-        found[f"{tag:08X}"] = str(value)
-    return found
+def _filter(given: Any, where: str) -> Conditions:
+    try:
+        return parse_filter(given)
+    except ValueError as exc:
+        raise RuleError(f"{where}: filter: {exc}") from None
 
 
 def _destination(given: Any, where: str, env: Mapping[str, str]) -> Destination:

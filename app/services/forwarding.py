@@ -3,8 +3,8 @@
 each job's instances to its destination.
 
 `ForwardingRouter` is a consumer of the outbox (app/services/outbox.py): for each entry and
-each rule of its event it decides whether the entry matches (on the entry's metadata, or
-for a stable series or study on its instances' stored metadata) and queues a job. Queuing
+each rule of its event it decides whether the entry matches (on the datasets
+app/services/entry_attributes.py gives for it, as webhooks do) and queues a job. Queuing
 is idempotent (one job per tenant, rule and sequence), so an entry delivered twice makes
 one job.
 
@@ -27,9 +27,9 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import orjson
-
 from app.auth.principal import Access, Permission, Principal
+from app.dicom.attribute_filter import matches_any
+from app.services.entry_attributes import entry_datasets
 from app.services.forward_rules import Rule
 from app.services.ports import Change, ChangeAction, Index, Job, NewJob, StoredInstance
 
@@ -106,11 +106,11 @@ class ForwardingRouter:
         for change in changes:
             rules = [r for r in self.rules if r.event == change.action]
             if rules:
-                datasets = await self._datasets(tenant, change)
+                datasets = await entry_datasets(self.index, tenant, change)
                 jobs += [
                     _job(tenant, rule, change)
                     for rule in rules
-                    if any(rule.matches(d) for d in datasets)
+                    if matches_any(datasets, rule.filter)
                 ]
         if jobs:
             queued = await self.index.enqueue_jobs(jobs)
@@ -119,16 +119,6 @@ class ForwardingRouter:
 
     async def close(self) -> None:
         pass
-
-    async def _datasets(self, tenant: str, change: Change) -> list[dict[str, object]]:
-        """The DICOM JSON the rules are matched on: the entry's own metadata, else that of
-        every instance now stored in its scope."""
-        if change.metadata is not None:
-            return [orjson.loads(change.metadata)]
-        stored = await self.index.metadata(
-            tenant, change.study_instance_uid, change.series_instance_uid, change.sop_instance_uid
-        )
-        return [orjson.loads(m.json) for m in stored]
 
 
 def _job(tenant: str, rule: Rule, change: Change) -> NewJob:

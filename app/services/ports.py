@@ -223,7 +223,8 @@ class TenantConsumer(ChangeConsumer, Protocol):
 @dataclass(frozen=True)
 class Webhook:
     """A webhook subscription of a tenant (app/services/webhooks.py): change-log entries of
-    the `events` actions whose instance matches `filter` (keyword -> exact value) are
+    the `events` actions that match `filter` (keyword -> exact value; on what:
+    app/services/entry_attributes.py) are
     POSTed to `url`, signed with `secret`."""
 
     tenant: str

@@ -139,6 +139,39 @@ def test_filtered_signed_retried_and_dead_lettered_deliveries(tmp_path: Path) ->
     assert " ERROR " not in log and "Traceback" not in log
 
 
+def test_study_stable_with_a_modality_filter_fires_for_a_ct_study(tmp_path: Path) -> None:
+    """The filter was matched on the entry's instance metadata only, which a study.stable
+    entry has not: "study.stable with Modality=CT" never fired. It is now matched on the
+    study's stored instances (app/services/entry_attributes.py)."""
+    env = _env(PACS_STABLE_AFTER="1", PACS_STABLE_SCAN_MS="100")
+    with (
+        webhook_receiver() as receiver,
+        running_server(tmp_path / "data", env=env) as url,
+        httpx.Client(base_url=f"{url}/dicomweb", timeout=30) as api,
+    ):
+        receiver.secret = SECRET
+        hook = _subscribe(
+            api, receiver, "/ct-studies", events=["study.stable"], filter={"Modality": "CT"}
+        )
+        mixed, mr_only = generate_uid(), generate_uid()
+        _stow(api, study=mixed, Modality="MR")  # one CT series is enough
+        _stow(api, study=mixed, Modality="CT")
+        _stow(api, study=mr_only, Modality="MR")
+
+        (hit,) = receiver.wait_for(1, timeout=10, path="/ct-studies")
+        assert hit.body["Action"] == "study.stable" and hit.signed
+        assert hit.body["StudyInstanceUid"] == mixed
+
+        # Both studies' entries passed the subscription; the MR one was not sent.
+        def stable() -> list[int]:
+            feed = api.get("/changefeed").json()
+            return [c["Sequence"] for c in feed if c["Action"] == "study.stable"]
+
+        _until(lambda: len(stable()) == 2)
+        _until(lambda: _status(api, hook)["lastDeliveredSequence"] >= max(stable()))
+        assert len(receiver.delivered("/ct-studies")) == 1
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_sigkill_during_delivery_then_restart_delivers_every_event(
     tmp_path: Path, backend: str

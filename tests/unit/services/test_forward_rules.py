@@ -1,6 +1,6 @@
 """Forwarding rules from their JSON file: each mistake refused at start with the rule and
-field it is in; a filter matches a DICOM JSON dataset on exact values; backoff doubles up
-to its bound and ends after the last attempt."""
+field it is in (the filter's own checks and matching: tests/unit/dicom/test_attribute_filter.py);
+backoff doubles up to its bound and ends after the last attempt."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_a_rules_file_gives_its_rules() -> None:
     assert [r.name for r in rules] == ["ct", "cloud"]
     assert rules[0].destination == DicomNode("VIEWER", "127.0.0.1", 104)
     assert (rules[0].event, rules[0].priority) == (ChangeAction.STUDY_STABLE, 5)
-    assert rules[0].filter == {"00080060": "CT", "00200011": "2"}
+    assert rules[0].filter == (("Modality", "CT"), ("SeriesNumber", "2"))
     assert isinstance(rules[1].destination, StowServer)
     assert rules[1].destination.oauth is not None
     assert rules[1].destination.oauth.secret == "s3cret"
@@ -114,25 +114,6 @@ def test_an_unreadable_or_malformed_file_is_named(tmp_path: Path) -> None:
     broken.write_text("{rules: ")
     with pytest.raises(RuleError, match="is not JSON"):
         load_rules(str(broken), ENV)
-
-
-def test_a_filter_matches_exact_values_of_any_multiplicity() -> None:
-    [ct] = parse_rules(
-        {"rules": [rule(filter={"Modality": "CT", "PatientName": "DOE^JANE", "SeriesNumber": 2})]},
-        ENV,
-    )
-    dataset = {
-        "00080060": {"vr": "CS", "Value": ["CT"]},
-        "00100010": {"vr": "PN", "Value": [{"Alphabetic": "DOE^JANE"}]},
-        "00200011": {"vr": "IS", "Value": [2]},
-    }
-    assert ct.matches(dataset)
-    assert not ct.matches({**dataset, "00080060": {"vr": "CS", "Value": ["MR"]}})
-    assert not ct.matches({**dataset, "00080060": {"vr": "CS", "Value": ["CTX"]}})
-    assert not ct.matches({k: v for k, v in dataset.items() if k != "00100010"})
-    types = {"00080008": {"vr": "CS", "Value": ["ORIGINAL", "PRIMARY"]}}
-    [primary] = parse_rules({"rules": [rule(filter={"ImageType": "PRIMARY"})]}, ENV)
-    assert primary.matches(types)
 
 
 def test_backoff_doubles_up_to_its_bound_then_gives_up() -> None:
