@@ -191,6 +191,8 @@ class ForwardWorker:
 
     async def run_once(self) -> bool:
         """Claim and run one due job; False when none was due."""
+        if self.book is not None and not await self.book.rules():
+            return False  # no rule anywhere: no claim (on SQLite a write) every poll
         job = await self.index.claim_job(self.owner, self.lease)
         if job is None:
             return False

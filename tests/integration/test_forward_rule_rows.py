@@ -13,7 +13,8 @@ from app.auth.principal import Access, Permission, Principal
 from app.services.errors import Conflict, NotFound
 from app.services.forward_rule_store import ForwardRuleService, RuleBook
 from app.services.forward_rules import parse_rule
-from app.services.ports import Index, StoredRule
+from app.services.forwarding import Backoff, ForwardWorker
+from app.services.ports import Index, JobState, NewJob, StoredRule
 from tests.integration.conftest import TENANT
 
 RULE = {
@@ -65,3 +66,16 @@ async def test_a_rule_of_the_file_cannot_be_deleted_nor_shadowed(index: Index) -
     assert (await service.get(ADMIN, "ct"))["source"] == "file"
     with pytest.raises(NotFound):
         await service.get(ADMIN, "other")
+
+
+async def test_a_worker_without_any_rule_claims_nothing(index: Index) -> None:
+    """No rule in the file nor the index: the worker does not claim (on SQLite a write
+    transaction every poll of every loop); a job queued anyway waits."""
+    await index.enqueue_jobs([NewJob(TENANT, "ct", "X", 1, "1.2.3", None, None, 0)])
+    book = RuleBook(index, [], refresh=0.0)
+    worker = ForwardWorker(
+        index, lambda rule: pytest.fail("no sender"), owner="n", lease=5, poll_interval=1,
+        backoff=Backoff(1, 1, 1), book=book,
+    )  # fmt: skip
+    assert not await worker.run_once()
+    assert [j.state for j in await index.jobs(TENANT, None, 10)] == [JobState.QUEUED]
