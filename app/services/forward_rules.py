@@ -1,7 +1,8 @@
 """Forwarding rules (autorouting, issue 12): which change-log entries send what to where.
 
-The rules come from a JSON file (PACS_FORWARDING_RULES), checked at start; each error names
-the rule and the field. Its form:
+The rules come from a JSON file (PACS_FORWARDING_RULES), checked at start, and from the
+admin API (app/services/forward_rule_store.py: one rule of the same form, checked by the
+same `parse_rule`); each error names the rule and the field. The file's form:
 
     {"rules": [
       {"name": "ct-to-viewer",
