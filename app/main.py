@@ -23,6 +23,7 @@ from app.index.sqlite import SqliteIndex
 from app.search.indexer import SearchIndexer
 from app.services.archive import Archive
 from app.services.delete import retry_periodically
+from app.services.forward_rule_store import RuleBook
 from app.services.forward_rules import DicomNode, Rule, load_rules
 from app.services.forwarding import Backoff, ForwardingRouter, ForwardWorker, Sender
 from app.services.orphans import sweep_periodically
@@ -152,12 +153,18 @@ def forwarding_rules(settings: Settings) -> list[Rule]:
     return load_rules(settings.forwarding_rules) if settings.forwarding_rules else []
 
 
+def rule_book(settings: Settings, index: Index, rules: list[Rule]) -> RuleBook:
+    """The file's rules and those of the admin API, kept in the index."""
+    return RuleBook(index, rules, refresh=settings.forward_rules_refresh_ms / 1000)
+
+
 def change_consumers(settings: Settings, index: Index | None = None) -> list[ChangeConsumer]:
     """The consumers of the change log that settings turn on (without `index`, only checked:
     the forwarding router needs it)."""
     consumers: list[ChangeConsumer] = []
-    if (rules := forwarding_rules(settings)) and index is not None:
-        consumers.append(ForwardingRouter(index, rules))
+    rules = forwarding_rules(settings)
+    if index is not None:  # also without a file: rules may be created through the admin API
+        consumers.append(ForwardingRouter(index, rule_book(settings, index, rules)))
     if brokers := kafka_brokers(settings.kafka_bootstrap):
         security = KafkaSecurity(
             settings.kafka_security_protocol,
@@ -244,16 +251,14 @@ def _sender(archive: Archive, rule: Rule) -> Sender:
 
 @asynccontextmanager
 async def _forwarding(archive: Archive) -> AsyncIterator[None]:
-    """The forwarding worker in the background, when rules are configured: one per node
-    (the first process); nodes share the jobs through the index's queue."""
+    """The forwarding worker in the background: one per node (the first process); nodes
+    share the jobs through the index's queue. Its rules: the file's and the admin API's."""
     settings = archive.settings
     rules = forwarding_rules(settings)
-    if not rules:
-        yield
-        return
     worker = ForwardWorker(
         archive.index,
-        {rule.name: _sender(archive, rule) for rule in rules},
+        lambda rule: _sender(archive, rule),
+        book=rule_book(settings, archive.index, rules),
         owner=node_owner(),
         lease=settings.forward_lease,
         poll_interval=settings.forward_poll_ms / 1000,
@@ -261,7 +266,8 @@ async def _forwarding(archive: Archive) -> AsyncIterator[None]:
             settings.forward_max_attempts, settings.forward_retry_min, settings.forward_retry_max
         ),
     )
-    log.info("forwarding: %d rules (%s)", len(rules), ", ".join(r.name for r in rules))
+    if rules:
+        log.info("forwarding: %d rules (%s)", len(rules), ", ".join(r.name for r in rules))
     # Several loops on one worker: each claims its own jobs from the index.
     tasks = [
         asyncio.create_task(worker.run(), name=f"forwarding-{n}")

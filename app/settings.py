@@ -106,6 +106,9 @@ class Settings:
     forward_timeout: int = 60
     # Jobs each node runs at once: a destination that does not answer holds one of them.
     forward_concurrency: int = 4
+    # How often a node reads again the rules of the admin API (ms): one created or deleted
+    # through another node applies here after at most this.
+    forward_rules_refresh_ms: int = 2000
     # Webhooks (app/broker/webhooks.py): the longest a POST to a receiver may take (seconds,
     # connecting included; at most a third of outbox_lease, whose half cuts a delivery
     # off); attempts at an entry that keeps failing (5xx, 408, 429, no answer) before it is
@@ -551,6 +554,7 @@ _AT_LEAST_ONE = (
     "forward_poll_ms",
     "forward_timeout",
     "forward_concurrency",
+    "forward_rules_refresh_ms",
     "webhook_timeout",
     "webhook_max_attempts",
     "webhook_refresh_ms",

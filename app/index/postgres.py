@@ -35,6 +35,7 @@ from app.index import (
     postgres_audit,
     postgres_changes,
     postgres_cursors,
+    postgres_forward_rules,
     postgres_jobs,
     postgres_stable,
     postgres_webhooks,
@@ -75,6 +76,7 @@ from app.services.ports import (
     SearchHit,
     StoredInstance,
     StoredMetadata,
+    StoredRule,
     Webhook,
     WebhookStatus,
 )
@@ -322,6 +324,19 @@ class PostgresIndex:
                 log.info("retrying an announcement (%s)", type(exc).__name__)
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
         raise AssertionError("unreachable")
+
+    # -- forwarding rules of the admin API (app/index/postgres_forward_rules.py) --------
+
+    async def create_forward_rule(self, rule: StoredRule) -> bool:
+        return await postgres_forward_rules.create_forward_rule(self._pool, rule)
+
+    async def forward_rules(
+        self, tenant: str | None = None, name: str | None = None
+    ) -> list[StoredRule]:
+        return await postgres_forward_rules.forward_rules(self._pool, tenant, name)
+
+    async def delete_forward_rule(self, tenant: str, name: str) -> bool:
+        return await postgres_forward_rules.delete_forward_rule(self._pool, tenant, name)
 
     # -- webhook subscriptions (app/index/postgres_webhooks.py) -----------------------
 

@@ -23,6 +23,7 @@ from app.index import (
     sqlite_audit,
     sqlite_changes,
     sqlite_cursors,
+    sqlite_forward_rules,
     sqlite_jobs,
     sqlite_stable,
     sqlite_webhooks,
@@ -64,6 +65,7 @@ from app.services.ports import (
     SearchHit,
     StoredInstance,
     StoredMetadata,
+    StoredRule,
     Webhook,
     WebhookStatus,
 )
@@ -330,6 +332,21 @@ class SqliteIndex:
 
     async def announce_stable(self, quiet: float, limit: int) -> dict[str, int]:
         return await self._write(lambda db: sqlite_stable.announce_stable(db, quiet, limit))
+
+    # -- forwarding rules of the admin API (app/index/sqlite_forward_rules.py) ----------
+
+    async def create_forward_rule(self, rule: StoredRule) -> bool:
+        return await self._write(lambda db: sqlite_forward_rules.create_forward_rule(db, rule))
+
+    async def forward_rules(
+        self, tenant: str | None = None, name: str | None = None
+    ) -> list[StoredRule]:
+        return await self._read(lambda db: sqlite_forward_rules.forward_rules(db, tenant, name))
+
+    async def delete_forward_rule(self, tenant: str, name: str) -> bool:
+        return await self._write(
+            lambda db: sqlite_forward_rules.delete_forward_rule(db, tenant, name)
+        )
 
     # -- webhook subscriptions (app/index/sqlite_webhooks.py) -------------------------
 

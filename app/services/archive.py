@@ -11,6 +11,8 @@ from app.services.audit import AuditService
 from app.services.changefeed import ChangeFeed, ChangeSignal
 from app.services.delete import DeleteService
 from app.services.delivery import Delivery
+from app.services.forward_rule_store import ForwardRuleService
+from app.services.forward_rules import load_rules
 from app.services.imaging import ImagingService
 from app.services.plan import Planner
 from app.services.ports import BlobStore, Index
@@ -36,6 +38,7 @@ class Archive:
     changefeed: ChangeFeed
     delete: DeleteService
     webhooks: WebhookService
+    forward_rules: ForwardRuleService
 
     @classmethod
     def build(cls, settings: Settings, index: Index, blobs: BlobStore) -> Archive:
@@ -75,6 +78,9 @@ class Archive:
             changefeed=ChangeFeed(index, signal, poll_interval=settings.changefeed_poll_ms / 1000),
             delete=DeleteService(index, blobs, audit, changed=signal.changed),
             webhooks=WebhookService(index),
+            forward_rules=ForwardRuleService(
+                index, load_rules(settings.forwarding_rules) if settings.forwarding_rules else []
+            ),
         )
 
     async def close(self) -> None:

@@ -23,6 +23,10 @@ class BadRequest(ArchiveError):
     pass
 
 
+class Conflict(ArchiveError):
+    """The request contradicts what exists (HTTP 409)."""
+
+
 class StorageInconsistent(ArchiveError):
     """The index names a blob the store does not have (HTTP 500 with this message)."""
 

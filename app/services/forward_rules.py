@@ -1,7 +1,8 @@
 """Forwarding rules (autorouting, issue 12): which change-log entries send what to where.
 
-The rules come from a JSON file (PACS_FORWARDING_RULES), checked at start; each error names
-the rule and the field. Its form:
+The rules come from a JSON file (PACS_FORWARDING_RULES), checked at start, and from the
+admin API (app/services/forward_rule_store.py: one rule of the same form, checked by the
+same `parse_rule`); each error names the rule and the field. The file's form:
 
     {"rules": [
       {"name": "ct-to-viewer",
@@ -32,7 +33,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ class OAuthClient:
     client_id: str
     secret: str = field(repr=False)
     scope: str = ""
+    secret_env: str = ""  # the environment variable the secret was read from
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,8 @@ class Rule:
     filter: Conditions
     destination: Destination
     priority: int = 0
+    # The tenant of a rule created through the admin API; None: the file's, for every tenant.
+    tenant: str | None = None
 
     def matches(self, dataset: Json) -> bool:
         """Whether the DICOM JSON `dataset` has every value of the filter."""
@@ -126,6 +130,37 @@ def parse_rules(document: Any, env: Mapping[str, str]) -> list[Rule]:
             raise RuleError(f"forwarding rule {rule.name!r}: name: used by another rule")
         rules.append(rule)
     return rules
+
+
+def parse_rule(item: Any, env: Mapping[str, str], tenant: str | None = None) -> Rule:
+    """One rule of the file's form (the admin API's body), checked as the file's are."""
+    rule = _rule(item, 1, env)
+    return rule if tenant is None else replace(rule, tenant=tenant)
+
+
+def rule_json(rule: Rule) -> dict[str, Any]:
+    """`rule` in the file's form: an OAuth secret only by the name of its variable."""
+    destination: dict[str, Any]
+    if isinstance(rule.destination, DicomNode):
+        node = rule.destination
+        destination = {"dicom": {"aeTitle": node.ae_title, "host": node.host, "port": node.port}}
+    else:
+        stow: dict[str, Any] = {"url": rule.destination.url}
+        if (oauth := rule.destination.oauth) is not None:
+            stow["oauth"] = {
+                "tokenUrl": oauth.token_url,
+                "clientId": oauth.client_id,
+                "secretEnv": oauth.secret_env,
+                "scope": oauth.scope,
+            }
+        destination = {"stow": stow}
+    return {
+        "name": rule.name,
+        "event": rule.event.value,
+        "filter": dict(rule.filter),
+        "priority": rule.priority,
+        "destination": destination,
+    }
 
 
 def _rule(item: Any, number: int, env: Mapping[str, str]) -> Rule:
@@ -172,6 +207,7 @@ def _destination(given: Any, where: str, env: Mapping[str, str]) -> Destination:
     where = f"{where}: destination.{kind}"
     if not isinstance(spec, dict):
         raise RuleError(f"{where}: expected an object")
+    _known(spec, ("aeTitle", "host", "port") if kind == "dicom" else ("url", "oauth"), where)
     if kind == "dicom":
         ae = _text(spec, "aeTitle", where)
         if len(ae) > 16 or "\\" in ae:
@@ -187,6 +223,8 @@ def _destination(given: Any, where: str, env: Mapping[str, str]) -> Destination:
     if not isinstance(oauth, dict):
         raise RuleError(f"{where}: oauth: expected an object")
     where = f"{where}.oauth"
+    # A secret itself (not its variable's name) is refused, never kept.
+    _known(oauth, ("tokenUrl", "clientId", "secretEnv", "scope"), where)
     secret_env = _text(oauth, "secretEnv", where)
     secret = env.get(secret_env)
     if not secret:
@@ -199,8 +237,14 @@ def _destination(given: Any, where: str, env: Mapping[str, str]) -> Destination:
         _text(oauth, "clientId", where),
         secret,
         scope,
+        secret_env,
     )
     return StowServer(url, client)
+
+
+def _known(spec: Mapping[str, Any], fields: tuple[str, ...], where: str) -> None:
+    if unknown := sorted(set(spec) - set(fields)):
+        raise RuleError(f"{where}: unknown field {unknown[0]!r}; expected {', '.join(fields)}")
 
 
 def _text(spec: Mapping[str, Any], name: str, where: str) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -30,6 +30,7 @@ from typing import Protocol
 from app.auth.principal import Access, Permission, Principal
 from app.dicom.attribute_filter import matches_any
 from app.services.entry_attributes import entry_datasets
+from app.services.forward_rule_store import RuleBook
 from app.services.forward_rules import Rule
 from app.services.ports import Change, ChangeAction, Index, Job, NewJob, StoredInstance
 
@@ -87,12 +88,12 @@ class ForwardingRouter:
 
     name = "forwarding"
 
-    def __init__(self, index: Index, rules: Sequence[Rule]) -> None:
+    def __init__(self, index: Index, rules: Sequence[Rule] | RuleBook) -> None:
         self.index = index
-        self.rules = list(rules)
+        self.book = rules if isinstance(rules, RuleBook) else RuleBook(None, rules, refresh=0)
         # Entries with their instance's metadata only when a rule matches instance entries:
         # the outbox otherwise reads every entry's JSON for nothing.
-        self.metadata = any(r.event in _INSTANCE_ACTIONS for r in self.rules)
+        self.metadata = any(r.event in _INSTANCE_ACTIONS for r in self.book.file_rules)
 
     async def start(self) -> None:
         """Before the outbox first runs: rules apply to the changes made from the first
@@ -103,8 +104,11 @@ class ForwardingRouter:
 
     async def deliver(self, tenant: str, changes: Sequence[Change]) -> None:
         jobs: list[NewJob] = []
+        known = [r for r in await self.book.rules() if r.tenant in (None, tenant)]
+        # A stored rule on instance entries: their metadata from the next batch on.
+        self.metadata = any(r.event in _INSTANCE_ACTIONS for r in known) or self.metadata
         for change in changes:
-            rules = [r for r in self.rules if r.event == change.action]
+            rules = [r for r in known if r.event == change.action]
             if rules:
                 datasets = await entry_datasets(self.index, tenant, change)
                 jobs += [
@@ -151,15 +155,24 @@ class ForwardWorker:
     def __init__(
         self,
         index: Index,
-        senders: Mapping[str, Sender],
+        senders: Mapping[str, Sender] | Callable[[Rule], Sender],
         *,
         owner: str,
         lease: float,
         poll_interval: float,
         backoff: Backoff,
+        book: RuleBook | None = None,
     ) -> None:
         self.index = index
-        self.senders = dict(senders)  # by rule name
+        # By rule name (the file's) or made for each rule of `book` (file and stored).
+        self.senders: dict[tuple[str | None, str], Sender] = {}
+        self.make_sender: Callable[[Rule], Sender] | None = None
+        if callable(senders):
+            self.make_sender = senders
+        else:
+            self.senders = {(None, name): sender for name, sender in senders.items()}
+        self.book = book
+        self._made: dict[tuple[str | None, str], Rule] = {}
         self.owner = owner
         self.lease = lease
         self.poll_interval = poll_interval
@@ -178,6 +191,8 @@ class ForwardWorker:
 
     async def run_once(self) -> bool:
         """Claim and run one due job; False when none was due."""
+        if self.book is not None and not await self.book.rules():
+            return False  # no rule anywhere: no claim (on SQLite a write) every poll
         job = await self.index.claim_job(self.owner, self.lease)
         if job is None:
             return False
@@ -213,7 +228,7 @@ class ForwardWorker:
 
     async def _attempt(self, job: Job) -> tuple[str, bool]:
         """Why the job failed ("" if it did not) and whether to try it again later."""
-        sender = self.senders.get(job.rule)
+        sender = await self._sender(job)
         if sender is None:
             return f"rule {job.rule!r} is no longer configured", False
         try:
@@ -226,6 +241,22 @@ class ForwardWorker:
         except Exception as exc:  # unreachable, timed out, cut off, index away: try again
             return _describe(exc), True
         return sent.failure(), False
+
+    async def _sender(self, job: Job) -> Sender | None:
+        """The sender of the job's rule: the tenant's own, else the file's."""
+        if self.book is not None and self.make_sender is not None:
+            for rule in await self.book.rules():
+                key = (rule.tenant, rule.name)
+                if rule.name == job.rule and rule.tenant in (None, job.tenant):
+                    if self._made.get(key) != rule:  # new, or changed since: a new sender
+                        if (old := self.senders.pop(key, None)) is not None:
+                            with suppress(Exception):
+                                await old.close()
+                        self.senders[key] = self.make_sender(rule)
+                        self._made[key] = rule
+                    return self.senders[key]
+            return None
+        return self.senders.get((None, job.rule))
 
     async def _give_back(self, job: Job) -> None:
         """A stop during an attempt: the job is due again at once, for this node when it

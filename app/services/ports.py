@@ -243,6 +243,18 @@ class Webhook:
 
 
 @dataclass(frozen=True)
+class StoredRule:
+    """A forwarding rule of a tenant created through the admin API
+    (app/services/forward_rule_store.py): `rule` is its JSON as given, in
+    app/services/forward_rules.py's form."""
+
+    tenant: str
+    name: str
+    rule: Json
+    created: datetime
+
+
+@dataclass(frozen=True)
 class WebhookStatus:
     """A subscription and how its delivery goes."""
 
@@ -523,6 +535,22 @@ class Index(Protocol):
         ...
 
     async def remove_dead_letter(self, tenant: str, webhook_id: str, sequence: int) -> None: ...
+
+    # Forwarding rules of the admin API (app/services/forward_rule_store.py).
+
+    async def create_forward_rule(self, rule: StoredRule) -> bool:
+        """Keep a new rule; False when the tenant has one of that name."""
+        ...
+
+    async def forward_rules(
+        self, tenant: str | None = None, name: str | None = None
+    ) -> list[StoredRule]:
+        """The rules of `tenant` (None: of every tenant), or its one `name`, oldest first."""
+        ...
+
+    async def delete_forward_rule(self, tenant: str, name: str) -> bool:
+        """Remove a rule; False when unknown."""
+        ...
 
     async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:
         """Keep audit events, all in one transaction of their own."""

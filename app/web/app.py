@@ -21,6 +21,7 @@ from app.web import (
     auditing,
     changefeed,
     delete,
+    forwarding_rules,
     jobs,
     qido,
     rendered,
@@ -107,6 +108,11 @@ DICOMWEB_ROUTES = [
     # Forwarding jobs (permission admin).
     Route("/jobs", jobs.list_jobs, methods=["GET"]),
     Route("/jobs/{job}/retry", jobs.retry_job, methods=["POST"]),
+    # Forwarding rules (permission admin).
+    Route("/forwarding-rules", forwarding_rules.list_all, methods=["GET"]),
+    Route("/forwarding-rules", forwarding_rules.create, methods=["POST"]),
+    Route("/forwarding-rules/{name}", forwarding_rules.get_one, methods=["GET"]),
+    Route("/forwarding-rules/{name}", forwarding_rules.delete, methods=["DELETE"]),
     # The change feed (permission read).
     Route("/changefeed", changefeed.read_feed, methods=["GET"]),
     Route("/changefeed/latest", changefeed.read_latest, methods=["GET"]),

@@ -16,6 +16,7 @@ from app.query.qido import QueryError
 from app.services.errors import (
     ArchiveError,
     BadRequest,
+    Conflict,
     NotAcceptable,
     NotFound,
     Overloaded,
@@ -45,6 +46,7 @@ _STATUS: dict[type[Exception], int] = {
     NotAcceptable: 406,
     Unsupported: 501,
     BadRequest: 400,
+    Conflict: 409,
     QueryError: 400,
     MultipartError: 400,
 }

@@ -72,17 +72,18 @@ def _letter(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
-def _json(value: Any, status: int = 200) -> Response:
+def json_response(value: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(value), status_code=status, media_type=JSON)
 
 
-async def _body(request: Request) -> Any:
+async def read_body(request: Request, what: str = "a subscription") -> Any:
+    """The JSON body of an admin API's creation: at most MAX_BODY bytes (413), JSON (400)."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY:
-            raise PayloadTooLarge(f"a subscription is at most {MAX_BODY} bytes of JSON")
+            raise PayloadTooLarge(f"{what} is at most {MAX_BODY} bytes of JSON")
         chunks.append(chunk)
     try:
         return orjson.loads(b"".join(chunks))
@@ -90,7 +91,7 @@ async def _body(request: Request) -> Any:
         raise BadRequest(f"the body is not JSON: {exc}") from None
 
 
-def _admin(request: Request, *parameters: str) -> Access:
+def admin_access(request: Request, *parameters: str) -> Access:
     """The caller, refused (403) before anything of the request is looked at unless an
     admin of the tenant; then the query parameters, all known."""
     access = request_access(request)
@@ -107,35 +108,35 @@ def _archive(request: Request) -> Archive:
 
 
 async def create(request: Request) -> Response:
-    access = _admin(request)
-    hook = await _archive(request).webhooks.create(access, await _body(request))
-    return _json({**_hook(hook), "secret": hook.secret}, 201)
+    access = admin_access(request)
+    hook = await _archive(request).webhooks.create(access, await read_body(request))
+    return json_response({**_hook(hook), "secret": hook.secret}, 201)
 
 
 async def list_all(request: Request) -> Response:
-    found = await _archive(request).webhooks.all(_admin(request))
-    return _json([_status(f) for f in found])
+    found = await _archive(request).webhooks.all(admin_access(request))
+    return json_response([_status(f) for f in found])
 
 
 async def get_one(request: Request) -> Response:
-    found = await _archive(request).webhooks.get(_admin(request), request.path_params["id"])
-    return _json(_status(found))
+    found = await _archive(request).webhooks.get(admin_access(request), request.path_params["id"])
+    return json_response(_status(found))
 
 
 async def delete(request: Request) -> Response:
-    await _archive(request).webhooks.delete(_admin(request), request.path_params["id"])
+    await _archive(request).webhooks.delete(admin_access(request), request.path_params["id"])
     return Response(status_code=204)
 
 
 async def dead_letters(request: Request) -> Response:
-    access = _admin(request, "limit")
+    access = admin_access(request, "limit")
     limit = query_int(request.query_params, "limit", 1, MAX_LIMIT) or DEFAULT_LIMIT
     found = await _archive(request).webhooks.dead_letters(access, request.path_params["id"], limit)
-    return _json([_letter(letter) for letter in found])
+    return json_response([_letter(letter) for letter in found])
 
 
 async def retry(request: Request) -> Response:
-    access = _admin(request, "sequence")
+    access = admin_access(request, "sequence")
     sequence = query_int(request.query_params, "sequence", 1, 2**63 - 1)
     count = await _archive(request).webhooks.retry(access, request.path_params["id"], sequence)
-    return _json({"retryRequested": count}, 202)
+    return json_response({"retryRequested": count}, 202)

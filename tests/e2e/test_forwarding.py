@@ -313,3 +313,51 @@ def test_a_queued_job_survives_a_kill_9_and_runs_after_the_restart(tmp_path: Pat
         assert done["id"] == waiting["id"]
         received = {str(read(p).SOPInstanceUID) for p in (tmp_path / "received").iterdir()}
         assert received == {ds.SOPInstanceUID for ds in ct}
+
+
+def test_a_rule_created_through_the_api_routes_a_stable_study_to_an_archive(
+    tmp_path: Path, oidc_provider: OpenIdProvider
+) -> None:
+    """No rules file: a rule POSTed by an administrator to a running server (a reader is
+    refused, 403) is picked up within PACS_FORWARD_RULES_REFRESH_MS and sends the next
+    stable CT study over STOW-RS to a second archive."""
+    ct = ct_study()[:2]
+    study = ct[0].StudyInstanceUID
+    rule = {
+        "name": "ct-to-archive",
+        "event": "study.stable",
+        "filter": {"Modality": "CT"},
+        "destination": {"stow": {"url": ""}},
+    }
+    admin = {"Authorization": f"Bearer {oidc_provider.token(scopes=['pacs:admin'])}"}
+    writer = oidc_provider.token(scopes=["pacs:read", "pacs:write", "pacs:delete"])
+    env = {**FAST, **oidc_provider.archive_env(), "PACS_FORWARD_RULES_REFRESH_MS": "200"}
+    with (
+        running_server(tmp_path / "second") as second,
+        running_server(tmp_path / "first", env=env) as first,
+        httpx.Client(
+            base_url=f"{first}/dicomweb",
+            timeout=30,
+            headers={"Authorization": f"Bearer {writer}"},
+        ) as http,
+    ):
+        rule["destination"] = {"stow": {"url": f"{second}/dicomweb/studies"}}
+        refused = http.post("/forwarding-rules", json=rule)
+        assert refused.status_code == 403, refused.text
+        created = http.post("/forwarding-rules", json=rule, headers=admin)
+        assert created.status_code == 201, created.text
+        time.sleep(0.4)  # two refreshes: the router reads the rule before the study is stable
+        stow_ok(http, [to_bytes(ds) for ds in ct])
+
+        def done() -> list[dict[str, Any]]:
+            listed: list[dict[str, Any]] = http.get(
+                "/jobs", params={"state": "done"}, headers=admin
+            ).json()
+            return listed
+
+        [job] = wait_for("the job done", done, timeout=15)
+        assert (job["rule"], job["studyInstanceUID"]) == ("ct-to-archive", study)
+        with httpx.Client(base_url=f"{second}/dicomweb", timeout=30) as other:
+            found = other.get(f"/studies/{study}/instances")
+            assert found.status_code == 200 and len(found.json()) == len(ct)
+        assert http.delete("/forwarding-rules/ct-to-archive", headers=admin).status_code == 204

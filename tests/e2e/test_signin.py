@@ -52,6 +52,7 @@ _PARAMS = {
     "tenant": "default",
     "job": "1",
     "id": "1",  # a webhook subscription
+    "name": "ct",  # a forwarding rule
 }
 PUBLIC = {("GET", "/health")}
 
