@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -23,6 +24,7 @@ from app.index.sqlite import SqliteIndex
 from app.search.indexer import SearchIndexer
 from app.services.archive import Archive
 from app.services.delete import retry_periodically
+from app.services.entry_attributes import entry_datasets
 from app.services.forward_rule_store import RuleBook
 from app.services.forward_rules import DicomNode, Rule, load_rules
 from app.services.forwarding import Backoff, ForwardingRouter, ForwardWorker, Sender
@@ -214,6 +216,7 @@ async def _delivering(archive: Archive) -> AsyncIterator[None]:
         archive.index,
         outbox,
         consumers,
+        datasets=functools.partial(entry_datasets, archive.index),
         timeout=timeout,
         max_attempts=settings.webhook_max_attempts,
         budget=(settings.outbox_lease / 2 - timeout) / 2,

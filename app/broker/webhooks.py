@@ -31,21 +31,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
 from app.broker.kafka import message_value
 from app.broker.webhook_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from app.dicom.attribute_filter import matches_any
-from app.services.entry_attributes import entry_datasets
 from app.services.ports import Change, ChangeConsumer, DeadLetter, Index, Webhook
 
 log = logging.getLogger(__name__)
+
+# What an entry's filter is matched on, given its tenant: the services' answer
+# (app/services/entry_attributes.py), handed in so that this backend reaches the index
+# through the ports only.
+Datasets = Callable[[str, Change], Awaitable[list[dict[str, Any]]]]
 
 # Dead letters retried per subscription per refresh.
 RETRY_BATCH = 100
@@ -87,12 +91,14 @@ class WebhookConsumer:
         index: Index,
         client: httpx.AsyncClient,
         *,
+        datasets: Datasets,
         timeout: float,
         max_attempts: int,
         budget: float,
     ) -> None:
         self.hook = hook
         self.index = index
+        self.datasets = datasets
         self.client = client
         self.timeout = timeout
         self.max_attempts = max_attempts
@@ -112,8 +118,7 @@ class WebhookConsumer:
             return False
         if not self.hook.filter:
             return True
-        datasets = await entry_datasets(self.index, self.tenant, change)
-        return matches_any(datasets, self.hook.filter)
+        return matches_any(await self.datasets(self.tenant, change), self.hook.filter)
 
     async def deliver(self, tenant: str, changes: Sequence[Change]) -> int | None:
         # Deleted (through any node) since the registry last looked: the outbox's claim
@@ -253,6 +258,7 @@ class WebhookRegistry:
         outbox: Consumers,
         others: Sequence[ChangeConsumer],
         *,
+        datasets: Datasets,
         timeout: float,
         max_attempts: int,
         budget: float,
@@ -261,6 +267,7 @@ class WebhookRegistry:
         self.index = index
         self.outbox = outbox
         self.others = list(others)
+        self.datasets = datasets
         self.timeout = timeout
         self.max_attempts = max_attempts
         self.budget = budget
@@ -291,6 +298,7 @@ class WebhookRegistry:
                     hook,
                     self.index,
                     self.client,
+                    datasets=self.datasets,
                     timeout=self.timeout,
                     max_attempts=self.max_attempts,
                     budget=self.budget,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 
 from app.broker.webhooks import WebhookConsumer, WebhookFailed
 from app.index.sqlite import SqliteIndex
+from app.services.entry_attributes import entry_datasets
 from app.services.ports import Adding, Webhook
 from tests.support.records import Records
 from tests.support.webhook_receiver import webhook_receiver
@@ -48,7 +50,15 @@ async def test_a_deleted_subscription_sends_nothing(index: SqliteIndex, tmp_path
         await index.add_instances([Adding("clinic-a", records.make(), overwrite=False)])
         changes = await index.changes("clinic-a", 0, 10)
         async with httpx.AsyncClient() as client:
-            consumer = WebhookConsumer(hook, index, client, timeout=5, max_attempts=3, budget=5)
+            consumer = WebhookConsumer(
+                hook,
+                index,
+                client,
+                datasets=partial(entry_datasets, index),
+                timeout=5,
+                max_attempts=3,
+                budget=5,
+            )
             assert await consumer.deliver("clinic-a", changes) is None
             assert len(receiver.delivered("/hook")) == 1
             assert await index.delete_webhook("clinic-a", hook.id)
@@ -68,7 +78,15 @@ async def test_posts_share_one_connection(index: SqliteIndex, tmp_path: Path) ->
             [Adding("clinic-a", records.make(), overwrite=False) for _ in range(3)]
         )
         async with httpx.AsyncClient() as client:
-            consumer = WebhookConsumer(hook, index, client, timeout=5, max_attempts=3, budget=5)
+            consumer = WebhookConsumer(
+                hook,
+                index,
+                client,
+                datasets=partial(entry_datasets, index),
+                timeout=5,
+                max_attempts=3,
+                budget=5,
+            )
             assert (
                 await consumer.deliver("clinic-a", await index.changes("clinic-a", 0, 10)) is None
             )
