@@ -50,6 +50,7 @@ _PARAMS = {
     "frames": "1",
     "path": "7FE00010",
     "tenant": "default",
+    "id": "1",  # a webhook subscription
 }
 PUBLIC = {("GET", "/health")}
 
