@@ -58,7 +58,7 @@ class AccessLog:
             log.info(
                 "%s %s %s %d B %.1f ms from %s",
                 scope["method"],
-                route_template(self.routes, request),
+                route_template(self.routes, request, scope.get("route")),
                 status or "-",  # nothing sent: the client left, or the app failed
                 sent,
                 (time.perf_counter() - start) * 1000,
@@ -73,16 +73,25 @@ class AccessLog:
             return "-"
 
 
-def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
+def route_template(
+    routes: Sequence[BaseRoute], scope: Scope, routed: BaseRoute | None = None
+) -> str:
     """The template of the route `scope` matches, through mounts (Starlette keeps only the
-    innermost route in the scope, without its mount's prefix); NO_ROUTE when none does."""
+    innermost route in the scope, without its mount's prefix); NO_ROUTE when none does.
+
+    `routed` is the innermost route the router chose (`scope["route"]` after routing): in
+    the mount that holds it, it is the answer, so the mount's routes (thirty patterns, each
+    a regular expression) need not be matched again for the log line."""
     partial = ""
     for route in routes:
         match, child = route.matches(scope)
         if match is Match.NONE:
             continue
         if isinstance(route, Mount):
-            inner = route_template(route.routes, {**scope, **child})
+            if isinstance(routed, Route) and any(r is routed for r in route.routes):
+                inner = routed.path_format
+            else:
+                inner = route_template(route.routes, {**scope, **child})
             template = NO_ROUTE if inner == NO_ROUTE else route.path + inner
         elif isinstance(route, Route):
             template = route.path_format

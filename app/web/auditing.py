@@ -52,7 +52,22 @@ def _record(request: HTTPConnection, event: AuditEvent) -> None:
 
 def request_event(request: HTTPConnection, access: Access, action: AuditAction) -> AuditEvent:
     """An event for `request`: the caller of `access`, the path it asked for."""
-    return AuditEvent.of(access, action, AuditProtocol.DICOMWEB, called=request.url.path)
+    return AuditEvent.of(access, action, AuditProtocol.DICOMWEB, called=request_path(request))
+
+
+# Characters Starlette's URL escapes or urlsplit drops from a path: with one of them the
+# path in `request.url` differs from the scope's, and the trail keeps what it always kept.
+_URL_CHANGES = frozenset("?#\\\t\r\n")
+
+
+def request_path(request: HTTPConnection) -> str:
+    """`request.url.path` without building the URL (which parses the Host header and the
+    whole URL again) for the usual path, which it leaves as it is: every audited read needs
+    the path, and the URL costs as much as the rest of the event."""
+    path: str = request.scope["path"]
+    if _URL_CHANGES.isdisjoint(path) and not path.startswith("//"):
+        return path
+    return request.url.path
 
 
 def store_event(request: HTTPConnection, access: Access) -> AuditEvent:

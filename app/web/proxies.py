@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -54,6 +54,8 @@ class LinkSettings:
     x_forwarded: frozenset[str] = frozenset({"for", "proto"})
 
     def trusts(self, address: str | None) -> bool:
+        if not self.trusted_proxies:  # the usual case: no address to parse on each request
+            return False
         ip = _ip(address)
         return ip is not None and any(ip in net for net in self.trusted_proxies)
 
@@ -117,9 +119,13 @@ def request_origin(request: HTTPConnection, links: LinkSettings) -> Origin:
 
 
 def _origin(request: HTTPConnection, links: LinkSettings) -> Origin:
-    peer = request.client.host if request.client else ""
-    scheme = request.url.scheme
-    host = request.headers.get("host", "")
+    # Read from the scope, not `request.url`, which builds and parses the whole URL: every
+    # request needs its origin (at least for the access log), most never need the URL.
+    scope = request.scope
+    client = scope.get("client")
+    peer = client[0] if client else ""
+    scheme = scope.get("scheme", "http")
+    host = _host_header(scope.get("headers", ()))
     if not _HOST.fullmatch(host):
         host = request.url.netloc if _HOST.fullmatch(request.url.netloc) else "localhost"
     direct = Origin(scheme, host, "", peer)
@@ -138,6 +144,15 @@ def _origin(request: HTTPConnection, links: LinkSettings) -> Origin:
         hop.prefix.rstrip("/") if _PREFIX.fullmatch(hop.prefix) else "",
         hop.client or peer,
     )
+
+
+def _host_header(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The first Host header of the raw ASGI headers (lower-case names), as Starlette's
+    `Headers.get` reads it, without building a Headers object."""
+    for name, value in headers:
+        if name == b"host":
+            return value.decode("latin-1")
+    return ""
 
 
 def forwarded_hops(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from starlette.routing import Mount, Route
 
 from app.web.access_log import NO_ROUTE, route_template
 from app.web.app import create_app
@@ -42,3 +43,30 @@ def _routes() -> Any:
 def test_route_template(method: str, path: str, template: str) -> None:
     scope = {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
     assert route_template(_routes(), scope) == template
+
+
+def test_the_routed_route_is_not_matched_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: after every request the log line matched the path against the mount's
+    thirty route patterns again, although the router had left its choice in the scope."""
+    routes = _routes()
+    path = "/dicomweb/tenants/acme/studies/1.2/series/3.4/instances/5.6/rendered"
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": []}
+    plain = next(r for r in routes if isinstance(r, Mount) and r.path == "/dicomweb")
+    routed = next(
+        r
+        for r in plain.routes
+        if isinstance(r, Route) and r.path.endswith("/instances/{instance}/rendered")
+    )
+    matched: list[str] = []
+    matches = Route.matches
+
+    def counting(self: Route, scope: Any) -> Any:
+        matched.append(self.path)
+        return matches(self, scope)
+
+    monkeypatch.setattr(Route, "matches", counting)
+    template = "/dicomweb/tenants/{tenant}/studies/{study}/series/{series}/instances/{instance}"
+    assert route_template(routes, scope, routed) == template + "/rendered"
+    assert len(matched) <= 2  # /health and /wado, before the mounts
+    # Without the router's choice (a request refused before routing), the table decides.
+    assert route_template(routes, scope) == template + "/rendered"
