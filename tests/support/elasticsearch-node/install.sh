@@ -11,27 +11,13 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 home="${PACS_ELASTICSEARCH_HOME:-$HOME/.cache/pacs/elasticsearch-8.19.21}"
 
-give_up() {
-    if [ "${CI:-}" = true ]; then
-        echo "error: $*" >&2
-        exit 1
-    fi
-    echo "warning: $*; the tests that need Elasticsearch will be skipped" >&2
-    exit 0
-}
-
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
-}
+what="Elasticsearch"
+# shellcheck source=../java-tools.sh
+. "$here/../java-tools.sh"
 
 [ -e "$home/.complete" ] && command -v java >/dev/null && exit 0
 
-if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
-    echo "installing Java 17 and Maven for Elasticsearch" >&2
-    { as_root apt-get update -q && as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q openjdk-17-jre-headless maven; } \
-        || give_up "could not install Java and Maven (apt-get install openjdk-17-jre-headless maven)"
-fi
+need_java_and_maven
 [ -e "$home/.complete" ] && exit 0
 
 rm -rf "$home.partial"

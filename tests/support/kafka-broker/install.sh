@@ -10,27 +10,13 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 jars="${PACS_KAFKA_JARS:-$HOME/.cache/pacs/kafka-4.4.0}"
 
-give_up() {
-    if [ "${CI:-}" = true ]; then
-        echo "error: $*" >&2
-        exit 1
-    fi
-    echo "warning: $*; the tests that need the Kafka broker will be skipped" >&2
-    exit 0
-}
-
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
-}
+what="the Kafka broker"
+# shellcheck source=../java-tools.sh
+. "$here/../java-tools.sh"
 
 [ -e "$jars/.complete" ] && command -v java >/dev/null && exit 0
 
-if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
-    echo "installing Java 17 and Maven for the Kafka broker" >&2
-    { as_root apt-get update -q && as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q openjdk-17-jre-headless maven; } \
-        || give_up "could not install Java and Maven (apt-get install openjdk-17-jre-headless maven)"
-fi
+need_java_and_maven
 [ -e "$jars/.complete" ] && exit 0
 
 rm -rf "$jars.partial"
