@@ -23,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -90,12 +90,29 @@ INSTANCE_LOCK_CLASS = 0x7061_6373  # "pacs"
 # The lock of one SOP Instance UID ($3) in one tenant ($2).
 INSTANCE_LOCK = "SELECT pg_advisory_xact_lock($1, hashtext($2 || '/' || $3))"
 
+_T = TypeVar("_T")
 _ATTEMPTS = 5
 _RETRYABLE = (
     asyncpg.DeadlockDetectedError,  # 40P01
     asyncpg.SerializationError,  # 40001
     asyncpg.UniqueViolationError,  # a row another transaction inserted first: start again
 )
+
+
+async def _retried(what: str, once: Callable[[], Awaitable[_T]]) -> _T:
+    """`once()` (a whole write transaction), run again when PostgreSQL aborted it for a
+    deadlock or a row another transaction inserted first, up to _ATTEMPTS times with a
+    growing random pause."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            return await once()
+        except _RETRYABLE as exc:
+            if attempt == _ATTEMPTS:
+                raise
+            log.info("retrying %s (%s)", what, type(exc).__name__)
+            await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+    raise AssertionError("unreachable")
+
 
 _METADATA_COLUMNS = """
     study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid,
@@ -161,21 +178,17 @@ class PostgresIndex:
         # that share studies lock their rows in the same order rather than deadlocking.
         order = sorted(range(len(batch)), key=lambda i: _lock_order(batch[i]))
         storable = [_storable(item.record.metadata) for item in batch]
-        for attempt in range(1, _ATTEMPTS + 1):
-            try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    done = {i: await _add_item(conn, batch[i], *storable[i]) for i in order}
-                    changes = [c for i in order if (c := change_of(batch[i], done[i]))]
-                    await postgres_stable.record_arrivals(conn, changes)
-                    # Last: the tenants' counters stay locked until the commit.
-                    await postgres_changes.record_changes(conn, changes)
-                return [done[i] for i in range(len(batch))]
-            except _RETRYABLE as exc:
-                if attempt == _ATTEMPTS:
-                    raise
-                log.info("retrying a batch of %d (%s)", len(batch), type(exc).__name__)
-                await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
-        raise AssertionError("unreachable")
+
+        async def once() -> list[AddResult | Exception]:
+            async with self._pool.acquire() as conn, conn.transaction():
+                done = {i: await _add_item(conn, batch[i], *storable[i]) for i in order}
+                changes = [c for i in order if (c := change_of(batch[i], done[i]))]
+                await postgres_stable.record_arrivals(conn, changes)
+                # Last: the tenants' counters stay locked until the commit.
+                await postgres_changes.record_changes(conn, changes)
+            return [done[i] for i in range(len(batch))]
+
+        return await _retried(f"a batch of {len(batch)}", once)
 
     async def delete(
         self,
@@ -187,16 +200,12 @@ class PostgresIndex:
         audit: DeleteAuditFor | None = None,
     ) -> DeleteResult:
         scope = (tenant, study_instance_uid, series_instance_uid, sop_instance_uid)
-        for attempt in range(1, _ATTEMPTS + 1):
-            try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    return await _delete_scope(conn, *scope, audit=audit)
-            except _RETRYABLE as exc:
-                if attempt == _ATTEMPTS:
-                    raise
-                log.info("retrying a delete (%s)", type(exc).__name__)
-                await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
-        raise AssertionError("unreachable")
+
+        async def once() -> DeleteResult:
+            async with self._pool.acquire() as conn, conn.transaction():
+                return await _delete_scope(conn, *scope, audit=audit)
+
+        return await _retried("a delete", once)
 
     async def blobs_to_delete(self, limit: int) -> list[str]:
         rows = await self._pool.fetch(
@@ -314,16 +323,9 @@ class PostgresIndex:
         return await postgres_jobs.retry_job(self._pool, tenant, job_id)
 
     async def announce_stable(self, quiet: float, limit: int) -> dict[str, int]:
-        # Retried as a write is: a row another node inserted first, a deadlock.
-        for attempt in range(1, _ATTEMPTS + 1):
-            try:
-                return await postgres_stable.announce_stable(self._pool, quiet, limit)
-            except _RETRYABLE as exc:
-                if attempt == _ATTEMPTS:
-                    raise
-                log.info("retrying an announcement (%s)", type(exc).__name__)
-                await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
-        raise AssertionError("unreachable")
+        return await _retried(
+            "an announcement", lambda: postgres_stable.announce_stable(self._pool, quiet, limit)
+        )
 
     # -- forwarding rules of the admin API (app/index/postgres_forward_rules.py) --------
 
