@@ -4,7 +4,6 @@ nothing, although the outbox's claim made its cursor again at 0."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -31,15 +30,6 @@ def _hook(url: str) -> Webhook:
         active=True,
         created=datetime.now(UTC),
     )
-
-
-@pytest.fixture
-async def index(tmp_path: Path) -> AsyncIterator[SqliteIndex]:
-    opened = await SqliteIndex.open(tmp_path / "index.sqlite")
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def test_a_deleted_subscription_sends_nothing(index: SqliteIndex, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -47,15 +47,6 @@ class Recorder:
 
     async def close(self) -> None:
         self.closed = True
-
-
-@pytest.fixture
-async def index(tmp_path: Path) -> AsyncIterator[SqliteIndex]:
-    opened = await SqliteIndex.open(tmp_path / "index.sqlite")
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def _store(index: SqliteIndex, records: Records, tenant: str, count: int) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -40,15 +40,6 @@ class Partial:
 
     async def close(self) -> None:
         pass
-
-
-@pytest.fixture
-async def index(tmp_path: Path) -> AsyncIterator[SqliteIndex]:
-    opened = await SqliteIndex.open(tmp_path / "index.sqlite")
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def _store(index: SqliteIndex, records: Records, tenant: str, count: int) -> None:
